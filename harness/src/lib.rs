@@ -1,0 +1,12 @@
+//! natvet: boots Linux kernels in QEMU and proves, with real packets, that a
+//! WireGuard relay behind NAT still forwards traffic.
+//!
+//! One binary, two roles: on the host it fetches kernels, builds an initramfs
+//! and drives QEMU; inside the guest the same (static) binary is PID 1 and runs
+//! the scenario. See `docs/architecture.md`.
+
+pub mod cpio;
+pub mod elfdeps;
+pub mod initramfs;
+pub mod kernel;
+pub mod modules;
