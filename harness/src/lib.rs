@@ -5,8 +5,18 @@
 //! and drives QEMU; inside the guest the same (static) binary is PID 1 and runs
 //! the scenario. See `docs/architecture.md`.
 
+pub mod agent;
+pub mod cli;
+pub mod conntrack;
 pub mod cpio;
 pub mod elfdeps;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod nat;
+pub mod protocol;
+pub mod qemu;
+pub mod report;
+pub mod scenario;
+pub mod ui;
+pub mod vet;

@@ -1,1 +1,14 @@
-fn main() {}
+//! One binary, three roles: the host-side harness, the guest's PID 1 (the
+//! agent), and the guest's modprobe (the kernel calls it to load modules).
+
+fn main() {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.ends_with("modprobe") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(natvet::modules::modprobe_main(&args));
+    }
+    if std::process::id() == 1 {
+        natvet::agent::main_pid1();
+    }
+    std::process::exit(natvet::cli::main());
+}

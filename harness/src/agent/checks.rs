@@ -1,0 +1,445 @@
+//! The checks: each sends real packets through the guest kernel and compares
+//! what arrived with what the scenario expects.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::kmsg::{self, Kmsg};
+use super::probes::{self, IcmpPacket, ICMP_UNREACHABLE};
+use super::topology::{
+    run_in, Topology, CLIENT_PUBLIC, INTERNET, RELAY_PUBLIC, RELAY_WAN, TUNNEL_CLIENT,
+};
+use crate::conntrack;
+use crate::nat::NatBackend;
+use crate::protocol::{CheckResult, Evidence, Status};
+use crate::scenario::{human_bytes, CheckSpec, Protocol};
+
+/// How long a handshake that should happen may take: WireGuard retries an
+/// initiation after 5 s (REKEY_TIMEOUT), so this allows two retries.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long to wait before concluding that no handshake happens, when the
+/// relay does not tell us sooner with an ICMP error.
+const NO_HANDSHAKE_WAIT: Duration = Duration::from_secs(6);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a check concluded, before timing and evidence are attached.
+pub struct Verdict {
+    pub status: Status,
+    pub expected: String,
+    pub observed: String,
+}
+
+impl Verdict {
+    fn judge(ok: bool, expected: impl Into<String>, observed: impl Into<String>) -> Verdict {
+        Verdict {
+            status: if ok { Status::Pass } else { Status::Fail },
+            expected: expected.into(),
+            observed: observed.into(),
+        }
+    }
+}
+
+/// State shared by the checks of one scenario run.
+pub struct Context<'a> {
+    pub topo: Topology,
+    pub backend: &'a dyn NatBackend,
+    pub kmsg: Kmsg,
+    /// Every kernel log line since the scenario started.
+    pub dmesg: Vec<String>,
+    pub evidence_always: bool,
+    /// The client source port of the established data tunnel, once up.
+    tunnel_port: Option<u16>,
+    nonce: u64,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(topo: Topology, backend: &'a dyn NatBackend, kmsg: Kmsg, evidence_always: bool) -> Self {
+        Context {
+            topo,
+            backend,
+            kmsg,
+            dmesg: Vec::new(),
+            evidence_always,
+            tunnel_port: None,
+            nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
+        }
+    }
+
+    fn tag(&mut self, what: &str) -> String {
+        self.nonce += 1;
+        format!("{what}-{:x}", self.nonce)
+    }
+
+    /// Run one named check and wrap its verdict in a result.
+    pub fn run(
+        &mut self,
+        scenario: &str,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<Verdict>,
+    ) -> CheckResult {
+        super::send(&crate::protocol::GuestMessage::CheckStarted {
+            scenario: scenario.to_string(),
+            backend: self.backend.kind().to_string(),
+            check: name.to_string(),
+        });
+        let start = Instant::now();
+        let verdict = f(self).unwrap_or_else(|e| Verdict {
+            status: Status::Error,
+            expected: "the check runs".into(),
+            observed: format!("natvet could not run it: {e:#}"),
+        });
+        let lines = self.kmsg.drain();
+        self.dmesg.extend(lines.iter().cloned());
+        let evidence = (verdict.status != Status::Pass || self.evidence_always)
+            .then(|| self.evidence(lines));
+        CheckResult {
+            scenario: scenario.to_string(),
+            backend: self.backend.kind().to_string(),
+            check: name.to_string(),
+            status: verdict.status,
+            expected: verdict.expected,
+            observed: verdict.observed,
+            duration_ms: start.elapsed().as_millis() as u64,
+            evidence,
+        }
+    }
+
+    fn evidence(&self, dmesg: Vec<String>) -> Evidence {
+        let t = &self.topo;
+        let per_ns = |f: &dyn Fn(&crate::agent::netns::Netns) -> String| {
+            [&t.client, &t.relay, &t.internet]
+                .iter()
+                .map(|ns| format!("== {}\n{}", ns.name, f(ns)))
+                .collect::<String>()
+        };
+        Evidence {
+            conntrack: self.conntrack_text().unwrap_or_else(|e| format!("({e:#})")),
+            ruleset: t
+                .relay_run(&self.backend.list(), None)
+                .unwrap_or_else(|e| format!("({e:#})")),
+            counters: per_ns(&|ns| ns.proc_net("dev")),
+            routes: per_ns(&|ns| ns.proc_net("route")),
+            wireguard: format!("{}{}", t.client_wg.describe(), t.relay_wg.describe()),
+            dmesg,
+        }
+    }
+
+    fn conntrack_text(&self) -> Result<String> {
+        let inv = crate::nat::Invocation {
+            program: "/usr/sbin/conntrack",
+            args: vec!["-L"],
+        };
+        run_in(&self.topo.relay, &inv, None).context("listing the relay's conntrack table")
+    }
+}
+
+/// Run every result of one check specification.
+pub fn run_spec(ctx: &mut Context, scenario: &str, spec: &CheckSpec, emit: &mut dyn FnMut(CheckResult)) {
+    let names = spec.result_names();
+    match spec {
+        CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } => {
+            let expect = matches!(spec, CheckSpec::Handshake { .. });
+            for (port, name) in ports.iter().zip(&names) {
+                emit(ctx.run(scenario, name, |c| handshake(c, *port, expect)));
+            }
+        }
+        CheckSpec::Forward { protocols } => {
+            for (proto, name) in protocols.iter().zip(&names) {
+                emit(ctx.run(scenario, name, |c| forward(c, *proto)));
+            }
+        }
+        CheckSpec::Transfer { bytes } => {
+            emit(ctx.run(scenario, &names[0], |c| transfer(c, *bytes)));
+        }
+        CheckSpec::ConntrackRedirect { port } => {
+            emit(ctx.run(scenario, &names[0], |c| conntrack_redirect(c, *port)));
+        }
+        CheckSpec::ConntrackMasquerade => {
+            emit(ctx.run(scenario, &names[0], conntrack_masquerade));
+        }
+        CheckSpec::KernelHealth => {
+            emit(ctx.run(scenario, &names[0], kernel_health));
+        }
+    }
+}
+
+/// What happened when the client tried to reach the relay at one port.
+enum HandshakeOutcome {
+    Completed { after: Duration },
+    Refused { after: Duration, icmp: IcmpPacket },
+    Silent { waited: Duration },
+}
+
+/// Point the client at `RELAY_PUBLIC:port` from a fresh source port, with a
+/// fresh peer (no session), send one packet into the tunnel and watch.
+fn attempt_handshake(ctx: &mut Context, port: u16, wait: Duration) -> Result<(u16, HandshakeOutcome)> {
+    let topo = &mut ctx.topo;
+    let sport = topo.fresh_client_port();
+    topo.client_icmp.drain();
+    topo.client_wg.set_only_peer(
+        &topo.relay_wg.public_key(),
+        Some(SocketAddr::new(IpAddr::V4(RELAY_PUBLIC), port)),
+        &[(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)],
+        Some(sport),
+    )?;
+    // Any packet routed into wg0 makes WireGuard initiate a handshake.
+    let trigger = topo
+        .client
+        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding trigger socket"))?;
+    trigger
+        .send_to(b"natvet-trigger", (INTERNET, 9))
+        .context("sending a packet into the tunnel")?;
+    let start = Instant::now();
+    loop {
+        let state = topo.client_wg.peer_state()?;
+        if state.and_then(|s| s.last_handshake).is_some() {
+            return Ok((sport, HandshakeOutcome::Completed { after: start.elapsed() }));
+        }
+        // recv waits up to 20 ms, which paces this loop.
+        if let Some(icmp) = topo.client_icmp.recv() {
+            if icmp.icmp_type == ICMP_UNREACHABLE
+                && icmp.source == RELAY_PUBLIC
+                && icmp.inner_proto == Some(17)
+                && icmp.inner_dport == Some(port)
+            {
+                return Ok((sport, HandshakeOutcome::Refused { after: start.elapsed(), icmp }));
+            }
+        }
+        if start.elapsed() >= wait {
+            return Ok((sport, HandshakeOutcome::Silent { waited: start.elapsed() }));
+        }
+    }
+}
+
+fn describe(outcome: &HandshakeOutcome, sport: u16, port: u16) -> String {
+    match outcome {
+        HandshakeOutcome::Completed { after } => format!(
+            "handshake completed after {} ms (client {CLIENT_PUBLIC}:{sport} -> {RELAY_PUBLIC}:{port})",
+            after.as_millis()
+        ),
+        HandshakeOutcome::Refused { after, icmp } => format!(
+            "no handshake: {} answered ICMP destination unreachable (code {}) for udp/{port} after {} ms",
+            icmp.source,
+            icmp.code,
+            after.as_millis()
+        ),
+        HandshakeOutcome::Silent { waited } => format!(
+            "no handshake and no ICMP error within {:.1} s",
+            waited.as_secs_f32()
+        ),
+    }
+}
+
+fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
+    let wait = if expect { HANDSHAKE_TIMEOUT } else { NO_HANDSHAKE_WAIT };
+    let (sport, outcome) = attempt_handshake(ctx, port, wait)?;
+    let completed = matches!(outcome, HandshakeOutcome::Completed { .. });
+    let expected = if expect {
+        format!("a WireGuard handshake via {RELAY_PUBLIC}:{port}")
+    } else {
+        format!("no WireGuard handshake via {RELAY_PUBLIC}:{port}")
+    };
+    Ok(Verdict::judge(completed == expect, expected, describe(&outcome, sport, port)))
+}
+
+fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
+    let listen = ctx.topo.listen_port;
+    let expected = format!(
+        "a conntrack entry {CLIENT_PUBLIC}:SPORT -> {RELAY_PUBLIC}:{port} whose reply comes from {RELAY_PUBLIC}:{listen}"
+    );
+    let (sport, outcome) = attempt_handshake(ctx, port, HANDSHAKE_TIMEOUT)?;
+    if !matches!(outcome, HandshakeOutcome::Completed { .. }) {
+        return Ok(Verdict::judge(false, expected, describe(&outcome, sport, port)));
+    }
+    let table = ctx.conntrack_text()?;
+    let entry = conntrack::parse(&table).into_iter().find(|e| {
+        e.protocol == "udp"
+            && e.original.src == IpAddr::V4(CLIENT_PUBLIC)
+            && e.original.dst == IpAddr::V4(RELAY_PUBLIC)
+            && e.original.sport == Some(sport)
+            && e.original.dport == Some(port)
+    });
+    Ok(match entry {
+        None => Verdict::judge(
+            false,
+            expected,
+            format!("no conntrack entry for {CLIENT_PUBLIC}:{sport} -> {RELAY_PUBLIC}:{port}"),
+        ),
+        Some(e) => Verdict::judge(
+            e.reply.src == IpAddr::V4(RELAY_PUBLIC)
+                && e.reply.sport == Some(listen)
+                && e.reply.dst == IpAddr::V4(CLIENT_PUBLIC)
+                && e.reply.dport == Some(sport),
+            expected,
+            e.line,
+        ),
+    })
+}
+
+/// Bring the data tunnel up through the plain listen port (once per scenario).
+fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String>> {
+    if ctx.tunnel_port.is_some() {
+        return Ok(Ok(()));
+    }
+    let listen = ctx.topo.listen_port;
+    let (sport, outcome) = attempt_handshake(ctx, listen, HANDSHAKE_TIMEOUT)?;
+    if let HandshakeOutcome::Completed { .. } = outcome {
+        ctx.tunnel_port = Some(sport);
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "the tunnel did not come up through the plain port, so nothing could be forwarded: {}",
+            describe(&outcome, sport, listen)
+        )))
+    }
+}
+
+fn masq_expectation(what: &str) -> String {
+    format!("{what} from the client reaches {INTERNET} from {RELAY_WAN} (masqueraded) and the reply returns")
+}
+
+fn seen_source(ctx: &Context, tag: &str) -> Result<Option<probes::Seen>> {
+    Ok(ctx.topo.internet_host()?.seen(tag))
+}
+
+fn describe_seen(seen: &Option<probes::Seen>) -> String {
+    match seen {
+        None => format!("{INTERNET} received nothing"),
+        Some(s) => match s.source_port {
+            Some(p) => format!("{INTERNET} received it from {}:{p}", s.source),
+            None => format!("{INTERNET} received it from {}", s.source),
+        },
+    }
+}
+
+fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
+    let expected = masq_expectation(&proto.to_string().to_uppercase());
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let (reply, tag) = match proto {
+        Protocol::Tcp => {
+            let tag = ctx.tag("tcp");
+            let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::TCP_PORT);
+            (probes::tcp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT), tag)
+        }
+        Protocol::Udp => {
+            let tag = ctx.tag("udp");
+            let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+            (probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT), tag)
+        }
+        Protocol::Icmp => {
+            let id = rand::random::<u16>();
+            let icmp = &ctx.topo.client_icmp;
+            let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+            let mut seq = 0u16;
+            let mut got = None;
+            while got.is_none() && Instant::now() < deadline {
+                seq += 1;
+                icmp.send_echo(INTERNET, id, seq)?;
+                got = icmp.await_echo_reply(id, seq, (Instant::now() + Duration::from_millis(500)).min(deadline));
+            }
+            let reply = match got {
+                Some(_) => Ok(()),
+                None => Err(anyhow::anyhow!("no echo reply within {EXCHANGE_TIMEOUT:?}")),
+            };
+            (reply, probes::echo_tag(id, seq))
+        }
+    };
+    let seen = seen_source(ctx, &tag)?;
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
+    let reply_text = match &reply {
+        Ok(()) => "the reply returned".to_string(),
+        Err(e) => format!("no reply ({e:#})"),
+    };
+    Ok(Verdict::judge(
+        masqueraded && reply.is_ok(),
+        expected,
+        format!("{}; {reply_text}", describe_seen(&seen)),
+    ))
+}
+
+fn transfer(ctx: &mut Context, bytes: u64) -> Result<Verdict> {
+    let expected = format!(
+        "{} over TCP reaches {INTERNET} from {RELAY_WAN} with the same SHA-256 at both ends",
+        human_bytes(bytes)
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let tag = ctx.tag("transfer");
+    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::TCP_PORT);
+    let start = Instant::now();
+    let result = probes::tcp_transfer(&ctx.topo.client, dest, &tag, bytes, TRANSFER_TIMEOUT);
+    let secs = start.elapsed().as_secs_f64();
+    let seen = seen_source(ctx, &tag)?;
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
+    Ok(match result {
+        Err(e) => Verdict::judge(false, expected, format!("{}; transfer failed: {e:#}", describe_seen(&seen))),
+        Ok((ours, theirs)) => Verdict::judge(
+            masqueraded && ours == theirs,
+            expected,
+            format!(
+                "{}; sent sha256 {ours}, received sha256 {theirs} ({:.1} MiB/s)",
+                describe_seen(&seen),
+                bytes as f64 / (1u64 << 20) as f64 / secs.max(1e-6)
+            ),
+        ),
+    })
+}
+
+fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
+    let expected = format!(
+        "a conntrack entry {TUNNEL_CLIENT} -> {INTERNET}:{} whose reply goes to {RELAY_WAN}",
+        probes::UDP_PORT
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let tag = ctx.tag("ct");
+    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    if let Err(e) = probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT) {
+        return Ok(Verdict::judge(false, expected, format!("the UDP flow did not work: {e:#}")));
+    }
+    let table = ctx.conntrack_text()?;
+    let entries: Vec<_> = conntrack::parse(&table)
+        .into_iter()
+        .filter(|e| {
+            e.protocol == "udp"
+                && e.original.src == IpAddr::V4(TUNNEL_CLIENT)
+                && e.original.dst == IpAddr::V4(INTERNET)
+                && e.original.dport == Some(probes::UDP_PORT)
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("no conntrack entry for {TUNNEL_CLIENT} -> {INTERNET}:{}", probes::UDP_PORT),
+        ));
+    }
+    let good = entries.iter().find(|e| e.reply.dst == IpAddr::V4(RELAY_WAN) && e.reply.src == IpAddr::V4(INTERNET));
+    Ok(match good {
+        Some(e) => Verdict::judge(true, expected, e.line.clone()),
+        None => Verdict::judge(false, expected, entries[0].line.clone()),
+    })
+}
+
+fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
+    let more = ctx.kmsg.drain();
+    ctx.dmesg.extend(more);
+    let bad: Vec<&String> = ctx.dmesg.iter().filter(|l| kmsg::is_unhealthy(l)).collect();
+    let observed = if bad.is_empty() {
+        format!("{} kernel log lines during the scenario, none alarming", ctx.dmesg.len())
+    } else {
+        bad.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    };
+    Ok(Verdict::judge(
+        bad.is_empty(),
+        "no WARN, BUG, oops, lockup or RCU stall in the kernel log",
+        observed,
+    ))
+}

@@ -1,0 +1,119 @@
+//! Every rtnetlink request the agent makes, behind small named functions.
+//! Each runs inside one namespace ([`Netns::block_on`]); callers never build messages.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, Context, Result};
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::netns::Netns;
+
+async fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        Ok(None) => Err(anyhow!("no link named {name}")),
+        Err(e) => Err(anyhow!("looking up link {name}: {e}")),
+    }
+}
+
+/// Bring `lo` up.
+pub fn loopback_up(ns: &Netns) -> Result<()> {
+    link_up(ns, "lo")
+}
+
+/// Set a link administratively up.
+pub fn link_up(ns: &Netns, name: &str) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let index = index_of(&handle, name).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting {name} up in {}", ns.name))
+    })
+}
+
+/// A veth pair: `name` stays in `ns`, `peer` moves to `peer_ns`.
+pub fn veth_pair(ns: &Netns, name: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
+    let peer_fd = peer_ns.raw_fd();
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {name}/{peer} in {}", ns.name))?;
+        let index = index_of(&handle, peer).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).setns_by_fd(peer_fd).build())
+            .execute()
+            .await
+            .with_context(|| format!("moving {peer} to {}", peer_ns.name))
+    })
+}
+
+/// Add an address to a link.
+pub fn add_address(ns: &Netns, link: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let index = index_of(&handle, link).await?;
+        handle
+            .address()
+            .add(index, addr, prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding {addr}/{prefix} to {link} in {}", ns.name))
+    })
+}
+
+/// Route `dest/prefix` out of `link` (optionally via a gateway).
+pub fn add_route_v4(
+    ns: &Netns,
+    dest: Ipv4Addr,
+    prefix: u8,
+    link: &str,
+    gateway: Option<Ipv4Addr>,
+) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let index = index_of(&handle, link).await?;
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, prefix)
+            .output_interface(index);
+        if let Some(gw) = gateway {
+            route = route.gateway(gw);
+        }
+        handle
+            .route()
+            .add(route.build())
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dest}/{prefix} dev {link} in {}", ns.name))
+    })
+}
+
+/// Set a link's MTU.
+pub fn set_mtu(ns: &Netns, name: &str, mtu: u32) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let index = index_of(&handle, name).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting mtu {mtu} on {name}"))
+    })
+}

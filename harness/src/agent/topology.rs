@@ -1,0 +1,194 @@
+//! The relay topology: three namespaces named for their role.
+//!
+//! ```text
+//!  client                     relay                         internet
+//!  eth0 192.0.2.2/24 ---- public 192.0.2.1/24
+//!  wg0  10.99.0.2/24  ~~~~ wg0 10.99.0.1/24 (UDP 51820)
+//!                             wan 198.51.100.1/24 ---- eth0 198.51.100.2/24
+//! ```
+//! The client reaches 198.51.100.0/24 only through its tunnel; the internet
+//! host has no route back to the tunnel, so only masqueraded traffic gets replies.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::netlink;
+use super::netns::Netns;
+use super::probes::{IcmpSocket, InternetHost};
+use super::wireguard::WgInterface;
+use crate::nat::{Invocation, Ipv4Net, Masquerade, NatBackend, NatRules, Redirect};
+use crate::scenario::Scenario;
+
+pub const CLIENT_PUBLIC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const RELAY_PUBLIC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const RELAY_WAN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const TUNNEL_RELAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+pub const TUNNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+pub const TUNNEL_NET: Ipv4Net = Ipv4Net {
+    addr: Ipv4Addr::new(10, 99, 0, 0),
+    prefix: 24,
+};
+pub const RELAY_PUBLIC_IF: &str = "public";
+pub const RELAY_WAN_IF: &str = "wan";
+/// The client's first WireGuard source port; each check takes a fresh one so
+/// that conntrack entries of earlier checks cannot interfere.
+pub const CLIENT_FIRST_PORT: u16 = 40000;
+
+/// The neutral NAT rules a scenario asks for.
+pub fn nat_rules(scenario: &Scenario) -> NatRules {
+    let mut rules = NatRules::default();
+    if scenario.relay.masquerade {
+        rules.masquerade.push(Masquerade {
+            source: TUNNEL_NET,
+            out_iface: RELAY_WAN_IF.into(),
+        });
+    }
+    if !scenario.relay.redirect_udp.is_empty() {
+        rules.redirect_udp.push(Redirect {
+            in_iface: RELAY_PUBLIC_IF.into(),
+            ports: scenario.relay.redirect_udp.clone(),
+            to_port: scenario.relay.listen_port,
+        });
+    }
+    rules
+}
+
+/// Everything a check can touch. Dropping it removes all of it: the
+/// namespaces die with their last file descriptor and socket.
+pub struct Topology {
+    pub client: Arc<Netns>,
+    pub relay: Arc<Netns>,
+    pub internet: Arc<Netns>,
+    pub client_wg: WgInterface,
+    pub relay_wg: WgInterface,
+    pub internet_host: Option<InternetHost>,
+    pub client_icmp: IcmpSocket,
+    pub listen_port: u16,
+    next_port: u16,
+}
+
+impl Topology {
+    /// Namespaces, links, addresses, routes and WireGuard; no NAT yet.
+    pub fn build(listen_port: u16) -> Result<Topology> {
+        let client = Arc::new(Netns::create("client")?);
+        let relay = Arc::new(Netns::create("relay")?);
+        let internet = Arc::new(Netns::create("internet")?);
+        for ns in [&client, &relay, &internet] {
+            netlink::loopback_up(ns)?;
+        }
+        netlink::veth_pair(&relay, RELAY_PUBLIC_IF, &client, "eth0")?;
+        netlink::veth_pair(&relay, RELAY_WAN_IF, &internet, "eth0")?;
+        for (ns, link, addr) in [
+            (&client, "eth0", CLIENT_PUBLIC),
+            (&relay, RELAY_PUBLIC_IF, RELAY_PUBLIC),
+            (&relay, RELAY_WAN_IF, RELAY_WAN),
+            (&internet, "eth0", INTERNET),
+        ] {
+            netlink::add_address(ns, link, IpAddr::V4(addr), 24)?;
+            netlink::link_up(ns, link)?;
+        }
+        relay.sysctl("net.ipv4.ip_forward", "1")?;
+
+        let relay_wg = WgInterface::create(relay.clone(), "wg0", Some(listen_port))?;
+        let client_wg = WgInterface::create(client.clone(), "wg0", Some(CLIENT_FIRST_PORT))?;
+        relay_wg.set_only_peer(
+            &client_wg.public_key(),
+            None,
+            &[(IpAddr::V4(TUNNEL_CLIENT), 32)],
+            None,
+        )?;
+        for (ns, addr) in [(&relay, TUNNEL_RELAY), (&client, TUNNEL_CLIENT)] {
+            netlink::add_address(ns, "wg0", IpAddr::V4(addr), 24)?;
+            netlink::link_up(ns, "wg0")?;
+        }
+        netlink::add_route_v4(&client, Ipv4Addr::new(198, 51, 100, 0), 24, "wg0", None)?;
+
+        let client_icmp = IcmpSocket::open(&client)?;
+        let internet_host = Some(InternetHost::start(&internet, INTERNET)?);
+        Ok(Topology {
+            client,
+            relay,
+            internet,
+            client_wg,
+            relay_wg,
+            internet_host,
+            client_icmp,
+            listen_port,
+            next_port: CLIENT_FIRST_PORT,
+        })
+    }
+
+    /// A client source port no earlier check has used.
+    pub fn fresh_client_port(&mut self) -> u16 {
+        self.next_port = self.next_port.wrapping_add(1).max(CLIENT_FIRST_PORT);
+        self.next_port
+    }
+
+    pub fn internet_host(&self) -> Result<&InternetHost> {
+        self.internet_host
+            .as_ref()
+            .context("the internet host's probe servers are not running")
+    }
+
+    /// Run a backend command in the relay's namespace, feeding `stdin`.
+    pub fn relay_run(&self, inv: &Invocation, stdin: Option<&str>) -> Result<String> {
+        run_in(&self.relay, inv, stdin)
+    }
+
+    /// Apply NAT with `backend`: Ok(Err(reason)) when the kernel does not support it.
+    pub fn apply_nat(
+        &self,
+        backend: &dyn NatBackend,
+        rules: &NatRules,
+    ) -> Result<std::result::Result<(), String>> {
+        for tool in backend.tools() {
+            if !std::path::Path::new(tool).exists() {
+                bail!("{tool} is not in the initramfs: install it on the host (apt-get install nftables iptables)");
+            }
+        }
+        if let Err(e) = self.relay_run(&backend.probe(), None) {
+            return Ok(Err(format!("{} does not work on this kernel: {e:#}", backend.kind())));
+        }
+        self.relay_run(&backend.apply(), Some(&backend.render(rules)))
+            .with_context(|| format!("applying {} ruleset", backend.kind()))?;
+        Ok(Ok(()))
+    }
+
+    pub fn stop(mut self) {
+        if let Some(host) = self.internet_host.take() {
+            host.stop();
+        }
+    }
+}
+
+/// Run a command in a namespace; its stdout, or an error with its stderr.
+pub fn run_in(ns: &Netns, inv: &Invocation, stdin: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut child = ns
+        .command(inv.program)
+        .args(&inv.args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {inv}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .with_context(|| format!("writing to {inv}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {inv}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{inv}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,142 @@
+//! WireGuard over its generic-netlink API (wireguard-control's kernel backend).
+//! Keys are generated in the guest.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, KeyPair, PeerConfigBuilder};
+
+use super::netns::Netns;
+
+fn iface(name: &str) -> Result<InterfaceName> {
+    name.parse()
+        .map_err(|e| anyhow::anyhow!("bad WireGuard interface name {name}: {e:?}"))
+}
+
+/// One WireGuard interface in one namespace.
+pub struct WgInterface {
+    pub ns: Arc<Netns>,
+    pub name: String,
+    pub keys: KeyPair,
+}
+
+/// What a peer looks like to a device right now.
+#[derive(Debug, Clone)]
+pub struct PeerState {
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl WgInterface {
+    /// Create the link (via netlink; the kernel loads the module on demand) with fresh keys.
+    pub fn create(ns: Arc<Netns>, name: &str, listen_port: Option<u16>) -> Result<WgInterface> {
+        let keys = KeyPair::generate();
+        let ifname = iface(name)?;
+        let mut update = DeviceUpdate::new().set_keypair(keys.clone());
+        if let Some(port) = listen_port {
+            update = update.set_listen_port(port);
+        }
+        ns.run(|| {
+            update
+                .apply(&ifname, Backend::Kernel)
+                .with_context(|| format!("creating WireGuard interface {name}"))
+        })?;
+        Ok(WgInterface {
+            ns,
+            name: name.to_string(),
+            keys,
+        })
+    }
+
+    pub fn public_key(&self) -> Key {
+        self.keys.public.clone()
+    }
+
+    /// Replace all peers by one (a fresh peer: no session, no handshake yet),
+    /// and optionally move the listen port.
+    pub fn set_only_peer(
+        &self,
+        peer: &Key,
+        endpoint: Option<SocketAddr>,
+        allowed: &[(IpAddr, u8)],
+        listen_port: Option<u16>,
+    ) -> Result<()> {
+        let mut builder = PeerConfigBuilder::new(peer);
+        if let Some(ep) = endpoint {
+            builder = builder.set_endpoint(ep);
+        }
+        for (addr, cidr) in allowed {
+            builder = builder.add_allowed_ip(*addr, *cidr);
+        }
+        let mut update = DeviceUpdate::new().replace_peers().add_peer(builder);
+        if let Some(port) = listen_port {
+            update = update.set_listen_port(port);
+        }
+        let ifname = iface(&self.name)?;
+        self.ns.run(|| {
+            update
+                .apply(&ifname, Backend::Kernel)
+                .with_context(|| format!("configuring peer on {}", self.name))
+        })
+    }
+
+    /// The state of the device's first (only) peer.
+    pub fn peer_state(&self) -> Result<Option<PeerState>> {
+        let device = self.device()?;
+        Ok(device.peers.first().map(|p| PeerState {
+            endpoint: p.config.endpoint,
+            last_handshake: p.stats.last_handshake_time,
+            rx_bytes: p.stats.rx_bytes,
+            tx_bytes: p.stats.tx_bytes,
+        }))
+    }
+
+    fn device(&self) -> Result<Device> {
+        let ifname = iface(&self.name)?;
+        self.ns.run(|| {
+            Device::get(&ifname, Backend::Kernel)
+                .with_context(|| format!("reading WireGuard device {}", self.name))
+        })
+    }
+
+    /// A `wg show`-like summary for evidence.
+    pub fn describe(&self) -> String {
+        match self.device() {
+            Err(e) => format!("{}/{}: {e:#}\n", self.ns.name, self.name),
+            Ok(d) => {
+                let mut s = format!(
+                    "{}/{}: listen_port={:?} public_key={}\n",
+                    self.ns.name,
+                    self.name,
+                    d.listen_port,
+                    self.keys.public.to_base64()
+                );
+                for p in d.peers {
+                    let age = p
+                        .stats
+                        .last_handshake_time
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .map(|d| format!("{}ms ago", d.as_millis()))
+                        .unwrap_or_else(|| "never".into());
+                    s.push_str(&format!(
+                        "  peer {} endpoint={:?} allowed={:?} handshake={age} rx={} tx={}\n",
+                        p.config.public_key.to_base64(),
+                        p.config.endpoint,
+                        p.config
+                            .allowed_ips
+                            .iter()
+                            .map(|a| format!("{}/{}", a.address, a.cidr))
+                            .collect::<Vec<_>>(),
+                        p.stats.rx_bytes,
+                        p.stats.tx_bytes
+                    ));
+                }
+                s
+            }
+        }
+    }
+}

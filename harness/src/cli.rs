@@ -1,0 +1,243 @@
+//! The command line: parse, validate everything before anything runs, then act.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::kernel::{Cache, KernelSpec};
+use crate::nat::BackendKind;
+use crate::report::{exit, RunReport};
+use crate::scenario::{Scenario, SHIPPED};
+use crate::ui::Ui;
+use crate::vet::{self, VetOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "natvet", version, about = "Boots Linux kernels in QEMU and proves, with real packets, that WireGuard + NAT forwarding works")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Vet kernels: boot each, run the scenarios' checks, print a kernel x check table.
+    ///
+    /// Exit codes: 0 all checks passed, 1 a check failed, 2 bad input, 3 natvet could not test.
+    Vet(VetArgs),
+    /// Show the shipped scenarios, or validate one.
+    #[command(subcommand)]
+    Scenarios(ScenariosCmd),
+    /// Resolve (and fetch into the cache) kernels without booting them.
+    #[command(subcommand)]
+    Kernels(KernelsCmd),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VetArgs {
+    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), or a path to a bzImage/vmlinux. Repeatable. Default: the `default` set in vm-images/kernels.toml.
+    #[arg(long = "kernel", value_name = "SPEC")]
+    pub kernels: Vec<String>,
+    /// Kernel set from vm-images/kernels.toml (instead of --kernel).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernels")]
+    pub set: Option<String>,
+    /// Module tree for a local kernel (lib/modules/RELEASE, or a root holding it).
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: all shipped.
+    #[arg(long = "scenario", value_name = "NAME|PATH")]
+    pub scenarios: Vec<String>,
+    /// Restrict NAT backends (comma-separated): nftables, iptables-nft, iptables-legacy.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub backend: Vec<BackendKind>,
+    /// Write all results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Folder for console logs and evidence.
+    #[arg(long, value_name = "DIR", default_value = "natvet-out")]
+    pub out: PathBuf,
+    /// VMs at once. Default: one per core, as memory allows.
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Seconds one VM may take from boot to power-off.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 384)]
+    pub memory: u32,
+    /// Extra kernel command line arguments.
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    pub kernel_cmdline: String,
+    /// Keep evidence for passing checks too.
+    #[arg(long)]
+    pub evidence_always: bool,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScenariosCmd {
+    /// List the shipped scenarios.
+    List,
+    /// Print a shipped scenario's TOML.
+    Show { name: String },
+    /// Validate a scenario file without running it.
+    Check { path: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KernelsCmd {
+    /// Resolve kernel specs (fetching them into the cache) and print what they are.
+    Fetch {
+        #[arg(required = true)]
+        specs: Vec<String>,
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+    },
+}
+
+/// A user error: exit 2 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("natvet: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                exit::USAGE
+            } else {
+                exit::INFRA
+            }
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Vet(args) => vet_cmd(args),
+        Command::Scenarios(ScenariosCmd::List) => {
+            for (name, _) in SHIPPED {
+                let s = Scenario::load(name).map_err(|e| usage(e.to_string()))?;
+                println!("{name:<20} {}", s.description);
+            }
+            Ok(exit::PASS)
+        }
+        Command::Scenarios(ScenariosCmd::Show { name }) => {
+            match SHIPPED.iter().find(|(n, _)| *n == name) {
+                Some((_, text)) => {
+                    print!("{text}");
+                    Ok(exit::PASS)
+                }
+                None => Err(usage(Scenario::load(&name).err().map(|e| e.to_string()).unwrap_or_default())),
+            }
+        }
+        Command::Scenarios(ScenariosCmd::Check { path }) => {
+            let s = Scenario::load(&path).map_err(|e| usage(e.to_string()))?;
+            println!("{path}: scenario '{}' is valid: {} checks on {:?}", s.name, s.result_names().len(), s.backends);
+            Ok(exit::PASS)
+        }
+        Command::Kernels(KernelsCmd::Fetch { specs, modules }) => {
+            let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ui = Ui::new(false);
+            let specs = parse_specs(&specs, modules)?;
+            for (spec, r) in vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))? {
+                match r {
+                    Ok((k, ms)) => println!(
+                        "{spec}: release {} boot {:?} image {} modules {} ({ms} ms)",
+                        k.release.as_deref().unwrap_or("?"),
+                        k.boot_kind,
+                        k.boot_image.display(),
+                        k.modules_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none".into())
+                    ),
+                    Err(e) => {
+                        eprintln!("{spec}: {e}");
+                        return Ok(exit::INFRA);
+                    }
+                }
+            }
+            Ok(exit::PASS)
+        }
+    }
+}
+
+fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<Vec<KernelSpec>> {
+    if modules.is_some() && specs.len() != 1 {
+        return Err(usage("--modules goes with exactly one --kernel PATH"));
+    }
+    specs
+        .iter()
+        .map(|s| KernelSpec::parse(s, modules.clone()).map_err(|e| usage(e.to_string())))
+        .collect()
+}
+
+fn vet_cmd(args: VetArgs) -> Result<i32> {
+    // Validate everything the user gave before anything touches the network or boots.
+    let names: Vec<String> = if args.scenarios.is_empty() {
+        SHIPPED.iter().map(|(n, _)| n.to_string()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let mut scenarios = Vec::new();
+    for n in &names {
+        let mut s = Scenario::load(n).map_err(|e| usage(e.to_string()))?;
+        if !args.backend.is_empty() {
+            s.backends.retain(|b| args.backend.contains(b));
+            if s.backends.is_empty() {
+                return Err(usage(format!(
+                    "scenario '{}' allows none of the backends given with --backend",
+                    s.name
+                )));
+            }
+        }
+        scenarios.push(s);
+    }
+    let kernel_strings = if !args.kernels.is_empty() {
+        args.kernels.clone()
+    } else {
+        vet::kernel_set(args.set.as_deref().unwrap_or("default")).map_err(|e| usage(format!("{e:#}")))?
+    };
+    let specs = parse_specs(&kernel_strings, args.modules.clone())?;
+    if args.jobs == Some(0) {
+        return Err(usage("--jobs must be at least 1"));
+    }
+    if args.memory < 128 {
+        return Err(usage("--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs"));
+    }
+    vet::check_host(&scenarios)?;
+
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = Ui::new(args.quiet);
+    let resolved = vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))?;
+    let opts = VetOptions {
+        kernels: specs,
+        scenarios,
+        jobs: args.jobs.unwrap_or_else(|| vet::default_jobs(args.memory)),
+        timeout: Duration::from_secs(args.timeout),
+        memory_mb: args.memory,
+        out_dir: args.out.clone(),
+        cmdline_extra: args.kernel_cmdline.clone(),
+        evidence_always: args.evidence_always,
+    };
+    let report = vet::run(&opts, resolved, &ui);
+    finish(&report, args.json.as_deref())
+}
+
+fn finish(report: &RunReport, json: Option<&std::path::Path>) -> Result<i32> {
+    print!("{}", report.render_table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.exit_code())
+}

@@ -1,0 +1,121 @@
+//! iptables, in both flavours: the nf_tables-based `iptables-nft` and the
+//! classic xtables `iptables-legacy`. Same rules, applied with `*-restore`.
+
+use std::fmt::Write;
+
+use super::{chunk_ports, BackendKind, Invocation, NatBackend, NatRules};
+
+/// multiport matches at most 15 ports, a range counting as two.
+const MULTIPORT_SLOTS: usize = 15;
+
+/// Our own chains, jumped to from the built-in ones, so teardown touches only what we own.
+const PRE_CHAIN: &str = "NATVET-PREROUTING";
+const POST_CHAIN: &str = "NATVET-POSTROUTING";
+
+pub enum Iptables {
+    Nft,
+    Legacy,
+}
+
+impl Iptables {
+    fn tool(&self, which: &str) -> &'static str {
+        match (self, which) {
+            (Iptables::Nft, "restore") => "/usr/sbin/iptables-nft-restore",
+            (Iptables::Nft, "save") => "/usr/sbin/iptables-nft-save",
+            (Iptables::Nft, _) => "/usr/sbin/iptables-nft",
+            (Iptables::Legacy, "restore") => "/usr/sbin/iptables-legacy-restore",
+            (Iptables::Legacy, "save") => "/usr/sbin/iptables-legacy-save",
+            (Iptables::Legacy, _) => "/usr/sbin/iptables-legacy",
+        }
+    }
+}
+
+impl NatBackend for Iptables {
+    fn kind(&self) -> BackendKind {
+        match self {
+            Iptables::Nft => BackendKind::IptablesNft,
+            Iptables::Legacy => BackendKind::IptablesLegacy,
+        }
+    }
+
+    fn tools(&self) -> Vec<&'static str> {
+        vec![self.tool("iptables"), self.tool("restore"), self.tool("save")]
+    }
+
+    fn probe(&self) -> Invocation {
+        Invocation {
+            program: self.tool("iptables"),
+            args: vec!["-w", "-t", "nat", "-S"],
+        }
+    }
+
+    fn render(&self, rules: &NatRules) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "*nat");
+        let _ = writeln!(s, ":{PRE_CHAIN} - [0:0]");
+        let _ = writeln!(s, ":{POST_CHAIN} - [0:0]");
+        let _ = writeln!(s, "-A PREROUTING -j {PRE_CHAIN}");
+        let _ = writeln!(s, "-A POSTROUTING -j {POST_CHAIN}");
+        for r in &rules.redirect_udp {
+            for chunk in chunk_ports(&r.ports, MULTIPORT_SLOTS) {
+                let ports: Vec<String> = chunk
+                    .iter()
+                    .map(|p| p.to_string().replace('-', ":"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "-A {PRE_CHAIN} -i {} -p udp -m multiport --dports {} -j REDIRECT --to-ports {}",
+                    r.in_iface,
+                    ports.join(","),
+                    r.to_port
+                );
+            }
+        }
+        for m in &rules.masquerade {
+            let _ = writeln!(
+                s,
+                "-A {POST_CHAIN} -s {} -o {} -j MASQUERADE",
+                m.source, m.out_iface
+            );
+        }
+        let _ = writeln!(s, "COMMIT");
+        s
+    }
+
+    fn apply(&self) -> Invocation {
+        Invocation {
+            program: self.tool("restore"),
+            args: vec!["-w", "--noflush"],
+        }
+    }
+
+    fn list(&self) -> Invocation {
+        Invocation {
+            program: self.tool("save"),
+            args: vec![],
+        }
+    }
+
+    fn render_teardown(&self) -> String {
+        format!(
+            "*nat\n-D PREROUTING -j {PRE_CHAIN}\n-D POSTROUTING -j {POST_CHAIN}\n-F {PRE_CHAIN}\n-F {POST_CHAIN}\n-X {PRE_CHAIN}\n-X {POST_CHAIN}\nCOMMIT\n"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_extended_port_relay() {
+        insta::assert_snapshot!(Iptables::Legacy.render(&super::super::sample_rules()));
+    }
+
+    #[test]
+    fn flavours_differ_only_in_tools() {
+        let rules = super::super::sample_rules();
+        assert_eq!(Iptables::Nft.render(&rules), Iptables::Legacy.render(&rules));
+        assert_ne!(Iptables::Nft.apply(), Iptables::Legacy.apply());
+    }
+}

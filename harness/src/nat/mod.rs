@@ -1,0 +1,204 @@
+//! NAT backends: one neutral description of the relay's NAT, rendered by each
+//! backend into the script its tool applies atomically.
+//!
+//! Backends are pure: they render text and name the commands that apply, list
+//! and probe it. The agent runs those commands inside the relay's namespace.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::PortRange;
+
+mod iptables;
+mod nftables;
+
+pub use iptables::Iptables;
+pub use nftables::Nftables;
+
+/// Our own nftables table name: iptables-nft owns `ip nat`, and a live host has its own tables.
+pub const NFT_TABLE: &str = "natvet";
+
+/// Which tool configures the relay's NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Nftables,
+    IptablesNft,
+    IptablesLegacy,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Nftables,
+        BackendKind::IptablesNft,
+        BackendKind::IptablesLegacy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Nftables => "nftables",
+            BackendKind::IptablesNft => "iptables-nft",
+            BackendKind::IptablesLegacy => "iptables-legacy",
+        }
+    }
+
+    pub fn backend(self) -> Box<dyn NatBackend> {
+        match self {
+            BackendKind::Nftables => Box::new(Nftables),
+            BackendKind::IptablesNft => Box::new(Iptables::Nft),
+            BackendKind::IptablesLegacy => Box::new(Iptables::Legacy),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                format!("unknown NAT backend '{s}': use nftables, iptables-nft or iptables-legacy")
+            })
+    }
+}
+
+/// An IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Rewrite the source of traffic from `source` leaving by `out_iface` to that interface's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masquerade {
+    pub source: Ipv4Net,
+    pub out_iface: String,
+}
+
+/// Deliver UDP arriving on `in_iface` for any of `ports` to local port `to_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub in_iface: String,
+    pub ports: Vec<PortRange>,
+    pub to_port: u16,
+}
+
+/// The relay's NAT, independent of the tool that configures it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatRules {
+    pub masquerade: Vec<Masquerade>,
+    pub redirect_udp: Vec<Redirect>,
+}
+
+/// A command line: program and arguments. Scripts go to its standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: &'static str,
+    pub args: Vec<&'static str>,
+}
+
+impl fmt::Display for Invocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.program)?;
+        for a in &self.args {
+            write!(f, " {a}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One way of configuring NAT in the kernel.
+pub trait NatBackend {
+    fn kind(&self) -> BackendKind;
+    /// Host binaries the guest needs for this backend (copied with their libraries).
+    fn tools(&self) -> Vec<&'static str>;
+    /// A harmless command that succeeds only if the kernel supports this backend.
+    fn probe(&self) -> Invocation;
+    /// The script that installs `rules` in one transaction.
+    fn render(&self, rules: &NatRules) -> String;
+    /// Applies the script given on standard input.
+    fn apply(&self) -> Invocation;
+    /// Prints the active ruleset (for evidence).
+    fn list(&self) -> Invocation;
+    /// The script that removes everything `render` installed.
+    fn render_teardown(&self) -> String;
+}
+
+/// Splits port ranges into groups of at most `max_slots` slots, where a single
+/// port takes one slot and a range two (iptables' multiport counts this way).
+pub(crate) fn chunk_ports(ports: &[PortRange], max_slots: usize) -> Vec<Vec<PortRange>> {
+    let mut chunks: Vec<Vec<PortRange>> = Vec::new();
+    let mut used = 0;
+    for p in ports {
+        let cost = if p.first == p.last { 1 } else { 2 };
+        if chunks.is_empty() || used + cost > max_slots {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += cost;
+        if let Some(last) = chunks.last_mut() {
+            last.push(*p);
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+pub(crate) fn sample_rules() -> NatRules {
+    let ports = ["53", "4000-33433", "33565-51820", "52000-60000"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    NatRules {
+        masquerade: vec![Masquerade {
+            source: Ipv4Net {
+                addr: Ipv4Addr::new(10, 99, 0, 0),
+                prefix: 24,
+            },
+            out_iface: "wan".into(),
+        }],
+        redirect_udp: vec![Redirect {
+            in_iface: "public".into(),
+            ports,
+            to_port: 51820,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in BackendKind::ALL {
+            assert_eq!(b.name().parse::<BackendKind>(), Ok(b));
+            assert_eq!(b.backend().kind(), b);
+        }
+        assert!("pf".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn multiport_chunks_respect_the_slot_limit() {
+        let ports: Vec<PortRange> = (1..=20).map(|i| format!("{}-{}", i * 10, i * 10 + 1).parse().unwrap()).collect();
+        let chunks = chunk_ports(&ports, 15);
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![7, 7, 6]);
+        assert_eq!(chunks.concat(), ports);
+    }
+}

@@ -1,0 +1,92 @@
+//! nftables: one table of our own, applied atomically with `nft -f -`.
+
+use std::fmt::Write;
+
+use super::{BackendKind, Invocation, NatBackend, NatRules, NFT_TABLE};
+
+pub struct Nftables;
+
+impl NatBackend for Nftables {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nftables
+    }
+
+    fn tools(&self) -> Vec<&'static str> {
+        vec!["/usr/sbin/nft"]
+    }
+
+    fn probe(&self) -> Invocation {
+        Invocation {
+            program: "/usr/sbin/nft",
+            args: vec!["list", "tables"],
+        }
+    }
+
+    fn render(&self, rules: &NatRules) -> String {
+        let mut s = String::new();
+        // Declaring then deleting makes the script idempotent: it replaces any earlier copy.
+        let _ = writeln!(s, "table ip {NFT_TABLE}");
+        let _ = writeln!(s, "delete table ip {NFT_TABLE}");
+        let _ = writeln!(s, "table ip {NFT_TABLE} {{");
+        let _ = writeln!(s, "\tchain prerouting {{");
+        let _ = writeln!(s, "\t\ttype nat hook prerouting priority dstnat; policy accept;");
+        for r in &rules.redirect_udp {
+            let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "\t\tiifname \"{}\" udp dport {{ {} }} counter redirect to :{}",
+                r.in_iface,
+                ports.join(", "),
+                r.to_port
+            );
+        }
+        let _ = writeln!(s, "\t}}");
+        let _ = writeln!(s, "\tchain postrouting {{");
+        let _ = writeln!(s, "\t\ttype nat hook postrouting priority srcnat; policy accept;");
+        for m in &rules.masquerade {
+            let _ = writeln!(
+                s,
+                "\t\toifname \"{}\" ip saddr {} counter masquerade",
+                m.out_iface, m.source
+            );
+        }
+        let _ = writeln!(s, "\t}}");
+        let _ = writeln!(s, "}}");
+        s
+    }
+
+    fn apply(&self) -> Invocation {
+        Invocation {
+            program: "/usr/sbin/nft",
+            args: vec!["-f", "-"],
+        }
+    }
+
+    fn list(&self) -> Invocation {
+        Invocation {
+            program: "/usr/sbin/nft",
+            args: vec!["list", "ruleset"],
+        }
+    }
+
+    fn render_teardown(&self) -> String {
+        format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_extended_port_relay() {
+        insta::assert_snapshot!(Nftables.render(&super::super::sample_rules()));
+    }
+
+    #[test]
+    fn without_redirects_the_chain_stays_empty() {
+        let mut rules = super::super::sample_rules();
+        rules.redirect_udp.clear();
+        assert!(!Nftables.render(&rules).contains("redirect"));
+    }
+}

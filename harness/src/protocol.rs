@@ -1,0 +1,200 @@
+//! The typed protocol between the host (natvet) and the guest (the agent, PID 1).
+//!
+//! The host hands the guest one [`Job`] (a JSON file in the initramfs); the guest
+//! answers with a stream of [`GuestMessage`]s, one JSON object per line, on its
+//! second serial port. Results are data: nothing on the host reads console text
+//! to learn what happened.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Scenario;
+
+/// Bumped whenever a message changes shape; host and guest are the same binary,
+/// so a mismatch means a stale initramfs, never a supported combination.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Where the job lives inside the initramfs.
+pub const JOB_PATH: &str = "natvet/job.json";
+
+/// The guest's serial port that carries [`GuestMessage`]s (ttyS0 is the console).
+pub const RESULTS_TTY: &str = "/dev/ttyS1";
+
+/// The longest line the host accepts from the guest. A longer one is a protocol error.
+pub const MAX_LINE: usize = 4 * 1024 * 1024;
+
+/// What the host asks the guest to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub version: u32,
+    /// Scenarios to run, in order, each against each of its backends.
+    pub scenarios: Vec<Scenario>,
+    /// Kernel modules (names or aliases) to load before anything else.
+    pub preload_modules: Vec<String>,
+    /// Capture evidence for passing checks too (normally only for failures).
+    #[serde(default)]
+    pub evidence_always: bool,
+}
+
+/// Outcome of one check. `Unsupported` and `Error` are never a NAT verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Packets did what the check expects.
+    Pass,
+    /// The kernel did not do what the check expects: a NAT regression.
+    Fail,
+    /// The kernel (or the guest's tools) lacks something the check needs.
+    Unsupported,
+    /// natvet itself could not run the check (setup failed, timeout of the harness).
+    Error,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Unsupported => "unsupported",
+            Status::Error => "ERROR",
+        }
+    }
+}
+
+/// The result of one check, for one scenario and NAT backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub scenario: String,
+    pub backend: String,
+    pub check: String,
+    pub status: Status,
+    pub expected: String,
+    pub observed: String,
+    pub duration_ms: u64,
+    /// Collected for failures (and errors), or always on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// What an engineer needs to see why a packet did not get through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The relay's conntrack table (`conntrack -L`).
+    pub conntrack: String,
+    /// The relay's active NAT ruleset as its backend lists it.
+    pub ruleset: String,
+    /// Interface counters per namespace (`/proc/net/dev`).
+    pub counters: String,
+    /// Routes per namespace (`/proc/net/route`).
+    pub routes: String,
+    /// WireGuard state of client and relay (peers, endpoints, handshakes, bytes).
+    pub wireguard: String,
+    /// Kernel log lines emitted while the check ran.
+    pub dmesg: Vec<String>,
+}
+
+/// One line from the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// The agent runs: the readiness signal. `uptime_ms` is the guest's clock at
+    /// that moment, i.e. the boot time to the agent.
+    Hello {
+        version: u32,
+        kernel_release: String,
+        uptime_ms: u64,
+    },
+    /// A setup step's outcome worth showing (modules loaded, backend probing).
+    Note { message: String },
+    /// A check is about to run (progress, and names the culprit if the guest dies).
+    CheckStarted {
+        scenario: String,
+        backend: String,
+        check: String,
+    },
+    /// A check finished.
+    Check(CheckResult),
+    /// All scenarios ran; the guest powers off next.
+    Done { elapsed_ms: u64 },
+    /// The agent cannot go on (setup failed in a way no check can report).
+    Fatal { error: String },
+}
+
+impl GuestMessage {
+    /// One line of the wire format (no trailing newline).
+    pub fn to_line(&self) -> String {
+        // Serialising these plain data types cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"fatal","error":"cannot serialise message: {e}"}}"#)
+        })
+    }
+
+    /// Parse one line from the guest. Carriage returns from the tty are tolerated.
+    pub fn from_line(line: &str) -> Result<GuestMessage, ProtocolError> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.len() > MAX_LINE {
+            return Err(ProtocolError::TooLong(line.len()));
+        }
+        serde_json::from_str(line).map_err(|e| ProtocolError::Malformed {
+            error: e.to_string(),
+            line: line.chars().take(200).collect(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProtocolError {
+    #[error("the guest sent a line of {0} bytes, more than the protocol allows")]
+    TooLong(usize),
+    #[error("the guest sent a line that is not a natvet message ({error}): {line:?}")]
+    Malformed { error: String, line: String },
+    #[error("the guest speaks protocol version {guest}, the host {host}: rebuild natvet")]
+    Version { guest: u32, host: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trip() {
+        let msg = GuestMessage::Check(CheckResult {
+            scenario: "extended-ports".into(),
+            backend: "nftables".into(),
+            check: "handshake-port-53".into(),
+            status: Status::Fail,
+            expected: "handshake".into(),
+            observed: "none".into(),
+            duration_ms: 12,
+            evidence: Some(Evidence::default()),
+        });
+        let line = msg.to_line();
+        assert!(!line.contains('\n'));
+        assert_eq!(GuestMessage::from_line(&(line + "\r\n")), Ok(msg));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in ["", "{", "null", "{\"type\":\"nope\"}", "\u{0}\u{1}", "[1,2]"] {
+            assert!(GuestMessage::from_line(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(MAX_LINE + 1);
+        assert_eq!(
+            GuestMessage::from_line(&long),
+            Err(ProtocolError::TooLong(MAX_LINE + 1))
+        );
+    }
+
+    #[test]
+    fn wire_shape() {
+        let hello = GuestMessage::Hello {
+            version: 1,
+            kernel_release: "6.1.0-50-amd64".into(),
+            uptime_ms: 2100,
+        };
+        assert_eq!(
+            hello.to_line(),
+            r#"{"type":"hello","version":1,"kernel_release":"6.1.0-50-amd64","uptime_ms":2100}"#
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! Build and drive one qemu process: TCG, the kernel booted directly (PVH
+//! vmlinux where possible), the console on ttyS0 kept in a log, and the
+//! guest's typed messages on ttyS1 through a unix socket.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{GuestMessage, ProtocolError, MAX_LINE};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+const CONSOLE_TAIL: usize = 40;
+
+/// How to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mb: u32,
+    /// Appended to natvet's own kernel command line.
+    pub cmdline_extra: String,
+    /// The whole VM, boot to power-off.
+    pub timeout: Duration,
+    /// Where the console (ttyS0) is written.
+    pub console_log: PathBuf,
+    /// A private folder for the results socket.
+    pub workdir: PathBuf,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmEnd {
+    /// The guest said Done and powered off.
+    Completed,
+    /// The kernel panicked (seen on the console).
+    Panic(String),
+    /// The VM outlived its timeout and was killed.
+    Timeout(Duration),
+    /// qemu ended before the guest said Done.
+    Died(String),
+    /// The guest sent something that is not a natvet message.
+    Protocol(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOutcome {
+    pub end: VmEnd,
+    pub console_tail: Vec<String>,
+    /// Console lines that look like kernel trouble (oops, WARN, lockup).
+    pub alarms: Vec<String>,
+    pub wall: Duration,
+    /// Host time from qemu start to the guest's Hello.
+    pub boot: Option<Duration>,
+    pub peak_rss_kb: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{QEMU} is not installed: run `apt-get install -y qemu-system-x86` (or `make deps`)")]
+    Missing,
+    #[error("cannot start {QEMU}: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot set up the results channel in {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The kernel command line natvet boots with.
+pub fn cmdline(extra: &str) -> String {
+    let mut s = String::from(
+        "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init random.trust_cpu=on mitigations=off",
+    );
+    if !extra.is_empty() {
+        s.push(' ');
+        s.push_str(extra);
+    }
+    s
+}
+
+/// qemu's arguments for `cfg`, with results going to the socket at `sock`.
+pub fn args(cfg: &VmConfig, sock: &Path) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-accel",
+        "tcg,thread=multi,tb-size=64",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("-chardev".into());
+    a.push(format!("socket,id=results,path={}", sock.display()));
+    a.push("-serial".into());
+    a.push("chardev:results".into());
+    a.push("-m".into());
+    a.push(cfg.memory_mb.to_string());
+    a.push("-kernel".into());
+    a.push(cfg.kernel.display().to_string());
+    a.push("-initrd".into());
+    a.push(cfg.initrd.display().to_string());
+    a.push("-append".into());
+    a.push(cmdline(&cfg.cmdline_extra));
+    a
+}
+
+pub fn available() -> bool {
+    Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Kill qemu when dropped, whatever path we leave by.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default)]
+struct Console {
+    tail: VecDeque<String>,
+    panic: Option<String>,
+    alarms: Vec<String>,
+}
+
+fn watch_console(stdout: impl Read, log: PathBuf, state: Arc<Mutex<Console>>) {
+    let mut file = File::create(&log).ok();
+    let reader = BufReader::new(stdout);
+    for line in reader.split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+        if let Some(f) = file.as_mut() {
+            let _ = writeln!(f, "{text}");
+        }
+        let Ok(mut st) = state.lock() else { break };
+        if text.contains("Kernel panic - not syncing") && st.panic.is_none() {
+            st.panic = Some(text.clone());
+        } else if crate::agent::kmsg::is_unhealthy(&text) {
+            st.alarms.push(text.clone());
+        }
+        st.tail.push_back(text);
+        if st.tail.len() > CONSOLE_TAIL {
+            st.tail.pop_front();
+        }
+    }
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Boot the VM and stream the guest's messages to `on_message` until it ends.
+pub fn run(cfg: &VmConfig, on_message: &mut dyn FnMut(&GuestMessage)) -> Result<VmOutcome, QemuError> {
+    if !available() {
+        return Err(QemuError::Missing);
+    }
+    let sock = cfg.workdir.join("results.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|source| QemuError::Socket {
+        path: sock.clone(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| QemuError::Socket {
+            path: sock.clone(),
+            source,
+        })?;
+
+    let start = Instant::now();
+    let mut cmd = Command::new(QEMU);
+    cmd.args(args(cfg, &sock))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe. qemu dies with the thread that started it,
+    // so a killed natvet never leaves a VM behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = Reaper(cmd.spawn().map_err(QemuError::Spawn)?);
+    let pid = child.0.id();
+
+    let console = Arc::new(Mutex::new(Console::default()));
+    let console_thread = child.0.stdout.take().map(|out| {
+        let (log, state) = (cfg.console_log.clone(), console.clone());
+        std::thread::spawn(move || watch_console(out, log, state))
+    });
+    let stderr_thread = child.0.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        })
+    });
+
+    let deadline = start + cfg.timeout;
+    let mut peak = None;
+    let mut boot = None;
+    let mut done = false;
+    let mut protocol_error: Option<String> = None;
+    let mut timed_out = false;
+
+    // Wait for qemu to connect to the results socket.
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break Some(s),
+            Err(_) => {
+                if Instant::now() > deadline {
+                    timed_out = true;
+                    break None;
+                }
+                if let Ok(Some(_)) = child.0.try_wait() {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+
+    if let Some(s) = stream.as_mut() {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(250)));
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            peak = peak_rss_kb(pid).max(peak);
+            if Instant::now() > deadline {
+                timed_out = true;
+                break;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    continue
+                }
+                Err(_) => break,
+            }
+            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let text = String::from_utf8_lossy(&line);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                match GuestMessage::from_line(&text) {
+                    Ok(msg) => {
+                        match &msg {
+                            GuestMessage::Hello { version, .. } => {
+                                boot.get_or_insert(start.elapsed());
+                                if *version != crate::protocol::PROTOCOL_VERSION {
+                                    protocol_error.get_or_insert(
+                                        ProtocolError::Version {
+                                            guest: *version,
+                                            host: crate::protocol::PROTOCOL_VERSION,
+                                        }
+                                        .to_string(),
+                                    );
+                                }
+                            }
+                            GuestMessage::Done { .. } => done = true,
+                            _ => {}
+                        }
+                        on_message(&msg);
+                    }
+                    Err(e) => {
+                        protocol_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            if buf.len() > MAX_LINE {
+                protocol_error.get_or_insert(ProtocolError::TooLong(buf.len()).to_string());
+                buf.clear();
+            }
+            if protocol_error.is_some() {
+                break;
+            }
+        }
+    }
+
+    // The guest powers off after Done; give qemu a moment to exit by itself.
+    let grace = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if !timed_out && protocol_error.is_none() && Instant::now() < grace => {
+                peak = peak_rss_kb(pid).max(peak);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.0.kill();
+                break child.0.wait().ok();
+            }
+        }
+    };
+    drop(child);
+    if let Some(t) = console_thread {
+        let _ = t.join();
+    }
+    let qemu_stderr = stderr_thread
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(&sock);
+
+    let console = console.lock().map(|c| (c.tail.iter().cloned().collect::<Vec<_>>(), c.panic.clone(), c.alarms.clone()));
+    let (tail, panic, alarms) = console.unwrap_or_default();
+    let end = if let Some(p) = panic {
+        VmEnd::Panic(p)
+    } else if let Some(e) = protocol_error {
+        VmEnd::Protocol(e)
+    } else if timed_out {
+        VmEnd::Timeout(cfg.timeout)
+    } else if done {
+        VmEnd::Completed
+    } else {
+        let why = match status {
+            Some(st) => format!("qemu exited ({st}) before the guest finished"),
+            None => "qemu could not be waited for".to_string(),
+        };
+        let err = qemu_stderr.trim();
+        VmEnd::Died(if err.is_empty() { why } else { format!("{why}: {err}") })
+    };
+    Ok(VmOutcome {
+        end,
+        console_tail: tail,
+        alarms,
+        wall: start.elapsed(),
+        boot,
+        peak_rss_kb: peak,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_tcg_with_two_serial_ports() {
+        let cfg = VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            memory_mb: 384,
+            cmdline_extra: "foo=1".into(),
+            timeout: Duration::from_secs(1),
+            console_log: "/tmp/c".into(),
+            workdir: "/tmp".into(),
+        };
+        let a = args(&cfg, Path::new("/tmp/r.sock")).join(" ");
+        assert!(a.contains("-accel tcg,thread=multi"));
+        assert!(a.contains("-serial stdio"));
+        assert!(a.contains("-chardev socket,id=results,path=/tmp/r.sock -serial chardev:results"));
+        assert!(a.contains("-no-reboot"));
+        assert!(a.ends_with("panic=-1 quiet loglevel=4 rdinit=/init random.trust_cpu=on mitigations=off foo=1"));
+    }
+}

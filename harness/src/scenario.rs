@@ -1,0 +1,378 @@
+//! Declarative scenarios: what the relay is configured to do, and which checks
+//! prove it. Parsed from TOML, validated once, before any VM boots.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::nat::BackendKind;
+
+/// The scenarios that ship with natvet, embedded so the binary works anywhere.
+pub const SHIPPED: &[(&str, &str)] = &[(
+    "extended-ports",
+    include_str!("../../scenarios/extended-ports.toml"),
+)];
+
+/// A scenario as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name: lower-case letters, digits and '-'.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// NAT backends that configure the relay; each is a run of its own.
+    #[serde(default = "default_backends")]
+    pub backends: Vec<BackendKind>,
+    pub relay: RelayConfig,
+    /// The checks, in the order they run.
+    #[serde(rename = "check")]
+    pub checks: Vec<CheckSpec>,
+}
+
+fn default_backends() -> Vec<BackendKind> {
+    vec![BackendKind::Nftables]
+}
+
+/// How the relay is set up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The UDP port WireGuard listens on.
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    /// UDP ports redirected to `listen_port` ("53", "4000-33433").
+    #[serde(default)]
+    pub redirect_udp: Vec<PortRange>,
+    /// Masquerade tunnel traffic to the relay's public address.
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+}
+
+fn default_listen_port() -> u16 {
+    51820
+}
+fn yes() -> bool {
+    true
+}
+
+/// One check, with its parameters. Each expands to one or more named results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CheckSpec {
+    /// A handshake completes with the client's endpoint at each port.
+    Handshake { ports: Vec<u16> },
+    /// No handshake completes with the client's endpoint at each port.
+    NoHandshake { ports: Vec<u16> },
+    /// Traffic from the client crosses the tunnel and the NAT, and replies return.
+    Forward { protocols: Vec<Protocol> },
+    /// A TCP transfer through tunnel and NAT arrives intact (SHA-256 both ends).
+    Transfer {
+        #[serde(default = "default_transfer")]
+        bytes: u64,
+    },
+    /// Conntrack maps a flow to `port` onto the listen port.
+    ConntrackRedirect { port: u16 },
+    /// Conntrack maps a forwarded flow onto the relay's public address.
+    ConntrackMasquerade,
+    /// No WARN, BUG, oops, soft lockup or RCU stall in the kernel log.
+    KernelHealth,
+}
+
+fn default_transfer() -> u64 {
+    1 << 20
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        })
+    }
+}
+
+impl CheckSpec {
+    /// The names of the results this check produces, in order.
+    pub fn result_names(&self) -> Vec<String> {
+        match self {
+            CheckSpec::Handshake { ports } => {
+                ports.iter().map(|p| format!("handshake/{p}")).collect()
+            }
+            CheckSpec::NoHandshake { ports } => {
+                ports.iter().map(|p| format!("no-handshake/{p}")).collect()
+            }
+            CheckSpec::Forward { protocols } => {
+                protocols.iter().map(|p| format!("forward/{p}")).collect()
+            }
+            CheckSpec::Transfer { bytes } => vec![format!("transfer/{}", human_bytes(*bytes))],
+            CheckSpec::ConntrackRedirect { port } => vec![format!("conntrack/redirect-{port}")],
+            CheckSpec::ConntrackMasquerade => vec!["conntrack/masquerade".into()],
+            CheckSpec::KernelHealth => vec!["kernel-health".into()],
+        }
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{}MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{}KiB", n >> 10)
+    } else {
+        format!("{n}B")
+    }
+}
+
+/// An inclusive UDP/TCP port range, written "53" or "4000-33433".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |t: &str| -> Result<u16, String> {
+            match t.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "'{s}' is not a port or port range: expected a port 1-65535 or FIRST-LAST"
+                )),
+                Ok(p) => Ok(p),
+            }
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(s)?;
+                (p, p)
+            }
+        };
+        if first > last {
+            return Err(format!("port range '{s}' runs backwards: write it as {last}-{first}"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(i64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Num(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A scenario that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("no scenario named '{name}'; shipped scenarios: {known}. Pass a path to a .toml file for your own")]
+    UnknownName { name: String, known: String },
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("scenario {origin} is not valid TOML for natvet: {message}")]
+    Parse { origin: String, message: String },
+    #[error("scenario {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Scenario {
+    /// A shipped scenario by name, or a file by path (anything with '/' or ending in .toml).
+    pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
+        if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+            let path = Path::new(name_or_path);
+            let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            return Scenario::parse(&text, &path.display().to_string());
+        }
+        match SHIPPED.iter().find(|(n, _)| *n == name_or_path) {
+            Some((name, text)) => Scenario::parse(text, &format!("'{name}' (shipped)")),
+            None => Err(ScenarioError::UnknownName {
+                name: name_or_path.to_string(),
+                known: SHIPPED
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Parse and validate. `origin` names the source in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        scenario.validate().map_err(|message| ScenarioError::Invalid {
+            origin: origin.to_string(),
+            message,
+        })?;
+        Ok(scenario)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let valid_name = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name {
+            return Err(format!(
+                "name '{}' must be non-empty and use only a-z, 0-9 and '-'",
+                self.name
+            ));
+        }
+        if self.relay.listen_port == 0 {
+            return Err("relay.listen_port must be a port from 1 to 65535".into());
+        }
+        if self.backends.is_empty() {
+            return Err("backends is empty: name at least one of nftables, iptables-nft, iptables-legacy".into());
+        }
+        let mut sorted = self.relay.redirect_udp.clone();
+        sorted.sort_by_key(|r| r.first);
+        for pair in sorted.windows(2) {
+            if pair[0].last >= pair[1].first {
+                return Err(format!(
+                    "relay.redirect_udp ranges {} and {} overlap",
+                    pair[0], pair[1]
+                ));
+            }
+        }
+        if self.checks.is_empty() {
+            return Err("no checks: add at least one [[check]] table".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for check in &self.checks {
+            let empty = match check {
+                CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } => {
+                    ports.is_empty()
+                }
+                CheckSpec::Forward { protocols } => protocols.is_empty(),
+                CheckSpec::Transfer { bytes } => *bytes == 0,
+                _ => false,
+            };
+            if empty {
+                return Err(format!("check {check:?} has nothing to check"));
+            }
+            if let CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } = check {
+                if ports.contains(&0) {
+                    return Err("port 0 cannot carry a handshake".into());
+                }
+            }
+            for name in check.result_names() {
+                if !names.insert(name.clone()) {
+                    return Err(format!("check '{name}' appears twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All result names, in run order.
+    pub fn result_names(&self) -> Vec<String> {
+        self.checks.iter().flat_map(|c| c.result_names()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        for (name, _) in SHIPPED {
+            let s = Scenario::load(name).unwrap();
+            assert_eq!(&s.name, name);
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!("53".parse(), Ok(PortRange { first: 53, last: 53 }));
+        assert_eq!(
+            "4000-33433".parse(),
+            Ok(PortRange {
+                first: 4000,
+                last: 33433
+            })
+        );
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+        assert!("9-3".parse::<PortRange>().is_err());
+        assert!("a-b".parse::<PortRange>().is_err());
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!("name = \"t\"\n[relay]\n{extra}\n[[check]]\nkind = \"kernel-health\"\n")
+    }
+
+    #[test]
+    fn errors_are_precise() {
+        let err = Scenario::parse(&minimal("listen_port = \"x\""), "t.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("t.toml") && msg.contains("line 3"), "{msg}");
+
+        let err = Scenario::parse(&minimal("bogus = 1"), "t.toml").unwrap_err();
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
+
+        let err =
+            Scenario::parse(&minimal("redirect_udp = [\"1-10\", \"5\"]"), "t.toml").unwrap_err();
+        assert!(err.to_string().contains("overlap"), "{err}");
+
+        let err = Scenario::parse(
+            "name = \"t\"\n[relay]\n[[check]]\nkind = \"teleport\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `teleport`"), "{err}");
+
+        let err = Scenario::load("no-such-scenario").unwrap_err();
+        assert!(err.to_string().contains("extended-ports"), "{err}");
+    }
+}

@@ -1,0 +1,442 @@
+//! `natvet vet`: resolve kernels, build an initramfs for each, boot them in
+//! parallel within a memory budget, and gather every check's result.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::initramfs::{InitramfsSpec, ModulesSpec};
+use crate::kernel::{self, Cache, Kernel, KernelSpec};
+use crate::nat::BackendKind;
+use crate::protocol::{CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION};
+use crate::qemu::{self, VmConfig, VmEnd};
+use crate::report::{self, KernelRun, KernelState, RunReport, Timings};
+use crate::scenario::Scenario;
+use crate::ui::Ui;
+
+/// The default kernel sets, shipped with natvet.
+pub const KERNEL_SETS: &str = include_str!("../../vm-images/kernels.toml");
+
+/// Modules the agent loads before anything else; whatever else the kernel
+/// asks for is loaded on demand by natvet's own modprobe.
+pub const PRELOAD_MODULES: &[&str] = &[
+    "veth",
+    "wireguard",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_redir",
+    "nft_counter",
+    "nf_conntrack_netlink",
+];
+
+/// Whole module folders shipped so that on-demand loading finds what a backend needs.
+pub const MODULE_DIRS: &[&str] = &[
+    "kernel/net/netfilter",
+    "kernel/net/ipv4/netfilter",
+    "kernel/net/ipv6/netfilter",
+    "kernel/drivers/net/wireguard",
+    "kernel/lib/crypto",
+    "kernel/arch/x86/crypto",
+    "kernel/crypto",
+];
+
+/// The conntrack tool, for checks and evidence.
+const CONNTRACK: &str = "/usr/sbin/conntrack";
+const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+
+#[derive(Debug, Clone)]
+pub struct VetOptions {
+    pub kernels: Vec<KernelSpec>,
+    pub scenarios: Vec<Scenario>,
+    pub jobs: usize,
+    pub timeout: Duration,
+    pub memory_mb: u32,
+    pub out_dir: PathBuf,
+    pub cmdline_extra: String,
+    pub evidence_always: bool,
+}
+
+/// The kernels of a named set in vm-images/kernels.toml.
+pub fn kernel_set(name: &str) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Sets {
+        set: std::collections::BTreeMap<String, Set>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Set {
+        kernels: Vec<String>,
+    }
+    let sets: Sets = toml::from_str(KERNEL_SETS).context("vm-images/kernels.toml is malformed")?;
+    match sets.set.get(name) {
+        Some(s) => Ok(s.kernels.clone()),
+        None => bail!(
+            "no kernel set named '{name}'; sets: {}",
+            sets.set.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// A sensible number of parallel VMs: one per core, as many as memory allows.
+pub fn default_jobs(memory_mb: u32) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per_vm = u64::from(memory_mb) + 200;
+    let avail = available_memory_mb().unwrap_or(per_vm);
+    cores.min((avail / per_vm).max(1) as usize).max(1)
+}
+
+pub fn available_memory_mb() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
+
+/// Resolve every kernel first: a user error (unknown release, missing file)
+/// stops the run before anything boots.
+pub fn resolve_all(
+    specs: &[KernelSpec],
+    cache: &Cache,
+    ui: &Ui,
+) -> std::result::Result<Vec<(KernelSpec, std::result::Result<(Kernel, u64), String>)>, kernel::KernelError> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let start = Instant::now();
+        let progress = |msg: &str| ui.println(&format!("[{spec}] {msg}"));
+        match kernel::resolve(spec, cache, &progress) {
+            Ok(k) => out.push((spec.clone(), Ok((k, start.elapsed().as_millis() as u64)))),
+            Err(e) if e.is_user_error() => return Err(e),
+            Err(e) => out.push((spec.clone(), Err(format!("{e}")))),
+        }
+    }
+    Ok(out)
+}
+
+/// Run every resolved kernel, `opts.jobs` at a time.
+pub fn run(
+    opts: &VetOptions,
+    resolved: Vec<(KernelSpec, std::result::Result<(Kernel, u64), String>)>,
+    ui: &Ui,
+) -> RunReport {
+    let started = chrono::Utc::now();
+    let start = Instant::now();
+    let queue = Mutex::new(resolved.into_iter().enumerate().collect::<Vec<_>>());
+    let results: Mutex<Vec<(usize, KernelRun)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop());
+                let Some((i, (spec, resolved))) = next else { break };
+                let run = match resolved {
+                    Ok((kernel, resolve_ms)) => vet_kernel(opts, &kernel, resolve_ms, ui),
+                    Err(reason) => infra_run(&spec.to_string(), None, "fetch", reason, vec![]),
+                };
+                if let Ok(mut r) = results.lock() {
+                    r.push((i, run));
+                }
+            });
+        }
+    });
+    let mut runs = results.into_inner().unwrap_or_default();
+    runs.sort_by_key(|(i, _)| *i);
+    RunReport {
+        schema: report::SCHEMA.into(),
+        natvet_version: env!("CARGO_PKG_VERSION").into(),
+        started_at: started.to_rfc3339(),
+        elapsed_ms: start.elapsed().as_millis() as u64,
+        kernels: runs.into_iter().map(|(_, r)| r).collect(),
+    }
+}
+
+fn infra_run(spec: &str, kernel: Option<&Kernel>, stage: &str, reason: String, tail: Vec<String>) -> KernelRun {
+    KernelRun {
+        spec: spec.to_string(),
+        release: kernel.and_then(|k| k.release.clone()),
+        package: kernel.and_then(|k| k.package.clone()),
+        boot: None,
+        state: KernelState::InfraError {
+            stage: stage.into(),
+            reason,
+            console_tail: tail,
+        },
+        results: vec![],
+        notes: vec![],
+        timings: Timings::default(),
+        console_log: None,
+    }
+}
+
+/// The host binaries the guest needs for these scenarios.
+fn guest_tools(scenarios: &[Scenario]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut bins: Vec<PathBuf> = vec![CONNTRACK.into()];
+    let mut dirs = Vec::new();
+    for kind in scenarios.iter().flat_map(|s| s.backends.iter()) {
+        for t in kind.backend().tools() {
+            let t = PathBuf::from(t);
+            if !bins.contains(&t) {
+                bins.push(t);
+            }
+        }
+        if *kind != BackendKind::Nftables && !dirs.contains(&PathBuf::from(XTABLES_DIR)) {
+            dirs.push(XTABLES_DIR.into());
+        }
+    }
+    (bins, dirs)
+}
+
+/// Check that the host has every tool the guest needs, before any VM boots.
+pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
+    if !qemu::available() {
+        bail!("{} is not installed: run `apt-get install -y qemu-system-x86` (or `make deps`)", qemu::QEMU);
+    }
+    let (bins, dirs) = guest_tools(scenarios);
+    let missing: Vec<String> = bins
+        .iter()
+        .chain(dirs.iter())
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the guest needs these host tools, which are missing: {}; run `apt-get install -y nftables iptables conntrack` (or `make deps`)",
+            missing.join(", ")
+        );
+    }
+    let exe = std::env::current_exe().context("locating the natvet binary")?;
+    let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    let elf = goblin::elf::Elf::parse(&bytes).context("natvet's own binary is not an ELF file")?;
+    if elf.interpreter.is_some() {
+        bail!(
+            "{} is dynamically linked, but it must run as the guest's PID 1 without a libc: build it with the repository's .cargo/config.toml (static, target x86_64-unknown-linux-gnu)",
+            exe.display()
+        );
+    }
+    Ok(())
+}
+
+fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> KernelRun {
+    let total = Instant::now();
+    let label = kernel.release.clone().unwrap_or_else(|| kernel.spec.clone());
+    let expected: Vec<(String, String, String)> = opts
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.backends.iter().flat_map(move |b| {
+                s.result_names()
+                    .into_iter()
+                    .map(move |c| (s.name.clone(), b.to_string(), c))
+            })
+        })
+        .collect();
+    let mut progress = ui.kernel(&label, expected.len());
+    let kdir = opts.out_dir.join(report::sanitize(&label));
+    if let Err(e) = std::fs::create_dir_all(&kdir) {
+        return infra_run(&kernel.spec, Some(kernel), "output", format!("cannot create {}: {e}", kdir.display()), vec![]);
+    }
+    let work = match tempfile::Builder::new().prefix("natvet-").tempdir() {
+        Ok(w) => w,
+        Err(e) => return infra_run(&kernel.spec, Some(kernel), "output", format!("cannot create a temporary folder: {e}"), vec![]),
+    };
+
+    progress.stage("building initramfs");
+    let initrd = work.path().join("initramfs.cpio");
+    let t = Instant::now();
+    let stats = match build_initramfs(opts, kernel, &initrd) {
+        Ok(s) => s,
+        Err(e) => return infra_run(&kernel.spec, Some(kernel), "initramfs", format!("{e:#}"), vec![]),
+    };
+    let initramfs_ms = t.elapsed().as_millis() as u64;
+
+    progress.stage("booting");
+    let console_log = kdir.join("console.log");
+    let cfg = VmConfig {
+        kernel: kernel.boot_image.clone(),
+        initrd,
+        memory_mb: opts.memory_mb,
+        cmdline_extra: opts.cmdline_extra.clone(),
+        timeout: opts.timeout,
+        console_log: console_log.clone(),
+        workdir: work.path().to_path_buf(),
+    };
+    let mut results: Vec<CheckResult> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut release = kernel.release.clone();
+    let mut uptime = None;
+    let mut fatal: Option<String> = None;
+    let mut running: Option<String> = None;
+    let outcome = qemu::run(&cfg, &mut |msg| match msg {
+        GuestMessage::Hello {
+            kernel_release,
+            uptime_ms,
+            ..
+        } => {
+            release = Some(kernel_release.clone());
+            uptime = Some(*uptime_ms);
+            progress.rename(kernel_release);
+            progress.stage("running checks");
+        }
+        GuestMessage::Note { message } => notes.push(message.clone()),
+        GuestMessage::CheckStarted {
+            scenario,
+            backend,
+            check,
+        } => {
+            running = Some(format!("{scenario} [{backend}] {check}"));
+            progress.check_started(check);
+        }
+        GuestMessage::Check(r) => {
+            running = None;
+            progress.check_done(r);
+            results.push(r.clone());
+        }
+        GuestMessage::Done { .. } => {}
+        GuestMessage::Fatal { error } => fatal = Some(error.clone()),
+    });
+
+    let mut run = KernelRun {
+        spec: kernel.spec.clone(),
+        release,
+        package: kernel.package.clone(),
+        boot: Some(format!("{:?}", kernel.boot_kind).to_lowercase()),
+        state: KernelState::Completed,
+        results,
+        notes,
+        timings: Timings {
+            resolve_ms,
+            initramfs_ms,
+            initramfs_bytes: stats.bytes,
+            guest_uptime_ms: uptime,
+            ..Timings::default()
+        },
+        console_log: Some(console_log.display().to_string()),
+    };
+    match outcome {
+        Err(e) => {
+            run.state = KernelState::InfraError {
+                stage: "qemu".into(),
+                reason: e.to_string(),
+                console_tail: vec![],
+            }
+        }
+        Ok(o) => {
+            run.timings.boot_ms = o.boot.map(|d| d.as_millis() as u64);
+            run.timings.vm_ms = o.wall.as_millis() as u64;
+            run.timings.peak_rss_mb = o.peak_rss_kb.map(|k| k / 1024);
+            for a in &o.alarms {
+                run.notes.push(format!("console: {a}"));
+            }
+            let during = running
+                .as_ref()
+                .map(|c| format!(" while running {c}"))
+                .unwrap_or_default();
+            let problem = match (&o.end, &fatal) {
+                (_, Some(err)) => Some(("agent", format!("the guest agent gave up{during}: {err}"))),
+                (VmEnd::Completed, None) => None,
+                (VmEnd::Panic(line), None) => Some(("kernel panic", format!("the kernel panicked{during}: {line}"))),
+                (VmEnd::Timeout(t), None) => Some(("timeout", format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
+                (VmEnd::Died(why), None) => Some(("qemu", format!("{why}{during}"))),
+                (VmEnd::Protocol(why), None) => Some(("protocol", why.clone())),
+            };
+            let missing: Vec<String> = expected
+                .iter()
+                .filter(|(s, b, c)| {
+                    !run.results
+                        .iter()
+                        .any(|r| &r.scenario == s && &r.backend == b && &r.check == c)
+                })
+                .map(|(s, b, c)| format!("{s} [{b}] {c}"))
+                .collect();
+            if let Some((stage, reason)) = problem {
+                run.state = KernelState::InfraError {
+                    stage: stage.into(),
+                    reason,
+                    console_tail: o.console_tail.clone(),
+                };
+            } else if !missing.is_empty() {
+                run.state = KernelState::InfraError {
+                    stage: "protocol".into(),
+                    reason: format!("the guest finished without reporting: {}", missing.join(", ")),
+                    console_tail: o.console_tail.clone(),
+                };
+            }
+        }
+    }
+    run.timings.total_ms = total.elapsed().as_millis() as u64;
+    if let Err(e) = write_evidence(&opts.out_dir, &run) {
+        run.notes.push(format!("could not write evidence: {e:#}"));
+    }
+    let failed = run.results.iter().filter(|r| r.status == Status::Fail).count();
+    progress.finish(&match &run.state {
+        KernelState::Completed => format!(
+            "{} checks, {failed} failed, {:.1} s (boot {:.1} s)",
+            run.results.len(),
+            run.timings.total_ms as f64 / 1000.0,
+            run.timings.boot_ms.unwrap_or(0) as f64 / 1000.0
+        ),
+        KernelState::InfraError { stage, .. } => format!("not tested: {stage} error"),
+    });
+    run
+}
+
+fn build_initramfs(opts: &VetOptions, kernel: &Kernel, out: &Path) -> Result<crate::initramfs::InitramfsStats> {
+    let exe = std::env::current_exe().context("locating the natvet binary")?;
+    let job = Job {
+        version: PROTOCOL_VERSION,
+        scenarios: opts.scenarios.clone(),
+        preload_modules: PRELOAD_MODULES.iter().map(|s| s.to_string()).collect(),
+        evidence_always: opts.evidence_always,
+    };
+    let (host_binaries, host_dirs) = guest_tools(&opts.scenarios);
+    let modules = match (&kernel.modules_dir, &kernel.release) {
+        (Some(dir), Some(release)) => Some(ModulesSpec {
+            dir: dir.clone(),
+            release: release.clone(),
+            wanted: vec![],
+            include_dirs: MODULE_DIRS.iter().map(|s| s.to_string()).collect(),
+        }),
+        (Some(dir), None) => bail!(
+            "modules in {} but the kernel's release is unknown: natvet cannot tell where the guest will look for them",
+            dir.display()
+        ),
+        _ => None,
+    };
+    let spec = InitramfsSpec {
+        agent: &exe,
+        files: vec![(JOB_PATH.to_string(), serde_json::to_vec(&job)?)],
+        modules,
+        host_binaries,
+        host_dirs,
+    };
+    Ok(crate::initramfs::build(&spec, out)?)
+}
+
+/// Write each failing (or, on request, every) check's evidence as files.
+fn write_evidence(out_dir: &Path, run: &KernelRun) -> Result<()> {
+    for r in &run.results {
+        let Some(ev) = &r.evidence else { continue };
+        let dir = out_dir.join(report::evidence_path(run, r));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let files = [
+            ("result.txt", format!("status: {}\nexpected: {}\nobserved: {}\n", r.status.label(), r.expected, r.observed)),
+            ("conntrack.txt", ev.conntrack.clone()),
+            ("ruleset.txt", ev.ruleset.clone()),
+            ("counters.txt", ev.counters.clone()),
+            ("routes.txt", ev.routes.clone()),
+            ("wireguard.txt", ev.wireguard.clone()),
+            ("dmesg.txt", ev.dmesg.join("\n")),
+        ];
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).with_context(|| format!("writing {}", dir.join(name).display()))?;
+        }
+    }
+    Ok(())
+}
