@@ -264,7 +264,7 @@ mod tests {
             eprintln!("note: /usr/sbin/nft absent, skipping");
             return;
         }
-        let e = closure(&[nft.clone()]).unwrap();
+        let e = closure(std::slice::from_ref(&nft)).unwrap();
         let files: Vec<_> = e
             .iter()
             .filter_map(|e| match e {
