@@ -461,6 +461,21 @@ impl ModuleIndex {
         Ok(out)
     }
 
+    /// Names in the hard (modules.dep only) closure of `roots`.
+    fn hard_closure(&self, roots: &[String]) -> HashSet<String> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<String> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if let Some(e) = self.modules.get(&n) {
+                stack.extend(e.deps.iter().map(|d| name_from_path(d)));
+            }
+        }
+        seen
+    }
+
     fn visit(&self, name: &str, state: &mut HashSet<String>, out: &mut Vec<String>) {
         if !state.insert(name.to_string()) {
             return;
@@ -527,6 +542,9 @@ pub struct LoadReport {
     pub already: Vec<String>,
     /// (module or requested name, reason).
     pub failed: Vec<(String, String)>,
+    /// Soft dependencies (modules.softdep) that failed to load, e.g.
+    /// `crc32c_intel` on a CPU without SSE4.2: (module, reason). Not fatal.
+    pub soft_failed: Vec<(String, String)>,
 }
 
 impl LoadReport {
@@ -587,8 +605,10 @@ fn load_with_index(
         }
     }
     let order = index.load_order(&known)?;
+    let roots: Vec<String> = known.iter().flat_map(|n| index.candidates(n)).collect();
+    let hard = index.hard_closure(&roots);
     // Parameters apply to the requested modules only, not their deps.
-    let requested: HashSet<String> = known.iter().flat_map(|n| index.candidates(n)).collect();
+    let requested: HashSet<String> = roots.into_iter().collect();
     for rel in order {
         let name = name_from_path(&rel);
         if is_loaded(&name) {
@@ -599,7 +619,12 @@ fn load_with_index(
         let image = match decompress_module(&path) {
             Ok(i) => i,
             Err(e) => {
-                report.failed.push((name, e.to_string()));
+                let list = if hard.contains(&name) {
+                    &mut report.failed
+                } else {
+                    &mut report.soft_failed
+                };
+                list.push((name, e.to_string()));
                 continue;
             }
         };
@@ -611,7 +636,14 @@ fn load_with_index(
         match init_module(&image, p) {
             Ok(()) => report.loaded.push(name),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => report.already.push(name),
-            Err(e) => report.failed.push((name, format!("init_module: {e}"))),
+            Err(e) => {
+                let list = if hard.contains(&name) {
+                    &mut report.failed
+                } else {
+                    &mut report.soft_failed
+                };
+                list.push((name, format!("init_module: {e}")));
+            }
         }
     }
     Ok(report)
@@ -646,13 +678,14 @@ fn kmsg(msg: &str) {
 /// included. Accepts `-q`, `-v`, `-b`, `-s`, `--`; the first operand is the
 /// module name or alias, further operands are module parameters. Exit code 0
 /// when the module (and its closure) is loaded or already present or built
-/// in, 1 otherwise. Failed loads (not unknown names) are logged to
+/// in (for an alias matching several modules: at least one of them), 1
+/// otherwise. Soft dependencies that fail do not count. Failed loads (not unknown names) are logged to
 /// /dev/kmsg.
 pub fn modprobe_main(args: &[String]) -> i32 {
-    modprobe_in(&running_modules_dir(), args)
+    modprobe_in(&running_modules_dir(), args, true)
 }
 
-fn modprobe_in(dir: &Path, args: &[String]) -> i32 {
+fn modprobe_in(dir: &Path, args: &[String], log_kmsg: bool) -> i32 {
     let mut quiet = false;
     let mut verbose = false;
     let mut operands: Vec<&str> = Vec::new();
@@ -703,14 +736,22 @@ fn modprobe_in(dir: &Path, args: &[String]) -> i32 {
                 }
             }
             for (m, why) in &r.failed {
-                if why != "unknown module" {
+                if log_kmsg && why != "unknown module" {
                     kmsg(&format!("{name}: {m}: {why}"));
                 }
                 if !quiet {
                     eprintln!("modprobe: {m}: {why}");
                 }
             }
-            i32::from(!r.ok())
+            // Served when the name is built in or at least one module it
+            // stands for is present (an alias may match several modules).
+            let cands = index.candidates(name);
+            let served = r
+                .already
+                .iter()
+                .chain(&r.loaded)
+                .any(|m| m == name || cands.contains(m));
+            i32::from(!served)
         }
         Err(e) => {
             if !quiet {
@@ -893,21 +934,29 @@ softdep 9p post: fs-nothing
         let argv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // Built in: success without loading anything.
         assert_eq!(
-            modprobe_in(d.path(), &argv(&["modprobe", "-q", "--", "fs-ext4"])),
+            modprobe_in(d.path(), &argv(&["modprobe", "-q", "--", "fs-ext4"]), false),
             0
         );
         assert_eq!(
-            modprobe_in(d.path(), &argv(&["/sbin/modprobe", "-qb", "nfnetlink"])),
+            modprobe_in(
+                d.path(),
+                &argv(&["/sbin/modprobe", "-qb", "nfnetlink"]),
+                false
+            ),
             0
         );
         // Unknown: failure.
         assert_eq!(
-            modprobe_in(d.path(), &argv(&["modprobe", "-q", "--", "net-pf-99"])),
+            modprobe_in(
+                d.path(),
+                &argv(&["modprobe", "-q", "--", "net-pf-99"]),
+                false
+            ),
             1
         );
-        assert_eq!(modprobe_in(d.path(), &argv(&["modprobe", "-q"])), 1);
+        assert_eq!(modprobe_in(d.path(), &argv(&["modprobe", "-q"]), false), 1);
         assert_eq!(
-            modprobe_in(d.path(), &argv(&["modprobe", "-q", "-Z", "x"])),
+            modprobe_in(d.path(), &argv(&["modprobe", "-q", "-Z", "x"]), false),
             1
         );
     }
@@ -922,5 +971,35 @@ softdep 9p post: fs-nothing
             [("nope".to_string(), "unknown module".to_string())]
         );
         assert!(r.loaded.is_empty());
+    }
+
+    #[test]
+    fn soft_dependency_failures_are_not_fatal() {
+        // Garbage images: init_module fails (ENOEXEC/EINVAL, or EPERM when
+        // not root) without touching the host kernel's state.
+        let d = tempfile::tempdir().unwrap();
+        fs::write(
+            d.path().join("modules.dep"),
+            "natvet_fake_main.ko: natvet_fake_dep.ko\nnatvet_fake_dep.ko:\nnatvet_fake_soft.ko:\n",
+        )
+        .unwrap();
+        fs::write(
+            d.path().join("modules.softdep"),
+            "softdep natvet_fake_main pre: natvet-fake-soft\n",
+        )
+        .unwrap();
+        for m in ["natvet_fake_main", "natvet_fake_dep", "natvet_fake_soft"] {
+            fs::write(d.path().join(format!("{m}.ko")), b"not a module").unwrap();
+        }
+        let r = load_modules(d.path(), &["natvet-fake-main"]).unwrap();
+        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&r.soft_failed), ["natvet_fake_soft"]);
+        assert_eq!(names(&r.failed), ["natvet_fake_dep", "natvet_fake_main"]);
+        assert!(r.loaded.is_empty());
+        let argv: Vec<String> = ["modprobe", "-q", "--", "natvet_fake_main"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(modprobe_in(d.path(), &argv, false), 1);
     }
 }
