@@ -4,7 +4,7 @@
 fn main() {
     let argv0 = std::env::args().next().unwrap_or_default();
     if argv0.ends_with("modprobe") {
-        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args: Vec<String> = std::env::args().collect();
         std::process::exit(natvet::modules::modprobe_main(&args));
     }
     if std::process::id() == 1 {

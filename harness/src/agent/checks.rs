@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 
 use super::kmsg::{self, Kmsg};
 use super::probes::{self, IcmpPacket, ICMP_UNREACHABLE};
