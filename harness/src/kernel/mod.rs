@@ -1,1 +1,881 @@
-//! TODO
+//! Kernels to boot: Debian kernels resolved from the archive's index and
+//! cached, or local images, each turned into what qemu's `-kernel` wants
+//! (the PVH-capable `vmlinux` when there is one, else the bzImage) plus a
+//! depmod'ed module tree.
+//!
+//! See [`cache`] for the on-disk layout.
+
+pub mod cache;
+pub mod deb;
+pub mod debian;
+pub mod version;
+pub mod vmlinux;
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+pub use cache::Cache;
+
+/// What kernel the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSpec {
+    /// `debian:6.12` (newest of a line) or `debian:6.1.0-50-amd64` (exact release).
+    Debian { query: String },
+    /// A bzImage or a PVH `vmlinux` on disk, with an optional module folder.
+    Local {
+        image: PathBuf,
+        modules: Option<PathBuf>,
+    },
+}
+
+impl KernelSpec {
+    /// Parse `debian:QUERY` or a path (`/path/bzImage`, `./vmlinux`, `local:PATH`).
+    pub fn parse(spec: &str, modules: Option<PathBuf>) -> Result<KernelSpec, KernelError> {
+        let s = spec.trim();
+        let malformed = |reason: String| KernelError::MalformedSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(malformed("it is empty".into()));
+        }
+        let looks_like_path = s.starts_with('/') || s.starts_with("./") || s.starts_with("../");
+        if !looks_like_path {
+            if let Some((scheme, rest)) = s.split_once(':') {
+                let scheme_like = !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                    && !scheme.contains('/');
+                if scheme_like {
+                    return match scheme {
+                        "debian" => {
+                            if modules.is_some() {
+                                return Err(malformed(
+                                    "a module folder only goes with a local kernel image".into(),
+                                ));
+                            }
+                            debian::parse_query(rest).map_err(malformed)?;
+                            Ok(KernelSpec::Debian {
+                                query: rest.trim().to_string(),
+                            })
+                        }
+                        "local" | "file" if !rest.is_empty() => Ok(KernelSpec::Local {
+                            image: PathBuf::from(rest),
+                            modules,
+                        }),
+                        _ => Err(KernelError::UnknownScheme {
+                            spec: spec.to_string(),
+                            scheme: scheme.to_string(),
+                        }),
+                    };
+                }
+            }
+        }
+        Ok(KernelSpec::Local {
+            image: PathBuf::from(s),
+            modules,
+        })
+    }
+}
+
+impl fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelSpec::Debian { query } => write!(f, "debian:{query}"),
+            KernelSpec::Local { image, .. } => write!(f, "{}", image.display()),
+        }
+    }
+}
+
+/// How qemu boots the image given to `-kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BootKind {
+    /// An ELF vmlinux with a PVH entry note (fast: no decompression).
+    Pvh,
+    /// A bzImage (Linux boot protocol).
+    BzImage,
+}
+
+/// A Debian package a kernel came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackageInfo {
+    pub name: String,
+    pub version: String,
+    pub suite: String,
+    pub sha256: String,
+    pub filename: String,
+}
+
+/// A kernel ready to boot.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// What the user asked for, e.g. `debian:6.12`.
+    pub spec: String,
+    /// `uname -r` of the kernel, if known.
+    pub release: Option<String>,
+    /// What to pass to `qemu -kernel`.
+    pub boot_image: PathBuf,
+    pub boot_kind: BootKind,
+    /// The bzImage, if there is one.
+    pub bzimage: Option<PathBuf>,
+    /// `lib/modules/RELEASE` with modules.dep etc.; None for a monolithic kernel.
+    pub modules_dir: Option<PathBuf>,
+    /// The image package (for split 6.19+ packages, `linux-image-X`).
+    pub package: Option<PackageInfo>,
+}
+
+/// Errors resolving a kernel. Every message says what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("malformed kernel spec '{spec}': {reason}; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux")]
+    MalformedSpec { spec: String, reason: String },
+
+    #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
+    UnknownScheme { spec: String, scheme: String },
+
+    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (see `apt-cache search linux-image-` on a matching Debian release)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
+    NoSuchPackage { query: String, known: Vec<String> },
+
+    #[error("{what} not found: {} — check the path", .path.display())]
+    LocalFileMissing { what: &'static str, path: PathBuf },
+
+    #[error("cannot boot {}: {reason}", .path.display())]
+    NotBootable { path: PathBuf, reason: String },
+
+    #[error("{} is not a kernel module tree: {reason}; pass the lib/modules/RELEASE folder or a root folder containing lib/modules/RELEASE", .path.display())]
+    BadModules { path: PathBuf, reason: String },
+
+    #[error("no cache folder: none of NATVET_CACHE, XDG_CACHE_HOME, HOME is set; set NATVET_CACHE=/some/dir")]
+    NoCacheDir,
+
+    #[error("no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; set NATVET_DEBIAN_MIRROR=http://MIRROR/debian")]
+    NoMirror,
+
+    #[error("download of {what} failed: {reason}; check the network / mirror (NATVET_DEBIAN_MIRROR) and retry")]
+    Download { what: String, reason: String },
+
+    #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}; the mirror may be mid-sync, retry later or set NATVET_DEBIAN_MIRROR to another mirror")]
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("extracting {what} failed: {reason}; delete {} and retry, or report a bug if it persists", .cache_hint.display())]
+    Extract {
+        what: String,
+        reason: String,
+        cache_hint: PathBuf,
+    },
+
+    #[error(
+        "depmod is not installed (needed to index kernel modules); run `apt-get install kmod`"
+    )]
+    NoDepmod,
+
+    #[error("depmod failed for {}: {reason}", .root.display())]
+    Depmod { root: PathBuf, reason: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl KernelError {
+    pub(crate) fn io(context: String, source: std::io::Error) -> KernelError {
+        KernelError::Io { context, source }
+    }
+
+    /// True when the user can fix it by changing what they asked for
+    /// (unknown release, missing file, malformed spec); false for
+    /// environmental failures (network, checksums, extraction, I/O).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            KernelError::MalformedSpec { .. }
+                | KernelError::UnknownScheme { .. }
+                | KernelError::NoSuchPackage { .. }
+                | KernelError::LocalFileMissing { .. }
+                | KernelError::NotBootable { .. }
+                | KernelError::BadModules { .. }
+                | KernelError::NoCacheDir
+                | KernelError::NoMirror
+        )
+    }
+}
+
+/// Resolve a spec to a bootable kernel, downloading and extracting as needed.
+pub fn resolve(
+    spec: &KernelSpec,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<Kernel, KernelError> {
+    match spec {
+        KernelSpec::Debian { query } => resolve_debian(query, &spec.to_string(), cache, progress),
+        KernelSpec::Local { image, modules } => resolve_local(
+            image,
+            modules.as_deref(),
+            &spec.to_string(),
+            cache,
+            progress,
+        ),
+    }
+}
+
+/// Every generic amd64 Debian kernel in the index: (release, image package),
+/// newest first. For a `natvet kernels list`-style command.
+pub fn list_debian(
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<(String, PackageInfo)>, KernelError> {
+    let index = debian::load_index(cache, progress)?;
+    let mut out: Vec<(String, PackageInfo)> = Vec::new();
+    for s in &index.stanzas {
+        if let Some(r) = debian::image_release(&s.package).filter(|r| debian::is_generic_amd64(r)) {
+            if out.iter().any(|(x, _)| x == r) {
+                continue;
+            }
+            if let Some(best) = debian::select_exact(&index, r) {
+                out.push((r.to_string(), best.info()));
+            }
+        }
+    }
+    out.sort_by(|a, b| version::compare(&b.1.version, &a.1.version));
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- Debian
+
+/// Contents of `kernels/RELEASE/complete.json`, written last.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Marker {
+    /// `uname -r` (from the bzImage header when readable).
+    release: String,
+    package: PackageInfo,
+    /// Every package unpacked (the image package, and for split packages
+    /// linux-binary-X and linux-modules-X).
+    parts: Vec<PackageInfo>,
+    boot_kind: BootKind,
+    /// Name of the folder under root/lib/modules, if any.
+    modules_release: Option<String>,
+}
+
+fn kernel_dir(cache: &Cache, release: &str) -> PathBuf {
+    cache.root().join("kernels").join(release)
+}
+
+fn load_complete(cache: &Cache, release: &str, spec: &str) -> Option<Kernel> {
+    let dir = kernel_dir(cache, release);
+    let marker: Marker = serde_json::from_slice(&fs::read(dir.join("complete.json")).ok()?).ok()?;
+    let bzimage = dir.join("vmlinuz");
+    let boot_image = match marker.boot_kind {
+        BootKind::Pvh => dir.join("vmlinux"),
+        BootKind::BzImage => bzimage.clone(),
+    };
+    let modules_dir = marker
+        .modules_release
+        .as_ref()
+        .map(|m| dir.join("root/lib/modules").join(m));
+    let all_there = boot_image.is_file()
+        && bzimage.is_file()
+        && modules_dir
+            .as_ref()
+            .is_none_or(|m| m.join("modules.dep").is_file());
+    all_there.then(|| Kernel {
+        spec: spec.to_string(),
+        release: Some(marker.release),
+        boot_image,
+        boot_kind: marker.boot_kind,
+        bzimage: Some(bzimage),
+        modules_dir,
+        package: Some(marker.package),
+    })
+}
+
+fn resolve_debian(
+    query: &str,
+    spec: &str,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<Kernel, KernelError> {
+    let q = debian::parse_query(query).map_err(|reason| KernelError::MalformedSpec {
+        spec: spec.to_string(),
+        reason,
+    })?;
+    // An exact release already in the cache needs no network at all.
+    if let debian::Query::Exact(rel) = &q {
+        if let Some(k) = load_complete(cache, rel, spec) {
+            return Ok(k);
+        }
+    }
+    let index = match debian::load_index(cache, progress) {
+        Ok(i) => i,
+        Err(e) => {
+            if let debian::Query::Line(line) = &q {
+                if let Some(k) = newest_cached_of_line(cache, line, spec) {
+                    progress(&format!(
+                        "package index unavailable ({e}); using cached kernel {}",
+                        k.release.as_deref().unwrap_or("?")
+                    ));
+                    return Ok(k);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let not_found = || {
+        if !index.failures.is_empty() {
+            KernelError::Download {
+                what: format!("the package indexes of {}", index.failures.join(", ")),
+                reason: format!("could not check them for '{query}'"),
+            }
+        } else {
+            KernelError::NoSuchPackage {
+                query: spec.to_string(),
+                known: debian::known_lines(&index),
+            }
+        }
+    };
+    let release = match &q {
+        debian::Query::Exact(r) => r.clone(),
+        debian::Query::Line(line) => debian::select_line(&index, line).ok_or_else(not_found)?,
+    };
+    let image = debian::select_exact(&index, &release).ok_or_else(not_found)?;
+    if let Some(k) = load_complete(cache, &release, spec) {
+        return Ok(k);
+    }
+    let kernels = cache.dir("kernels")?;
+    let _lock = cache::lock(&kernels.join(format!("{release}.lock")))?;
+    if let Some(k) = load_complete(cache, &release, spec) {
+        return Ok(k);
+    }
+    install(cache, &index, &release, image, progress)?;
+    load_complete(cache, &release, spec).ok_or_else(|| KernelError::Extract {
+        what: release.clone(),
+        reason: "the installed kernel is incomplete".into(),
+        cache_hint: kernel_dir(cache, &release),
+    })
+}
+
+fn newest_cached_of_line(cache: &Cache, line: &[u64], spec: &str) -> Option<Kernel> {
+    let rd = fs::read_dir(cache.root().join("kernels")).ok()?;
+    rd.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|r| debian::is_generic_amd64(r) && debian::line_matches(r, line))
+        .filter_map(|r| load_complete(cache, &r, spec))
+        .max_by(|a, b| {
+            let v = |k: &Kernel| {
+                k.package
+                    .as_ref()
+                    .map(|p| p.version.clone())
+                    .unwrap_or_default()
+            };
+            version::compare(&v(a), &v(b))
+        })
+}
+
+/// Download, extract, depmod and mark complete; runs under the kernel's lock.
+fn install(
+    cache: &Cache,
+    index: &debian::Index,
+    release: &str,
+    image: &debian::Stanza,
+    progress: &dyn Fn(&str),
+) -> Result<(), KernelError> {
+    let kernels = cache.dir("kernels")?;
+    let final_dir = kernel_dir(cache, release);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".tmp-{release}-"))
+        .tempdir_in(&kernels)
+        .map_err(|e| KernelError::io(format!("creating a folder in {}", kernels.display()), e))?;
+    let extract_err = |what: &str, reason: String| KernelError::Extract {
+        what: what.to_string(),
+        reason,
+        cache_hint: cache.root().join("debs"),
+    };
+
+    let mut parts = vec![image.clone()];
+    let deb = debian::download(cache, image, progress)?;
+    let t0 = Instant::now();
+    let mut ex = deb::extract(&deb, tmp.path()).map_err(|e| extract_err(&image.package, e))?;
+    if !ex.vmlinuz {
+        // 6.19+: linux-image-X is a metapackage over linux-binary-X and linux-modules-X.
+        for dep in image.depends_names() {
+            if !(dep.starts_with("linux-binary-") || dep.starts_with("linux-modules-")) {
+                continue;
+            }
+            let st = debian::find_package(index, &dep, &image.suite, &image.version).ok_or_else(
+                || KernelError::Download {
+                    what: dep.clone(),
+                    reason: format!(
+                        "{} depends on it but no suite's index lists it",
+                        image.package
+                    ),
+                },
+            )?;
+            let deb = debian::download(cache, st, progress)?;
+            let more = deb::extract(&deb, tmp.path()).map_err(|e| extract_err(&st.package, e))?;
+            ex.vmlinuz |= more.vmlinuz;
+            ex.files += more.files;
+            ex.bytes += more.bytes;
+            for r in more.module_releases {
+                if !ex.module_releases.contains(&r) {
+                    ex.module_releases.push(r);
+                }
+            }
+            parts.push(st.clone());
+        }
+    }
+    if !ex.vmlinuz {
+        return Err(extract_err(
+            &image.package,
+            "no vmlinuz in the package (nor in its linux-binary-* dependency)".into(),
+        ));
+    }
+    progress(&format!(
+        "extracted {} files ({:.0} MB) in {:.1} s",
+        ex.files,
+        ex.bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    ));
+
+    let modules_release = if ex.module_releases.iter().any(|r| r == release) {
+        Some(release.to_string())
+    } else {
+        ex.module_releases.first().cloned()
+    };
+    if let Some(m) = &modules_release {
+        let t = Instant::now();
+        depmod(&tmp.path().join("root"), m)?;
+        progress(&format!("depmod {m}: {:.1} s", t.elapsed().as_secs_f64()));
+    }
+
+    let vmlinuz_path = tmp.path().join("vmlinuz");
+    let bz = fs::read(&vmlinuz_path)
+        .map_err(|e| KernelError::io(format!("reading {}", vmlinuz_path.display()), e))?;
+    let uname = vmlinux::bzimage_release(&bz)
+        .or_else(|| modules_release.clone())
+        .unwrap_or_else(|| release.to_string());
+    let t = Instant::now();
+    let boot_kind = match vmlinux::extract_vmlinux(&bz) {
+        Ok(elf) if vmlinux::has_pvh_note(&elf) => {
+            fs::write(tmp.path().join("vmlinux"), &elf)
+                .map_err(|e| KernelError::io("writing vmlinux".into(), e))?;
+            progress(&format!(
+                "vmlinux with PVH note: {:.1} MB (from {:.1} MB bzImage) in {:.1} s",
+                elf.len() as f64 / 1e6,
+                bz.len() as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            ));
+            BootKind::Pvh
+        }
+        Ok(_) => {
+            progress("vmlinux has no PVH note; booting the bzImage");
+            BootKind::BzImage
+        }
+        Err(e) => {
+            progress(&format!(
+                "could not extract vmlinux ({e}); booting the bzImage"
+            ));
+            BootKind::BzImage
+        }
+    };
+
+    let marker = Marker {
+        release: uname,
+        package: image.info(),
+        parts: parts.iter().map(debian::Stanza::info).collect(),
+        boot_kind,
+        modules_release,
+    };
+    let json = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+    cache::write_atomic(&tmp.path().join("complete.json"), &json)?;
+
+    if final_dir.exists() {
+        // A leftover without a valid marker (we hold the lock).
+        fs::remove_dir_all(&final_dir)
+            .map_err(|e| KernelError::io(format!("removing stale {}", final_dir.display()), e))?;
+    }
+    let tmp_path = tmp.keep();
+    fs::rename(&tmp_path, &final_dir).map_err(|e| {
+        let _ = fs::remove_dir_all(&tmp_path);
+        KernelError::io(format!("moving kernel into {}", final_dir.display()), e)
+    })?;
+    Ok(())
+}
+
+/// Run the host's `depmod -b ROOT RELEASE`.
+fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
+    for exe in ["depmod", "/usr/sbin/depmod", "/sbin/depmod"] {
+        match Command::new(exe).arg("-b").arg(root).arg(release).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                return Err(KernelError::Depmod {
+                    root: root.to_path_buf(),
+                    reason: format!(
+                        "{} ({})",
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        out.status
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(KernelError::io(format!("running {exe}"), e)),
+        }
+    }
+    Err(KernelError::NoDepmod)
+}
+
+// ---------------------------------------------------------------- local
+
+/// Contents of `local/SHA/info.json` for a local bzImage.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LocalInfo {
+    release: Option<String>,
+    pvh: bool,
+}
+
+fn resolve_local(
+    image: &Path,
+    modules: Option<&Path>,
+    spec: &str,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<Kernel, KernelError> {
+    if !image.is_file() {
+        return Err(KernelError::LocalFileMissing {
+            what: "kernel image",
+            path: image.to_path_buf(),
+        });
+    }
+    let image = fs::canonicalize(image)
+        .map_err(|e| KernelError::io(format!("resolving {}", image.display()), e))?;
+    let data =
+        fs::read(&image).map_err(|e| KernelError::io(format!("reading {}", image.display()), e))?;
+    let (release, boot_image, boot_kind, bzimage) = if vmlinux::is_elf(&data) {
+        if !vmlinux::has_pvh_note(&data) {
+            return Err(KernelError::NotBootable {
+                path: image,
+                reason: "this ELF vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), so qemu cannot boot it directly; pass the bzImage instead (arch/x86/boot/bzImage) or build with CONFIG_PVH=y".into(),
+            });
+        }
+        (
+            vmlinux::vmlinux_release(&data),
+            image.clone(),
+            BootKind::Pvh,
+            None,
+        )
+    } else if vmlinux::is_bzimage(&data) {
+        let release = vmlinux::bzimage_release(&data);
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&data))
+        };
+        let dir = cache.dir(&format!("local/{sha}"))?;
+        let info_path = dir.join("info.json");
+        let vmlinux_path = dir.join("vmlinux");
+        let info: Option<LocalInfo> = fs::read(&info_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|i: &LocalInfo| !i.pvh || vmlinux_path.is_file());
+        let pvh = match info {
+            Some(i) => i.pvh,
+            None => {
+                let _lock = cache::lock(&dir.join("lock"))?;
+                let pvh = match vmlinux::extract_vmlinux(&data) {
+                    Ok(elf) if vmlinux::has_pvh_note(&elf) => {
+                        cache::write_atomic(&vmlinux_path, &elf)?;
+                        true
+                    }
+                    Ok(_) => {
+                        progress("vmlinux has no PVH note; booting the bzImage");
+                        false
+                    }
+                    Err(e) => {
+                        progress(&format!(
+                            "could not extract vmlinux ({e}); booting the bzImage"
+                        ));
+                        false
+                    }
+                };
+                let info = LocalInfo {
+                    release: release.clone(),
+                    pvh,
+                };
+                cache::write_atomic(
+                    &info_path,
+                    &serde_json::to_vec_pretty(&info).expect("serialises"),
+                )?;
+                pvh
+            }
+        };
+        if pvh {
+            (release, vmlinux_path, BootKind::Pvh, Some(image.clone()))
+        } else {
+            (
+                release,
+                image.clone(),
+                BootKind::BzImage,
+                Some(image.clone()),
+            )
+        }
+    } else {
+        return Err(KernelError::NotBootable {
+            path: image,
+            reason: "it is neither a bzImage nor an ELF vmlinux; pass arch/x86/boot/bzImage or a vmlinux with a PVH note".into(),
+        });
+    };
+
+    let modules_dir = match modules {
+        None => None,
+        Some(m) => Some(local_modules(m, release.as_deref(), cache, progress)?),
+    };
+    Ok(Kernel {
+        spec: spec.to_string(),
+        release,
+        boot_image,
+        boot_kind,
+        bzimage,
+        modules_dir,
+        package: None,
+    })
+}
+
+fn looks_like_module_dir(d: &Path) -> bool {
+    ["modules.dep", "modules.order", "modules.builtin", "kernel"]
+        .iter()
+        .any(|f| d.join(f).exists())
+}
+
+/// Find lib/modules/RELEASE in the user's folder; if it has no modules.dep,
+/// build a private depmod'ed symlink copy in the cache.
+fn local_modules(
+    path: &Path,
+    release: Option<&str>,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, KernelError> {
+    if !path.is_dir() {
+        return Err(KernelError::LocalFileMissing {
+            what: "module folder",
+            path: path.to_path_buf(),
+        });
+    }
+    let path = fs::canonicalize(path)
+        .map_err(|e| KernelError::io(format!("resolving {}", path.display()), e))?;
+    let bad = |reason: String| KernelError::BadModules {
+        path: path.clone(),
+        reason,
+    };
+    let mdir = if looks_like_module_dir(&path) {
+        path.clone()
+    } else {
+        let base = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|b| path.join(b))
+            .find(|b| b.is_dir())
+            .ok_or_else(|| bad("it has neither modules.order/kernel/ nor lib/modules/".into()))?;
+        match release.map(|r| base.join(r)).filter(|d| d.is_dir()) {
+            Some(d) => d,
+            None => {
+                let subdirs: Vec<PathBuf> = fs::read_dir(&base)
+                    .map_err(|e| KernelError::io(format!("listing {}", base.display()), e))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect();
+                match subdirs.as_slice() {
+                    [one] => one.clone(),
+                    [] => return Err(bad(format!("{} is empty", base.display()))),
+                    _ => {
+                        return Err(bad(format!(
+                            "{} holds several releases and none matches the kernel's ({})",
+                            base.display(),
+                            release.unwrap_or("unknown")
+                        )))
+                    }
+                }
+            }
+        }
+    };
+    let name = mdir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| bad("the folder name is not valid UTF-8".into()))?
+        .to_string();
+    if let Some(r) = release.filter(|r| *r != name) {
+        progress(&format!(
+            "note: module folder {name} does not match the kernel release {r}"
+        ));
+    }
+    if mdir.join("modules.dep").is_file() {
+        return Ok(mdir);
+    }
+
+    // Private copy: real directories, symlinked files, depmod'ed.
+    let stamp = fs::metadata(&mdir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let key = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            format!("{}\0{stamp}", mdir.display()).as_bytes(),
+        ))
+    };
+    let local = cache.dir("local")?;
+    let final_dir = local.join(format!("modules-{}", &key[..32]));
+    let result = final_dir.join("root/lib/modules").join(&name);
+    let done = |d: &Path| d.join("complete").is_file();
+    if done(&final_dir) {
+        return Ok(result);
+    }
+    let _lock = cache::lock(&local.join(format!("modules-{}.lock", &key[..32])))?;
+    if done(&final_dir) {
+        return Ok(result);
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-modules-")
+        .tempdir_in(&local)
+        .map_err(|e| KernelError::io(format!("creating a folder in {}", local.display()), e))?;
+    let target = tmp.path().join("root/lib/modules").join(&name);
+    symlink_tree(&mdir, &target)
+        .map_err(|e| KernelError::io(format!("mirroring {}", mdir.display()), e))?;
+    progress(&format!(
+        "running depmod on a private copy of {} (it has no modules.dep)",
+        mdir.display()
+    ));
+    depmod(&tmp.path().join("root"), &name)?;
+    fs::write(tmp.path().join("complete"), b"")
+        .map_err(|e| KernelError::io("writing marker".into(), e))?;
+    if final_dir.exists() {
+        let _ = fs::remove_dir_all(&final_dir);
+    }
+    let tmp_path = tmp.keep();
+    fs::rename(&tmp_path, &final_dir)
+        .map_err(|e| KernelError::io(format!("moving into {}", final_dir.display()), e))?;
+    Ok(result)
+}
+
+fn symlink_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for e in fs::read_dir(src)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let to = dst.join(e.file_name());
+        if ft.is_dir() {
+            symlink_tree(&e.path(), &to)?;
+        } else if e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("modules."))
+        {
+            // depmod rewrites these; leave the user's files untouched.
+            if !e.file_name().to_str().is_some_and(|n| {
+                matches!(
+                    n,
+                    "modules.order" | "modules.builtin" | "modules.builtin.modinfo"
+                )
+            }) {
+                continue;
+            }
+            fs::copy(e.path(), &to)?;
+        } else {
+            std::os::unix::fs::symlink(e.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(
+            KernelSpec::parse("debian:6.12", None).unwrap(),
+            KernelSpec::Debian {
+                query: "6.12".into()
+            }
+        );
+        assert_eq!(
+            KernelSpec::parse("debian:6.1.0-50-amd64", None).unwrap(),
+            KernelSpec::Debian {
+                query: "6.1.0-50-amd64".into()
+            }
+        );
+        assert_eq!(
+            KernelSpec::parse("/path/bzImage", Some("/m".into())).unwrap(),
+            KernelSpec::Local {
+                image: "/path/bzImage".into(),
+                modules: Some("/m".into())
+            }
+        );
+        assert_eq!(
+            KernelSpec::parse("./vmlinux", None).unwrap(),
+            KernelSpec::Local {
+                image: "./vmlinux".into(),
+                modules: None
+            }
+        );
+        assert_eq!(
+            KernelSpec::parse("./odd:name", None).unwrap(),
+            KernelSpec::Local {
+                image: "./odd:name".into(),
+                modules: None
+            }
+        );
+        let e = KernelSpec::parse("foo:bar", None).unwrap_err();
+        assert!(e.is_user_error());
+        assert!(
+            e.to_string().contains("unknown kernel source 'foo:'"),
+            "{e}"
+        );
+        let e = KernelSpec::parse("debian:", None).unwrap_err();
+        assert!(e.is_user_error());
+        let e = KernelSpec::parse("debian:latest", None).unwrap_err();
+        assert!(matches!(e, KernelError::MalformedSpec { .. }));
+        for s in ["debian:6.12", "debian:7.2.13+deb14-amd64", "/x/bzImage"] {
+            assert_eq!(KernelSpec::parse(s, None).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn missing_local_file_is_a_user_error() {
+        let cache = Cache::new(tempfile::tempdir().unwrap().path().to_path_buf());
+        let spec = KernelSpec::parse("/nonexistent/bzImage", None).unwrap();
+        let e = resolve(&spec, &cache, &|_| {}).unwrap_err();
+        assert!(e.is_user_error());
+        assert!(e.to_string().contains("/nonexistent/bzImage"));
+    }
+
+    #[test]
+    fn error_messages_give_hints() {
+        let e = KernelError::NoSuchPackage {
+            query: "debian:9.9.9".into(),
+            known: vec!["5.10".into(), "6.1".into(), "6.12".into()],
+        };
+        let m = e.to_string();
+        assert!(
+            m.contains("debian:9.9.9") && m.contains("5.10, 6.1, 6.12"),
+            "{m}"
+        );
+        assert!(e.is_user_error());
+        let e = KernelError::Checksum {
+            file: "x".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        assert!(!e.is_user_error());
+    }
+}

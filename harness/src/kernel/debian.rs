@@ -1,0 +1,770 @@
+//! A small client of the Debian archive: mirror discovery, the per-suite
+//! `Packages.xz` index (cached), kernel package selection and verified
+//! `.deb` downloads.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::cache::{self, Cache};
+use super::version;
+use super::{KernelError, PackageInfo};
+
+/// Suites searched, oldest first.
+pub const SUITES: &[&str] = &[
+    "bullseye",
+    "bookworm",
+    "bookworm-backports",
+    "trixie",
+    "trixie-backports",
+    "forky",
+    "sid",
+    "experimental",
+];
+
+/// How long a downloaded index is used before it is fetched again.
+pub const INDEX_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+
+// ---------------------------------------------------------------- mirror
+
+/// The archive's base URI: `$NATVET_DEBIAN_MIRROR`, else the host's apt
+/// configuration (deb822 `debian.sources`, then one-line `sources.list`).
+pub fn mirror() -> Result<String, KernelError> {
+    if let Some(m) = std::env::var("NATVET_DEBIAN_MIRROR")
+        .ok()
+        .filter(|m| !m.trim().is_empty())
+    {
+        return Ok(m.trim().trim_end_matches('/').to_string());
+    }
+    let deb822 = Path::new("/etc/apt/sources.list.d/debian.sources");
+    if let Ok(text) = fs::read_to_string(deb822) {
+        if let Some(m) = mirror_from_deb822(&text) {
+            return Ok(m);
+        }
+    }
+    let mut one_line = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "list"))
+            .collect();
+        more.sort();
+        one_line.extend(more);
+    }
+    for p in one_line {
+        if let Ok(text) = fs::read_to_string(&p) {
+            if let Some(m) = mirror_from_one_line(&text) {
+                return Ok(m);
+            }
+        }
+    }
+    Err(KernelError::NoMirror)
+}
+
+fn usable_uri(uri: &str) -> Option<String> {
+    let uri = uri.trim().trim_end_matches('/');
+    let ok_scheme = uri.starts_with("http://") || uri.starts_with("https://");
+    (ok_scheme && !uri.ends_with("-security")).then(|| uri.to_string())
+}
+
+/// First main-archive URI in a deb822 sources file.
+pub fn mirror_from_deb822(text: &str) -> Option<String> {
+    for para in text.split("\n\n") {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in para.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with([' ', '\t']) {
+                if let Some(last) = fields.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(line.trim());
+                }
+            } else if let Some((k, v)) = line.split_once(':') {
+                fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(fk, _)| fk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        if !get("types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb")) {
+            continue;
+        }
+        if get("enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
+            continue;
+        }
+        let suites = get("suites").unwrap_or("");
+        if !suites.is_empty() && suites.split_whitespace().all(|s| s.ends_with("-security")) {
+            continue;
+        }
+        if let Some(u) = get("uris")
+            .into_iter()
+            .flat_map(str::split_whitespace)
+            .find_map(usable_uri)
+        {
+            return Some(u);
+        }
+    }
+    None
+}
+
+/// First main-archive URI in one-line `deb [opts] URI suite comp...` format.
+pub fn mirror_from_one_line(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let mut toks = line.split_whitespace();
+        if toks.next() != Some("deb") {
+            continue;
+        }
+        let mut uri = toks.next()?;
+        if uri.starts_with('[') {
+            while !uri.ends_with(']') {
+                uri = toks.next()?;
+            }
+            uri = toks.next()?;
+        }
+        let suite = toks.next().unwrap_or("");
+        if suite.ends_with("-security") {
+            continue;
+        }
+        if let Some(u) = usable_uri(uri) {
+            return Some(u);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------- index
+
+/// One kernel-related stanza of a Packages index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stanza {
+    pub package: String,
+    pub version: String,
+    pub filename: String,
+    pub sha256: String,
+    pub size: u64,
+    pub depends: String,
+    pub suite: String,
+}
+
+impl Stanza {
+    pub fn info(&self) -> PackageInfo {
+        PackageInfo {
+            name: self.package.clone(),
+            version: self.version.clone(),
+            suite: self.suite.clone(),
+            sha256: self.sha256.clone(),
+            filename: self.filename.clone(),
+        }
+    }
+
+    /// Package names this stanza depends on (first alternative of each group).
+    pub fn depends_names(&self) -> Vec<String> {
+        self.depends
+            .split(',')
+            .filter_map(|g| g.split('|').next())
+            .filter_map(|alt| alt.split_whitespace().next())
+            .map(|n| n.split(':').next().unwrap_or(n).to_string())
+            .collect()
+    }
+}
+
+fn interesting(pkg: &str) -> bool {
+    pkg.starts_with("linux-image-")
+        || pkg.starts_with("linux-binary-")
+        || pkg.starts_with("linux-modules-")
+}
+
+/// Parse a Packages file, keeping only linux-image/-binary/-modules stanzas.
+pub fn parse_packages(r: impl BufRead, suite: &str) -> std::io::Result<Vec<Stanza>> {
+    let mut out = Vec::new();
+    let mut cur: Option<Stanza> = None;
+    let mut skipping = false;
+    let finish = |cur: &mut Option<Stanza>, out: &mut Vec<Stanza>| {
+        if let Some(s) = cur.take() {
+            if !s.filename.is_empty() && !s.version.is_empty() {
+                out.push(s);
+            }
+        }
+    };
+    for line in r.lines() {
+        let line = line?;
+        if line.is_empty() {
+            finish(&mut cur, &mut out);
+            skipping = false;
+            continue;
+        }
+        if skipping || line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k == "Package" {
+            finish(&mut cur, &mut out);
+            if interesting(v) {
+                cur = Some(Stanza {
+                    package: v.to_string(),
+                    suite: suite.to_string(),
+                    ..Default::default()
+                });
+            } else {
+                skipping = true;
+            }
+            continue;
+        }
+        let Some(s) = cur.as_mut() else { continue };
+        match k {
+            "Version" => s.version = v.to_string(),
+            "Filename" => s.filename = v.to_string(),
+            "SHA256" => s.sha256 = v.to_ascii_lowercase(),
+            "Size" => s.size = v.parse().unwrap_or(0),
+            "Depends" => s.depends = v.to_string(),
+            _ => {}
+        }
+    }
+    finish(&mut cur, &mut out);
+    Ok(out)
+}
+
+/// All kernel stanzas of all reachable suites.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub stanzas: Vec<Stanza>,
+    /// Suites that could not be read at all (network error, no cached copy).
+    pub failures: Vec<String>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(20))
+        .timeout_read(Duration::from_secs(60))
+        .user_agent(concat!("natvet/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+enum Fetched {
+    Ok(PathBuf),
+    Missing,
+}
+
+fn fetch_index(
+    mirror: &str,
+    suite: &str,
+    dir: &Path,
+    notes: &std::sync::Mutex<Vec<String>>,
+) -> Result<Fetched, String> {
+    let path = dir.join(format!("{suite}.Packages.xz"));
+    let age = fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    if age.is_some_and(|a| a < INDEX_MAX_AGE) {
+        return Ok(Fetched::Ok(path));
+    }
+    let url = format!("{mirror}/dists/{suite}/main/binary-amd64/Packages.xz");
+    let stale = |why: String| {
+        if age.is_some() {
+            notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "index for {suite}: refresh failed ({why}); using the cached copy"
+                ));
+            Ok(Fetched::Ok(path.clone()))
+        } else {
+            Err(format!("{url}: {why}"))
+        }
+    };
+    let resp = match agent().get(&url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(404, _)) => {
+            let _ = fs::remove_file(&path);
+            return Ok(Fetched::Missing);
+        }
+        Err(e) => return stale(e.to_string()),
+    };
+    let mut buf = Vec::new();
+    if let Err(e) = resp.into_reader().take(1 << 30).read_to_end(&mut buf) {
+        return stale(e.to_string());
+    }
+    cache::write_atomic(&path, &buf).map_err(|e| e.to_string())?;
+    Ok(Fetched::Ok(path))
+}
+
+/// Load (fetching as needed, in parallel) the kernel stanzas of every suite.
+pub fn load_index(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Index, KernelError> {
+    let mirror = mirror()?;
+    let dir = cache.dir("index")?;
+    let notes = std::sync::Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    let results: Vec<(&str, Result<Vec<Stanza>, String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = SUITES
+            .iter()
+            .map(|&suite| {
+                let (mirror, dir, notes) = (&mirror, &dir, &notes);
+                s.spawn(move || {
+                    let r = match fetch_index(mirror, suite, dir, notes)? {
+                        Fetched::Missing => return Ok(Vec::new()),
+                        Fetched::Ok(p) => p,
+                    };
+                    let f = File::open(&r).map_err(|e| e.to_string())?;
+                    let dec = xz2::read::XzDecoder::new(BufReader::new(f));
+                    parse_packages(BufReader::with_capacity(1 << 20, dec), suite)
+                        .map_err(|e| format!("{}: {e}", r.display()))
+                })
+            })
+            .collect();
+        SUITES
+            .iter()
+            .copied()
+            .zip(handles.into_iter().map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("index worker panicked".into()))
+            }))
+            .collect()
+    });
+    for n in notes.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        progress(&n);
+    }
+    let mut index = Index::default();
+    let mut errors = Vec::new();
+    for (suite, r) in results {
+        match r {
+            Ok(mut st) => index.stanzas.append(&mut st),
+            Err(e) => {
+                progress(&format!("index for {suite} unavailable: {e}"));
+                index.failures.push(suite.to_string());
+                errors.push(e);
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if secs > 1.0 {
+        progress(&format!("read the package indexes in {secs:.1} s"));
+    }
+    if index.stanzas.is_empty() && !errors.is_empty() {
+        return Err(KernelError::Download {
+            what: "the Debian package indexes".into(),
+            reason: errors.join("; "),
+        });
+    }
+    Ok(index)
+}
+
+// ---------------------------------------------------------------- selection
+
+/// What a `debian:` query asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// A full release as `uname -r` prints it.
+    Exact(String),
+    /// A version line such as `6.12` (numeric components).
+    Line(Vec<u64>),
+}
+
+/// Parse the part after `debian:`.
+pub fn parse_query(q: &str) -> Result<Query, String> {
+    let q = q.trim();
+    let q = q.strip_prefix("linux-image-").unwrap_or(q);
+    let q = q.strip_suffix("-unsigned").unwrap_or(q);
+    if q.is_empty() {
+        return Err("nothing after `debian:`".into());
+    }
+    if q.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        let comps: Result<Vec<u64>, _> = q.split('.').map(str::parse).collect();
+        return match comps {
+            Ok(c) if !c.is_empty() => Ok(Query::Line(c)),
+            _ => Err(format!("`{q}` is not a version line like 6.12")),
+        };
+    }
+    let ok_chars = q
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b".+-~_".contains(&c));
+    if !q.as_bytes()[0].is_ascii_digit() || !ok_chars || !q.contains('-') {
+        return Err(format!(
+            "`{q}` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-amd64)"
+        ));
+    }
+    Ok(Query::Exact(q.to_string()))
+}
+
+/// Release named by an image package (`linux-image-X[-unsigned]`).
+pub fn image_release(pkg: &str) -> Option<&str> {
+    let r = pkg.strip_prefix("linux-image-")?;
+    if r.ends_with("-dbg") || !r.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(r.strip_suffix("-unsigned").unwrap_or(r))
+}
+
+/// True for the plain `-amd64` flavour (not -cloud-, -rt-).
+pub fn is_generic_amd64(release: &str) -> bool {
+    let Some(base) = release.strip_suffix("-amd64") else {
+        return false;
+    };
+    base.replace("+deb", "")
+        .bytes()
+        .all(|c| c.is_ascii_digit() || c == b'.' || c == b'-')
+}
+
+/// Numeric upstream components of a release: 6.12.95+deb12-amd64 → [6, 12, 95].
+pub fn release_components(release: &str) -> Vec<u64> {
+    let head = release.split(['-', '+', '~']).next().unwrap_or("");
+    head.split('.').map_while(|c| c.parse().ok()).collect()
+}
+
+pub fn line_matches(release: &str, line: &[u64]) -> bool {
+    release_components(release).starts_with(line)
+}
+
+/// Known version lines (major.minor) of generic amd64 kernels.
+pub fn known_lines(index: &Index) -> Vec<String> {
+    let mut lines: BTreeSet<(u64, u64)> = BTreeSet::new();
+    for s in &index.stanzas {
+        if let Some(r) = image_release(&s.package).filter(|r| is_generic_amd64(r)) {
+            if let [a, b, ..] = release_components(r)[..] {
+                lines.insert((a, b));
+            }
+        }
+    }
+    lines.into_iter().map(|(a, b)| format!("{a}.{b}")).collect()
+}
+
+/// Pick the image stanza for a release: highest Version; on a tie the plain
+/// name over `-unsigned`, then the older suite.
+pub fn select_exact<'a>(index: &'a Index, release: &str) -> Option<&'a Stanza> {
+    let plain = format!("linux-image-{release}");
+    let unsigned = format!("{plain}-unsigned");
+    let suite_pos = |s: &str| SUITES.iter().position(|x| *x == s).unwrap_or(usize::MAX);
+    index
+        .stanzas
+        .iter()
+        .filter(|s| s.package == plain || s.package == unsigned)
+        .max_by(|a, b| {
+            version::compare(&a.version, &b.version)
+                .then_with(|| (a.package == plain).cmp(&(b.package == plain)))
+                .then_with(|| suite_pos(&b.suite).cmp(&suite_pos(&a.suite)))
+        })
+}
+
+/// Newest generic amd64 release of a version line, by package Version.
+pub fn select_line(index: &Index, line: &[u64]) -> Option<String> {
+    index
+        .stanzas
+        .iter()
+        .filter_map(|s| image_release(&s.package).map(|r| (r, s)))
+        .filter(|(r, _)| is_generic_amd64(r) && line_matches(r, line))
+        .max_by(|(_, a), (_, b)| version::compare(&a.version, &b.version))
+        .map(|(r, _)| r.to_string())
+}
+
+/// The package called `name`, preferring `suite` and `version`.
+pub fn find_package<'a>(
+    index: &'a Index,
+    name: &str,
+    suite: &str,
+    version: &str,
+) -> Option<&'a Stanza> {
+    index
+        .stanzas
+        .iter()
+        .filter(|s| s.package == name)
+        .max_by(|a, b| {
+            let score = |s: &Stanza| (s.version == version, s.suite == suite);
+            score(a)
+                .cmp(&score(b))
+                .then_with(|| version::compare(&a.version, &b.version))
+        })
+}
+
+// ---------------------------------------------------------------- download
+
+/// Download a package into `CACHE/debs/` (or reuse a verified copy there).
+pub fn download(
+    cache: &Cache,
+    pkg: &Stanza,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, KernelError> {
+    let dir = cache.dir("debs")?;
+    let base = pkg.filename.rsplit('/').next().unwrap_or(&pkg.filename);
+    let dest = dir.join(base);
+    if dest.exists() {
+        match cache::sha256_file(&dest) {
+            Ok(h) if h == pkg.sha256 => return Ok(dest),
+            _ => {
+                let _ = fs::remove_file(&dest);
+            }
+        }
+    }
+    let url = format!("{}/{}", mirror()?, pkg.filename);
+    let mut last_err = None;
+    for attempt in 1..=2 {
+        progress(&format!(
+            "downloading {} {} from {} ({:.1} MB){}",
+            pkg.package,
+            pkg.version,
+            pkg.suite,
+            pkg.size as f64 / 1e6,
+            if attempt > 1 { ", retry" } else { "" }
+        ));
+        let t0 = Instant::now();
+        match download_once(&url, &dir, &dest, pkg) {
+            Ok(n) => {
+                let secs = t0.elapsed().as_secs_f64();
+                progress(&format!(
+                    "downloaded {} ({:.1} MB in {:.1} s, {:.1} MB/s)",
+                    base,
+                    n as f64 / 1e6,
+                    secs,
+                    n as f64 / 1e6 / secs.max(0.001)
+                ));
+                return Ok(dest);
+            }
+            Err(e) => {
+                progress(&format!("download of {base} failed: {e}"));
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.expect("two attempts"))
+}
+
+fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64, KernelError> {
+    let dl_err = |reason: String| KernelError::Download {
+        what: url.to_string(),
+        reason,
+    };
+    let resp = agent().get(url).call().map_err(|e| dl_err(e.to_string()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(dir)
+        .map_err(|e| KernelError::io(format!("creating a file in {}", dir.display()), e))?;
+    let mut reader = resp.into_reader();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| dl_err(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .map_err(|e| KernelError::io(format!("writing {}", dest.display()), e))?;
+        total += n as u64;
+    }
+    let got = hex::encode(hasher.finalize());
+    if got != pkg.sha256 {
+        // The temp file is deleted when dropped.
+        return Err(KernelError::Checksum {
+            file: url.to_string(),
+            expected: pkg.sha256.clone(),
+            actual: got,
+        });
+    }
+    tmp.persist(dest)
+        .map_err(|e| KernelError::io(format!("storing {}", dest.display()), e.error))?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+Package: linux-image-6.1.0-50-amd64
+Source: linux-signed-amd64 (6.1.170+1)
+Version: 6.1.170-1
+Depends: kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool
+Description: Linux 6.1 for 64-bit PCs (signed)
+ The Linux kernel 6.1 and modules for use on PCs with AMD64, Intel 64 or
+ VIA Nano processors.
+Filename: pool/main/l/linux-signed-amd64/linux-image-6.1.0-50-amd64_6.1.170-1_amd64.deb
+Size: 69000000
+SHA256: AAAA
+
+Package: zsh
+Version: 5.9-4
+Filename: pool/main/z/zsh/zsh_5.9-4_amd64.deb
+SHA256: ffff
+
+Package: linux-image-6.1.0-49-amd64
+Version: 6.1.158-1
+Filename: pool/main/l/linux-signed-amd64/linux-image-6.1.0-49-amd64_6.1.158-1_amd64.deb
+SHA256: bbbb
+
+Package: linux-image-6.1.0-50-cloud-amd64
+Version: 6.1.171-1
+Filename: pool/x.deb
+SHA256: cccc
+
+Package: linux-image-6.1.0-50-amd64-dbg
+Version: 6.1.172-1
+Filename: pool/y.deb
+SHA256: dddd
+
+Package: linux-image-6.12.9-amd64
+Version: 6.12.9-1
+Filename: pool/z.deb
+SHA256: eeee
+";
+
+    fn sample_index() -> Index {
+        let mut st = parse_packages(SAMPLE.as_bytes(), "bookworm").unwrap();
+        st.extend(
+            parse_packages(
+                "Package: linux-image-7.2.13+deb14-amd64\nVersion: 7.2.13-1\n\
+                 Depends: dracut | initramfs-tools (>= 0.120+deb8u2), linux-binary-7.2.13+deb14-amd64 (= 7.2.13-1), linux-modules-7.2.13+deb14-amd64 (= 7.2.13-1)\n\
+                 Filename: a.deb\nSHA256: 11\n\n\
+                 Package: linux-image-7.3-amd64\nVersion: 7.3~rc7-1~exp1\nFilename: b.deb\nSHA256: 22\n\n\
+                 Package: linux-image-7.2.9+deb14-amd64-unsigned\nVersion: 7.2.9-1\nFilename: c.deb\nSHA256: 33\n"
+                    .as_bytes(),
+                "sid",
+            )
+            .unwrap(),
+        );
+        Index {
+            stanzas: st,
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn parses_only_kernel_stanzas() {
+        let st = parse_packages(SAMPLE.as_bytes(), "bookworm").unwrap();
+        let names: Vec<_> = st.iter().map(|s| s.package.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "linux-image-6.1.0-50-amd64",
+                "linux-image-6.1.0-49-amd64",
+                "linux-image-6.1.0-50-cloud-amd64",
+                "linux-image-6.1.0-50-amd64-dbg",
+                "linux-image-6.12.9-amd64"
+            ]
+        );
+        assert_eq!(st[0].version, "6.1.170-1");
+        assert_eq!(st[0].sha256, "aaaa");
+        assert_eq!(st[0].size, 69000000);
+        assert_eq!(st[0].suite, "bookworm");
+        assert!(st[0].depends.starts_with("kmod, linux-base"));
+    }
+
+    #[test]
+    fn selects_newest_generic_of_a_line() {
+        let idx = sample_index();
+        assert_eq!(
+            select_line(&idx, &[6, 1]).as_deref(),
+            Some("6.1.0-50-amd64")
+        );
+        assert_eq!(select_line(&idx, &[6, 12]).as_deref(), Some("6.12.9-amd64"));
+        assert_eq!(select_line(&idx, &[7]).as_deref(), Some("7.3-amd64"));
+        assert_eq!(
+            select_line(&idx, &[7, 2]).as_deref(),
+            Some("7.2.13+deb14-amd64")
+        );
+        assert_eq!(select_line(&idx, &[9, 9, 9]), None);
+        assert_eq!(known_lines(&idx), ["6.1", "6.12", "7.2", "7.3"]);
+    }
+
+    #[test]
+    fn selects_exact_and_unsigned() {
+        let idx = sample_index();
+        let s = select_exact(&idx, "6.1.0-50-amd64").unwrap();
+        assert_eq!(s.package, "linux-image-6.1.0-50-amd64");
+        let s = select_exact(&idx, "7.2.9+deb14-amd64").unwrap();
+        assert_eq!(s.package, "linux-image-7.2.9+deb14-amd64-unsigned");
+        assert!(select_exact(&idx, "6.1.0-51-amd64").is_none());
+        let meta = select_exact(&idx, "7.2.13+deb14-amd64").unwrap();
+        let deps = meta.depends_names();
+        assert!(deps.contains(&"linux-binary-7.2.13+deb14-amd64".to_string()));
+        assert!(deps.contains(&"linux-modules-7.2.13+deb14-amd64".to_string()));
+    }
+
+    #[test]
+    fn release_helpers() {
+        assert!(is_generic_amd64("6.1.0-50-amd64"));
+        assert!(is_generic_amd64("6.12.95+deb12-amd64"));
+        assert!(is_generic_amd64("7.3-amd64"));
+        assert!(!is_generic_amd64("6.1.0-50-cloud-amd64"));
+        assert!(!is_generic_amd64("6.12.95+deb12-rt-amd64"));
+        assert_eq!(release_components("6.12.95+deb12-amd64"), [6, 12, 95]);
+        assert_eq!(release_components("5.10.0-32-amd64"), [5, 10, 0]);
+        assert!(line_matches("6.1.0-50-amd64", &[6, 1]));
+        assert!(!line_matches("6.12.95+deb12-amd64", &[6, 1]));
+        assert_eq!(image_release("linux-image-amd64"), None);
+        assert_eq!(
+            image_release("linux-image-5.10.0-32-amd64-unsigned"),
+            Some("5.10.0-32-amd64")
+        );
+    }
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(parse_query("6.12"), Ok(Query::Line(vec![6, 12])));
+        assert_eq!(parse_query("5.10"), Ok(Query::Line(vec![5, 10])));
+        assert_eq!(
+            parse_query("6.1.0-50-amd64"),
+            Ok(Query::Exact("6.1.0-50-amd64".into()))
+        );
+        assert_eq!(
+            parse_query("linux-image-5.10.0-32-amd64-unsigned"),
+            Ok(Query::Exact("5.10.0-32-amd64".into()))
+        );
+        assert_eq!(
+            parse_query("7.2.13+deb14-amd64"),
+            Ok(Query::Exact("7.2.13+deb14-amd64".into()))
+        );
+        assert!(parse_query("").is_err());
+        assert!(parse_query("latest").is_err());
+        assert!(parse_query("6..1").is_err());
+        assert!(parse_query("6.1/../x").is_err());
+    }
+
+    #[test]
+    fn mirror_formats() {
+        let deb822 = "\
+Types: deb
+# http://snapshot.example/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian/
+Suites: bookworm bookworm-updates
+Components: main
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+";
+        assert_eq!(
+            mirror_from_deb822(deb822).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let sec_first = "Types: deb\nURIs: https://m.example/debian-security\nSuites: bookworm-security\n\n\
+                         Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n\
+                         Types: deb\nEnabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n\n\
+                         Types: deb\nURIs: https://m.example/debian\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_from_deb822(sec_first).as_deref(),
+            Some("https://m.example/debian")
+        );
+        let one = "# comment\ndeb http://sec.example/debian-security bookworm-security main\n\
+                   deb-src http://src.example/debian bookworm main\n\
+                   deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_from_one_line(one).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(mirror_from_one_line("deb cdrom:[x]/ bookworm main\n"), None);
+    }
+}
