@@ -14,7 +14,11 @@ use crate::ui::Ui;
 use crate::vet::{self, VetOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "natvet", version, about = "Boots Linux kernels in QEMU and proves, with real packets, that WireGuard + NAT forwarding works")]
+#[command(
+    name = "natvet",
+    version,
+    about = "Boots Linux kernels in QEMU and proves, with real packets, that WireGuard + NAT forwarding works"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -139,26 +143,41 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     print!("{text}");
                     Ok(exit::PASS)
                 }
-                None => Err(usage(Scenario::load(&name).err().map(|e| e.to_string()).unwrap_or_default())),
+                None => Err(usage(
+                    Scenario::load(&name)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
+                )),
             }
         }
         Command::Scenarios(ScenariosCmd::Check { path }) => {
             let s = Scenario::load(&path).map_err(|e| usage(e.to_string()))?;
-            println!("{path}: scenario '{}' is valid: {} checks on {:?}", s.name, s.result_names().len(), s.backends);
+            println!(
+                "{path}: scenario '{}' is valid: {} checks on {:?}",
+                s.name,
+                s.result_names().len(),
+                s.backends
+            );
             Ok(exit::PASS)
         }
         Command::Kernels(KernelsCmd::Fetch { specs, modules }) => {
             let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
             let ui = Ui::new(false);
             let specs = parse_specs(&specs, modules)?;
-            for (spec, r) in vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))? {
+            for (spec, r) in
+                vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))?
+            {
                 match r {
                     Ok((k, ms)) => println!(
                         "{spec}: release {} boot {:?} image {} modules {} ({ms} ms)",
                         k.release.as_deref().unwrap_or("?"),
                         k.boot_kind,
                         k.boot_image.display(),
-                        k.modules_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none".into())
+                        k.modules_dir
+                            .as_ref()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_else(|| "none".into())
                     ),
                     Err(e) => {
                         eprintln!("{spec}: {e}");
@@ -205,14 +224,17 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
     let kernel_strings = if !args.kernels.is_empty() {
         args.kernels.clone()
     } else {
-        vet::kernel_set(args.set.as_deref().unwrap_or("default")).map_err(|e| usage(format!("{e:#}")))?
+        vet::kernel_set(args.set.as_deref().unwrap_or("default"))
+            .map_err(|e| usage(format!("{e:#}")))?
     };
     let specs = parse_specs(&kernel_strings, args.modules.clone())?;
     if args.jobs == Some(0) {
         return Err(usage("--jobs must be at least 1"));
     }
     if args.memory < 128 {
-        return Err(usage("--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs"));
+        return Err(usage(
+            "--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs",
+        ));
     }
     vet::check_host(&scenarios)?;
 

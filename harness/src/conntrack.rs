@@ -31,8 +31,8 @@ fn parse_line(line: &str) -> Option<Entry> {
     let mut tuples: Vec<Tuple> = Vec::new();
     let mut current: (Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>) =
         (None, None, None, None);
-    let mut flush = |c: &mut (Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>),
-                     tuples: &mut Vec<Tuple>| {
+    let flush = |c: &mut (Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>),
+                 tuples: &mut Vec<Tuple>| {
         if let (Some(src), Some(dst)) = (c.0, c.1) {
             tuples.push(Tuple {
                 src,

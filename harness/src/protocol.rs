@@ -175,7 +175,14 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in ["", "{", "null", "{\"type\":\"nope\"}", "\u{0}\u{1}", "[1,2]"] {
+        for bad in [
+            "",
+            "{",
+            "null",
+            "{\"type\":\"nope\"}",
+            "\u{0}\u{1}",
+            "[1,2]",
+        ] {
             assert!(GuestMessage::from_line(bad).is_err(), "{bad:?}");
         }
         let long = "x".repeat(MAX_LINE + 1);

@@ -152,7 +152,9 @@ fn watch_console(stdout: impl Read, log: PathBuf, state: Arc<Mutex<Console>>) {
     let reader = BufReader::new(stdout);
     for line in reader.split(b'\n') {
         let Ok(line) = line else { break };
-        let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+        let text = String::from_utf8_lossy(&line)
+            .trim_end_matches('\r')
+            .to_string();
         if let Some(f) = file.as_mut() {
             let _ = writeln!(f, "{text}");
         }
@@ -181,7 +183,10 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// Boot the VM and stream the guest's messages to `on_message` until it ends.
-pub fn run(cfg: &VmConfig, on_message: &mut dyn FnMut(&GuestMessage)) -> Result<VmOutcome, QemuError> {
+pub fn run(
+    cfg: &VmConfig,
+    on_message: &mut dyn FnMut(&GuestMessage),
+) -> Result<VmOutcome, QemuError> {
     if !available() {
         return Err(QemuError::Missing);
     }
@@ -265,7 +270,12 @@ pub fn run(cfg: &VmConfig, on_message: &mut dyn FnMut(&GuestMessage)) -> Result<
             match s.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     continue
                 }
                 Err(_) => break,
@@ -335,7 +345,13 @@ pub fn run(cfg: &VmConfig, on_message: &mut dyn FnMut(&GuestMessage)) -> Result<
         .unwrap_or_default();
     let _ = std::fs::remove_file(&sock);
 
-    let console = console.lock().map(|c| (c.tail.iter().cloned().collect::<Vec<_>>(), c.panic.clone(), c.alarms.clone()));
+    let console = console.lock().map(|c| {
+        (
+            c.tail.iter().cloned().collect::<Vec<_>>(),
+            c.panic.clone(),
+            c.alarms.clone(),
+        )
+    });
     let (tail, panic, alarms) = console.unwrap_or_default();
     let end = if let Some(p) = panic {
         VmEnd::Panic(p)
@@ -351,7 +367,11 @@ pub fn run(cfg: &VmConfig, on_message: &mut dyn FnMut(&GuestMessage)) -> Result<
             None => "qemu could not be waited for".to_string(),
         };
         let err = qemu_stderr.trim();
-        VmEnd::Died(if err.is_empty() { why } else { format!("{why}: {err}") })
+        VmEnd::Died(if err.is_empty() {
+            why
+        } else {
+            format!("{why}: {err}")
+        })
     };
     Ok(VmOutcome {
         end,
@@ -383,6 +403,8 @@ mod tests {
         assert!(a.contains("-serial stdio"));
         assert!(a.contains("-chardev socket,id=results,path=/tmp/r.sock -serial chardev:results"));
         assert!(a.contains("-no-reboot"));
-        assert!(a.ends_with("panic=-1 quiet loglevel=4 rdinit=/init random.trust_cpu=on mitigations=off foo=1"));
+        assert!(a.ends_with(
+            "panic=-1 quiet loglevel=4 rdinit=/init random.trust_cpu=on mitigations=off foo=1"
+        ));
     }
 }

@@ -175,7 +175,11 @@ impl RunReport {
                 console_tail,
             } = &k.state
             {
-                let _ = writeln!(out, "\n{}: natvet could not test this kernel ({stage}): {reason}", k.label());
+                let _ = writeln!(
+                    out,
+                    "\n{}: natvet could not test this kernel ({stage}): {reason}",
+                    k.label()
+                );
                 if !console_tail.is_empty() {
                     let _ = writeln!(out, "  last console lines:");
                     for l in console_tail {
@@ -186,7 +190,11 @@ impl RunReport {
                     let _ = writeln!(out, "  console log: {log}");
                 }
             }
-            for r in k.results.iter().filter(|r| matches!(r.status, Status::Fail | Status::Error)) {
+            for r in k
+                .results
+                .iter()
+                .filter(|r| matches!(r.status, Status::Fail | Status::Error))
+            {
                 let _ = writeln!(
                     out,
                     "\n{} {}: {} [{}] {}",
@@ -197,7 +205,11 @@ impl RunReport {
                     r.check
                 );
                 let _ = writeln!(out, "  expected: {}", r.expected);
-                let _ = writeln!(out, "  observed: {}", r.observed.replace('\n', "\n            "));
+                let _ = writeln!(
+                    out,
+                    "  observed: {}",
+                    r.observed.replace('\n', "\n            ")
+                );
                 if let Some(dir) = evidence_dir_hint(k, r) {
                     let _ = writeln!(out, "  evidence: {dir}");
                 }
@@ -205,7 +217,11 @@ impl RunReport {
         }
         let counts = self.counts();
         let n = |s| counts.get(&s).copied().unwrap_or(0);
-        let infra = self.kernels.iter().filter(|k| k.state != KernelState::Completed).count();
+        let infra = self
+            .kernels
+            .iter()
+            .filter(|k| k.state != KernelState::Completed)
+            .count();
         let _ = writeln!(
             out,
             "\n{} kernel(s): {} passed, {} failed, {} unsupported, {} errors, {} kernel(s) not tested",
@@ -241,7 +257,13 @@ fn evidence_dir_hint(k: &KernelRun, r: &CheckResult) -> Option<String> {
 
 pub fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.+".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -291,9 +313,17 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        let ok = kernel("6.1.0-50-amd64", vec![result("handshake/53", Status::Pass)], KernelState::Completed);
+        let ok = kernel(
+            "6.1.0-50-amd64",
+            vec![result("handshake/53", Status::Pass)],
+            KernelState::Completed,
+        );
         assert_eq!(report(vec![ok.clone()]).exit_code(), exit::PASS);
-        let unsup = kernel("x", vec![result("a", Status::Unsupported)], KernelState::Completed);
+        let unsup = kernel(
+            "x",
+            vec![result("a", Status::Unsupported)],
+            KernelState::Completed,
+        );
         assert_eq!(report(vec![ok.clone(), unsup]).exit_code(), exit::PASS);
         let infra = kernel(
             "y",
@@ -304,11 +334,22 @@ mod tests {
                 console_tail: vec![],
             },
         );
-        assert_eq!(report(vec![ok.clone(), infra.clone()]).exit_code(), exit::INFRA);
-        let failed = kernel("z", vec![result("handshake/53", Status::Fail)], KernelState::Completed);
+        assert_eq!(
+            report(vec![ok.clone(), infra.clone()]).exit_code(),
+            exit::INFRA
+        );
+        let failed = kernel(
+            "z",
+            vec![result("handshake/53", Status::Fail)],
+            KernelState::Completed,
+        );
         // A definite regression outranks another kernel's infrastructure trouble.
         assert_eq!(report(vec![infra, failed]).exit_code(), exit::FAIL);
-        let errored = kernel("e", vec![result("a", Status::Error)], KernelState::Completed);
+        let errored = kernel(
+            "e",
+            vec![result("a", Status::Error)],
+            KernelState::Completed,
+        );
         assert_eq!(report(vec![ok, errored]).exit_code(), exit::INFRA);
     }
 
@@ -316,12 +357,18 @@ mod tests {
     fn table_shape() {
         let a = kernel(
             "6.1.0-50-amd64",
-            vec![result("handshake/51820", Status::Pass), result("handshake/53", Status::Pass)],
+            vec![
+                result("handshake/51820", Status::Pass),
+                result("handshake/53", Status::Pass),
+            ],
             KernelState::Completed,
         );
         let b = kernel(
             "6.12.95+deb12-amd64",
-            vec![result("handshake/51820", Status::Pass), result("handshake/53", Status::Fail)],
+            vec![
+                result("handshake/51820", Status::Pass),
+                result("handshake/53", Status::Fail),
+            ],
             KernelState::Completed,
         );
         insta::assert_snapshot!(report(vec![a, b]).render_table());

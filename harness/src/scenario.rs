@@ -175,7 +175,9 @@ impl std::str::FromStr for PortRange {
             }
         };
         if first > last {
-            return Err(format!("port range '{s}' runs backwards: write it as {last}-{first}"));
+            return Err(format!(
+                "port range '{s}' runs backwards: write it as {last}-{first}"
+            ));
         }
         Ok(PortRange { first, last })
     }
@@ -249,10 +251,12 @@ impl Scenario {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
-        scenario.validate().map_err(|message| ScenarioError::Invalid {
-            origin: origin.to_string(),
-            message,
-        })?;
+        scenario
+            .validate()
+            .map_err(|message| ScenarioError::Invalid {
+                origin: origin.to_string(),
+                message,
+            })?;
         Ok(scenario)
     }
 
@@ -272,7 +276,10 @@ impl Scenario {
             return Err("relay.listen_port must be a port from 1 to 65535".into());
         }
         if self.backends.is_empty() {
-            return Err("backends is empty: name at least one of nftables, iptables-nft, iptables-legacy".into());
+            return Err(
+                "backends is empty: name at least one of nftables, iptables-nft, iptables-legacy"
+                    .into(),
+            );
         }
         let mut sorted = self.relay.redirect_udp.clone();
         sorted.sort_by_key(|r| r.first);
@@ -334,7 +341,13 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!("53".parse(), Ok(PortRange { first: 53, last: 53 }));
+        assert_eq!(
+            "53".parse(),
+            Ok(PortRange {
+                first: 53,
+                last: 53
+            })
+        );
         assert_eq!(
             "4000-33433".parse(),
             Ok(PortRange {
@@ -370,7 +383,10 @@ mod tests {
             "t.toml",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("unknown variant `teleport`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown variant `teleport`"),
+            "{err}"
+        );
 
         let err = Scenario::load("no-such-scenario").unwrap_err();
         assert!(err.to_string().contains("extended-ports"), "{err}");

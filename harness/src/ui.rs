@@ -24,7 +24,8 @@ impl Ui {
     pub fn new(quiet: bool) -> Ui {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         Ui {
-            multi: (tty && !quiet).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            multi: (tty && !quiet)
+                .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             quiet,
         }
     }
@@ -100,7 +101,10 @@ impl KernelProgress {
         }
         if r.status == Status::Fail {
             if let Some(b) = &self.bar {
-                b.println(format!("[{}] FAIL {} [{}] {}", self.label, r.scenario, r.backend, r.check));
+                b.println(format!(
+                    "[{}] FAIL {} [{}] {}",
+                    self.label, r.scenario, r.backend, r.check
+                ));
             }
         }
     }

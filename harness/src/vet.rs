@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::initramfs::{InitramfsSpec, ModulesSpec};
 use crate::kernel::{self, Cache, Kernel, KernelSpec};
+use crate::modules::{ModuleIndex, Resolved};
 use crate::nat::BackendKind;
 use crate::protocol::{CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION};
 use crate::qemu::{self, VmConfig, VmEnd};
@@ -83,7 +84,9 @@ pub fn kernel_set(name: &str) -> Result<Vec<String>> {
 
 /// A sensible number of parallel VMs: one per core, as many as memory allows.
 pub fn default_jobs(memory_mb: u32) -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let per_vm = u64::from(memory_mb) + 200;
     let avail = available_memory_mb().unwrap_or(per_vm);
     cores.min((avail / per_vm).max(1) as usize).max(1)
@@ -107,7 +110,10 @@ pub fn resolve_all(
     specs: &[KernelSpec],
     cache: &Cache,
     ui: &Ui,
-) -> std::result::Result<Vec<(KernelSpec, std::result::Result<(Kernel, u64), String>)>, kernel::KernelError> {
+) -> std::result::Result<
+    Vec<(KernelSpec, std::result::Result<(Kernel, u64), String>)>,
+    kernel::KernelError,
+> {
     let mut out = Vec::new();
     for spec in specs {
         let start = Instant::now();
@@ -135,7 +141,9 @@ pub fn run(
         for _ in 0..opts.jobs.max(1) {
             s.spawn(|| loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop());
-                let Some((i, (spec, resolved))) = next else { break };
+                let Some((i, (spec, resolved))) = next else {
+                    break;
+                };
                 let run = match resolved {
                     Ok((kernel, resolve_ms)) => vet_kernel(opts, &kernel, resolve_ms, ui),
                     Err(reason) => infra_run(&spec.to_string(), None, "fetch", reason, vec![]),
@@ -157,7 +165,13 @@ pub fn run(
     }
 }
 
-fn infra_run(spec: &str, kernel: Option<&Kernel>, stage: &str, reason: String, tail: Vec<String>) -> KernelRun {
+fn infra_run(
+    spec: &str,
+    kernel: Option<&Kernel>,
+    stage: &str,
+    reason: String,
+    tail: Vec<String>,
+) -> KernelRun {
     KernelRun {
         spec: spec.to_string(),
         release: kernel.and_then(|k| k.release.clone()),
@@ -196,7 +210,10 @@ fn guest_tools(scenarios: &[Scenario]) -> (Vec<PathBuf>, Vec<PathBuf>) {
 /// Check that the host has every tool the guest needs, before any VM boots.
 pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
     if !qemu::available() {
-        bail!("{} is not installed: run `apt-get install -y qemu-system-x86` (or `make deps`)", qemu::QEMU);
+        bail!(
+            "{} is not installed: run `apt-get install -y qemu-system-x86` (or `make deps`)",
+            qemu::QEMU
+        );
     }
     let (bins, dirs) = guest_tools(scenarios);
     let missing: Vec<String> = bins
@@ -225,7 +242,10 @@ pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
 
 fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> KernelRun {
     let total = Instant::now();
-    let label = kernel.release.clone().unwrap_or_else(|| kernel.spec.clone());
+    let label = kernel
+        .release
+        .clone()
+        .unwrap_or_else(|| kernel.spec.clone());
     let expected: Vec<(String, String, String)> = opts
         .scenarios
         .iter()
@@ -240,11 +260,25 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     let mut progress = ui.kernel(&label, expected.len());
     let kdir = opts.out_dir.join(report::sanitize(&label));
     if let Err(e) = std::fs::create_dir_all(&kdir) {
-        return infra_run(&kernel.spec, Some(kernel), "output", format!("cannot create {}: {e}", kdir.display()), vec![]);
+        return infra_run(
+            &kernel.spec,
+            Some(kernel),
+            "output",
+            format!("cannot create {}: {e}", kdir.display()),
+            vec![],
+        );
     }
     let work = match tempfile::Builder::new().prefix("natvet-").tempdir() {
         Ok(w) => w,
-        Err(e) => return infra_run(&kernel.spec, Some(kernel), "output", format!("cannot create a temporary folder: {e}"), vec![]),
+        Err(e) => {
+            return infra_run(
+                &kernel.spec,
+                Some(kernel),
+                "output",
+                format!("cannot create a temporary folder: {e}"),
+                vec![],
+            )
+        }
     };
 
     progress.stage("building initramfs");
@@ -252,7 +286,15 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     let t = Instant::now();
     let stats = match build_initramfs(opts, kernel, &initrd) {
         Ok(s) => s,
-        Err(e) => return infra_run(&kernel.spec, Some(kernel), "initramfs", format!("{e:#}"), vec![]),
+        Err(e) => {
+            return infra_run(
+                &kernel.spec,
+                Some(kernel),
+                "initramfs",
+                format!("{e:#}"),
+                vec![],
+            )
+        }
     };
     let initramfs_ms = t.elapsed().as_millis() as u64;
 
@@ -364,7 +406,10 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
             } else if !missing.is_empty() {
                 run.state = KernelState::InfraError {
                     stage: "protocol".into(),
-                    reason: format!("the guest finished without reporting: {}", missing.join(", ")),
+                    reason: format!(
+                        "the guest finished without reporting: {}",
+                        missing.join(", ")
+                    ),
                     console_tail: o.console_tail.clone(),
                 };
             }
@@ -374,7 +419,11 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     if let Err(e) = write_evidence(&opts.out_dir, &run) {
         run.notes.push(format!("could not write evidence: {e:#}"));
     }
-    let failed = run.results.iter().filter(|r| r.status == Status::Fail).count();
+    let failed = run
+        .results
+        .iter()
+        .filter(|r| r.status == Status::Fail)
+        .count();
     progress.finish(&match &run.state {
         KernelState::Completed => format!(
             "{} checks, {failed} failed, {:.1} s (boot {:.1} s)",
@@ -387,12 +436,30 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     run
 }
 
-fn build_initramfs(opts: &VetOptions, kernel: &Kernel, out: &Path) -> Result<crate::initramfs::InitramfsStats> {
+fn build_initramfs(
+    opts: &VetOptions,
+    kernel: &Kernel,
+    out: &Path,
+) -> Result<crate::initramfs::InitramfsStats> {
     let exe = std::env::current_exe().context("locating the natvet binary")?;
+    // Preload what this kernel has as modules; names it builds in or lacks are left
+    // to the kernel (a lacking feature then shows up as "unsupported").
+    let preload: Vec<String> = match &kernel.modules_dir {
+        Some(dir) => {
+            let index = ModuleIndex::load(dir)
+                .with_context(|| format!("reading the module index in {}", dir.display()))?;
+            PRELOAD_MODULES
+                .iter()
+                .filter(|m| matches!(index.resolve(m), Resolved::Module(_)))
+                .map(|m| m.to_string())
+                .collect()
+        }
+        None => vec![],
+    };
     let job = Job {
         version: PROTOCOL_VERSION,
         scenarios: opts.scenarios.clone(),
-        preload_modules: PRELOAD_MODULES.iter().map(|s| s.to_string()).collect(),
+        preload_modules: preload.clone(),
         evidence_always: opts.evidence_always,
     };
     let (host_binaries, host_dirs) = guest_tools(&opts.scenarios);
@@ -400,7 +467,7 @@ fn build_initramfs(opts: &VetOptions, kernel: &Kernel, out: &Path) -> Result<cra
         (Some(dir), Some(release)) => Some(ModulesSpec {
             dir: dir.clone(),
             release: release.clone(),
-            wanted: vec![],
+            wanted: preload,
             include_dirs: MODULE_DIRS.iter().map(|s| s.to_string()).collect(),
         }),
         (Some(dir), None) => bail!(
@@ -426,7 +493,15 @@ fn write_evidence(out_dir: &Path, run: &KernelRun) -> Result<()> {
         let dir = out_dir.join(report::evidence_path(run, r));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let files = [
-            ("result.txt", format!("status: {}\nexpected: {}\nobserved: {}\n", r.status.label(), r.expected, r.observed)),
+            (
+                "result.txt",
+                format!(
+                    "status: {}\nexpected: {}\nobserved: {}\n",
+                    r.status.label(),
+                    r.expected,
+                    r.observed
+                ),
+            ),
             ("conntrack.txt", ev.conntrack.clone()),
             ("ruleset.txt", ev.ruleset.clone()),
             ("counters.txt", ev.counters.clone()),
@@ -435,7 +510,8 @@ fn write_evidence(out_dir: &Path, run: &KernelRun) -> Result<()> {
             ("dmesg.txt", ev.dmesg.join("\n")),
         ];
         for (name, text) in files {
-            std::fs::write(dir.join(name), text).with_context(|| format!("writing {}", dir.join(name).display()))?;
+            std::fs::write(dir.join(name), text)
+                .with_context(|| format!("writing {}", dir.join(name).display()))?;
         }
     }
     Ok(())

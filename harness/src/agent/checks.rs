@@ -56,7 +56,12 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(topo: Topology, backend: &'a dyn NatBackend, kmsg: Kmsg, evidence_always: bool) -> Self {
+    pub fn new(
+        topo: Topology,
+        backend: &'a dyn NatBackend,
+        kmsg: Kmsg,
+        evidence_always: bool,
+    ) -> Self {
         Context {
             topo,
             backend,
@@ -93,8 +98,8 @@ impl<'a> Context<'a> {
         });
         let lines = self.kmsg.drain();
         self.dmesg.extend(lines.iter().cloned());
-        let evidence = (verdict.status != Status::Pass || self.evidence_always)
-            .then(|| self.evidence(lines));
+        let evidence =
+            (verdict.status != Status::Pass || self.evidence_always).then(|| self.evidence(lines));
         CheckResult {
             scenario: scenario.to_string(),
             backend: self.backend.kind().to_string(),
@@ -137,7 +142,12 @@ impl<'a> Context<'a> {
 }
 
 /// Run every result of one check specification.
-pub fn run_spec(ctx: &mut Context, scenario: &str, spec: &CheckSpec, emit: &mut dyn FnMut(CheckResult)) {
+pub fn run_spec(
+    ctx: &mut Context,
+    scenario: &str,
+    spec: &CheckSpec,
+    emit: &mut dyn FnMut(CheckResult),
+) {
     let names = spec.result_names();
     match spec {
         CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } => {
@@ -175,7 +185,11 @@ enum HandshakeOutcome {
 
 /// Point the client at `RELAY_PUBLIC:port` from a fresh source port, with a
 /// fresh peer (no session), send one packet into the tunnel and watch.
-fn attempt_handshake(ctx: &mut Context, port: u16, wait: Duration) -> Result<(u16, HandshakeOutcome)> {
+fn attempt_handshake(
+    ctx: &mut Context,
+    port: u16,
+    wait: Duration,
+) -> Result<(u16, HandshakeOutcome)> {
     let topo = &mut ctx.topo;
     let sport = topo.fresh_client_port();
     topo.client_icmp.drain();
@@ -196,7 +210,12 @@ fn attempt_handshake(ctx: &mut Context, port: u16, wait: Duration) -> Result<(u1
     loop {
         let state = topo.client_wg.peer_state()?;
         if state.and_then(|s| s.last_handshake).is_some() {
-            return Ok((sport, HandshakeOutcome::Completed { after: start.elapsed() }));
+            return Ok((
+                sport,
+                HandshakeOutcome::Completed {
+                    after: start.elapsed(),
+                },
+            ));
         }
         // recv waits up to 20 ms, which paces this loop.
         if let Some(icmp) = topo.client_icmp.recv() {
@@ -205,11 +224,22 @@ fn attempt_handshake(ctx: &mut Context, port: u16, wait: Duration) -> Result<(u1
                 && icmp.inner_proto == Some(17)
                 && icmp.inner_dport == Some(port)
             {
-                return Ok((sport, HandshakeOutcome::Refused { after: start.elapsed(), icmp }));
+                return Ok((
+                    sport,
+                    HandshakeOutcome::Refused {
+                        after: start.elapsed(),
+                        icmp,
+                    },
+                ));
             }
         }
         if start.elapsed() >= wait {
-            return Ok((sport, HandshakeOutcome::Silent { waited: start.elapsed() }));
+            return Ok((
+                sport,
+                HandshakeOutcome::Silent {
+                    waited: start.elapsed(),
+                },
+            ));
         }
     }
 }
@@ -234,7 +264,11 @@ fn describe(outcome: &HandshakeOutcome, sport: u16, port: u16) -> String {
 }
 
 fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
-    let wait = if expect { HANDSHAKE_TIMEOUT } else { NO_HANDSHAKE_WAIT };
+    let wait = if expect {
+        HANDSHAKE_TIMEOUT
+    } else {
+        NO_HANDSHAKE_WAIT
+    };
     let (sport, outcome) = attempt_handshake(ctx, port, wait)?;
     let completed = matches!(outcome, HandshakeOutcome::Completed { .. });
     let expected = if expect {
@@ -242,7 +276,11 @@ fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
     } else {
         format!("no WireGuard handshake via {RELAY_PUBLIC}:{port}")
     };
-    Ok(Verdict::judge(completed == expect, expected, describe(&outcome, sport, port)))
+    Ok(Verdict::judge(
+        completed == expect,
+        expected,
+        describe(&outcome, sport, port),
+    ))
 }
 
 fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
@@ -252,7 +290,11 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
     );
     let (sport, outcome) = attempt_handshake(ctx, port, HANDSHAKE_TIMEOUT)?;
     if !matches!(outcome, HandshakeOutcome::Completed { .. }) {
-        return Ok(Verdict::judge(false, expected, describe(&outcome, sport, port)));
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            describe(&outcome, sport, port),
+        ));
     }
     let table = ctx.conntrack_text()?;
     let entry = conntrack::parse(&table).into_iter().find(|e| {
@@ -324,12 +366,18 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
         Protocol::Tcp => {
             let tag = ctx.tag("tcp");
             let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::TCP_PORT);
-            (probes::tcp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT), tag)
+            (
+                probes::tcp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT),
+                tag,
+            )
         }
         Protocol::Udp => {
             let tag = ctx.tag("udp");
             let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
-            (probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT), tag)
+            (
+                probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT),
+                tag,
+            )
         }
         Protocol::Icmp => {
             let id = rand::random::<u16>();
@@ -340,7 +388,11 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
             while got.is_none() && Instant::now() < deadline {
                 seq += 1;
                 icmp.send_echo(INTERNET, id, seq)?;
-                got = icmp.await_echo_reply(id, seq, (Instant::now() + Duration::from_millis(500)).min(deadline));
+                got = icmp.await_echo_reply(
+                    id,
+                    seq,
+                    (Instant::now() + Duration::from_millis(500)).min(deadline),
+                );
             }
             let reply = match got {
                 Some(_) => Ok(()),
@@ -378,7 +430,11 @@ fn transfer(ctx: &mut Context, bytes: u64) -> Result<Verdict> {
     let seen = seen_source(ctx, &tag)?;
     let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
     Ok(match result {
-        Err(e) => Verdict::judge(false, expected, format!("{}; transfer failed: {e:#}", describe_seen(&seen))),
+        Err(e) => Verdict::judge(
+            false,
+            expected,
+            format!("{}; transfer failed: {e:#}", describe_seen(&seen)),
+        ),
         Ok((ours, theirs)) => Verdict::judge(
             masqueraded && ours == theirs,
             expected,
@@ -402,7 +458,11 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
     let tag = ctx.tag("ct");
     let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
     if let Err(e) = probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT) {
-        return Ok(Verdict::judge(false, expected, format!("the UDP flow did not work: {e:#}")));
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("the UDP flow did not work: {e:#}"),
+        ));
     }
     let table = ctx.conntrack_text()?;
     let entries: Vec<_> = conntrack::parse(&table)
@@ -418,10 +478,15 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
         return Ok(Verdict::judge(
             false,
             expected,
-            format!("no conntrack entry for {TUNNEL_CLIENT} -> {INTERNET}:{}", probes::UDP_PORT),
+            format!(
+                "no conntrack entry for {TUNNEL_CLIENT} -> {INTERNET}:{}",
+                probes::UDP_PORT
+            ),
         ));
     }
-    let good = entries.iter().find(|e| e.reply.dst == IpAddr::V4(RELAY_WAN) && e.reply.src == IpAddr::V4(INTERNET));
+    let good = entries
+        .iter()
+        .find(|e| e.reply.dst == IpAddr::V4(RELAY_WAN) && e.reply.src == IpAddr::V4(INTERNET));
     Ok(match good {
         Some(e) => Verdict::judge(true, expected, e.line.clone()),
         None => Verdict::judge(false, expected, entries[0].line.clone()),
@@ -433,9 +498,16 @@ fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
     ctx.dmesg.extend(more);
     let bad: Vec<&String> = ctx.dmesg.iter().filter(|l| kmsg::is_unhealthy(l)).collect();
     let observed = if bad.is_empty() {
-        format!("{} kernel log lines during the scenario, none alarming", ctx.dmesg.len())
+        format!(
+            "{} kernel log lines during the scenario, none alarming",
+            ctx.dmesg.len()
+        )
     } else {
-        bad.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        bad.iter()
+            .take(10)
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     Ok(Verdict::judge(
         bad.is_empty(),

@@ -89,8 +89,12 @@ mod tests {
 
     #[test]
     fn recognises_trouble() {
-        assert!(is_unhealthy("[1.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!"));
-        assert!(is_unhealthy("[1.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"));
+        assert!(is_unhealthy(
+            "[1.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!"
+        ));
+        assert!(is_unhealthy(
+            "[1.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"
+        ));
         assert!(!is_unhealthy("[1.0] wireguard: WireGuard 1.0.0 loaded"));
     }
 }

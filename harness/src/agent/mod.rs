@@ -20,7 +20,9 @@ use anyhow::{Context as _, Result};
 use nix::mount::{mount, MsFlags};
 
 use crate::nat::NatBackend;
-use crate::protocol::{CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY};
+use crate::protocol::{
+    CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY,
+};
 use crate::scenario::Scenario;
 
 static RESULTS: OnceLock<Mutex<File>> = OnceLock::new();
@@ -74,7 +76,13 @@ fn mount_basics() -> Result<()> {
     ];
     for (src, target, fstype) in mounts {
         std::fs::create_dir_all(target).ok();
-        match mount(Some(src), target, Some(fstype), MsFlags::empty(), None::<&str>) {
+        match mount(
+            Some(src),
+            target,
+            Some(fstype),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
             Ok(()) => {}
             // devtmpfs may already be mounted by the kernel.
             Err(nix::errno::Errno::EBUSY) => {}
@@ -129,8 +137,8 @@ fn run(start: Instant) -> Result<()> {
         // The kernel asks /sbin/modprobe (natvet again) for anything else on demand.
         std::fs::write("/proc/sys/kernel/modprobe", "/sbin/modprobe\n").ok();
         let names: Vec<&str> = job.preload_modules.iter().map(|s| s.as_str()).collect();
-        let report = crate::modules::load_modules(&modules_dir, &names)
-            .context("loading kernel modules")?;
+        let report =
+            crate::modules::load_modules(&modules_dir, &names).context("loading kernel modules")?;
         let mut note = format!(
             "modules: {} loaded, {} already present",
             report.loaded.len(),
@@ -182,9 +190,17 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, evidence_always: 
         Err(e) => {
             let msg = format!("{e:#}");
             let lines = kmsg.drain();
-            let unsupported = msg.contains("Operation not supported") || msg.contains("Not supported");
-            let status = if unsupported { Status::Unsupported } else { Status::Error };
-            return settle(status, format!("building the topology failed: {msg}\n{}", lines.join("\n")));
+            let unsupported =
+                msg.contains("Operation not supported") || msg.contains("Not supported");
+            let status = if unsupported {
+                Status::Unsupported
+            } else {
+                Status::Error
+            };
+            return settle(
+                status,
+                format!("building the topology failed: {msg}\n{}", lines.join("\n")),
+            );
         }
     };
     match topo.apply_nat(backend, &topology::nat_rules(scenario)) {

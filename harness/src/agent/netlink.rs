@@ -57,7 +57,11 @@ pub fn veth_pair(ns: &Netns, name: &str, peer_ns: &Netns, peer: &str) -> Result<
         let index = index_of(&handle, peer).await?;
         handle
             .link()
-            .set(LinkUnspec::new_with_index(index).setns_by_fd(peer_fd).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(peer_fd)
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("moving {peer} to {}", peer_ns.name))

@@ -169,7 +169,10 @@ fn icmp_watcher(socket: Socket, ledger: Ledger, stop: Arc<AtomicBool>) {
             continue;
         };
         // SAFETY: recv initialised the first n bytes.
-        let bytes: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let bytes: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
         if let Some(p) = parse_ipv4_icmp(&bytes) {
             if p.icmp_type == ICMP_ECHO_REQUEST {
                 record(
@@ -290,7 +293,10 @@ impl IcmpSocket {
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         let n = self.0.recv(&mut buf).ok()?;
         // SAFETY: recv initialised the first n bytes.
-        let bytes: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let bytes: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
         parse_ipv4_icmp(&bytes)
     }
 
@@ -340,7 +346,9 @@ pub fn udp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> R
     let mut buf = [0u8; 2048];
     // Resend every 200 ms: the first datagram may wait for a handshake.
     while Instant::now() < deadline {
-        socket.send_to(tag.as_bytes(), dest).context("sending UDP probe")?;
+        socket
+            .send_to(tag.as_bytes(), dest)
+            .context("sending UDP probe")?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if &buf[..n] == tag.as_bytes() {
                 return Ok(());
@@ -377,7 +385,9 @@ pub fn tcp_transfer(
             state ^= state << 17;
             *b = state as u8;
         }
-        stream.write_all(&buf[..n]).context("sending transfer data")?;
+        stream
+            .write_all(&buf[..n])
+            .context("sending transfer data")?;
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
@@ -401,9 +411,13 @@ mod tests {
     #[test]
     fn parses_port_unreachable() {
         // IPv4 header (20) + ICMP 3/3 + embedded IPv4 (20) + UDP header.
-        let mut pkt = vec![0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2];
+        let mut pkt = vec![
+            0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2,
+        ];
         pkt.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
-        pkt.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 192, 0, 2, 2, 192, 0, 2, 1]);
+        pkt.extend_from_slice(&[
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 192, 0, 2, 2, 192, 0, 2, 1,
+        ]);
         pkt.extend_from_slice(&[0x9c, 0x40, 0x82, 0x9a, 0, 8, 0, 0]);
         let p = parse_ipv4_icmp(&pkt).unwrap();
         assert_eq!(p.icmp_type, ICMP_UNREACHABLE);

@@ -151,7 +151,10 @@ impl Topology {
             }
         }
         if let Err(e) = self.relay_run(&backend.probe(), None) {
-            return Ok(Err(format!("{} does not work on this kernel: {e:#}", backend.kind())));
+            return Ok(Err(format!(
+                "{} does not work on this kernel: {e:#}",
+                backend.kind()
+            )));
         }
         self.relay_run(&backend.apply(), Some(&backend.render(rules)))
             .with_context(|| format!("applying {} ruleset", backend.kind()))?;
@@ -171,7 +174,11 @@ pub fn run_in(ns: &Netns, inv: &Invocation, stdin: Option<&str>) -> Result<Strin
     let mut child = ns
         .command(inv.program)
         .args(&inv.args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

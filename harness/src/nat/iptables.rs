@@ -39,7 +39,11 @@ impl NatBackend for Iptables {
     }
 
     fn tools(&self) -> Vec<&'static str> {
-        vec![self.tool("iptables"), self.tool("restore"), self.tool("save")]
+        vec![
+            self.tool("iptables"),
+            self.tool("restore"),
+            self.tool("save"),
+        ]
     }
 
     fn probe(&self) -> Invocation {
@@ -115,7 +119,10 @@ mod tests {
     #[test]
     fn flavours_differ_only_in_tools() {
         let rules = super::super::sample_rules();
-        assert_eq!(Iptables::Nft.render(&rules), Iptables::Legacy.render(&rules));
+        assert_eq!(
+            Iptables::Nft.render(&rules),
+            Iptables::Legacy.render(&rules)
+        );
         assert_ne!(Iptables::Nft.apply(), Iptables::Legacy.apply());
     }
 }

@@ -196,9 +196,14 @@ mod tests {
 
     #[test]
     fn multiport_chunks_respect_the_slot_limit() {
-        let ports: Vec<PortRange> = (1..=20).map(|i| format!("{}-{}", i * 10, i * 10 + 1).parse().unwrap()).collect();
+        let ports: Vec<PortRange> = (1..=20)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 1).parse().unwrap())
+            .collect();
         let chunks = chunk_ports(&ports, 15);
-        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![7, 7, 6]);
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![7, 7, 6]
+        );
         assert_eq!(chunks.concat(), ports);
     }
 }

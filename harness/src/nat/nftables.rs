@@ -29,7 +29,10 @@ impl NatBackend for Nftables {
         let _ = writeln!(s, "delete table ip {NFT_TABLE}");
         let _ = writeln!(s, "table ip {NFT_TABLE} {{");
         let _ = writeln!(s, "\tchain prerouting {{");
-        let _ = writeln!(s, "\t\ttype nat hook prerouting priority dstnat; policy accept;");
+        let _ = writeln!(
+            s,
+            "\t\ttype nat hook prerouting priority dstnat; policy accept;"
+        );
         for r in &rules.redirect_udp {
             let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
             let _ = writeln!(
@@ -42,7 +45,10 @@ impl NatBackend for Nftables {
         }
         let _ = writeln!(s, "\t}}");
         let _ = writeln!(s, "\tchain postrouting {{");
-        let _ = writeln!(s, "\t\ttype nat hook postrouting priority srcnat; policy accept;");
+        let _ = writeln!(
+            s,
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+        );
         for m in &rules.masquerade {
             let _ = writeln!(
                 s,
