@@ -8,6 +8,8 @@
 pub mod cache;
 pub mod deb;
 pub mod debian;
+#[cfg(test)]
+mod live_tests;
 pub mod version;
 pub mod vmlinux;
 
