@@ -2,6 +2,7 @@
 //!
 //! Layout (all below the cache root):
 //! - `index/SUITE.Packages.xz` — the archive's Packages index per suite (6 h)
+//! - `index/SUITE.kernels.json` — its kernel stanzas, parsed (tied to the .xz)
 //! - `debs/NAME_VERSION_amd64.deb` — downloaded, checksum-verified packages
 //! - `kernels/RELEASE/` — `vmlinuz`, `vmlinux` (if PVH), `root/lib/modules/RELEASE/`,
 //!   and `complete.json`, written last; a directory without it is never used

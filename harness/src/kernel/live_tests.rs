@@ -60,4 +60,13 @@ fn resolve_live() {
         );
         assert_eq!(again.boot_image, k.boot_image);
     }
+    let t = Instant::now();
+    let e = resolve(
+        &KernelSpec::parse("debian:9.9.9", None).unwrap(),
+        &cache,
+        &|m| eprintln!("  {m}"),
+    )
+    .unwrap_err();
+    eprintln!("debian:9.9.9 ({:.2} s): {e}", t.elapsed().as_secs_f64());
+    assert!(e.is_user_error());
 }

@@ -139,7 +139,7 @@ pub enum KernelError {
     #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
     UnknownScheme { spec: String, scheme: String },
 
-    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (see `apt-cache search linux-image-` on a matching Debian release)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
+    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (`natvet kernels list` shows the releases on offer)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
     NoSuchPackage { query: String, known: Vec<String> },
 
     #[error("{what} not found: {} — check the path", .path.display())]
