@@ -5,6 +5,7 @@
 //!     cargo test --release --lib kernel::live_tests -- --ignored --nocapture
 //! ```
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::*;
@@ -69,4 +70,78 @@ fn resolve_live() {
     .unwrap_err();
     eprintln!("debian:9.9.9 ({:.2} s): {e}", t.elapsed().as_secs_f64());
     assert!(e.is_user_error());
+}
+
+fn hardlink_tree(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        let name = e.file_name().into_string().unwrap();
+        if e.file_type().unwrap().is_dir() {
+            hardlink_tree(&e.path(), &to);
+        } else if !name.starts_with("modules.")
+            || matches!(
+                name.as_str(),
+                "modules.order" | "modules.builtin" | "modules.builtin.modinfo"
+            )
+        {
+            fs::hard_link(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// Local images, using a Debian kernel already in the cache:
+/// `NATVET_LIVE_KERNEL_DIR=$NATVET_CACHE/kernels/6.1.0-50-amd64`.
+#[test]
+#[ignore = "needs a resolved Debian kernel in the cache"]
+fn resolve_local_live() {
+    let kdir = PathBuf::from(std::env::var("NATVET_LIVE_KERNEL_DIR").unwrap());
+    let release = kdir.file_name().unwrap().to_str().unwrap().to_string();
+    let cache = Cache::from_env().unwrap();
+    // A user's module folder without modules.dep (a root holding lib/modules/REL).
+    let user = tempfile::tempdir_in(cache.root()).unwrap();
+    let user_mods = user.path().join("lib/modules").join(&release);
+    hardlink_tree(&kdir.join("root/lib/modules").join(&release), &user_mods);
+    assert!(!user_mods.join("modules.dep").exists());
+
+    for (image, modules) in [
+        (kdir.join("vmlinuz"), user.path().to_path_buf()),
+        (kdir.join("vmlinux"), user_mods.clone()),
+    ] {
+        let spec = KernelSpec::Local {
+            image: image.clone(),
+            modules: Some(modules),
+        };
+        for round in 0..2 {
+            let t = Instant::now();
+            let k = resolve(&spec, &cache, &|m| eprintln!("  [{}] {m}", image.display())).unwrap();
+            eprintln!(
+                "{} round {round}: {:.2} s\n{k:#?}",
+                image.display(),
+                t.elapsed().as_secs_f64()
+            );
+            check(&k);
+            assert_eq!(k.release.as_deref(), Some(release.as_str()));
+            assert_eq!(k.boot_kind, BootKind::Pvh);
+            let dep =
+                fs::read_to_string(k.modules_dir.as_ref().unwrap().join("modules.dep")).unwrap();
+            assert!(dep.contains("wireguard"), "modules.dep lists wireguard");
+            assert!(
+                !user_mods.join("modules.dep").exists(),
+                "user folder untouched"
+            );
+        }
+    }
+    // Monolithic: no modules at all.
+    let k = resolve(
+        &KernelSpec::Local {
+            image: kdir.join("vmlinuz"),
+            modules: None,
+        },
+        &cache,
+        &|_| {},
+    )
+    .unwrap();
+    assert!(k.modules_dir.is_none());
 }
