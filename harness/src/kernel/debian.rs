@@ -612,6 +612,8 @@ fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64
             actual: got,
         });
     }
+    cache::make_readable(tmp.path(), false)
+        .map_err(|e| KernelError::io(format!("storing {}", dest.display()), e))?;
     tmp.persist(dest)
         .map_err(|e| KernelError::io(format!("storing {}", dest.display()), e.error))?;
     Ok(total)

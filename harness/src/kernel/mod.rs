@@ -505,6 +505,8 @@ fn install(
         fs::remove_dir_all(&final_dir)
             .map_err(|e| KernelError::io(format!("removing stale {}", final_dir.display()), e))?;
     }
+    cache::make_readable(tmp.path(), true)
+        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
     let tmp_path = tmp.keep();
     fs::rename(&tmp_path, &final_dir).map_err(|e| {
         let _ = fs::remove_dir_all(&tmp_path);
@@ -762,6 +764,8 @@ fn local_modules(
     if final_dir.exists() {
         let _ = fs::remove_dir_all(&final_dir);
     }
+    cache::make_readable(tmp.path(), true)
+        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
     let tmp_path = tmp.keep();
     fs::rename(&tmp_path, &final_dir)
         .map_err(|e| KernelError::io(format!("moving into {}", final_dir.display()), e))?;
