@@ -2,6 +2,7 @@
 //!
 //! Layout (all below the cache root):
 //! - `index/SUITE.Packages.xz` — the archive's Packages index per suite (6 h)
+//! - `index/SUITE.kernels.json` — its kernel stanzas, parsed (tied to the .xz)
 //! - `debs/NAME_VERSION_amd64.deb` — downloaded, checksum-verified packages
 //! - `kernels/RELEASE/` — `vmlinuz`, `vmlinux` (if PVH), `root/lib/modules/RELEASE/`,
 //!   and `complete.json`, written last; a directory without it is never used
@@ -76,6 +77,7 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), KernelError> 
     let ctx = || format!("writing {}", path.display());
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| KernelError::io(ctx(), e))?;
     tmp.write_all(data).map_err(|e| KernelError::io(ctx(), e))?;
+    make_readable(tmp.path(), false).map_err(|e| KernelError::io(ctx(), e))?;
     tmp.as_file()
         .sync_all()
         .map_err(|e| KernelError::io(ctx(), e))?;
@@ -90,4 +92,14 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Temp files/dirs are created 0600/0700; cache entries are meant to be
+/// readable (e.g. by a qemu running as another user).
+pub(crate) fn make_readable(path: &Path, dir: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(if dir { 0o755 } else { 0o644 }),
+    )
 }

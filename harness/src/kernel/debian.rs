@@ -145,7 +145,7 @@ pub fn mirror_from_one_line(text: &str) -> Option<String> {
 // ---------------------------------------------------------------- index
 
 /// One kernel-related stanza of a Packages index.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stanza {
     pub package: String,
     pub version: String,
@@ -302,6 +302,48 @@ fn fetch_index(
     Ok(Fetched::Ok(path))
 }
 
+/// Kernel stanzas of a cached `Packages.xz`, parsed once and kept next to it
+/// (`SUITE.kernels.json`, tied to the index file's size and mtime).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Parsed {
+    source_len: u64,
+    source_mtime_ns: u128,
+    stanzas: Vec<Stanza>,
+}
+
+fn read_index(xz: &Path, suite: &str) -> Result<Vec<Stanza>, String> {
+    let meta = fs::metadata(xz).map_err(|e| format!("{}: {e}", xz.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let sidecar = xz.with_file_name(format!("{suite}.kernels.json"));
+    if let Some(p) = fs::read(&sidecar)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Parsed>(&b).ok())
+    {
+        if p.source_len == meta.len() && p.source_mtime_ns == mtime {
+            return Ok(p.stanzas);
+        }
+    }
+    let f = File::open(xz).map_err(|e| format!("{}: {e}", xz.display()))?;
+    let dec = xz2::read::XzDecoder::new(BufReader::new(f));
+    let stanzas = parse_packages(BufReader::with_capacity(1 << 20, dec), suite)
+        .map_err(|e| format!("{}: {e}", xz.display()))?;
+    let parsed = Parsed {
+        source_len: meta.len(),
+        source_mtime_ns: mtime,
+        stanzas,
+    };
+    // Best effort: a missing sidecar only costs time.
+    if let Ok(json) = serde_json::to_vec(&parsed) {
+        let _ = cache::write_atomic(&sidecar, &json);
+    }
+    Ok(parsed.stanzas)
+}
+
 /// Load (fetching as needed, in parallel) the kernel stanzas of every suite.
 pub fn load_index(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Index, KernelError> {
     let mirror = mirror()?;
@@ -318,10 +360,7 @@ pub fn load_index(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Index, Kerne
                         Fetched::Missing => return Ok(Vec::new()),
                         Fetched::Ok(p) => p,
                     };
-                    let f = File::open(&r).map_err(|e| e.to_string())?;
-                    let dec = xz2::read::XzDecoder::new(BufReader::new(f));
-                    parse_packages(BufReader::with_capacity(1 << 20, dec), suite)
-                        .map_err(|e| format!("{}: {e}", r.display()))
+                    read_index(&r, suite)
                 })
             })
             .collect();
@@ -573,6 +612,8 @@ fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64
             actual: got,
         });
     }
+    cache::make_readable(tmp.path(), false)
+        .map_err(|e| KernelError::io(format!("storing {}", dest.display()), e))?;
     tmp.persist(dest)
         .map_err(|e| KernelError::io(format!("storing {}", dest.display()), e.error))?;
     Ok(total)

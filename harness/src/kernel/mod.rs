@@ -8,6 +8,8 @@
 pub mod cache;
 pub mod deb;
 pub mod debian;
+#[cfg(test)]
+mod live_tests;
 pub mod version;
 pub mod vmlinux;
 
@@ -137,7 +139,7 @@ pub enum KernelError {
     #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
     UnknownScheme { spec: String, scheme: String },
 
-    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (see `apt-cache search linux-image-` on a matching Debian release)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
+    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (`natvet kernels list` shows the releases on offer)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
     NoSuchPackage { query: String, known: Vec<String> },
 
     #[error("{what} not found: {} — check the path", .path.display())]
@@ -503,6 +505,8 @@ fn install(
         fs::remove_dir_all(&final_dir)
             .map_err(|e| KernelError::io(format!("removing stale {}", final_dir.display()), e))?;
     }
+    cache::make_readable(tmp.path(), true)
+        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
     let tmp_path = tmp.keep();
     fs::rename(&tmp_path, &final_dir).map_err(|e| {
         let _ = fs::remove_dir_all(&tmp_path);
@@ -760,6 +764,8 @@ fn local_modules(
     if final_dir.exists() {
         let _ = fs::remove_dir_all(&final_dir);
     }
+    cache::make_readable(tmp.path(), true)
+        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
     let tmp_path = tmp.keep();
     fs::rename(&tmp_path, &final_dir)
         .map_err(|e| KernelError::io(format!("moving into {}", final_dir.display()), e))?;
