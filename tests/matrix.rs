@@ -1,1 +1,231 @@
-fn main() {}
+//! The kernel matrix, run by `cargo test`: one test per kernel x scenario,
+//! plus negative controls (checks must be able to fail) and the harness's own
+//! error paths (bad input exits 2, a panicking kernel exits 3).
+//!
+//! Tests run the real `natvet` binary, as a user would, and read its JSON.
+//! `NATVET_KERNELS=debian:6.1,debian:6.12` overrides the kernels;
+//! `NATVET_LOCAL_KERNEL=/path/bzImage` adds a test of a local (monolithic) kernel.
+//! Filter as usual: `cargo test --test matrix -- 6.12`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::Value;
+
+const DEFAULT_KERNELS: &[&str] = &["debian:6.1", "debian:6.12"];
+/// The controls run on one kernel: they test natvet's checks, not the kernel.
+const CONTROL_KERNEL: &str = "debian:6.1";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    repo().join("target/natvet-tests").join(safe)
+}
+
+struct Run {
+    code: i32,
+    stderr: String,
+    stdout: String,
+    report: Option<Value>,
+}
+
+fn natvet(name: &str, args: &[&str]) -> Result<Run, Failed> {
+    let out = out_dir(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let json = out.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .current_dir(repo())
+        .output()
+        .map_err(|e| format!("running natvet: {e}"))?;
+    let report = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(Run {
+        code: output.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        report,
+    })
+}
+
+fn results(report: &Value) -> Vec<(String, String)> {
+    report["kernels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|k| k["results"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["check"].as_str().unwrap_or("?").to_string(),
+                r["status"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn explain(run: &Run) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+        run.code, run.stdout, run.stderr
+    )
+}
+
+/// Every check of a shipped scenario passes on this kernel.
+fn vet_passes(kernel: &str, scenario: &str) -> Result<(), Failed> {
+    let run = natvet(
+        &format!("{kernel}-{scenario}"),
+        &["vet", "--kernel", kernel, "--scenario", scenario],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let results = results(report);
+    if results.is_empty() {
+        return Err(format!("no results at all\n{}", explain(&run)).into());
+    }
+    let bad: Vec<_> = results.iter().filter(|(_, s)| s != "pass").collect();
+    if run.code != 0 || !bad.is_empty() {
+        return Err(format!("not every check passed: {bad:?}\n{}", explain(&run)).into());
+    }
+    Ok(())
+}
+
+/// A negative control fails exactly the checks it should, and exits 1.
+fn control_fails(scenario: &str, must_fail: &[&str]) -> Result<(), Failed> {
+    let path = format!("tests/controls/{scenario}.toml");
+    let run = natvet(
+        &format!("control-{scenario}"),
+        &["vet", "--kernel", CONTROL_KERNEL, "--scenario", &path],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let results = results(report);
+    let failed: BTreeSet<&str> = results
+        .iter()
+        .filter(|(_, s)| s == "fail")
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let others: Vec<_> = results
+        .iter()
+        .filter(|(c, s)| s != "pass" && s != "fail" || (s == "pass" && must_fail.contains(&c.as_str())))
+        .collect();
+    let want: BTreeSet<&str> = must_fail.iter().copied().collect();
+    if run.code != 1 || failed != want || !others.is_empty() {
+        return Err(format!(
+            "expected exactly {want:?} to fail (exit 1); failed {failed:?}, other: {others:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Input errors exit 2 with a message that says what to do, before anything boots.
+fn bad_input(args: &[&str], says: &str) -> Result<(), Failed> {
+    let run = natvet("bad-input", args)?;
+    if run.code != 2 || !run.stderr.contains(says) {
+        return Err(format!("expected exit 2 saying {says:?}\n{}", explain(&run)).into());
+    }
+    Ok(())
+}
+
+/// A kernel that panics ends the run as an infrastructure error (exit 3) that
+/// shows the last console lines, never a hang and never a NAT verdict.
+fn panic_is_infra() -> Result<(), Failed> {
+    // rdinit pointing nowhere makes the kernel panic: no working init.
+    let run = natvet(
+        "panic",
+        &[
+            "vet",
+            "--kernel",
+            CONTROL_KERNEL,
+            "--kernel-cmdline",
+            "rdinit=/does-not-exist",
+            "--timeout",
+            "120",
+        ],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let state = &report["kernels"][0]["state"];
+    let tail = state["console_tail"].to_string();
+    if run.code != 3
+        || state["state"] != "infra_error"
+        || !tail.contains("Kernel panic")
+        || !run.stdout.contains("Kernel panic")
+        || !results(report).is_empty()
+    {
+        return Err(format!("expected exit 3 with the panic in the console tail\n{}", explain(&run)).into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let kernels: Vec<String> = match std::env::var("NATVET_KERNELS") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut trials = Vec::new();
+    for kernel in &kernels {
+        for scenario in ["extended-ports"] {
+            let k = kernel.clone();
+            trials.push(Trial::test(format!("vet::{kernel}::{scenario}"), move || {
+                vet_passes(&k, scenario)
+            }));
+        }
+    }
+    if let Ok(local) = std::env::var("NATVET_LOCAL_KERNEL") {
+        trials.push(Trial::test(format!("vet::local::{local}::extended-ports"), move || {
+            vet_passes(&local, "extended-ports")
+        }));
+    }
+    const REDIRECTED: &[&str] = &[
+        "handshake/53",
+        "handshake/4000",
+        "handshake/33433",
+        "handshake/33565",
+        "handshake/51819",
+        "handshake/52000",
+        "handshake/60000",
+        "conntrack/redirect-4000",
+    ];
+    const FORWARDED: &[&str] = &[
+        "forward/tcp",
+        "forward/udp",
+        "forward/icmp",
+        "transfer/1MiB",
+        "conntrack/masquerade",
+    ];
+    trials.push(Trial::test("control::extended-ports-no-redirect", || {
+        control_fails("extended-ports-no-redirect", REDIRECTED)
+    }));
+    trials.push(Trial::test("control::extended-ports-no-masquerade", || {
+        control_fails("extended-ports-no-masquerade", FORWARDED)
+    }));
+    trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
+    trials.push(Trial::test("input::unknown-release-exits-2", || {
+        bad_input(&["vet", "--kernel", "debian:9.9.9"], "debian:9.9.9")
+    }));
+    trials.push(Trial::test("input::missing-kernel-file-exits-2", || {
+        bad_input(&["vet", "--kernel", "/nonexistent/bzImage"], "/nonexistent/bzImage")
+    }));
+    trials.push(Trial::test("input::malformed-scenario-exits-2", || {
+        bad_input(
+            &["vet", "--kernel", CONTROL_KERNEL, "--scenario", "tests/controls/malformed.toml"],
+            "line 3",
+        )
+    }));
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -343,8 +343,18 @@ fn masq_expectation(what: &str) -> String {
     format!("{what} from the client reaches {INTERNET} from {RELAY_WAN} (masqueraded) and the reply returns")
 }
 
+/// What the internet host recorded for `tag`. The kernel answers an ICMP echo
+/// before the recording thread has run, so give the record a moment to land.
 fn seen_source(ctx: &Context, tag: &str) -> Result<Option<probes::Seen>> {
-    Ok(ctx.topo.internet_host()?.seen(tag))
+    let host = ctx.topo.internet_host()?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let seen = host.seen(tag);
+        if seen.is_some() || Instant::now() >= deadline {
+            return Ok(seen);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn describe_seen(seen: &Option<probes::Seen>) -> String {
