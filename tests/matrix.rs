@@ -25,7 +25,13 @@ fn repo() -> PathBuf {
 fn out_dir(name: &str) -> PathBuf {
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     repo().join("target/natvet-tests").join(safe)
 }
@@ -119,7 +125,9 @@ fn control_fails(scenario: &str, must_fail: &[&str]) -> Result<(), Failed> {
         .collect();
     let others: Vec<_> = results
         .iter()
-        .filter(|(c, s)| s != "pass" && s != "fail" || (s == "pass" && must_fail.contains(&c.as_str())))
+        .filter(|(c, s)| {
+            s != "pass" && s != "fail" || (s == "pass" && must_fail.contains(&c.as_str()))
+        })
         .collect();
     let want: BTreeSet<&str> = must_fail.iter().copied().collect();
     if run.code != 1 || failed != want || !others.is_empty() {
@@ -166,7 +174,11 @@ fn panic_is_infra() -> Result<(), Failed> {
         || !run.stdout.contains("Kernel panic")
         || !results(report).is_empty()
     {
-        return Err(format!("expected exit 3 with the panic in the console tail\n{}", explain(&run)).into());
+        return Err(format!(
+            "expected exit 3 with the panic in the console tail\n{}",
+            explain(&run)
+        )
+        .into());
     }
     Ok(())
 }
@@ -179,17 +191,19 @@ fn main() {
     };
     let mut trials = Vec::new();
     for kernel in &kernels {
-        for scenario in ["extended-ports"] {
+        for (scenario, _) in natvet::scenario::SHIPPED {
             let k = kernel.clone();
-            trials.push(Trial::test(format!("vet::{kernel}::{scenario}"), move || {
-                vet_passes(&k, scenario)
-            }));
+            trials.push(Trial::test(
+                format!("vet::{kernel}::{scenario}"),
+                move || vet_passes(&k, scenario),
+            ));
         }
     }
     if let Ok(local) = std::env::var("NATVET_LOCAL_KERNEL") {
-        trials.push(Trial::test(format!("vet::local::{local}::extended-ports"), move || {
-            vet_passes(&local, "extended-ports")
-        }));
+        trials.push(Trial::test(
+            format!("vet::local::{local}::extended-ports"),
+            move || vet_passes(&local, "extended-ports"),
+        ));
     }
     const REDIRECTED: &[&str] = &[
         "handshake/53",
@@ -219,11 +233,20 @@ fn main() {
         bad_input(&["vet", "--kernel", "debian:9.9.9"], "debian:9.9.9")
     }));
     trials.push(Trial::test("input::missing-kernel-file-exits-2", || {
-        bad_input(&["vet", "--kernel", "/nonexistent/bzImage"], "/nonexistent/bzImage")
+        bad_input(
+            &["vet", "--kernel", "/nonexistent/bzImage"],
+            "/nonexistent/bzImage",
+        )
     }));
     trials.push(Trial::test("input::malformed-scenario-exits-2", || {
         bad_input(
-            &["vet", "--kernel", CONTROL_KERNEL, "--scenario", "tests/controls/malformed.toml"],
+            &[
+                "vet",
+                "--kernel",
+                CONTROL_KERNEL,
+                "--scenario",
+                "tests/controls/malformed.toml",
+            ],
             "line 3",
         )
     }));

@@ -113,7 +113,7 @@ pub enum GuestMessage {
         check: String,
     },
     /// A check finished.
-    Check(CheckResult),
+    Check(Box<CheckResult>),
     /// All scenarios ran; the guest powers off next.
     Done { elapsed_ms: u64 },
     /// The agent cannot go on (setup failed in a way no check can report).
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn message_round_trip() {
-        let msg = GuestMessage::Check(CheckResult {
+        let msg = GuestMessage::Check(Box::new(CheckResult {
             scenario: "extended-ports".into(),
             backend: "nftables".into(),
             check: "handshake-port-53".into(),
@@ -167,7 +167,7 @@ mod tests {
             observed: "none".into(),
             duration_ms: 12,
             evidence: Some(Evidence::default()),
-        });
+        }));
         let line = msg.to_line();
         assert!(!line.contains('\n'));
         assert_eq!(GuestMessage::from_line(&(line + "\r\n")), Ok(msg));

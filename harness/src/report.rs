@@ -215,6 +215,8 @@ impl RunReport {
                 }
             }
         }
+        // Padding leaves trailing blanks on the last column.
+        let mut out: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
         let counts = self.counts();
         let n = |s| counts.get(&s).copied().unwrap_or(0);
         let infra = self

@@ -104,16 +104,17 @@ pub fn available_memory_mb() -> Option<u64> {
     Some(kb / 1024)
 }
 
+/// A kernel spec and what became of it: the kernel and how long resolving took
+/// (ms), or why it could not be had (an infrastructure error).
+pub type Resolution = (KernelSpec, std::result::Result<(Kernel, u64), String>);
+
 /// Resolve every kernel first: a user error (unknown release, missing file)
 /// stops the run before anything boots.
 pub fn resolve_all(
     specs: &[KernelSpec],
     cache: &Cache,
     ui: &Ui,
-) -> std::result::Result<
-    Vec<(KernelSpec, std::result::Result<(Kernel, u64), String>)>,
-    kernel::KernelError,
-> {
+) -> std::result::Result<Vec<Resolution>, kernel::KernelError> {
     let mut out = Vec::new();
     for spec in specs {
         let start = Instant::now();
@@ -128,11 +129,7 @@ pub fn resolve_all(
 }
 
 /// Run every resolved kernel, `opts.jobs` at a time.
-pub fn run(
-    opts: &VetOptions,
-    resolved: Vec<(KernelSpec, std::result::Result<(Kernel, u64), String>)>,
-    ui: &Ui,
-) -> RunReport {
+pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
     let started = chrono::Utc::now();
     let start = Instant::now();
     let queue = Mutex::new(resolved.into_iter().enumerate().collect::<Vec<_>>());
@@ -338,7 +335,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         GuestMessage::Check(r) => {
             running = None;
             progress.check_done(r);
-            results.push(r.clone());
+            results.push((**r).clone());
         }
         GuestMessage::Done { .. } => {}
         GuestMessage::Fatal { error } => fatal = Some(error.clone()),

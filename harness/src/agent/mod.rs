@@ -173,7 +173,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, evidence_always: 
     let mut kmsg = kmsg::Kmsg::open();
     let settle = |status: Status, why: String| {
         for name in scenario.result_names() {
-            send(&GuestMessage::Check(CheckResult {
+            send(&GuestMessage::Check(Box::new(CheckResult {
                 scenario: scenario.name.clone(),
                 backend: backend.kind().to_string(),
                 check: name,
@@ -182,7 +182,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, evidence_always: 
                 observed: why.clone(),
                 duration_ms: 0,
                 evidence: None,
-            }));
+            })));
         }
     };
     let topo = match topology::Topology::build(scenario.relay.listen_port) {
@@ -217,7 +217,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, evidence_always: 
     let mut ctx = checks::Context::new(topo, backend, kmsg, evidence_always);
     for spec in &scenario.checks {
         checks::run_spec(&mut ctx, &scenario.name, spec, &mut |r| {
-            send(&GuestMessage::Check(r))
+            send(&GuestMessage::Check(Box::new(r)))
         });
     }
     ctx.topo.stop();

@@ -1,0 +1,44 @@
+# natvet: the two set-up commands are `make vet` and `make test`.
+# Each installs what it needs (Debian packages) first; kernels are fetched by
+# natvet itself from the mirror in the host's apt sources, and cached.
+
+CARGO  ?= cargo
+TARGET := x86_64-unknown-linux-gnu
+NATVET := target/$(TARGET)/debug/natvet
+# Debian packages natvet needs on the host: qemu for the VMs, the NAT tools
+# and conntrack (copied into each guest with their libraries), kmod for depmod.
+DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build vet test lint bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build:
+	$(CARGO) build
+
+# Vet the default kernel set (vm-images/kernels.toml) with every shipped scenario.
+vet: deps build
+	$(NATVET) vet $(VET_ARGS)
+
+# Unit tests, then the kernel matrix (tests/matrix.rs) in real VMs.
+test: deps
+	$(CARGO) test $(TEST_ARGS)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf natvet-out
