@@ -93,6 +93,12 @@ pub enum ScenariosCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum KernelsCmd {
+    /// Show what each kernel set's entries resolve to today, and what is cached.
+    List {
+        /// Also list every generic amd64 kernel release in Debian's archive.
+        #[arg(long)]
+        all: bool,
+    },
     /// Resolve kernel specs (fetching them into the cache) and print what they are.
     Fetch {
         #[arg(required = true)]
@@ -161,6 +167,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             );
             Ok(exit::PASS)
         }
+        Command::Kernels(KernelsCmd::List { all }) => kernels_list(all),
         Command::Kernels(KernelsCmd::Fetch { specs, modules }) => {
             let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
             let ui = Ui::new(false);
@@ -188,6 +195,34 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit::PASS)
         }
     }
+}
+
+fn kernels_list(all: bool) -> Result<i32> {
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let quiet = |_: &str| {};
+    for set in vet::kernel_set_names()? {
+        println!("set {set}:");
+        for entry in vet::kernel_set(&set)? {
+            let spec = KernelSpec::parse(&entry, None).map_err(|e| usage(e.to_string()))?;
+            let (release, cached) =
+                crate::kernel::lookup(&spec, &cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "  {entry:<24} -> {:<28} {}",
+                release.as_deref().unwrap_or("(not in the archive)"),
+                if cached { "cached" } else { "not cached" }
+            );
+        }
+    }
+    if all {
+        println!("Debian's archive (generic amd64 kernels, newest first):");
+        for (release, p) in
+            crate::kernel::list_debian(&cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            println!("  {release:<28} {} {} ({})", p.name, p.version, p.suite);
+        }
+    }
+    println!("cache: {}", cache.root().display());
+    Ok(exit::PASS)
 }
 
 fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<Vec<KernelSpec>> {

@@ -10,5 +10,10 @@ fn main() {
     if std::process::id() == 1 {
         natvet::agent::main_pid1();
     }
+    // Die quietly on a closed pipe (`natvet kernels list | head`), like other tools.
+    // SAFETY: setting a signal disposition before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     std::process::exit(natvet::cli::main());
 }

@@ -41,9 +41,6 @@ pub const MODULE_DIRS: &[&str] = &[
     "kernel/net/ipv4/netfilter",
     "kernel/net/ipv6/netfilter",
     "kernel/drivers/net/wireguard",
-    "kernel/lib/crypto",
-    "kernel/arch/x86/crypto",
-    "kernel/crypto",
 ];
 
 /// The conntrack tool, for checks and evidence.
@@ -62,17 +59,30 @@ pub struct VetOptions {
     pub evidence_always: bool,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sets {
+    set: std::collections::BTreeMap<String, Set>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Set {
+    kernels: Vec<String>,
+}
+
+fn kernel_sets() -> Result<Sets> {
+    toml::from_str(KERNEL_SETS).context("vm-images/kernels.toml is malformed")
+}
+
+/// The names of the kernel sets in vm-images/kernels.toml.
+pub fn kernel_set_names() -> Result<Vec<String>> {
+    Ok(kernel_sets()?.set.into_keys().collect())
+}
+
 /// The kernels of a named set in vm-images/kernels.toml.
 pub fn kernel_set(name: &str) -> Result<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Sets {
-        set: std::collections::BTreeMap<String, Set>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Set {
-        kernels: Vec<String>,
-    }
-    let sets: Sets = toml::from_str(KERNEL_SETS).context("vm-images/kernels.toml is malformed")?;
+    let sets = kernel_sets()?;
     match sets.set.get(name) {
         Some(s) => Ok(s.kernels.clone()),
         None => bail!(

@@ -139,7 +139,7 @@ pub enum KernelError {
     #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
     UnknownScheme { spec: String, scheme: String },
 
-    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (`natvet kernels list` shows the releases on offer)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
+    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (`natvet kernels list --all` shows the releases on offer)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
     NoSuchPackage { query: String, known: Vec<String> },
 
     #[error("{what} not found: {} — check the path", .path.display())]
@@ -251,6 +251,31 @@ pub fn list_debian(
     }
     out.sort_by(|a, b| version::compare(&b.1.version, &a.1.version));
     Ok(out)
+}
+
+/// What a spec names today, without downloading: the release it resolves to
+/// in the archive's index (Debian) and whether that kernel is already cached.
+/// Local specs resolve to themselves.
+pub fn lookup(
+    spec: &KernelSpec,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<(Option<String>, bool), KernelError> {
+    match spec {
+        KernelSpec::Local { image, .. } => Ok((None, image.exists())),
+        KernelSpec::Debian { query } => {
+            let index = debian::load_index(cache, progress)?;
+            let release = match debian::parse_query(query) {
+                Ok(debian::Query::Exact(r)) => debian::select_exact(&index, &r).map(|_| r),
+                Ok(debian::Query::Line(line)) => debian::select_line(&index, &line),
+                Err(_) => None,
+            };
+            let cached = release
+                .as_ref()
+                .is_some_and(|r| load_complete(cache, r, &spec.to_string()).is_some());
+            Ok((release, cached))
+        }
+    }
 }
 
 // ---------------------------------------------------------------- Debian
