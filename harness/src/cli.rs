@@ -1,10 +1,14 @@
 //! The command line: parse, validate everything before anything runs, then act.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::kernel::{Cache, KernelSpec};
 use crate::nat::BackendKind;
@@ -113,9 +117,37 @@ pub enum KernelsCmd {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// On the first SIGINT/SIGTERM stop every VM and let the run wind down (its
+/// temporary files are removed, a partial report is printed); on the second, exit at once.
+fn handle_signals() -> Arc<AtomicI32> {
+    let received = Arc::new(AtomicI32::new(0));
+    let seen = received.clone();
+    if let Ok(mut signals) = Signals::new([SIGINT, SIGTERM]) {
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if seen.swap(sig, Ordering::SeqCst) != 0 {
+                    std::process::exit(128 + sig);
+                }
+                eprintln!("natvet: interrupted, stopping the VMs (again to quit at once)");
+                crate::qemu::cancel_all();
+            }
+        });
+    }
+    received
+}
+
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    let interrupted = handle_signals();
+    let code = run(cli);
+    match interrupted.load(Ordering::SeqCst) {
+        0 => code,
+        sig => 128 + sig,
+    }
+}
+
+fn run(cli: Cli) -> i32 {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

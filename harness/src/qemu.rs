@@ -9,6 +9,7 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub struct VmOutcome {
 pub enum QemuError {
     #[error("{QEMU} is not installed: run `apt-get install -y qemu-system-x86` (or `make deps`)")]
     Missing,
+    #[error("interrupted before the VM started")]
+    Cancelled,
     #[error("cannot start {QEMU}: {0}")]
     Spawn(std::io::Error),
     #[error("cannot set up the results channel in {path}: {source}")]
@@ -130,13 +133,48 @@ pub fn available() -> bool {
         .unwrap_or(false)
 }
 
+/// Every qemu natvet has running, so an interrupt can end them all.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// Stop every running VM and refuse to start new ones (on SIGINT/SIGTERM).
+/// The runs end through their normal paths, so temporary files are removed.
+pub fn cancel_all() {
+    CANCELLED.store(true, Ordering::SeqCst);
+    if let Ok(pids) = RUNNING.lock() {
+        for pid in pids.iter() {
+            // SAFETY: plain kill(2) on a pid we started and have not reaped yet.
+            unsafe {
+                libc::kill(*pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn cancelled() -> bool {
+    CANCELLED.load(Ordering::SeqCst)
+}
+
 /// Kill qemu when dropped, whatever path we leave by.
 struct Reaper(Child);
+
+impl Reaper {
+    fn new(child: Child) -> Reaper {
+        if let Ok(mut pids) = RUNNING.lock() {
+            pids.push(child.id());
+        }
+        Reaper(child)
+    }
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let pid = self.0.id();
+        if let Ok(mut pids) = RUNNING.lock() {
+            pids.retain(|p| *p != pid);
+        }
     }
 }
 
@@ -217,7 +255,10 @@ pub fn run(
             Ok(())
         });
     }
-    let mut child = Reaper(cmd.spawn().map_err(QemuError::Spawn)?);
+    if cancelled() {
+        return Err(QemuError::Cancelled);
+    }
+    let mut child = Reaper::new(cmd.spawn().map_err(QemuError::Spawn)?);
     let pid = child.0.id();
 
     let console = Arc::new(Mutex::new(Console::default()));
@@ -363,6 +404,7 @@ pub fn run(
         VmEnd::Completed
     } else {
         let why = match status {
+            _ if cancelled() => "interrupted (SIGINT/SIGTERM): the VM was stopped".to_string(),
             Some(st) => format!("qemu exited ({st}) before the guest finished"),
             None => "qemu could not be waited for".to_string(),
         };

@@ -142,7 +142,8 @@ pub fn resolve_all(
 pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
     let started = chrono::Utc::now();
     let start = Instant::now();
-    let queue = Mutex::new(resolved.into_iter().enumerate().collect::<Vec<_>>());
+    // Kernels start in the order given.
+    let queue = Mutex::new(resolved.into_iter().enumerate().rev().collect::<Vec<_>>());
     let results: Mutex<Vec<(usize, KernelRun)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.max(1) {
@@ -151,6 +152,14 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                 let Some((i, (spec, resolved))) = next else {
                     break;
                 };
+                if qemu::cancelled() {
+                    let why = "natvet was interrupted before this kernel ran".to_string();
+                    let run = infra_run(&spec.to_string(), None, "interrupted", why, vec![]);
+                    if let Ok(mut r) = results.lock() {
+                        r.push((i, run));
+                    }
+                    continue;
+                }
                 let run = match resolved {
                     Ok((kernel, resolve_ms)) => vet_kernel(opts, &kernel, resolve_ms, ui),
                     Err(reason) => infra_run(&spec.to_string(), None, "fetch", reason, vec![]),
@@ -392,6 +401,9 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
                 (VmEnd::Completed, None) => None,
                 (VmEnd::Panic(line), None) => Some(("kernel panic", format!("the kernel panicked{during}: {line}"))),
                 (VmEnd::Timeout(t), None) => Some(("timeout", format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
+                (VmEnd::Died(why), None) if qemu::cancelled() => {
+                    Some(("interrupted", format!("{why}{during}")))
+                }
                 (VmEnd::Died(why), None) => Some(("qemu", format!("{why}{during}"))),
                 (VmEnd::Protocol(why), None) => Some(("protocol", why.clone())),
             };
