@@ -35,6 +35,10 @@ vet: deps build
 test: deps
 	$(CARGO) test $(TEST_ARGS)
 
+# Boot, agent and per-kernel times, memory, initramfs size, parallel speed-up.
+bench: deps
+	$(CARGO) bench --profile dev --bench vm
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

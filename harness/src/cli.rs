@@ -80,6 +80,9 @@ pub struct VetArgs {
     /// Keep evidence for passing checks too.
     #[arg(long)]
     pub evidence_always: bool,
+    /// Kernel image to boot: auto (vmlinux via PVH where possible) or bzimage.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub boot: vet::BootPreference,
     /// No progress output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -317,6 +320,7 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
         out_dir: args.out.clone(),
         cmdline_extra: args.kernel_cmdline.clone(),
         evidence_always: args.evidence_always,
+        boot: args.boot,
     };
     let report = vet::run(&opts, resolved, &ui);
     finish(&report, args.json.as_deref())

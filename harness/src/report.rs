@@ -56,6 +56,9 @@ pub struct Timings {
     pub boot_ms: Option<u64>,
     /// The guest's uptime when the agent started.
     pub guest_uptime_ms: Option<u64>,
+    /// The agent's own time, from its start to its last result.
+    #[serde(default)]
+    pub agent_ms: Option<u64>,
     pub vm_ms: u64,
     pub total_ms: u64,
     pub peak_rss_mb: Option<u64>,

@@ -57,6 +57,17 @@ pub struct VetOptions {
     pub out_dir: PathBuf,
     pub cmdline_extra: String,
     pub evidence_always: bool,
+    pub boot: BootPreference,
+}
+
+/// Which kernel image qemu boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootPreference {
+    /// The uncompressed vmlinux through PVH where the kernel has it (fastest), else the bzImage.
+    Auto,
+    /// Always the bzImage (for comparison).
+    #[value(name = "bzimage")]
+    BzImage,
 }
 
 #[derive(serde::Deserialize)]
@@ -317,7 +328,10 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     progress.stage("booting");
     let console_log = kdir.join("console.log");
     let cfg = VmConfig {
-        kernel: kernel.boot_image.clone(),
+        kernel: match (opts.boot, &kernel.bzimage) {
+            (BootPreference::BzImage, Some(bz)) => bz.clone(),
+            _ => kernel.boot_image.clone(),
+        },
         initrd,
         memory_mb: opts.memory_mb,
         cmdline_extra: opts.cmdline_extra.clone(),
@@ -331,6 +345,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     let mut uptime = None;
     let mut fatal: Option<String> = None;
     let mut running: Option<String> = None;
+    let mut agent_ms = None;
     let outcome = qemu::run(&cfg, &mut |msg| match msg {
         GuestMessage::Hello {
             kernel_release,
@@ -356,7 +371,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
             progress.check_done(r);
             results.push((**r).clone());
         }
-        GuestMessage::Done { .. } => {}
+        GuestMessage::Done { elapsed_ms } => agent_ms = Some(*elapsed_ms),
         GuestMessage::Fatal { error } => fatal = Some(error.clone()),
     });
 
@@ -364,7 +379,10 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         spec: kernel.spec.clone(),
         release,
         package: kernel.package.clone(),
-        boot: Some(format!("{:?}", kernel.boot_kind).to_lowercase()),
+        boot: Some(match (opts.boot, &kernel.bzimage) {
+            (BootPreference::BzImage, Some(_)) => "bzimage".to_string(),
+            _ => format!("{:?}", kernel.boot_kind).to_lowercase(),
+        }),
         state: KernelState::Completed,
         results,
         notes,
@@ -373,6 +391,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
             initramfs_ms,
             initramfs_bytes: stats.bytes,
             guest_uptime_ms: uptime,
+            agent_ms,
             ..Timings::default()
         },
         console_log: Some(console_log.display().to_string()),

@@ -1,0 +1,188 @@
+//! Whole-run benchmark: boot time (vmlinux via PVH vs bzImage), time in the
+//! agent, time per kernel, peak qemu memory, initramfs size and build time,
+//! and the matrix's wall time at --jobs 1 vs the default.
+//!
+//! `make bench` (or `cargo bench --profile dev --bench vm`). Figures go to
+//! stdout as a table and to target/natvet-bench/bench.json.
+//! NATVET_BENCH_KERNELS=debian:6.1,debian:6.12 and NATVET_BENCH_RUNS=3 adjust it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+fn natvet() -> &'static str {
+    env!("CARGO_BIN_EXE_natvet")
+}
+
+fn out_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/natvet-bench")
+}
+
+/// One `natvet vet` run; returns its JSON report and wall time.
+fn vet(kernels: &[String], extra: &[&str], tag: &str) -> Option<(Value, f64)> {
+    let dir = out_root().join(tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let json = dir.join("report.json");
+    let mut cmd = Command::new(natvet());
+    cmd.arg("vet")
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json)
+        .arg("--out")
+        .arg(&dir);
+    for k in kernels {
+        cmd.arg("--kernel").arg(k);
+    }
+    cmd.args(extra);
+    let start = Instant::now();
+    let status = cmd.output().ok()?.status;
+    let wall = start.elapsed().as_secs_f64();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).ok()?).ok()?;
+    if status.code() != Some(0) {
+        eprintln!("bench: {tag} exited {status}; figures kept, but the run was not clean");
+    }
+    Some((report, wall))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn field(report: &Value, name: &str) -> Vec<f64> {
+    report["kernels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["timings"][name].as_f64())
+        .collect()
+}
+
+fn main() {
+    // cargo bench passes --bench; nothing else to parse.
+    let kernels: Vec<String> = std::env::var("NATVET_BENCH_KERNELS")
+        .unwrap_or_else(|_| "debian:6.1,debian:6.12".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let runs: usize = std::env::var("NATVET_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+
+    // Warm the cache first: a cold fetch is not what the other figures measure.
+    let fetch = Instant::now();
+    let ok = Command::new(natvet())
+        .arg("kernels")
+        .arg("fetch")
+        .args(&kernels)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("bench: could not fetch {kernels:?}");
+        std::process::exit(3);
+    }
+    let fetch_s = fetch.elapsed().as_secs_f64();
+
+    let mut rows = Vec::new();
+    println!(
+        "{:<26} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}",
+        "kernel",
+        "boot",
+        "host boot",
+        "guest up",
+        "agent",
+        "total",
+        "rss MB",
+        "initrd MB",
+        "initrd"
+    );
+    for kernel in &kernels {
+        for boot in ["auto", "bzimage"] {
+            let mut samples: Vec<Value> = Vec::new();
+            for i in 0..runs {
+                let tag = format!("{}-{boot}-{i}", kernel.replace([':', '/'], "_"));
+                if let Some((report, _)) =
+                    vet(std::slice::from_ref(kernel), &["--boot", boot], &tag)
+                {
+                    samples.push(report);
+                }
+            }
+            let pick = |name: &str| median(samples.iter().flat_map(|r| field(r, name)).collect());
+            let label = samples
+                .first()
+                .and_then(|r| r["kernels"][0]["release"].as_str().map(str::to_string))
+                .unwrap_or_else(|| kernel.clone());
+            let boot_kind = samples
+                .first()
+                .and_then(|r| r["kernels"][0]["boot"].as_str().map(str::to_string))
+                .unwrap_or_else(|| boot.to_string());
+            let row = json!({
+                "kernel": label,
+                "boot": boot_kind,
+                "runs": samples.len(),
+                "host_boot_ms": pick("boot_ms"),
+                "guest_uptime_ms": pick("guest_uptime_ms"),
+                "agent_ms": pick("agent_ms"),
+                "total_ms": pick("total_ms"),
+                "peak_rss_mb": pick("peak_rss_mb"),
+                "initramfs_bytes": pick("initramfs_bytes"),
+                "initramfs_ms": pick("initramfs_ms"),
+            });
+            println!(
+                "{:<26} {:>8} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>8.0} {:>10.1} {:>7.0}ms",
+                label,
+                boot_kind,
+                pick("boot_ms") / 1000.0,
+                pick("guest_uptime_ms") / 1000.0,
+                pick("agent_ms") / 1000.0,
+                pick("total_ms") / 1000.0,
+                pick("peak_rss_mb"),
+                pick("initramfs_bytes") / 1048576.0,
+                pick("initramfs_ms"),
+            );
+            rows.push(row);
+        }
+    }
+
+    let serial = vet(&kernels, &["--jobs", "1"], "matrix-jobs1").map(|(_, w)| w);
+    let parallel = vet(&kernels, &[], "matrix-default").map(|(_, w)| w);
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!();
+    println!("warm fetch of {} kernels: {fetch_s:.1} s", kernels.len());
+    if let (Some(s), Some(p)) = (serial, parallel) {
+        println!(
+            "matrix of {} kernels: {s:.1} s at --jobs 1, {p:.1} s at the default ({jobs} cores): {:.2}x",
+            kernels.len(),
+            s / p
+        );
+    }
+    let out = json!({
+        "kernels": kernels,
+        "runs": runs,
+        "per_kernel": rows,
+        "fetch_warm_s": fetch_s,
+        "matrix_jobs1_s": serial,
+        "matrix_default_s": parallel,
+        "cores": jobs,
+    });
+    let path = out_root().join("bench.json");
+    if std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&out).unwrap_or_default(),
+    )
+    .is_ok()
+    {
+        println!("figures: {}", path.display());
+    }
+}
