@@ -3,7 +3,8 @@
 //! error paths (bad input exits 2, a panicking kernel exits 3).
 //!
 //! Tests run the real `natvet` binary, as a user would, and read its JSON.
-//! `NATVET_KERNELS=debian:6.1,debian:6.12` overrides the kernels;
+//! The kernels are the `default` set of vm-images/matrix.toml;
+//! `NATVET_KERNELS=debian:6.1,debian:6.12` overrides them;
 //! `NATVET_LOCAL_KERNEL=/path/bzImage` adds a test of a local (monolithic) kernel.
 //! Filter as usual: `cargo test --test matrix -- 6.12`.
 
@@ -14,7 +15,6 @@ use std::process::Command;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 
-const DEFAULT_KERNELS: &[&str] = &["debian:6.1", "debian:6.12"];
 /// The controls run on one kernel: they test natvet's checks, not the kernel.
 const CONTROL_KERNEL: &str = "debian:6.1";
 
@@ -187,7 +187,13 @@ fn main() {
     let args = Arguments::from_args();
     let kernels: Vec<String> = match std::env::var("NATVET_KERNELS") {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect(),
+        _ => match natvet::vet::kernel_set("default") {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("vm-images/matrix.toml: {e:#}");
+                std::process::exit(2);
+            }
+        },
     };
     let mut trials = Vec::new();
     for kernel in &kernels {

@@ -44,10 +44,10 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct VetArgs {
-    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), or a path to a bzImage/vmlinux. Repeatable. Default: the `default` set in vm-images/kernels.toml.
+    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), debian:SUITE[:LINE] (sid, trixie:6.12), or a path to a bzImage/vmlinux. Repeatable. Default: the `default` set in vm-images/matrix.toml.
     #[arg(long = "kernel", value_name = "SPEC")]
     pub kernels: Vec<String>,
-    /// Kernel set from vm-images/kernels.toml (instead of --kernel).
+    /// Kernel set from vm-images/matrix.toml (instead of --kernel).
     #[arg(long, value_name = "NAME", conflicts_with = "kernels")]
     pub set: Option<String>,
     /// Module tree for a local kernel (lib/modules/RELEASE, or a root holding it).
@@ -106,7 +106,7 @@ pub enum KernelsCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Resolve kernel specs (fetching them into the cache) and print what they are.
+    /// Fetch kernels into the cache (specs, or the name of a set in vm-images/matrix.toml).
     Fetch {
         #[arg(required = true)]
         specs: Vec<String>,
@@ -206,7 +206,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Kernels(KernelsCmd::Fetch { specs, modules }) => {
             let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
             let ui = Ui::new(false);
-            let specs = parse_specs(&specs, modules)?;
+            // A set's name stands for its kernels.
+            let sets = vet::kernel_set_names()?;
+            let mut expanded = Vec::new();
+            for s in specs {
+                if sets.contains(&s) {
+                    expanded.extend(vet::kernel_set(&s)?);
+                } else {
+                    expanded.push(s);
+                }
+            }
+            let specs = parse_specs(&expanded, modules)?;
             for (spec, r) in
                 vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))?
             {

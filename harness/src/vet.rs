@@ -18,7 +18,7 @@ use crate::scenario::Scenario;
 use crate::ui::Ui;
 
 /// The default kernel sets, shipped with natvet.
-pub const KERNEL_SETS: &str = include_str!("../../vm-images/kernels.toml");
+pub const KERNEL_SETS: &str = include_str!("../../vm-images/matrix.toml");
 
 /// Modules the agent loads before anything else; whatever else the kernel
 /// asks for is loaded on demand by natvet's own modprobe.
@@ -83,15 +83,15 @@ struct Set {
 }
 
 fn kernel_sets() -> Result<Sets> {
-    toml::from_str(KERNEL_SETS).context("vm-images/kernels.toml is malformed")
+    toml::from_str(KERNEL_SETS).context("vm-images/matrix.toml is malformed")
 }
 
-/// The names of the kernel sets in vm-images/kernels.toml.
+/// The names of the kernel sets in vm-images/matrix.toml.
 pub fn kernel_set_names() -> Result<Vec<String>> {
     Ok(kernel_sets()?.set.into_keys().collect())
 }
 
-/// The kernels of a named set in vm-images/kernels.toml.
+/// The kernels of a named set in vm-images/matrix.toml.
 pub fn kernel_set(name: &str) -> Result<Vec<String>> {
     let sets = kernel_sets()?;
     match sets.set.get(name) {

@@ -410,6 +410,18 @@ pub enum Query {
     Exact(String),
     /// A version line such as `6.12` (numeric components).
     Line(Vec<u64>),
+    /// The newest kernel of one suite (`sid`), optionally of one line (`sid:7.2`).
+    Suite {
+        suite: String,
+        line: Option<Vec<u64>>,
+    },
+}
+
+fn parse_line(q: &str) -> Option<Vec<u64>> {
+    if q.is_empty() || !q.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        return None;
+    }
+    q.split('.').map(|c| c.parse().ok()).collect()
 }
 
 /// Parse the part after `debian:`.
@@ -419,6 +431,29 @@ pub fn parse_query(q: &str) -> Result<Query, String> {
     let q = q.strip_suffix("-unsigned").unwrap_or(q);
     if q.is_empty() {
         return Err("nothing after `debian:`".into());
+    }
+    let (head, tail) = match q.split_once(':') {
+        Some((h, t)) => (h, Some(t)),
+        None => (q, None),
+    };
+    if SUITES.contains(&head) {
+        let line =
+            match tail {
+                None => None,
+                Some(t) => Some(parse_line(t).ok_or_else(|| {
+                    format!("`{t}` after `{head}:` is not a version line like 7.2")
+                })?),
+            };
+        return Ok(Query::Suite {
+            suite: head.to_string(),
+            line,
+        });
+    }
+    if tail.is_some() {
+        return Err(format!(
+            "`{head}` is not a suite natvet searches ({})",
+            SUITES.join(", ")
+        ));
     }
     if q.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
         let comps: Result<Vec<u64>, _> = q.split('.').map(str::parse).collect();
@@ -504,6 +539,18 @@ pub fn select_line(index: &Index, line: &[u64]) -> Option<String> {
         .iter()
         .filter_map(|s| image_release(&s.package).map(|r| (r, s)))
         .filter(|(r, _)| is_generic_amd64(r) && line_matches(r, line))
+        .max_by(|(_, a), (_, b)| version::compare(&a.version, &b.version))
+        .map(|(r, _)| r.to_string())
+}
+
+/// Newest generic amd64 release in one suite (of one line, if given).
+pub fn select_suite(index: &Index, suite: &str, line: Option<&[u64]>) -> Option<String> {
+    index
+        .stanzas
+        .iter()
+        .filter(|s| s.suite == suite)
+        .filter_map(|s| image_release(&s.package).map(|r| (r, s)))
+        .filter(|(r, _)| is_generic_amd64(r) && line.is_none_or(|l| line_matches(r, l)))
         .max_by(|(_, a), (_, b)| version::compare(&a.version, &b.version))
         .map(|(r, _)| r.to_string())
 }
@@ -754,6 +801,22 @@ SHA256: eeee
     #[test]
     fn query_parsing() {
         assert_eq!(parse_query("6.12"), Ok(Query::Line(vec![6, 12])));
+        assert_eq!(
+            parse_query("sid"),
+            Ok(Query::Suite {
+                suite: "sid".into(),
+                line: None
+            })
+        );
+        assert_eq!(
+            parse_query("experimental:7.3"),
+            Ok(Query::Suite {
+                suite: "experimental".into(),
+                line: Some(vec![7, 3])
+            })
+        );
+        assert!(parse_query("stretch:4.9").is_err());
+        assert!(parse_query("sid:x").is_err());
         assert_eq!(parse_query("5.10"), Ok(Query::Line(vec![5, 10])));
         assert_eq!(
             parse_query("6.1.0-50-amd64"),

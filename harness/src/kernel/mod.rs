@@ -24,7 +24,8 @@ pub use cache::Cache;
 /// What kernel the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSpec {
-    /// `debian:6.12` (newest of a line) or `debian:6.1.0-50-amd64` (exact release).
+    /// `debian:6.12` (newest of a line), `debian:6.1.0-50-amd64` (exact release),
+    /// `debian:sid` or `debian:experimental:7.3` (newest of a suite, or of a line in it).
     Debian { query: String },
     /// A bzImage or a PVH `vmlinux` on disk, with an optional module folder.
     Local {
@@ -268,6 +269,9 @@ pub fn lookup(
             let release = match debian::parse_query(query) {
                 Ok(debian::Query::Exact(r)) => debian::select_exact(&index, &r).map(|_| r),
                 Ok(debian::Query::Line(line)) => debian::select_line(&index, &line),
+                Ok(debian::Query::Suite { suite, line }) => {
+                    debian::select_suite(&index, &suite, line.as_deref())
+                }
                 Err(_) => None,
             };
             let cached = release
@@ -373,6 +377,9 @@ fn resolve_debian(
     let release = match &q {
         debian::Query::Exact(r) => r.clone(),
         debian::Query::Line(line) => debian::select_line(&index, line).ok_or_else(not_found)?,
+        debian::Query::Suite { suite, line } => {
+            debian::select_suite(&index, suite, line.as_deref()).ok_or_else(not_found)?
+        }
     };
     let image = debian::select_exact(&index, &release).ok_or_else(not_found)?;
     if let Some(k) = load_complete(cache, &release, spec) {
