@@ -71,6 +71,9 @@ pub struct VetArgs {
     /// Seconds one VM may take from boot to power-off.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Seconds one check may take before the VM is stopped as hung.
+    #[arg(long, default_value_t = 120)]
+    pub check_timeout: u64,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 384)]
     pub memory: u32,
@@ -326,6 +329,7 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
         scenarios,
         jobs: args.jobs.unwrap_or_else(|| vet::default_jobs(args.memory)),
         timeout: Duration::from_secs(args.timeout),
+        check_timeout: Duration::from_secs(args.check_timeout),
         memory_mb: args.memory,
         out_dir: args.out.clone(),
         cmdline_extra: args.kernel_cmdline.clone(),

@@ -48,6 +48,8 @@ pub enum Status {
     Unsupported,
     /// natvet itself could not run the check (setup failed, timeout of the harness).
     Error,
+    /// Passed only when natvet retried after a harness error (set by the host).
+    Flaky,
 }
 
 impl Status {
@@ -57,6 +59,7 @@ impl Status {
             Status::Fail => "FAIL",
             Status::Unsupported => "unsupported",
             Status::Error => "ERROR",
+            Status::Flaky => "flaky",
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct VmConfig {
     pub cmdline_extra: String,
     /// The whole VM, boot to power-off.
     pub timeout: Duration,
+    /// The longest silence from the guest once it runs (one check's time).
+    pub stall_timeout: Duration,
     /// Where the console (ttyS0) is written.
     pub console_log: PathBuf,
     /// A private folder for the results socket.
@@ -43,8 +45,12 @@ pub enum VmEnd {
     Panic(String),
     /// The VM outlived its timeout and was killed.
     Timeout(Duration),
+    /// The guest went silent (a check hung) for this long and was killed.
+    Stalled(Duration),
     /// qemu ended before the guest said Done.
     Died(String),
+    /// Something outside natvet killed qemu with this signal.
+    Killed(i32),
     /// The guest sent something that is not a natvet message.
     Protocol(String),
 }
@@ -280,6 +286,7 @@ pub fn run(
     let mut done = false;
     let mut protocol_error: Option<String> = None;
     let mut timed_out = false;
+    let mut stalled = false;
 
     // Wait for qemu to connect to the results socket.
     let mut stream = loop {
@@ -302,15 +309,24 @@ pub fn run(
         let _ = s.set_read_timeout(Some(Duration::from_millis(250)));
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 64 * 1024];
+        let mut last_message = Instant::now();
         loop {
             peak = peak_rss_kb(pid).max(peak);
             if Instant::now() > deadline {
                 timed_out = true;
                 break;
             }
+            // Every check reports its start and its end: silence this long means one hung.
+            if boot.is_some() && last_message.elapsed() > cfg.stall_timeout {
+                stalled = true;
+                break;
+            }
             match s.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    last_message = Instant::now();
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -367,7 +383,9 @@ pub fn run(
     let status = loop {
         match child.0.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if !timed_out && protocol_error.is_none() && Instant::now() < grace => {
+            Ok(None)
+                if !timed_out && !stalled && protocol_error.is_none() && Instant::now() < grace =>
+            {
                 peak = peak_rss_kb(pid).max(peak);
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -400,8 +418,15 @@ pub fn run(
         VmEnd::Protocol(e)
     } else if timed_out {
         VmEnd::Timeout(cfg.timeout)
+    } else if stalled {
+        VmEnd::Stalled(cfg.stall_timeout)
     } else if done {
         VmEnd::Completed
+    } else if let Some(sig) = status
+        .and_then(|st| std::os::unix::process::ExitStatusExt::signal(&st))
+        .filter(|_| !cancelled())
+    {
+        VmEnd::Killed(sig)
     } else {
         let why = match status {
             _ if cancelled() => "interrupted (SIGINT/SIGTERM): the VM was stopped".to_string(),
@@ -437,6 +462,7 @@ mod tests {
             memory_mb: 384,
             cmdline_extra: "foo=1".into(),
             timeout: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(1),
             console_log: "/tmp/c".into(),
             workdir: "/tmp".into(),
         };

@@ -79,9 +79,16 @@ pub struct KernelRun {
     pub results: Vec<CheckResult>,
     #[serde(default)]
     pub notes: Vec<String>,
+    /// How many times natvet ran this kernel (a harness error is retried once).
+    #[serde(default = "one")]
+    pub attempts: u32,
     pub timings: Timings,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl KernelRun {
@@ -136,7 +143,22 @@ impl RunReport {
             .chain(["kernel state".len()])
             .max()
             .unwrap_or(10);
-        let col_w: Vec<usize> = labels.iter().map(|l| l.len().max(11)).collect();
+        let states: Vec<String> = self
+            .kernels
+            .iter()
+            .map(|k| match &k.state {
+                KernelState::Completed if k.attempts > 1 => {
+                    format!("ok {:.1}s (retried)", k.timings.total_ms as f64 / 1000.0)
+                }
+                KernelState::Completed => format!("ok {:.1}s", k.timings.total_ms as f64 / 1000.0),
+                KernelState::InfraError { stage, .. } => format!("ERROR ({stage})"),
+            })
+            .collect();
+        let col_w: Vec<usize> = labels
+            .iter()
+            .zip(&states)
+            .map(|(l, s)| l.len().max(s.len()).max(11))
+            .collect();
 
         let _ = write!(out, "{:first_w$}", "check");
         for (l, w) in labels.iter().zip(&col_w) {
@@ -162,11 +184,7 @@ impl RunReport {
             out.push('\n');
         }
         let _ = write!(out, "{:first_w$}", "kernel state");
-        for (k, w) in self.kernels.iter().zip(&col_w) {
-            let cell = match &k.state {
-                KernelState::Completed => format!("ok {:.1}s", k.timings.total_ms as f64 / 1000.0),
-                KernelState::InfraError { stage, .. } => format!("ERROR ({stage})"),
-            };
+        for (cell, w) in states.iter().zip(&col_w) {
             let _ = write!(out, "  {cell:w$}");
         }
         out.push('\n');
@@ -191,6 +209,12 @@ impl RunReport {
                 }
                 if let Some(log) = &k.console_log {
                     let _ = writeln!(out, "  console log: {log}");
+                }
+            }
+            if k.attempts > 1 {
+                let _ = writeln!(out, "\n{}: retried after a harness error", k.label());
+                for n in &k.notes {
+                    let _ = writeln!(out, "  {n}");
                 }
             }
             for r in k
@@ -229,12 +253,13 @@ impl RunReport {
             .count();
         let _ = writeln!(
             out,
-            "\n{} kernel(s): {} passed, {} failed, {} unsupported, {} errors, {} kernel(s) not tested",
+            "\n{} kernel(s): {} passed, {} failed, {} unsupported, {} errors, {} flaky, {} kernel(s) not tested",
             self.kernels.len(),
             n(Status::Pass),
             n(Status::Fail),
             n(Status::Unsupported),
             n(Status::Error),
+            n(Status::Flaky),
             infra
         );
         out
@@ -298,6 +323,7 @@ mod tests {
             state,
             results,
             notes: vec![],
+            attempts: 1,
             timings: Timings {
                 total_ms: 12_300,
                 ..Timings::default()

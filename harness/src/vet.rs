@@ -43,6 +43,9 @@ pub const MODULE_DIRS: &[&str] = &[
     "kernel/drivers/net/wireguard",
 ];
 
+/// Notes that carry a kernel warning seen on the console start with this.
+const CONSOLE_ALARM: &str = "console: ";
+
 /// The conntrack tool, for checks and evidence.
 const CONNTRACK: &str = "/usr/sbin/conntrack";
 const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
@@ -53,6 +56,8 @@ pub struct VetOptions {
     pub scenarios: Vec<Scenario>,
     pub jobs: usize,
     pub timeout: Duration,
+    /// The longest one check may take, measured on the host.
+    pub check_timeout: Duration,
     pub memory_mb: u32,
     pub out_dir: PathBuf,
     pub cmdline_extra: String,
@@ -172,7 +177,16 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                     continue;
                 }
                 let run = match resolved {
-                    Ok((kernel, resolve_ms)) => vet_kernel(opts, &kernel, resolve_ms, ui),
+                    Ok((kernel, resolve_ms)) => {
+                        let first = vet_kernel(opts, &kernel, resolve_ms, ui);
+                        match retry_reason(&first) {
+                            Some(why) if !qemu::cancelled() => {
+                                ui.println(&format!("[{}] {why}; retrying once", first.label()));
+                                merge_retry(first, vet_kernel(opts, &kernel, resolve_ms, ui))
+                            }
+                            _ => first,
+                        }
+                    }
                     Err(reason) => infra_run(&spec.to_string(), None, "fetch", reason, vec![]),
                 };
                 if let Ok(mut r) = results.lock() {
@@ -190,6 +204,59 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
         elapsed_ms: start.elapsed().as_millis() as u64,
         kernels: runs.into_iter().map(|(_, r)| r).collect(),
     }
+}
+
+/// Why a kernel's run deserves a second try: a harness error (qemu died,
+/// timeout, agent or protocol error) and no sign that the kernel itself is at
+/// fault. A failed check, a kernel panic, or an oops/WARN/lockup on the
+/// console is evidence about the kernel and is never retried away;
+/// deterministic setup errors are not retried either.
+fn retry_reason(run: &KernelRun) -> Option<String> {
+    let kernel_trouble = run.notes.iter().any(|n| n.starts_with(CONSOLE_ALARM));
+    if kernel_trouble || run.results.iter().any(|r| r.status == Status::Fail) {
+        return None;
+    }
+    match &run.state {
+        KernelState::InfraError { stage, .. }
+            if matches!(
+                stage.as_str(),
+                "initramfs" | "output" | "interrupted" | "fetch" | "kernel panic" | "qemu killed"
+            ) =>
+        {
+            None
+        }
+        KernelState::InfraError { stage, reason, .. } => Some(format!("{stage} error: {reason}")),
+        KernelState::Completed => run
+            .results
+            .iter()
+            .find(|r| r.status == Status::Error)
+            .map(|r| format!("{} could not run: {}", r.check, r.observed)),
+    }
+}
+
+/// The second attempt's results, with every check that passed only then marked
+/// flaky, and the first attempt's trouble kept as a note.
+fn merge_retry(first: KernelRun, mut second: KernelRun) -> KernelRun {
+    let first_trouble = retry_reason(&first).unwrap_or_default();
+    if second.state == KernelState::Completed {
+        for r in &mut second.results {
+            let passed_first = first.results.iter().any(|f| {
+                f.scenario == r.scenario
+                    && f.backend == r.backend
+                    && f.check == r.check
+                    && f.status == Status::Pass
+            });
+            if r.status == Status::Pass && !passed_first {
+                r.status = Status::Flaky;
+            }
+        }
+    }
+    second.notes.insert(
+        0,
+        format!("attempt 1 of 2 ended in a harness error: {first_trouble}"),
+    );
+    second.attempts = 2;
+    second
 }
 
 fn infra_run(
@@ -211,6 +278,7 @@ fn infra_run(
         },
         results: vec![],
         notes: vec![],
+        attempts: 1,
         timings: Timings::default(),
         console_log: None,
     }
@@ -336,6 +404,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         memory_mb: opts.memory_mb,
         cmdline_extra: opts.cmdline_extra.clone(),
         timeout: opts.timeout,
+        stall_timeout: opts.check_timeout,
         console_log: console_log.clone(),
         workdir: work.path().to_path_buf(),
     };
@@ -386,6 +455,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         state: KernelState::Completed,
         results,
         notes,
+        attempts: 1,
         timings: Timings {
             resolve_ms,
             initramfs_ms,
@@ -409,7 +479,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
             run.timings.vm_ms = o.wall.as_millis() as u64;
             run.timings.peak_rss_mb = o.peak_rss_kb.map(|k| k / 1024);
             for a in &o.alarms {
-                run.notes.push(format!("console: {a}"));
+                run.notes.push(format!("{CONSOLE_ALARM}{a}"));
             }
             let during = running
                 .as_ref()
@@ -419,7 +489,18 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
                 (_, Some(err)) => Some(("agent", format!("the guest agent gave up{during}: {err}"))),
                 (VmEnd::Completed, None) => None,
                 (VmEnd::Panic(line), None) => Some(("kernel panic", format!("the kernel panicked{during}: {line}"))),
+                (VmEnd::Stalled(t), None) => Some((
+                    "check timeout",
+                    format!(
+                        "the guest sent nothing for {} s{during}; raise --check-timeout if the kernel is just slow",
+                        t.as_secs()
+                    ),
+                )),
                 (VmEnd::Timeout(t), None) => Some(("timeout", format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
+                (VmEnd::Killed(sig), None) => Some((
+                    "qemu killed",
+                    format!("qemu was killed by signal {sig} from outside natvet{during}"),
+                )),
                 (VmEnd::Died(why), None) if qemu::cancelled() => {
                     Some(("interrupted", format!("{why}{during}")))
                 }
