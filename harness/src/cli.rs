@@ -40,6 +40,14 @@ pub enum Command {
     /// Resolve (and fetch into the cache) kernels without booting them.
     #[command(subcommand)]
     Kernels(KernelsCmd),
+    /// Compare a candidate kernel with the baseline production runs: classify
+    /// every check as regressed, fixed, unchanged or unsupported.
+    ///
+    /// Exit codes: 0 nothing regressed, 1 a check regressed, 2 bad input, 3 could not compare.
+    Gate(GateArgs),
+    /// Merge and render JSON reports.
+    #[command(subcommand)]
+    Report(ReportCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,15 +61,43 @@ pub struct VetArgs {
     /// Module tree for a local kernel (lib/modules/RELEASE, or a root holding it).
     #[arg(long, value_name = "DIR")]
     pub modules: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GateArgs {
+    /// The kernel production runs today (any --kernel form).
+    #[arg(long, value_name = "SPEC")]
+    pub baseline: String,
+    /// The kernel about to be rolled out.
+    #[arg(long, value_name = "SPEC")]
+    pub candidate: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What every command that runs checks takes.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
     /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: all shipped.
     #[arg(long = "scenario", value_name = "NAME|PATH")]
     pub scenarios: Vec<String>,
     /// Restrict NAT backends (comma-separated): nftables, iptables-nft, iptables-legacy.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub backend: Vec<BackendKind>,
-    /// Write all results as JSON.
+    /// Write all results as JSON (schema natvet-run/1).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write JUnit XML (one testcase per kernel x scenario x backend x check).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write a Markdown summary (for a CI job page).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Write a self-contained HTML report (DIR/index.html).
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
     /// Folder for console logs and evidence.
     #[arg(long, value_name = "DIR", default_value = "natvet-out")]
     pub out: PathBuf,
@@ -89,6 +125,37 @@ pub struct VetArgs {
     /// No progress output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// Where a finished run's renderings go.
+#[derive(clap::Args, Debug)]
+pub struct Outputs {
+    /// Write JUnit XML.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write a Markdown summary.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Write a self-contained HTML report (DIR/index.html).
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCmd {
+    /// Join the JSON reports of matrix shards into one.
+    Merge {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Render a JSON report as a table, JUnit, Markdown or HTML.
+    Render {
+        input: PathBuf,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +241,23 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Vet(args) => vet_cmd(args),
+        Command::Gate(args) => gate_cmd(args),
+        Command::Report(ReportCmd::Merge { inputs, output }) => {
+            let reports = inputs
+                .iter()
+                .map(|p| read_report(p))
+                .collect::<Result<Vec<_>>>()?;
+            let merged = RunReport::merge(reports).map_err(usage)?;
+            write_json(&merged, &output)?;
+            eprintln!("{}: {} kernel(s)", output.display(), merged.kernels.len());
+            Ok(exit::PASS)
+        }
+        Command::Report(ReportCmd::Render { input, outputs }) => {
+            let report = read_report(&input)?;
+            print!("{}", report.render_table());
+            write_outputs(&report, &outputs)?;
+            Ok(report.exit_code())
+        }
         Command::Scenarios(ScenariosCmd::List) => {
             for (name, _) in SHIPPED {
                 let s = Scenario::load(name).map_err(|e| usage(e.to_string()))?;
@@ -283,18 +367,18 @@ fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<Vec<KernelS
         .collect()
 }
 
-fn vet_cmd(args: VetArgs) -> Result<i32> {
-    // Validate everything the user gave before anything touches the network or boots.
-    let names: Vec<String> = if args.scenarios.is_empty() {
+/// Scenarios and options common to vet and gate, validated before anything runs.
+fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
+    let names: Vec<String> = if run.scenarios.is_empty() {
         SHIPPED.iter().map(|(n, _)| n.to_string()).collect()
     } else {
-        args.scenarios.clone()
+        run.scenarios.clone()
     };
     let mut scenarios = Vec::new();
     for n in &names {
         let mut s = Scenario::load(n).map_err(|e| usage(e.to_string()))?;
-        if !args.backend.is_empty() {
-            s.backends.retain(|b| args.backend.contains(b));
+        if !run.backend.is_empty() {
+            s.backends.retain(|b| run.backend.contains(b));
             if s.backends.is_empty() {
                 return Err(usage(format!(
                     "scenario '{}' allows none of the backends given with --backend",
@@ -304,6 +388,39 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
         }
         scenarios.push(s);
     }
+    if run.jobs == Some(0) {
+        return Err(usage("--jobs must be at least 1"));
+    }
+    if run.memory < 128 {
+        return Err(usage(
+            "--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs",
+        ));
+    }
+    vet::check_host(&scenarios)?;
+    Ok(VetOptions {
+        kernels: specs,
+        scenarios,
+        jobs: run.jobs.unwrap_or_else(|| vet::default_jobs(run.memory)),
+        timeout: Duration::from_secs(run.timeout),
+        check_timeout: Duration::from_secs(run.check_timeout),
+        memory_mb: run.memory,
+        out_dir: run.out.clone(),
+        cmdline_extra: run.kernel_cmdline.clone(),
+        evidence_always: run.evidence_always,
+        boot: run.boot,
+    })
+}
+
+fn execute(opts: &VetOptions, quiet: bool) -> Result<RunReport> {
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = Ui::new(quiet);
+    let resolved =
+        vet::resolve_all(&opts.kernels, &cache, &ui).map_err(|e| usage(e.to_string()))?;
+    Ok(vet::run(opts, resolved, &ui))
+}
+
+fn vet_cmd(args: VetArgs) -> Result<i32> {
+    // Validate everything the user gave before anything touches the network or boots.
     let kernel_strings = if !args.kernels.is_empty() {
         args.kernels.clone()
     } else {
@@ -311,40 +428,88 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
             .map_err(|e| usage(format!("{e:#}")))?
     };
     let specs = parse_specs(&kernel_strings, args.modules.clone())?;
-    if args.jobs == Some(0) {
-        return Err(usage("--jobs must be at least 1"));
-    }
-    if args.memory < 128 {
-        return Err(usage(
-            "--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs",
-        ));
-    }
-    vet::check_host(&scenarios)?;
-
-    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ui = Ui::new(args.quiet);
-    let resolved = vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))?;
-    let opts = VetOptions {
-        kernels: specs,
-        scenarios,
-        jobs: args.jobs.unwrap_or_else(|| vet::default_jobs(args.memory)),
-        timeout: Duration::from_secs(args.timeout),
-        check_timeout: Duration::from_secs(args.check_timeout),
-        memory_mb: args.memory,
-        out_dir: args.out.clone(),
-        cmdline_extra: args.kernel_cmdline.clone(),
-        evidence_always: args.evidence_always,
-        boot: args.boot,
-    };
-    let report = vet::run(&opts, resolved, &ui);
-    finish(&report, args.json.as_deref())
+    let opts = prepare(&args.run, specs)?;
+    let report = execute(&opts, args.run.quiet)?;
+    finish(&report, &args.run)?;
+    Ok(report.exit_code())
 }
 
-fn finish(report: &RunReport, json: Option<&std::path::Path>) -> Result<i32> {
-    print!("{}", report.render_table());
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+fn gate_cmd(args: GateArgs) -> Result<i32> {
+    let specs = parse_specs(&[args.baseline.clone(), args.candidate.clone()], None)?;
+    let opts = prepare(&args.run, specs)?;
+    let mut report = execute(&opts, args.run.quiet)?;
+    let (Some(baseline), Some(candidate)) = (report.kernels.first(), report.kernels.get(1)) else {
+        anyhow::bail!("the gate needs both kernels' results");
+    };
+    let gate = crate::gate::compare(baseline, candidate);
+    let code = gate.exit_code(baseline, candidate);
+    print!("{}", gate.render());
+    for k in &report.kernels {
+        if let crate::report::KernelState::InfraError { stage, reason, .. } = &k.state {
+            println!("{}: could not be tested ({stage}): {reason}", k.label());
+        }
     }
-    Ok(report.exit_code())
+    report.gate = Some(gate);
+    write_outputs(
+        &report,
+        &Outputs {
+            junit: args.run.junit.clone(),
+            markdown: args.run.markdown.clone(),
+            html: args.run.html.clone(),
+        },
+    )?;
+    if let Some(path) = &args.run.json {
+        write_json(&report, path)?;
+    }
+    Ok(code)
+}
+
+fn read_report(path: &std::path::Path) -> Result<RunReport> {
+    let bytes =
+        std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        usage(format!(
+            "{} is not a natvet JSON report ({e}); produce one with `natvet vet --json FILE`",
+            path.display()
+        ))
+    })
+}
+
+fn write_json(report: &RunReport, path: &std::path::Path) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_outputs(report: &RunReport, outputs: &Outputs) -> Result<()> {
+    use crate::report::render;
+    if let Some(path) = &outputs.junit {
+        std::fs::write(path, render::junit(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &outputs.markdown {
+        std::fs::write(path, render::markdown(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &outputs.html {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("index.html");
+        std::fs::write(&path, render::html(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn finish(report: &RunReport, run: &RunArgs) -> Result<()> {
+    print!("{}", report.render_table());
+    if let Some(path) = &run.json {
+        write_json(report, path)?;
+    }
+    write_outputs(
+        report,
+        &Outputs {
+            junit: run.junit.clone(),
+            markdown: run.markdown.clone(),
+            html: run.html.clone(),
+        },
+    )
 }

@@ -203,6 +203,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
         started_at: started.to_rfc3339(),
         elapsed_ms: start.elapsed().as_millis() as u64,
         kernels: runs.into_iter().map(|(_, r)| r).collect(),
+        gate: None,
     }
 }
 

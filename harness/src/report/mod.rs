@@ -7,6 +7,8 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::PackageInfo;
+pub mod render;
+
 use crate::protocol::{CheckResult, Status};
 
 pub const SCHEMA: &str = "natvet-run/1";
@@ -31,6 +33,9 @@ pub struct RunReport {
     pub started_at: String,
     pub elapsed_ms: u64,
     pub kernels: Vec<KernelRun>,
+    /// For `natvet gate`: every check classified against the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::gate::Gate>,
 }
 
 /// Did natvet manage to run the kernel's checks?
@@ -266,6 +271,49 @@ impl RunReport {
     }
 }
 
+impl RunReport {
+    /// Join the reports of shards of one matrix: kernels in first-seen order, a
+    /// kernel split over shards gets all its results; any shard's trouble stays.
+    pub fn merge(reports: Vec<RunReport>) -> Result<RunReport, String> {
+        let mut merged: Option<RunReport> = None;
+        for r in reports {
+            if r.schema != SCHEMA {
+                return Err(format!(
+                    "schema {} is not {SCHEMA}: produced by another natvet version",
+                    r.schema
+                ));
+            }
+            let Some(m) = merged.as_mut() else {
+                merged = Some(r);
+                continue;
+            };
+            m.elapsed_ms = m.elapsed_ms.max(r.elapsed_ms);
+            if r.started_at < m.started_at {
+                m.started_at = r.started_at.clone();
+            }
+            for k in r.kernels {
+                match m
+                    .kernels
+                    .iter_mut()
+                    .find(|x| x.spec == k.spec && x.release == k.release)
+                {
+                    None => m.kernels.push(k),
+                    Some(x) => {
+                        x.results.extend(k.results);
+                        x.notes.extend(k.notes);
+                        x.attempts = x.attempts.max(k.attempts);
+                        if x.state == KernelState::Completed {
+                            x.state = k.state;
+                        }
+                        x.timings.total_ms += k.timings.total_ms;
+                    }
+                }
+            }
+        }
+        merged.ok_or_else(|| "nothing to merge".to_string())
+    }
+}
+
 /// Where a result's evidence was written, relative to the output folder.
 pub fn evidence_path(k: &KernelRun, r: &CheckResult) -> String {
     format!(
@@ -339,6 +387,7 @@ mod tests {
             started_at: "now".into(),
             elapsed_ms: 1,
             kernels,
+            gate: None,
         }
     }
 
