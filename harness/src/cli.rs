@@ -119,6 +119,9 @@ pub struct RunArgs {
     /// Keep evidence for passing checks too.
     #[arg(long)]
     pub evidence_always: bool,
+    /// Packet captures: kept for failing checks (default), always, or never taken.
+    #[arg(long, value_enum, default_value = "failures")]
+    pub capture: crate::protocol::CaptureMode,
     /// Kernel image to boot: auto (vmlinux via PVH where possible) or bzimage.
     #[arg(long, value_enum, default_value = "auto")]
     pub boot: vet::BootPreference,
@@ -407,6 +410,7 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
         out_dir: run.out.clone(),
         cmdline_extra: run.kernel_cmdline.clone(),
         evidence_always: run.evidence_always,
+        capture: run.capture,
         boot: run.boot,
     })
 }

@@ -34,6 +34,8 @@ pub struct Job {
     /// Capture evidence for passing checks too (normally only for failures).
     #[serde(default)]
     pub evidence_always: bool,
+    #[serde(default)]
+    pub capture: CaptureMode,
 }
 
 /// Outcome of one check. `Unsupported` and `Error` are never a NAT verdict.
@@ -94,6 +96,31 @@ pub struct Evidence {
     pub wireguard: String,
     /// Kernel log lines emitted while the check ran.
     pub dmesg: Vec<String>,
+    /// Packet captures of the check's interfaces (pcap, base64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captures: Vec<CaptureFile>,
+}
+
+/// One interface's packets during one check, as a pcap file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaptureFile {
+    pub namespace: String,
+    pub interface: String,
+    pub packets: usize,
+    pub pcap_base64: String,
+}
+
+/// When the guest captures packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// During every check, kept only for checks that do not pass.
+    #[default]
+    Failures,
+    /// During every check, always kept.
+    Always,
+    /// Not at all.
+    Never,
 }
 
 /// One line from the guest.

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use base64::Engine as _;
 
 use crate::initramfs::{InitramfsSpec, ModulesSpec};
 use crate::kernel::{self, Cache, Kernel, KernelSpec};
@@ -62,6 +63,7 @@ pub struct VetOptions {
     pub out_dir: PathBuf,
     pub cmdline_extra: String,
     pub evidence_always: bool,
+    pub capture: crate::protocol::CaptureMode,
     pub boot: BootPreference,
 }
 
@@ -581,6 +583,7 @@ fn build_initramfs(
         scenarios: opts.scenarios.clone(),
         preload_modules: preload.clone(),
         evidence_always: opts.evidence_always,
+        capture: opts.capture,
     };
     let (host_binaries, host_dirs) = guest_tools(&opts.scenarios);
     let modules = match (&kernel.modules_dir, &kernel.release) {
@@ -632,6 +635,18 @@ fn write_evidence(out_dir: &Path, run: &KernelRun) -> Result<()> {
         for (name, text) in files {
             std::fs::write(dir.join(name), text)
                 .with_context(|| format!("writing {}", dir.join(name).display()))?;
+        }
+        for c in &ev.captures {
+            let name = format!(
+                "{}-{}.pcap",
+                report::sanitize(&c.namespace),
+                report::sanitize(&c.interface)
+            );
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&c.pcap_base64)
+                .with_context(|| format!("decoding the capture {name} from the guest"))?;
+            std::fs::write(dir.join(&name), bytes)
+                .with_context(|| format!("writing {}", dir.join(&name).display()))?;
         }
     }
     Ok(())

@@ -13,7 +13,11 @@ use super::topology::{
 };
 use crate::conntrack;
 use crate::nat::NatBackend;
-use crate::protocol::{CheckResult, Evidence, Status};
+use base64::Engine as _;
+
+use super::capture::Capture;
+use super::topology::{RELAY_PUBLIC_IF, RELAY_WAN_IF};
+use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
 use crate::scenario::{human_bytes, CheckSpec, Protocol};
 
 /// How long a handshake that should happen may take: WireGuard retries an
@@ -50,6 +54,7 @@ pub struct Context<'a> {
     /// Every kernel log line since the scenario started.
     pub dmesg: Vec<String>,
     pub evidence_always: bool,
+    pub capture: CaptureMode,
     /// The client source port of the established data tunnel, once up.
     tunnel_port: Option<u16>,
     nonce: u64,
@@ -61,6 +66,7 @@ impl<'a> Context<'a> {
         backend: &'a dyn NatBackend,
         kmsg: Kmsg,
         evidence_always: bool,
+        capture: CaptureMode,
     ) -> Self {
         Context {
             topo,
@@ -68,6 +74,7 @@ impl<'a> Context<'a> {
             kmsg,
             dmesg: Vec::new(),
             evidence_always,
+            capture,
             tunnel_port: None,
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
         }
@@ -90,6 +97,17 @@ impl<'a> Context<'a> {
             backend: self.backend.kind().to_string(),
             check: name.to_string(),
         });
+        let capture = (self.capture != CaptureMode::Never).then(|| {
+            let t = &self.topo;
+            Capture::start(&[
+                (&t.client, "eth0"),
+                (&t.client, "wg0"),
+                (&t.relay, RELAY_PUBLIC_IF),
+                (&t.relay, "wg0"),
+                (&t.relay, RELAY_WAN_IF),
+                (&t.internet, "eth0"),
+            ])
+        });
         let start = Instant::now();
         let verdict = f(self).unwrap_or_else(|e| Verdict {
             status: Status::Error,
@@ -98,8 +116,23 @@ impl<'a> Context<'a> {
         });
         let lines = self.kmsg.drain();
         self.dmesg.extend(lines.iter().cloned());
-        let evidence =
-            (verdict.status != Status::Pass || self.evidence_always).then(|| self.evidence(lines));
+        let duration_ms = start.elapsed().as_millis() as u64;
+        let failed = verdict.status != Status::Pass;
+        let keep = failed || self.capture == CaptureMode::Always;
+        let captures = capture.map(|c| c.finish(keep)).unwrap_or_default();
+        let evidence = (failed || self.evidence_always || !captures.is_empty()).then(|| {
+            let mut ev = self.evidence(lines);
+            ev.captures = captures
+                .into_iter()
+                .map(|p| CaptureFile {
+                    namespace: p.namespace,
+                    interface: p.interface,
+                    packets: p.packets,
+                    pcap_base64: base64::engine::general_purpose::STANDARD.encode(p.bytes),
+                })
+                .collect();
+            ev
+        });
         CheckResult {
             scenario: scenario.to_string(),
             backend: self.backend.kind().to_string(),
@@ -107,7 +140,7 @@ impl<'a> Context<'a> {
             status: verdict.status,
             expected: verdict.expected,
             observed: verdict.observed,
-            duration_ms: start.elapsed().as_millis() as u64,
+            duration_ms,
             evidence,
         }
     }
@@ -129,6 +162,7 @@ impl<'a> Context<'a> {
             routes: per_ns(&|ns| ns.proc_net("route")),
             wireguard: format!("{}{}", t.client_wg.describe(), t.relay_wg.describe()),
             dmesg,
+            captures: vec![],
         }
     }
 

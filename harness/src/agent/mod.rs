@@ -2,6 +2,7 @@
 //! modules, builds each scenario's topology, runs its checks and reports every
 //! result as a typed message on the second serial port, then ends the VM.
 
+pub mod capture;
 pub mod checks;
 pub mod kmsg;
 pub mod netlink;
@@ -157,7 +158,7 @@ fn run(start: Instant) -> Result<()> {
     for scenario in &job.scenarios {
         for kind in &scenario.backends {
             let backend = kind.backend();
-            run_scenario(scenario, backend.as_ref(), job.evidence_always);
+            run_scenario(scenario, backend.as_ref(), &job);
         }
     }
     send(&GuestMessage::Note {
@@ -169,7 +170,7 @@ fn run(start: Instant) -> Result<()> {
 /// One scenario with one backend. Setup failures become results for every
 /// check (error, or unsupported when the kernel lacks the backend), so the
 /// host always learns the fate of each check by name.
-fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, evidence_always: bool) {
+fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     let mut kmsg = kmsg::Kmsg::open();
     let settle = |status: Status, why: String| {
         for name in scenario.result_names() {
@@ -214,7 +215,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, evidence_always: 
             return settle(Status::Error, format!("{e:#}"));
         }
     }
-    let mut ctx = checks::Context::new(topo, backend, kmsg, evidence_always);
+    let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
     for spec in &scenario.checks {
         checks::run_spec(&mut ctx, &scenario.name, spec, &mut |r| {
             send(&GuestMessage::Check(Box::new(r)))

@@ -1,0 +1,235 @@
+//! Packet capture during a check, on chosen interfaces of chosen namespaces,
+//! written as pcap (LINKTYPE_LINUX_SLL) so tcpdump and Wireshark open it.
+//! Captures live in memory and are kept only when the check's evidence is.
+
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+use super::netns::Netns;
+
+/// Bytes kept of each packet: headers, not payloads.
+pub const SNAPLEN: usize = 512;
+/// Packets kept per interface and check.
+pub const MAX_PACKETS: usize = 20_000;
+const LINKTYPE_LINUX_SLL: u32 = 113;
+
+struct Packet {
+    ts: Duration,
+    len: u32,
+    sll: [u8; 16],
+    data: Vec<u8>,
+}
+
+/// One interface being captured.
+struct Tap {
+    ns: String,
+    iface: String,
+    thread: JoinHandle<Vec<Packet>>,
+}
+
+/// Captures running for the length of one check.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    taps: Vec<Tap>,
+}
+
+/// A finished capture of one interface.
+pub struct Pcap {
+    pub namespace: String,
+    pub interface: String,
+    pub packets: usize,
+    pub bytes: Vec<u8>,
+}
+
+fn open_tap(ns: &Netns, iface: &str) -> Result<OwnedFd> {
+    let iface = iface.to_string();
+    ns.run(move || {
+        let name = std::ffi::CString::new(iface.clone())?;
+        // SAFETY: plain syscalls on values we own; the fd is wrapped at once.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            if index == 0 {
+                bail!("no interface {iface}");
+            }
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("opening a packet socket");
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut sll: libc::sockaddr_ll = zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            if libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error()).context("binding the packet socket");
+            }
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                size_of::<libc::timeval>() as u32,
+            );
+            Ok(fd)
+        }
+    })
+}
+
+fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    // Read until asked to stop, then drain what is queued.
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        // SAFETY: recvfrom into buffers we own, with their true sizes.
+        let (n, sll) = unsafe {
+            let mut sll: libc::sockaddr_ll = zeroed();
+            let mut len = size_of::<libc::sockaddr_ll>() as u32;
+            let n = libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_TRUNC | if stopping { libc::MSG_DONTWAIT } else { 0 },
+                &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr,
+                &mut len,
+            );
+            (n, sll)
+        };
+        if n < 0 {
+            if stopping {
+                break;
+            }
+            continue;
+        }
+        if packets.len() >= MAX_PACKETS {
+            continue;
+        }
+        let len = n as usize;
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut header = [0u8; 16];
+        header[0..2].copy_from_slice(&u16::from(sll.sll_pkttype).to_be_bytes());
+        header[2..4].copy_from_slice(&sll.sll_hatype.to_be_bytes());
+        header[4..6].copy_from_slice(&u16::from(sll.sll_halen.min(8)).to_be_bytes());
+        header[6..14].copy_from_slice(&sll.sll_addr);
+        // sll_protocol is already in network byte order.
+        header[14..16].copy_from_slice(&sll.sll_protocol.to_ne_bytes());
+        packets.push(Packet {
+            ts,
+            len: len as u32,
+            sll: header,
+            data: buf[..len.min(SNAPLEN).min(buf.len())].to_vec(),
+        });
+    }
+    packets
+}
+
+fn pcap_bytes(packets: &[Packet]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&((SNAPLEN + 16) as u32).to_le_bytes());
+    out.extend_from_slice(&LINKTYPE_LINUX_SLL.to_le_bytes());
+    for p in packets {
+        let caplen = (p.data.len() + 16) as u32;
+        out.extend_from_slice(&(p.ts.as_secs() as u32).to_le_bytes());
+        out.extend_from_slice(&p.ts.subsec_micros().to_le_bytes());
+        out.extend_from_slice(&caplen.to_le_bytes());
+        out.extend_from_slice(&(p.len + 16).to_le_bytes());
+        out.extend_from_slice(&p.sll);
+        out.extend_from_slice(&p.data);
+    }
+    out
+}
+
+impl Capture {
+    /// Start capturing on each (namespace, interface); interfaces that cannot
+    /// be opened are skipped (their absence is itself visible in the evidence).
+    pub fn start(targets: &[(&Netns, &str)]) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut taps = Vec::new();
+        for (ns, iface) in targets {
+            let Ok(fd) = open_tap(ns, iface) else {
+                continue;
+            };
+            let s = stop.clone();
+            taps.push(Tap {
+                ns: ns.name.clone(),
+                iface: iface.to_string(),
+                thread: std::thread::spawn(move || read_packets(fd, s)),
+            });
+        }
+        Capture { stop, taps }
+    }
+
+    /// Stop and return the captures (`keep` false: discard them cheaply).
+    pub fn finish(self, keep: bool) -> Vec<Pcap> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut out = Vec::new();
+        for tap in self.taps {
+            let Ok(packets) = tap.thread.join() else {
+                continue;
+            };
+            if keep {
+                out.push(Pcap {
+                    namespace: tap.ns,
+                    interface: tap.iface,
+                    packets: packets.len(),
+                    bytes: pcap_bytes(&packets),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcap_layout() {
+        let p = Packet {
+            ts: Duration::new(10, 5_000),
+            len: 100,
+            sll: [0; 16],
+            data: vec![0x45; 40],
+        };
+        let b = pcap_bytes(&[p]);
+        assert_eq!(&b[0..4], &0xa1b2_c3d4u32.to_le_bytes());
+        assert_eq!(
+            u32::from_le_bytes([b[20], b[21], b[22], b[23]]),
+            LINKTYPE_LINUX_SLL
+        );
+        // record header: ts_sec, ts_usec, caplen, len
+        assert_eq!(u32::from_le_bytes([b[24], b[25], b[26], b[27]]), 10);
+        assert_eq!(u32::from_le_bytes([b[28], b[29], b[30], b[31]]), 5);
+        assert_eq!(u32::from_le_bytes([b[32], b[33], b[34], b[35]]), 56);
+        assert_eq!(u32::from_le_bytes([b[36], b[37], b[38], b[39]]), 116);
+        assert_eq!(b.len(), 24 + 16 + 56);
+    }
+}
