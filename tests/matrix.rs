@@ -22,6 +22,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Reports of the kernel matrix land in target/natvet-tests/vet/NAME (a CI
+/// job merges them with `natvet report merge`); the harness's own tests
+/// (controls, exit codes) in target/natvet-tests/harness/NAME.
 fn out_dir(name: &str) -> PathBuf {
     let safe: String = name
         .chars()
@@ -33,7 +36,12 @@ fn out_dir(name: &str) -> PathBuf {
             }
         })
         .collect();
-    repo().join("target/natvet-tests").join(safe)
+    let kind = if name.starts_with("vet-") {
+        "vet"
+    } else {
+        "harness"
+    };
+    repo().join("target/natvet-tests").join(kind).join(safe)
 }
 
 struct Run {
@@ -94,7 +102,7 @@ fn explain(run: &Run) -> String {
 /// Every check of a shipped scenario passes on this kernel.
 fn vet_passes(kernel: &str, scenario: &str) -> Result<(), Failed> {
     let run = natvet(
-        &format!("{kernel}-{scenario}"),
+        &format!("vet-{kernel}-{scenario}"),
         &["vet", "--kernel", kernel, "--scenario", scenario],
     )?;
     let report = run.report.as_ref().ok_or_else(|| explain(&run))?;

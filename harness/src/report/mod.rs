@@ -325,7 +325,7 @@ pub fn evidence_path(k: &KernelRun, r: &CheckResult) -> String {
     )
 }
 
-fn evidence_dir_hint(k: &KernelRun, r: &CheckResult) -> Option<String> {
+pub(crate) fn evidence_dir_hint(k: &KernelRun, r: &CheckResult) -> Option<String> {
     let base = k.console_log.as_ref()?;
     let out = std::path::Path::new(base).parent()?.parent()?;
     r.evidence

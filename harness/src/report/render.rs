@@ -275,6 +275,43 @@ pub fn html(report: &RunReport) -> String {
         html_escape(&report.started_at),
         report.elapsed_ms as f64 / 1000.0
     );
+    if let Some(gate) = &report.gate {
+        let _ = writeln!(
+            out,
+            "<h2>Gate: {} → {}</h2>\n<table><tr><th>change</th><th>check</th><th>baseline</th><th>candidate</th></tr>",
+            html_escape(&gate.baseline),
+            html_escape(&gate.candidate)
+        );
+        for row in gate
+            .rows
+            .iter()
+            .filter(|r| r.change != crate::gate::Change::UnchangedPass)
+        {
+            let class = match row.change {
+                crate::gate::Change::Regressed => "fail",
+                crate::gate::Change::Fixed => "pass",
+                crate::gate::Change::Unsupported => "unsupported",
+                _ => "error",
+            };
+            let st = |s: Option<Status>| s.map(|s| s.label()).unwrap_or("-");
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"{class}\">{}</td><td>{} [{}] {}</td><td>{}</td><td>{}</td></tr>",
+                row.change.label(),
+                html_escape(&row.scenario),
+                html_escape(&row.backend),
+                html_escape(&row.check),
+                st(row.baseline),
+                st(row.candidate)
+            );
+        }
+        let same = gate
+            .rows
+            .iter()
+            .filter(|r| r.change == crate::gate::Change::UnchangedPass)
+            .count();
+        let _ = writeln!(out, "</table><p>{same} checks pass on both kernels.</p>");
+    }
     out.push_str("<table>\n<tr><th>check</th>");
     for k in &report.kernels {
         let _ = write!(out, "<th>{}</th>", html_escape(&k.label()));
@@ -377,6 +414,27 @@ pub fn html(report: &RunReport) -> String {
                 html_escape(&r.observed)
             );
             if let Some(ev) = &r.evidence {
+                if !ev.captures.is_empty() {
+                    let dir = super::evidence_dir_hint(k, r);
+                    out.push_str("<p><b>packet captures</b> (pcap): ");
+                    for c in &ev.captures {
+                        let file = format!(
+                            "{}-{}.pcap",
+                            super::sanitize(&c.namespace),
+                            super::sanitize(&c.interface)
+                        );
+                        let _ = match &dir {
+                            Some(d) => write!(
+                                out,
+                                "<a href=\"file://{}/{file}\">{file}</a> ({} packets) ",
+                                html_escape(d),
+                                c.packets
+                            ),
+                            None => write!(out, "{file} ({} packets) ", c.packets),
+                        };
+                    }
+                    out.push_str("</p>\n");
+                }
                 for (name, text) in [
                     ("conntrack table (relay)", ev.conntrack.clone()),
                     ("ruleset (relay)", ev.ruleset.clone()),
