@@ -623,7 +623,10 @@ pub fn download(
             }
         }
     }
-    Err(last_err.expect("two attempts"))
+    Err(last_err.unwrap_or_else(|| KernelError::Download {
+        what: base.to_string(),
+        reason: "no download was attempted".into(),
+    }))
 }
 
 fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64, KernelError> {
