@@ -48,6 +48,20 @@ pub enum Command {
     /// Merge and render JSON reports.
     #[command(subcommand)]
     Report(ReportCmd),
+    /// Run the same kernels and scenarios N times and report any verdict that
+    /// differs between runs (natvet must give the same answer every time).
+    ///
+    /// Exit codes: 0 every run agreed, 1 a verdict differed, 2 bad input, 3 a run could not test.
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub vet: VetArgs,
+    /// How many times to run.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -245,6 +259,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Vet(args) => vet_cmd(args),
         Command::Gate(args) => gate_cmd(args),
+        Command::Soak(args) => soak_cmd(args),
         Command::Report(ReportCmd::Merge { inputs, output }) => {
             let reports = inputs
                 .iter()
@@ -436,6 +451,84 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
     let report = execute(&opts, args.run.quiet)?;
     finish(&report, &args.run)?;
     Ok(report.exit_code())
+}
+
+fn soak_cmd(args: SoakArgs) -> Result<i32> {
+    if args.runs < 2 {
+        return Err(usage("--runs must be at least 2 to compare anything"));
+    }
+    let kernel_strings = if !args.vet.kernels.is_empty() {
+        args.vet.kernels.clone()
+    } else {
+        vet::kernel_set(args.vet.set.as_deref().unwrap_or("default"))
+            .map_err(|e| usage(format!("{e:#}")))?
+    };
+    let specs = parse_specs(&kernel_strings, args.vet.modules.clone())?;
+    let opts = prepare(&args.vet.run, specs)?;
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = Ui::new(true);
+    let resolved =
+        vet::resolve_all(&opts.kernels, &cache, &ui).map_err(|e| usage(e.to_string()))?;
+    // (kernel, scenario, backend, check) -> status per run
+    let mut verdicts: std::collections::BTreeMap<(String, String, String, String), Vec<String>> =
+        Default::default();
+    let mut infra = 0;
+    let start = std::time::Instant::now();
+    for run in 1..=args.runs {
+        if crate::qemu::cancelled() {
+            break;
+        }
+        let report = vet::run(&opts, resolved.clone(), &ui);
+        for k in &report.kernels {
+            if k.state != crate::report::KernelState::Completed {
+                infra += 1;
+                eprintln!("run {run}: {} could not be tested", k.label());
+            }
+            for r in &k.results {
+                verdicts
+                    .entry((
+                        k.label(),
+                        r.scenario.clone(),
+                        r.backend.clone(),
+                        r.check.clone(),
+                    ))
+                    .or_default()
+                    .push(r.status.label().to_string());
+            }
+        }
+        let counts = report.counts();
+        eprintln!(
+            "run {run}/{}: {} results, {} failed, {:.1} s",
+            args.runs,
+            counts.values().sum::<usize>(),
+            counts
+                .get(&crate::protocol::Status::Fail)
+                .copied()
+                .unwrap_or(0),
+            report.elapsed_ms as f64 / 1000.0
+        );
+    }
+    let differing: Vec<_> = verdicts
+        .iter()
+        .filter(|(_, v)| v.iter().any(|s| s != &v[0]) || v.len() != args.runs)
+        .collect();
+    for ((k, s, b, c), v) in &differing {
+        println!("DIFFERS {k}: {s} [{b}] {c}: {}", v.join(", "));
+    }
+    println!(
+        "{} runs in {:.0} s: {} verdicts compared, {} differed, {infra} kernel run(s) not tested",
+        args.runs,
+        start.elapsed().as_secs_f64(),
+        verdicts.len(),
+        differing.len()
+    );
+    Ok(if !differing.is_empty() {
+        exit::FAIL
+    } else if infra > 0 {
+        exit::INFRA
+    } else {
+        exit::PASS
+    })
 }
 
 fn gate_cmd(args: GateArgs) -> Result<i32> {

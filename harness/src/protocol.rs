@@ -235,3 +235,69 @@ mod tests {
         );
     }
 }
+
+/// The guest is untrusted input: whatever bytes arrive, parsing them yields a
+/// message or an error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn status() -> impl Strategy<Value = Status> {
+        prop_oneof![
+            Just(Status::Pass),
+            Just(Status::Fail),
+            Just(Status::Unsupported),
+            Just(Status::Error),
+            Just(Status::Flaky),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = GuestMessage::from_line(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn json_shaped_garbage_never_panics(s in r#"\{"type":"(hello|check|done|fatal|note|check_started)"[ -~]{0,200}\}?"#) {
+            let _ = GuestMessage::from_line(&s);
+        }
+
+        #[test]
+        fn truncated_messages_are_errors(cut in 1usize..120, check in "[a-z/0-9-]{1,30}", st in status()) {
+            let line = GuestMessage::Check(Box::new(CheckResult {
+                scenario: "s".into(),
+                backend: "nftables".into(),
+                check,
+                status: st,
+                expected: "e".into(),
+                observed: "o".into(),
+                duration_ms: 1,
+                evidence: None,
+            }))
+            .to_line();
+            let cut = cut.min(line.len() - 1);
+            prop_assert!(GuestMessage::from_line(&line[..cut]).is_err());
+        }
+
+        #[test]
+        fn results_round_trip(check in "\\PC{0,40}", observed in "\\PC{0,200}", st in status(), ms in any::<u64>()) {
+            let msg = GuestMessage::Check(Box::new(CheckResult {
+                scenario: "s".into(),
+                backend: "iptables-legacy".into(),
+                check,
+                status: st,
+                expected: "e\nwith lines".into(),
+                observed,
+                duration_ms: ms,
+                evidence: Some(Evidence::default()),
+            }));
+            let line = msg.to_line();
+            prop_assert!(!line.contains('\n'));
+            prop_assert_eq!(GuestMessage::from_line(&line), Ok(msg));
+        }
+    }
+}

@@ -30,6 +30,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// The longest silence from the guest once it runs (one check's time).
     pub stall_timeout: Duration,
+    /// How long the kernel may take to start the agent.
+    pub boot_timeout: Duration,
     /// Where the console (ttyS0) is written.
     pub console_log: PathBuf,
     /// A private folder for the results socket.
@@ -47,6 +49,8 @@ pub enum VmEnd {
     Timeout(Duration),
     /// The guest went silent (a check hung) for this long and was killed.
     Stalled(Duration),
+    /// The agent did not say Hello within this long of qemu's start.
+    NoAgent(Duration),
     /// qemu ended before the guest said Done.
     Died(String),
     /// Something outside natvet killed qemu with this signal.
@@ -287,6 +291,7 @@ pub fn run(
     let mut protocol_error: Option<String> = None;
     let mut timed_out = false;
     let mut stalled = false;
+    let mut no_agent = false;
 
     // Wait for qemu to connect to the results socket.
     let mut stream = loop {
@@ -314,6 +319,10 @@ pub fn run(
             peak = peak_rss_kb(pid).max(peak);
             if Instant::now() > deadline {
                 timed_out = true;
+                break;
+            }
+            if boot.is_none() && start.elapsed() > cfg.boot_timeout {
+                no_agent = true;
                 break;
             }
             // Every check reports its start and its end: silence this long means one hung.
@@ -384,7 +393,11 @@ pub fn run(
         match child.0.try_wait() {
             Ok(Some(st)) => break Some(st),
             Ok(None)
-                if !timed_out && !stalled && protocol_error.is_none() && Instant::now() < grace =>
+                if !timed_out
+                    && !stalled
+                    && !no_agent
+                    && protocol_error.is_none()
+                    && Instant::now() < grace =>
             {
                 peak = peak_rss_kb(pid).max(peak);
                 std::thread::sleep(Duration::from_millis(10));
@@ -420,6 +433,8 @@ pub fn run(
         VmEnd::Timeout(cfg.timeout)
     } else if stalled {
         VmEnd::Stalled(cfg.stall_timeout)
+    } else if no_agent {
+        VmEnd::NoAgent(cfg.boot_timeout)
     } else if done {
         VmEnd::Completed
     } else if let Some(sig) = status
@@ -463,6 +478,7 @@ mod tests {
             cmdline_extra: "foo=1".into(),
             timeout: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(1),
+            boot_timeout: Duration::from_secs(1),
             console_log: "/tmp/c".into(),
             workdir: "/tmp".into(),
         };

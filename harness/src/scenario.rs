@@ -392,3 +392,43 @@ mod tests {
         assert!(err.to_string().contains("extended-ports"), "{err}");
     }
 }
+
+/// Scenario files are user input: any text yields a scenario or a precise
+/// error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SHIPPED_TEXT: &str = include_str!("../../scenarios/extended-ports.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = Scenario::parse(&text, "fuzz.toml");
+        }
+
+        #[test]
+        fn mutated_shipped_scenarios_never_panic(pos in 0usize..2000, insert in "[\\[\\]=\"a-z0-9,. \n-]{0,12}", cut in 0usize..20) {
+            let mut text = SHIPPED_TEXT.to_string();
+            let pos = pos.min(text.len());
+            let pos = (0..=pos).rev().find(|p| text.is_char_boundary(*p)).unwrap_or(0);
+            let end = (pos + cut).min(text.len());
+            let end = (end..=text.len()).find(|p| text.is_char_boundary(*p)).unwrap_or(text.len());
+            text.replace_range(pos..end, &insert);
+            if let Err(e) = Scenario::parse(&text, "fuzz.toml") {
+                prop_assert!(e.to_string().contains("fuzz.toml"));
+            }
+        }
+
+        #[test]
+        fn port_ranges_parse_or_explain(s in "[0-9-]{0,12}") {
+            match s.parse::<PortRange>() {
+                Ok(r) => prop_assert!(r.first >= 1 && r.first <= r.last),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+    }
+}

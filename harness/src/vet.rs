@@ -408,6 +408,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         cmdline_extra: opts.cmdline_extra.clone(),
         timeout: opts.timeout,
         stall_timeout: opts.check_timeout,
+        boot_timeout: opts.check_timeout.min(opts.timeout),
         console_log: console_log.clone(),
         workdir: work.path().to_path_buf(),
     };
@@ -492,6 +493,13 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
                 (_, Some(err)) => Some(("agent", format!("the guest agent gave up{during}: {err}"))),
                 (VmEnd::Completed, None) => None,
                 (VmEnd::Panic(line), None) => Some(("kernel panic", format!("the kernel panicked{during}: {line}"))),
+                (VmEnd::NoAgent(t), None) => Some((
+                    "boot",
+                    format!(
+                        "the kernel did not start natvet's agent within {} s (no message on the results port)",
+                        t.as_secs()
+                    ),
+                )),
                 (VmEnd::Stalled(t), None) => Some((
                     "check timeout",
                     format!(
