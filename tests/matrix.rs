@@ -247,6 +247,85 @@ fn panic_is_infra() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The qemu VMs whose parent is `pid`.
+fn qemu_children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
+            let ppid = after.split(' ').nth(1).and_then(|x| x.parse::<u32>().ok());
+            // The VM, not a `qemu-system-x86_64 --version` probe.
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let is_vm = String::from_utf8_lossy(&cmdline).contains("-kernel");
+            stat.contains("(qemu-system-x86") && ppid == Some(pid) && is_vm
+        })
+        .collect()
+}
+
+/// Start natvet on one kernel with a private TMPDIR, wait until its VM runs,
+/// hit it with `signal` (at qemu or at natvet itself), and check that no qemu,
+/// temporary folder or lock survives and that the exit code says why.
+fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> Result<(), Failed> {
+    let name = format!("teardown-{target}-{signal}");
+    let out = out_dir(&name);
+    let _ = std::fs::remove_dir_all(&out);
+    let tmp = out.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(["vet", "--kernel", CONTROL_KERNEL, "--quiet", "--out"])
+        .arg(&out)
+        .arg("--json")
+        .arg(out.join("report.json"))
+        .env("TMPDIR", &tmp)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running natvet: {e}"))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let qemu = loop {
+        if let Some(q) = qemu_children(pid).first() {
+            break *q;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            return Err("natvet never started qemu".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Let the guest get going, then strike.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let victim = if target == "qemu" { qemu } else { pid };
+    // SAFETY: kill(2) on processes this test started.
+    unsafe {
+        libc::kill(victim as i32, signal);
+    }
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let code = output.status.code().unwrap_or(-1);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let qemu_alive = std::path::Path::new(&format!("/proc/{qemu}")).exists()
+        && std::fs::read_to_string(format!("/proc/{qemu}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if code != want_code || qemu_alive || !leftovers.is_empty() {
+        return Err(format!(
+            "after signal {signal} to {target} (pid {victim}): exit {code} (want {want_code}), qemu alive: {qemu_alive}, left in TMPDIR: {leftovers:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- report\n{}",
+            std::fs::read_to_string(out.join("report.json")).unwrap_or_default()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let kernels: Vec<String> = match std::env::var("NATVET_KERNELS") {
@@ -299,6 +378,18 @@ fn main() {
         control_fails("extended-ports-no-masquerade", FORWARDED)
     }));
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
+    trials.push(Trial::test(
+        "teardown::sigkill-qemu-exits-3-leaves-nothing",
+        || interrupted_run_leaves_nothing("qemu", libc::SIGKILL, 3),
+    ));
+    trials.push(Trial::test(
+        "teardown::sigint-natvet-exits-130-leaves-nothing",
+        || interrupted_run_leaves_nothing("natvet", libc::SIGINT, 130),
+    ));
+    trials.push(Trial::test(
+        "teardown::sigterm-natvet-exits-143-leaves-nothing",
+        || interrupted_run_leaves_nothing("natvet", libc::SIGTERM, 143),
+    ));
     trials.push(Trial::test("input::unknown-release-exits-2", || {
         bad_input(&["vet", "--kernel", "debian:9.9.9"], "debian:9.9.9")
     }));

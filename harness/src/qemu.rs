@@ -235,9 +235,6 @@ pub fn run(
     cfg: &VmConfig,
     on_message: &mut dyn FnMut(&GuestMessage),
 ) -> Result<VmOutcome, QemuError> {
-    if !available() {
-        return Err(QemuError::Missing);
-    }
     let sock = cfg.workdir.join("results.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(|source| QemuError::Socket {
@@ -268,7 +265,10 @@ pub fn run(
     if cancelled() {
         return Err(QemuError::Cancelled);
     }
-    let mut child = Reaper::new(cmd.spawn().map_err(QemuError::Spawn)?);
+    let mut child = Reaper::new(cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => QemuError::Missing,
+        _ => QemuError::Spawn(e),
+    })?);
     let pid = child.0.id();
 
     let console = Arc::new(Mutex::new(Console::default()));
