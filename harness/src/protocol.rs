@@ -79,6 +79,9 @@ pub struct CheckResult {
     /// Collected for failures (and errors), or always on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+    /// Where the host wrote the evidence as files (set by the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_dir: Option<String>,
 }
 
 /// What an engineer needs to see why a packet did not get through.
@@ -197,6 +200,7 @@ mod tests {
             observed: "none".into(),
             duration_ms: 12,
             evidence: Some(Evidence::default()),
+            evidence_dir: None,
         }));
         let line = msg.to_line();
         assert!(!line.contains('\n'));
@@ -277,6 +281,7 @@ mod fuzz {
                 observed: "o".into(),
                 duration_ms: 1,
                 evidence: None,
+                evidence_dir: None,
             }))
             .to_line();
             let cut = cut.min(line.len() - 1);
@@ -294,6 +299,7 @@ mod fuzz {
                 observed,
                 duration_ms: ms,
                 evidence: Some(Evidence::default()),
+                evidence_dir: None,
             }));
             let line = msg.to_line();
             prop_assert!(!line.contains('\n'));

@@ -546,7 +546,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         }
     }
     run.timings.total_ms = total.elapsed().as_millis() as u64;
-    if let Err(e) = write_evidence(&opts.out_dir, &run) {
+    if let Err(e) = write_evidence(&opts.out_dir, &mut run) {
         run.notes.push(format!("could not write evidence: {e:#}"));
     }
     let failed = run
@@ -618,10 +618,18 @@ fn build_initramfs(
 }
 
 /// Write each failing (or, on request, every) check's evidence as files.
-fn write_evidence(out_dir: &Path, run: &KernelRun) -> Result<()> {
-    for r in &run.results {
-        let Some(ev) = &r.evidence else { continue };
-        let dir = out_dir.join(report::evidence_path(run, r));
+fn write_evidence(out_dir: &Path, run: &mut KernelRun) -> Result<()> {
+    let paths: Vec<Option<String>> = run
+        .results
+        .iter()
+        .map(|r| r.evidence.as_ref().map(|_| report::evidence_path(run, r)))
+        .collect();
+    for (r, path) in run.results.iter_mut().zip(paths) {
+        let (Some(ev), Some(path)) = (&r.evidence, path) else {
+            continue;
+        };
+        let dir = out_dir.join(path);
+        r.evidence_dir = Some(dir.display().to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let files = [
             (

@@ -142,6 +142,7 @@ impl<'a> Context<'a> {
             observed: verdict.observed,
             duration_ms,
             evidence,
+            evidence_dir: None,
         }
     }
 

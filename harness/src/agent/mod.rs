@@ -183,6 +183,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
                 observed: why.clone(),
                 duration_ms: 0,
                 evidence: None,
+                evidence_dir: None,
             })));
         }
     };

@@ -326,6 +326,9 @@ pub fn evidence_path(k: &KernelRun, r: &CheckResult) -> String {
 }
 
 pub(crate) fn evidence_dir_hint(k: &KernelRun, r: &CheckResult) -> Option<String> {
+    if let Some(dir) = &r.evidence_dir {
+        return Some(dir.clone());
+    }
     let base = k.console_log.as_ref()?;
     let out = std::path::Path::new(base).parent()?.parent()?;
     r.evidence
@@ -359,6 +362,7 @@ mod tests {
             observed: "none".into(),
             duration_ms: 5,
             evidence: None,
+            evidence_dir: None,
         }
     }
 
