@@ -415,10 +415,20 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
         ));
     }
     vet::check_host(&scenarios)?;
+    let jobs = run.jobs.unwrap_or_else(|| vet::default_jobs(run.memory));
+    if let Some(avail) = vet::available_memory_mb() {
+        let need = jobs as u64 * (u64::from(run.memory) + 200);
+        if need > avail {
+            return Err(usage(format!(
+                "{jobs} VM(s) of {} MiB need about {need} MiB, but only {avail} MiB are available: lower --jobs or --memory",
+                run.memory
+            )));
+        }
+    }
     Ok(VetOptions {
         kernels: specs,
         scenarios,
-        jobs: run.jobs.unwrap_or_else(|| vet::default_jobs(run.memory)),
+        jobs,
         timeout: Duration::from_secs(run.timeout),
         check_timeout: Duration::from_secs(run.check_timeout),
         memory_mb: run.memory,
@@ -430,8 +440,25 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
     })
 }
 
+/// Refuse to start fetching kernels into a nearly full disk.
+fn check_disk(cache: &Cache) -> Result<()> {
+    const NEED_MB: u64 = 2048;
+    let _ = std::fs::create_dir_all(cache.root());
+    if let Ok(st) = nix::sys::statvfs::statvfs(cache.root()) {
+        let free_mb = st.blocks_available() as u64 * st.fragment_size() as u64 / (1 << 20);
+        if free_mb < NEED_MB {
+            anyhow::bail!(
+                "only {free_mb} MiB free under {} (the kernel cache); natvet needs about {NEED_MB} MiB to fetch and unpack kernels: free some space or point NATVET_CACHE elsewhere",
+                cache.root().display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn execute(opts: &VetOptions, quiet: bool) -> Result<RunReport> {
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_disk(&cache)?;
     let ui = Ui::new(quiet);
     let resolved =
         vet::resolve_all(&opts.kernels, &cache, &ui).map_err(|e| usage(e.to_string()))?;

@@ -296,6 +296,22 @@ struct Marker {
     boot_kind: BootKind,
     /// Name of the folder under root/lib/modules, if any.
     modules_release: Option<String>,
+    /// Sizes of the files a boot needs, relative to the kernel's folder: a
+    /// truncated or damaged cache entry is noticed and fetched again.
+    #[serde(default)]
+    sizes: std::collections::BTreeMap<String, u64>,
+}
+
+/// The files of a cached kernel whose sizes the marker records.
+fn sized_files(boot_kind: BootKind, modules_release: Option<&str>) -> Vec<String> {
+    let mut files = vec!["vmlinuz".to_string()];
+    if boot_kind == BootKind::Pvh {
+        files.push("vmlinux".into());
+    }
+    if let Some(m) = modules_release {
+        files.push(format!("root/lib/modules/{m}/modules.dep"));
+    }
+    files
 }
 
 fn kernel_dir(cache: &Cache, release: &str) -> PathBuf {
@@ -319,7 +335,11 @@ fn load_complete(cache: &Cache, release: &str, spec: &str) -> Option<Kernel> {
         && modules_dir
             .as_ref()
             .is_none_or(|m| m.join("modules.dep").is_file());
-    all_there.then(|| Kernel {
+    let intact = marker
+        .sizes
+        .iter()
+        .all(|(file, size)| fs::metadata(dir.join(file)).ok().map(|m| m.len()) == Some(*size));
+    (all_there && intact).then(|| Kernel {
         spec: spec.to_string(),
         release: Some(marker.release),
         boot_image,
@@ -522,12 +542,17 @@ fn install(
         }
     };
 
+    let sizes = sized_files(boot_kind, modules_release.as_deref())
+        .into_iter()
+        .filter_map(|f| Some((f.clone(), fs::metadata(tmp.path().join(&f)).ok()?.len())))
+        .collect();
     let marker = Marker {
         release: uname,
         package: image.info(),
         parts: parts.iter().map(debian::Stanza::info).collect(),
         boot_kind,
         modules_release,
+        sizes,
     };
     let json = serde_json::to_vec_pretty(&marker).expect("marker serialises");
     cache::write_atomic(&tmp.path().join("complete.json"), &json)?;
