@@ -445,7 +445,7 @@ fn check_disk(cache: &Cache) -> Result<()> {
     const NEED_MB: u64 = 2048;
     let _ = std::fs::create_dir_all(cache.root());
     if let Ok(st) = nix::sys::statvfs::statvfs(cache.root()) {
-        let free_mb = st.blocks_available() as u64 * st.fragment_size() as u64 / (1 << 20);
+        let free_mb = st.blocks_available() * st.fragment_size() / (1 << 20);
         if free_mb < NEED_MB {
             anyhow::bail!(
                 "only {free_mb} MiB free under {} (the kernel cache); natvet needs about {NEED_MB} MiB to fetch and unpack kernels: free some space or point NATVET_CACHE elsewhere",
