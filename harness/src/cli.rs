@@ -120,8 +120,8 @@ pub enum KernelsCmd {
     /// patches); the last line printed is the build:PATH spec to vet it with.
     ///
     /// Exit codes: 0 built (or already built), 2 bad input (unknown source
-    /// package, missing fragment/patch, fragment settings the kernel did not
-    /// take), 3 download or build failure.
+    /// package, missing fragment/patch, a patch that does not apply, fragment
+    /// settings the kernel did not take), 3 download or build failure.
     Build {
         /// Source package: debian:linux-source-X.Y (e.g. debian:linux-source-6.12).
         #[arg(long, value_name = "debian:linux-source-X.Y")]

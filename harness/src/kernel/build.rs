@@ -346,7 +346,17 @@ pub fn build(
                 &format!("applying {}", p.display()),
                 &log,
                 None,
-            )?;
+            )
+            .map_err(|e| match e {
+                // A patch that does not apply is the user's to fix: bad input.
+                BuildError::Failed { tail, .. } => BuildError::BadInput(format!(
+                    "{} does not apply to {} {} (patch -p1 --forward --batch):\n{tail}",
+                    p.display(),
+                    pkg.package,
+                    pkg.version
+                )),
+                other => other,
+            })?;
         }
         src
     };
