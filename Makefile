@@ -10,12 +10,26 @@ NATVET := target/$(TARGET)/debug/natvet
 DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build vet test lint bench clean
+# Debian packages `natvet kernels build` needs to compile a kernel.
+KERNEL_DEB_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev patch xz-utils
+
+.PHONY: all deps kernel-deps build vet test lint bench clean
 
 all: build
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# What `natvet kernels build` needs (compiler, kbuild tools, libelf/libssl headers).
+kernel-deps:
+	@missing=""; for p in $(KERNEL_DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \

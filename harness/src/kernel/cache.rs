@@ -8,7 +8,10 @@
 //!   and `complete.json`, written last; a directory without it is never used
 //! - `kernels/RELEASE.lock` — per-kernel lock file
 //! - `local/SHA256/` — vmlinux extracted from a local bzImage, and private
-//!   depmod'ed module trees for local module folders
+//!   depmod'ed module trees for local module folders; `local/build-modules-SHA/`
+//!   — `make modules_install` of a `build:PATH` tree (SHA of its bzImage)
+//! - `src/`, `builds/` — Debian kernel sources and `natvet kernels build`
+//!   output (see [`super::build`])
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

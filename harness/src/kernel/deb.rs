@@ -47,8 +47,41 @@ fn classify(path: &Path) -> Option<(PathBuf, Option<String>)> {
 
 /// Extract the kernel image and modules of one `.deb` into `dest`.
 pub fn extract(deb: &Path, dest: &Path) -> Result<Extracted, String> {
-    let f = File::open(deb).map_err(|e| format!("opening {}: {e}", deb.display()))?;
-    let mut ar = ar::Archive::new(BufReader::with_capacity(1 << 20, f));
+    with_data_tar(deb, |reader| {
+        extract_tar(reader, dest).map_err(|e| format!("{}: {e}", deb.display()))
+    })
+}
+
+/// Extract one regular file of a `.deb`'s data (e.g.
+/// `usr/src/linux-source-6.12.tar.xz`; a leading `./` is optional) to `dest`.
+/// Returns its size.
+pub fn extract_member(deb: &Path, member: &str, dest: &Path) -> Result<u64, String> {
+    let want = Path::new(member.trim_start_matches("./"));
+    with_data_tar(deb, |reader| {
+        let ctx = |e: std::io::Error| format!("{}: {e}", deb.display());
+        let mut tar = tar::Archive::new(reader);
+        for entry in tar.entries().map_err(ctx)? {
+            let mut entry = entry.map_err(ctx)?;
+            let path = entry.path().map_err(ctx)?.into_owned();
+            let path = path.strip_prefix(".").unwrap_or(&path);
+            if path != want || !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let mut f = File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+            return std::io::copy(&mut entry, &mut f)
+                .map_err(|e| format!("writing {}: {e}", dest.display()));
+        }
+        Err(format!("{} has no {member}", deb.display()))
+    })
+}
+
+/// Run `f` on the decompressed `data.tar` stream of a `.deb`.
+fn with_data_tar<T>(
+    deb: &Path,
+    f: impl FnOnce(Box<dyn Read + '_>) -> Result<T, String>,
+) -> Result<T, String> {
+    let file = File::open(deb).map_err(|e| format!("opening {}: {e}", deb.display()))?;
+    let mut ar = ar::Archive::new(BufReader::with_capacity(1 << 20, file));
     while let Some(entry) = ar.next_entry() {
         let entry = entry.map_err(|e| format!("reading ar archive {}: {e}", deb.display()))?;
         let name = String::from_utf8_lossy(entry.header().identifier()).to_string();
@@ -65,7 +98,7 @@ pub fn extract(deb: &Path, dest: &Path) -> Result<Extracted, String> {
             "data.tar" => Box::new(entry),
             other => return Err(format!("unsupported member {other} in {}", deb.display())),
         };
-        return extract_tar(reader, dest).map_err(|e| format!("{}: {e}", deb.display()));
+        return f(reader);
     }
     Err(format!("{} has no data.tar member", deb.display()))
 }
@@ -163,6 +196,12 @@ mod tests {
         }
         drop(arb);
         let dest = dir.path().join("out");
+        let member = dir.path().join("member");
+        assert_eq!(extract_member(&deb, "usr/share/doc/x", &member).unwrap(), 3);
+        assert_eq!(fs::read(&member).unwrap(), b"DOC");
+        assert!(extract_member(&deb, "usr/src/none.tar.xz", &member)
+            .unwrap_err()
+            .contains("has no usr/src/none.tar.xz"));
         let ex = extract(&deb, &dest).unwrap();
         assert!(ex.vmlinuz);
         assert_eq!(ex.module_releases, ["9.9.9-amd64"]);

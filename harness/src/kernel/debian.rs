@@ -180,11 +180,12 @@ impl Stanza {
 
 fn interesting(pkg: &str) -> bool {
     pkg.starts_with("linux-image-")
+        || pkg.starts_with("linux-source-")
         || pkg.starts_with("linux-binary-")
         || pkg.starts_with("linux-modules-")
 }
 
-/// Parse a Packages file, keeping only linux-image/-binary/-modules stanzas.
+/// Parse a Packages file, keeping only linux-image/-binary/-modules/-source stanzas.
 pub fn parse_packages(r: impl BufRead, suite: &str) -> std::io::Result<Vec<Stanza>> {
     let mut out = Vec::new();
     let mut cur: Option<Stanza> = None;
@@ -306,10 +307,15 @@ fn fetch_index(
 /// (`SUITE.kernels.json`, tied to the index file's size and mtime).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Parsed {
+    /// [`PARSED_FORMAT`]; a sidecar of another format (or without one) is re-read.
+    format: u32,
     source_len: u64,
     source_mtime_ns: u128,
     stanzas: Vec<Stanza>,
 }
+
+/// Bumped when [`interesting`] or [`Stanza`] change (2: linux-source-X.Y).
+const PARSED_FORMAT: u32 = 2;
 
 fn read_index(xz: &Path, suite: &str) -> Result<Vec<Stanza>, String> {
     let meta = fs::metadata(xz).map_err(|e| format!("{}: {e}", xz.display()))?;
@@ -324,7 +330,7 @@ fn read_index(xz: &Path, suite: &str) -> Result<Vec<Stanza>, String> {
         .ok()
         .and_then(|b| serde_json::from_slice::<Parsed>(&b).ok())
     {
-        if p.source_len == meta.len() && p.source_mtime_ns == mtime {
+        if p.format == PARSED_FORMAT && p.source_len == meta.len() && p.source_mtime_ns == mtime {
             return Ok(p.stanzas);
         }
     }
@@ -333,6 +339,7 @@ fn read_index(xz: &Path, suite: &str) -> Result<Vec<Stanza>, String> {
     let stanzas = parse_packages(BufReader::with_capacity(1 << 20, dec), suite)
         .map_err(|e| format!("{}: {e}", xz.display()))?;
     let parsed = Parsed {
+        format: PARSED_FORMAT,
         source_len: meta.len(),
         source_mtime_ns: mtime,
         stanzas,

@@ -5,6 +5,7 @@
 //!
 //! See [`cache`] for the on-disk layout.
 
+pub mod build;
 pub mod cache;
 pub mod deb;
 pub mod debian;
@@ -32,6 +33,9 @@ pub enum KernelSpec {
         image: PathBuf,
         modules: Option<PathBuf>,
     },
+    /// `build:PATH`: a kernel build tree (in-tree build or an `O=` output
+    /// folder) with arch/x86/boot/bzImage; its modules are installed from it.
+    Build { tree: PathBuf },
 }
 
 impl KernelSpec {
@@ -66,6 +70,23 @@ impl KernelSpec {
                                 query: rest.trim().to_string(),
                             })
                         }
+                        "build" => {
+                            if modules.is_some() {
+                                return Err(malformed(
+                                    "a build tree brings its own modules; drop --modules".into(),
+                                ));
+                            }
+                            let tree = rest.trim();
+                            if tree.is_empty() {
+                                return Err(malformed(
+                                    "it names no folder; use build:PATH (a kernel build tree)"
+                                        .into(),
+                                ));
+                            }
+                            Ok(KernelSpec::Build {
+                                tree: PathBuf::from(tree),
+                            })
+                        }
                         "local" | "file" if !rest.is_empty() => Ok(KernelSpec::Local {
                             image: PathBuf::from(rest),
                             modules,
@@ -90,6 +111,7 @@ impl fmt::Display for KernelSpec {
         match self {
             KernelSpec::Debian { query } => write!(f, "debian:{query}"),
             KernelSpec::Local { image, .. } => write!(f, "{}", image.display()),
+            KernelSpec::Build { tree } => write!(f, "build:{}", tree.display()),
         }
     }
 }
@@ -134,10 +156,10 @@ pub struct Kernel {
 /// Errors resolving a kernel. Every message says what went wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("malformed kernel spec '{spec}': {reason}; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux")]
+    #[error("malformed kernel spec '{spec}': {reason}; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), build:PATH (a kernel build tree) or a path to a bzImage/vmlinux")]
     MalformedSpec { spec: String, reason: String },
 
-    #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
+    #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), build:PATH (a kernel build tree) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
     UnknownScheme { spec: String, scheme: String },
 
     #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (`natvet kernels list --all` shows the releases on offer)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
@@ -148,6 +170,12 @@ pub enum KernelError {
 
     #[error("cannot boot {}: {reason}", .path.display())]
     NotBootable { path: PathBuf, reason: String },
+
+    #[error("{} is not a finished kernel build tree: {reason}", .path.display())]
+    BadBuildTree { path: PathBuf, reason: String },
+
+    #[error("installing the modules of {} failed: {reason}", .tree.display())]
+    ModulesInstall { tree: PathBuf, reason: String },
 
     #[error("{} is not a kernel module tree: {reason}; pass the lib/modules/RELEASE folder or a root folder containing lib/modules/RELEASE", .path.display())]
     BadModules { path: PathBuf, reason: String },
@@ -207,6 +235,7 @@ impl KernelError {
                 | KernelError::NoSuchPackage { .. }
                 | KernelError::LocalFileMissing { .. }
                 | KernelError::NotBootable { .. }
+                | KernelError::BadBuildTree { .. }
                 | KernelError::BadModules { .. }
                 | KernelError::NoCacheDir
                 | KernelError::NoMirror
@@ -229,6 +258,7 @@ pub fn resolve(
             cache,
             progress,
         ),
+        KernelSpec::Build { tree } => resolve_build_tree(tree, &spec.to_string(), cache, progress),
     }
 }
 
@@ -264,6 +294,12 @@ pub fn lookup(
 ) -> Result<(Option<String>, bool), KernelError> {
     match spec {
         KernelSpec::Local { image, .. } => Ok((None, image.exists())),
+        KernelSpec::Build { tree } => Ok((
+            fs::read_to_string(tree.join("include/config/kernel.release"))
+                .ok()
+                .map(|r| r.trim().to_string()),
+            tree.join(BUILD_BZIMAGE).is_file(),
+        )),
         KernelSpec::Debian { query } => {
             let index = debian::load_index(cache, progress)?;
             let release = match debian::parse_query(query) {
@@ -709,6 +745,127 @@ fn resolve_local(
     })
 }
 
+// ---------------------------------------------------------------- build tree
+
+/// Where kbuild leaves the x86 boot image, relative to the build tree.
+pub const BUILD_BZIMAGE: &str = "arch/x86/boot/bzImage";
+
+/// True when a kernel `.config` text has `CONFIG_MODULES=y`.
+pub fn config_has_modules(config: &str) -> bool {
+    config.lines().any(|l| l.trim_end() == "CONFIG_MODULES=y")
+}
+
+/// `build:PATH`: the tree's bzImage (through the local-image path, which
+/// extracts and caches the PVH vmlinux), its release, and its modules
+/// installed once into the cache.
+fn resolve_build_tree(
+    tree: &Path,
+    spec: &str,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<Kernel, KernelError> {
+    if !tree.is_dir() {
+        return Err(KernelError::LocalFileMissing {
+            what: "kernel build tree",
+            path: tree.to_path_buf(),
+        });
+    }
+    let tree = fs::canonicalize(tree)
+        .map_err(|e| KernelError::io(format!("resolving {}", tree.display()), e))?;
+    let bz = tree.join(BUILD_BZIMAGE);
+    if !bz.is_file() {
+        return Err(KernelError::BadBuildTree {
+            path: tree,
+            reason: format!(
+                "it has no {BUILD_BZIMAGE}; run `make bzImage` there (with O=PATH for an output folder), or `natvet kernels build` to build one"
+            ),
+        });
+    }
+    let mut kernel = resolve_local(&bz, None, spec, cache, progress)?;
+    if let Ok(r) = fs::read_to_string(tree.join("include/config/kernel.release")) {
+        let r = r.trim();
+        if !r.is_empty() {
+            kernel.release = Some(r.to_string());
+        }
+    }
+    let config = fs::read_to_string(tree.join(".config")).unwrap_or_default();
+    if config_has_modules(&config) && tree.join("modules.order").is_file() {
+        let root = install_build_modules(&tree, &bz, cache, progress)?;
+        kernel.modules_dir = Some(local_modules(
+            &root,
+            kernel.release.as_deref(),
+            cache,
+            progress,
+        )?);
+    }
+    Ok(kernel)
+}
+
+/// `make modules_install` of a build tree into `CACHE/local/build-modules-SHA/`
+/// (SHA of the bzImage), once; returns that root (holding lib/modules/RELEASE).
+fn install_build_modules(
+    tree: &Path,
+    bzimage: &Path,
+    cache: &Cache,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, KernelError> {
+    let sha = cache::sha256_file(bzimage)
+        .map_err(|e| KernelError::io(format!("reading {}", bzimage.display()), e))?;
+    let local = cache.dir("local")?;
+    let name = format!("build-modules-{}", &sha[..32]);
+    let final_dir = local.join(&name);
+    let root = final_dir.join("root");
+    let done = |d: &Path| d.join("complete").is_file();
+    if done(&final_dir) {
+        return Ok(root);
+    }
+    let _lock = cache::lock(&local.join(format!("{name}.lock")))?;
+    if done(&final_dir) {
+        return Ok(root);
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-build-modules-")
+        .tempdir_in(&local)
+        .map_err(|e| KernelError::io(format!("creating a folder in {}", local.display()), e))?;
+    progress(&format!("installing the modules of {}", tree.display()));
+    let mut install_path = std::ffi::OsString::from("INSTALL_MOD_PATH=");
+    install_path.push(tmp.path().join("root"));
+    let out = Command::new("nice")
+        .args(["-n", "19", "make", "-s", "-C"])
+        .arg(tree)
+        .arg("modules_install")
+        .arg(install_path)
+        .arg("INSTALL_MOD_STRIP=1")
+        .output()
+        .map_err(|e| KernelError::ModulesInstall {
+            tree: tree.to_path_buf(),
+            reason: format!("cannot run make ({e}); run `apt-get install -y make`"),
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        return Err(KernelError::ModulesInstall {
+            tree: tree.to_path_buf(),
+            reason: format!(
+                "make modules_install: {}: {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ),
+        });
+    }
+    fs::write(tmp.path().join("complete"), b"")
+        .map_err(|e| KernelError::io("writing marker".into(), e))?;
+    if final_dir.exists() {
+        let _ = fs::remove_dir_all(&final_dir);
+    }
+    cache::make_readable(tmp.path(), true)
+        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
+    let tmp_path = tmp.keep();
+    fs::rename(&tmp_path, &final_dir)
+        .map_err(|e| KernelError::io(format!("moving into {}", final_dir.display()), e))?;
+    Ok(root)
+}
+
 fn looks_like_module_dir(d: &Path) -> bool {
     ["modules.dep", "modules.order", "modules.builtin", "kernel"]
         .iter()
@@ -911,6 +1068,70 @@ mod tests {
         for s in ["debian:6.12", "debian:7.2.13+deb14-amd64", "/x/bzImage"] {
             assert_eq!(KernelSpec::parse(s, None).unwrap().to_string(), s);
         }
+    }
+
+    #[test]
+    fn parses_build_specs() {
+        assert_eq!(
+            KernelSpec::parse("build:/src/linux/out", None).unwrap(),
+            KernelSpec::Build {
+                tree: "/src/linux/out".into()
+            }
+        );
+        assert_eq!(
+            KernelSpec::parse("build:../out", None).unwrap(),
+            KernelSpec::Build {
+                tree: "../out".into()
+            }
+        );
+        for s in ["build:/x/build", "build:rel/dir"] {
+            assert_eq!(KernelSpec::parse(s, None).unwrap().to_string(), s);
+        }
+        let e = KernelSpec::parse("build:", None).unwrap_err();
+        assert!(
+            e.is_user_error() && e.to_string().contains("build:PATH"),
+            "{e}"
+        );
+        let e = KernelSpec::parse("build:/x", Some("/m".into())).unwrap_err();
+        assert!(
+            e.is_user_error() && e.to_string().contains("--modules"),
+            "{e}"
+        );
+        // A path that merely starts with "build" is still a path.
+        assert!(matches!(
+            KernelSpec::parse("./build:x", None).unwrap(),
+            KernelSpec::Local { .. }
+        ));
+    }
+
+    #[test]
+    fn build_tree_without_bzimage_is_a_user_error() {
+        let cache = Cache::new(tempfile::tempdir().unwrap().path().to_path_buf());
+        let tree = tempfile::tempdir().unwrap();
+        fs::write(tree.path().join(".config"), "CONFIG_MODULES=y\n").unwrap();
+        let spec = KernelSpec::Build {
+            tree: tree.path().to_path_buf(),
+        };
+        let e = resolve(&spec, &cache, &|_| {}).unwrap_err();
+        assert!(e.is_user_error(), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("arch/x86/boot/bzImage") && m.contains("make bzImage"),
+            "{m}"
+        );
+        let spec = KernelSpec::Build {
+            tree: tree.path().join("missing"),
+        };
+        let e = resolve(&spec, &cache, &|_| {}).unwrap_err();
+        assert!(e.is_user_error(), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn reads_config_modules() {
+        assert!(config_has_modules("CONFIG_64BIT=y\nCONFIG_MODULES=y\n"));
+        assert!(!config_has_modules("# CONFIG_MODULES is not set\n"));
+        assert!(!config_has_modules("CONFIG_MODULES_TREE_LOOKUP=y\n"));
     }
 
     #[test]
