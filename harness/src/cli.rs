@@ -66,7 +66,7 @@ pub struct SoakArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct VetArgs {
-    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), debian:SUITE[:LINE] (sid, trixie:6.12), or a path to a bzImage/vmlinux. Repeatable. Default: the `default` set in vm-images/matrix.toml.
+    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), debian:SUITE[:LINE] (sid, trixie:6.12), a path to a bzImage/vmlinux, or build:PATH (a kernel build tree). Repeatable. Default: the `default` set in vm-images/matrix.toml.
     #[arg(long = "kernel", value_name = "SPEC")]
     pub kernels: Vec<String>,
     /// Kernel set from vm-images/matrix.toml (instead of --kernel).
