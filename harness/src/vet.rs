@@ -156,10 +156,46 @@ pub fn resolve_all(
     Ok(out)
 }
 
+/// Temporary folders are named for the natvet process that owns them, so a
+/// later run can tell which ones a killed run left behind.
+fn work_prefix() -> String {
+    format!("natvet-{}-", std::process::id())
+}
+
+/// Remove temporary folders of natvet processes that no longer exist (a run
+/// killed with SIGKILL cannot clean up after itself).
+pub fn remove_stale_work_dirs() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("natvet-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && e.path().is_dir() && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Run every resolved kernel, `opts.jobs` at a time.
 pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
     let started = chrono::Utc::now();
     let start = Instant::now();
+    let stale = remove_stale_work_dirs();
+    if stale > 0 {
+        ui.println(&format!(
+            "removed {stale} temporary folder(s) left by killed natvet runs"
+        ));
+    }
     // Kernels start in the order given.
     let queue = Mutex::new(resolved.into_iter().enumerate().rev().collect::<Vec<_>>());
     let results: Mutex<Vec<(usize, KernelRun)>> = Mutex::new(Vec::new());
@@ -366,7 +402,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
             vec![],
         );
     }
-    let work = match tempfile::Builder::new().prefix("natvet-").tempdir() {
+    let work = match tempfile::Builder::new().prefix(&work_prefix()).tempdir() {
         Ok(w) => w,
         Err(e) => {
             return infra_run(
