@@ -51,6 +51,7 @@ test: deps
 
 # Boot, agent and per-kernel times, memory, initramfs size, parallel speed-up.
 bench: deps
+	$(CARGO) bench --profile dev --bench pure -- --quick
 	$(CARGO) bench --profile dev --bench vm
 
 lint:
