@@ -4,7 +4,8 @@
 //!
 //! `make bench` (or `cargo bench --profile dev --bench vm`). Figures go to
 //! stdout as a table and to target/natvet-bench/bench.json.
-//! NATVET_BENCH_KERNELS=debian:6.1,debian:6.12 and NATVET_BENCH_RUNS=3 adjust it.
+//! Kernels: the default set of vm-images/matrix.toml, or
+//! NATVET_BENCH_KERNELS=debian:6.1,debian:6.12; NATVET_BENCH_RUNS=3 sets the repetitions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,12 +67,14 @@ fn field(report: &Value, name: &str) -> Vec<f64> {
 
 fn main() {
     // cargo bench passes --bench; nothing else to parse.
-    let kernels: Vec<String> = std::env::var("NATVET_BENCH_KERNELS")
-        .unwrap_or_else(|_| "debian:6.1,debian:6.12".into())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let kernels: Vec<String> = match std::env::var("NATVET_BENCH_KERNELS") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Err(_) => natvet::vet::kernel_set("default").unwrap_or_default(),
+    };
     let runs: usize = std::env::var("NATVET_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -196,6 +196,20 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
             "removed {stale} temporary folder(s) left by killed natvet runs"
         ));
     }
+    // Two kernels of one release (a build and its patched twin) need names of their own.
+    let names: Vec<Option<String>> = resolved
+        .iter()
+        .map(|(_, r)| r.as_ref().ok().and_then(|(k, _)| k.release.clone()))
+        .collect();
+    let ids: Vec<Option<String>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let n = n.as_ref()?;
+            (names.iter().filter(|m| m.as_ref() == Some(n)).count() > 1)
+                .then(|| format!("{n} [{}]", i + 1))
+        })
+        .collect();
     // Kernels start in the order given.
     let queue = Mutex::new(resolved.into_iter().enumerate().rev().collect::<Vec<_>>());
     let results: Mutex<Vec<(usize, KernelRun)>> = Mutex::new(Vec::new());
@@ -216,11 +230,14 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                 }
                 let run = match resolved {
                     Ok((kernel, resolve_ms)) => {
-                        let first = vet_kernel(opts, &kernel, resolve_ms, ui);
+                        let first = vet_kernel(opts, &kernel, ids[i].as_deref(), resolve_ms, ui);
                         match retry_reason(&first) {
                             Some(why) if !qemu::cancelled() => {
                                 ui.println(&format!("[{}] {why}; retrying once", first.label()));
-                                merge_retry(first, vet_kernel(opts, &kernel, resolve_ms, ui))
+                                merge_retry(
+                                    first,
+                                    vet_kernel(opts, &kernel, ids[i].as_deref(), resolve_ms, ui),
+                                )
                             }
                             _ => first,
                         }
@@ -308,6 +325,7 @@ fn infra_run(
     KernelRun {
         spec: spec.to_string(),
         release: kernel.and_then(|k| k.release.clone()),
+        id: None,
         package: kernel.and_then(|k| k.package.clone()),
         boot: None,
         state: KernelState::InfraError {
@@ -374,11 +392,17 @@ pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
     Ok(())
 }
 
-fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> KernelRun {
+fn vet_kernel(
+    opts: &VetOptions,
+    kernel: &Kernel,
+    id: Option<&str>,
+    resolve_ms: u64,
+    ui: &Ui,
+) -> KernelRun {
     let total = Instant::now();
-    let label = kernel
-        .release
-        .clone()
+    let label = id
+        .map(str::to_string)
+        .or_else(|| kernel.release.clone())
         .unwrap_or_else(|| kernel.spec.clone());
     let expected: Vec<(String, String, String)> = opts
         .scenarios
@@ -463,7 +487,9 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
         } => {
             release = Some(kernel_release.clone());
             uptime = Some(*uptime_ms);
-            progress.rename(kernel_release);
+            if id.is_none() {
+                progress.rename(kernel_release);
+            }
             progress.stage("running checks");
         }
         GuestMessage::Note { message } => notes.push(message.clone()),
@@ -487,6 +513,7 @@ fn vet_kernel(opts: &VetOptions, kernel: &Kernel, resolve_ms: u64, ui: &Ui) -> K
     let mut run = KernelRun {
         spec: kernel.spec.clone(),
         release,
+        id: id.map(str::to_string),
         package: kernel.package.clone(),
         boot: Some(match (opts.boot, &kernel.bzimage) {
             (BootPreference::BzImage, Some(_)) => "bzimage".to_string(),

@@ -76,6 +76,10 @@ pub struct KernelRun {
     pub spec: String,
     /// `uname -r` as the guest reported it (or as resolved, if it never booted).
     pub release: Option<String>,
+    /// The kernel's name in this run when its release alone is ambiguous
+    /// (two builds of one release): "RELEASE [N]", N its position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,7 +103,10 @@ fn one() -> u32 {
 impl KernelRun {
     /// A short column label.
     pub fn label(&self) -> String {
-        self.release.clone().unwrap_or_else(|| self.spec.clone())
+        self.id
+            .clone()
+            .or_else(|| self.release.clone())
+            .unwrap_or_else(|| self.spec.clone())
     }
 }
 
@@ -370,6 +377,7 @@ mod tests {
         KernelRun {
             spec: format!("debian:{release}"),
             release: Some(release.into()),
+            id: None,
             package: None,
             boot: Some("pvh".into()),
             state,
