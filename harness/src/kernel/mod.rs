@@ -481,8 +481,22 @@ fn install(
 ) -> Result<(), KernelError> {
     let kernels = cache.dir("kernels")?;
     let final_dir = kernel_dir(cache, release);
+    // We hold this release's lock: any half-unpacked copy of it was left by a
+    // run that was killed mid-way.
+    let stale_prefix = format!(".tmp-{release}-");
+    if let Ok(entries) = fs::read_dir(&kernels) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale_prefix) {
+                progress(&format!(
+                    "removing {} left by an interrupted run",
+                    e.path().display()
+                ));
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{release}-"))
+        .prefix(&stale_prefix)
         .tempdir_in(&kernels)
         .map_err(|e| KernelError::io(format!("creating a folder in {}", kernels.display()), e))?;
     let extract_err = |what: &str, reason: String| KernelError::Extract {
