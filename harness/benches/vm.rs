@@ -95,6 +95,11 @@ fn main() {
     }
     let fetch_s = fetch.elapsed().as_secs_f64();
 
+    if kernels.is_empty() {
+        eprintln!("bench: no kernels");
+        std::process::exit(2);
+    }
+    let _ = std::fs::remove_dir_all(out_root());
     let mut rows = Vec::new();
     println!(
         "{:<26} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}",
@@ -156,6 +161,53 @@ fn main() {
         }
     }
 
+    // Time per check: the median over kernels and runs of the PVH samples.
+    let mut per_check: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for dir in std::fs::read_dir(out_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        if !name.contains("-auto-") {
+            continue;
+        }
+        let Some(report) = std::fs::read(dir.path().join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            continue;
+        };
+        for k in report["kernels"].as_array().into_iter().flatten() {
+            for r in k["results"].as_array().into_iter().flatten() {
+                if let (Some(c), Some(ms)) = (r["check"].as_str(), r["duration_ms"].as_f64()) {
+                    per_check.entry(c.to_string()).or_default().push(ms);
+                }
+            }
+        }
+    }
+    println!();
+    println!("{:<28} {:>10}", "check (all backends)", "median ms");
+    let mut check_rows = Vec::new();
+    for (check, v) in per_check {
+        let m = median(v);
+        println!("{check:<28} {m:>10.0}");
+        check_rows.push(json!({"check": check, "median_ms": m}));
+    }
+
+    // A cold cache: the first kernel fetched into an empty one.
+    let cold_dir = out_root().join("cold-cache");
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    let cold = Instant::now();
+    let cold_ok = Command::new(natvet())
+        .args(["kernels", "fetch", &kernels[0]])
+        .env("NATVET_CACHE", &cold_dir)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let cold_s = cold_ok.then(|| cold.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&cold_dir);
+
     let serial = vet(&kernels, &["--jobs", "1"], "matrix-jobs1").map(|(_, w)| w);
     let parallel = vet(&kernels, &[], "matrix-default").map(|(_, w)| w);
     let jobs = std::thread::available_parallelism()
@@ -163,6 +215,9 @@ fn main() {
         .unwrap_or(1);
     println!();
     println!("warm fetch of {} kernels: {fetch_s:.1} s", kernels.len());
+    if let Some(c) = cold_s {
+        println!("cold fetch of {} into an empty cache: {c:.1} s", kernels[0]);
+    }
     if let (Some(s), Some(p)) = (serial, parallel) {
         println!(
             "matrix of {} kernels: {s:.1} s at --jobs 1, {p:.1} s at the default ({jobs} cores): {:.2}x",
@@ -175,6 +230,8 @@ fn main() {
         "runs": runs,
         "per_kernel": rows,
         "fetch_warm_s": fetch_s,
+        "fetch_cold_first_kernel_s": cold_s,
+        "per_check": check_rows,
         "matrix_jobs1_s": serial,
         "matrix_default_s": parallel,
         "cores": jobs,
