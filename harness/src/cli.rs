@@ -568,9 +568,12 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
         }
         let report = vet::run(&opts, resolved.clone(), &ui);
         for k in &report.kernels {
-            if k.state != crate::report::KernelState::Completed {
+            if let crate::report::KernelState::InfraError { stage, reason, .. } = &k.state {
                 infra += 1;
-                eprintln!("run {run}: {} could not be tested", k.label());
+                eprintln!(
+                    "run {run}: {} could not be tested ({stage}): {reason}",
+                    k.label()
+                );
             }
             for r in &k.results {
                 verdicts

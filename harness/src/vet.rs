@@ -359,6 +359,18 @@ fn guest_tools(scenarios: &[Scenario]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (bins, dirs)
 }
 
+/// The running natvet binary, which becomes the guest's /init. /proc/self/exe
+/// stays readable even when the file was replaced (a rebuild during a long
+/// soak), where the path current_exe() names would not.
+fn own_binary() -> PathBuf {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        proc_exe
+    } else {
+        std::env::current_exe().unwrap_or(proc_exe)
+    }
+}
+
 /// Check that the host has every tool the guest needs, before any VM boots.
 pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
     if !qemu::available() {
@@ -380,7 +392,7 @@ pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
             missing.join(", ")
         );
     }
-    let exe = std::env::current_exe().context("locating the natvet binary")?;
+    let exe = own_binary();
     let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
     let elf = goblin::elf::Elf::parse(&bytes).context("natvet's own binary is not an ELF file")?;
     if elf.interpreter.is_some() {
@@ -634,7 +646,7 @@ fn build_initramfs(
     kernel: &Kernel,
     out: &Path,
 ) -> Result<crate::initramfs::InitramfsStats> {
-    let exe = std::env::current_exe().context("locating the natvet binary")?;
+    let exe = own_binary();
     // Preload what this kernel has as modules; names it builds in or lacks are left
     // to the kernel (a lacking feature then shows up as "unsupported").
     let preload: Vec<String> = match &kernel.modules_dir {
