@@ -102,6 +102,9 @@ pub struct Evidence {
     /// Packet captures of the check's interfaces (pcap, base64).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub captures: Vec<CaptureFile>,
+    /// How the captures were taken (a re-run of a failed check says what it gave).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub capture_note: String,
 }
 
 /// One interface's packets during one check, as a pcap file.
@@ -117,7 +120,8 @@ pub struct CaptureFile {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CaptureMode {
-    /// During every check, kept only for checks that do not pass.
+    /// Only for checks that do not pass: such a check runs once more with
+    /// captures on (no cost for passing checks).
     #[default]
     Failures,
     /// During every check, always kept.

@@ -722,6 +722,7 @@ fn write_evidence(out_dir: &Path, run: &mut KernelRun) -> Result<()> {
             ("routes.txt", ev.routes.clone()),
             ("wireguard.txt", ev.wireguard.clone()),
             ("dmesg.txt", ev.dmesg.join("\n")),
+            ("captures.txt", ev.capture_note.clone()),
         ];
         for (name, text) in files {
             std::fs::write(dir.join(name), text)

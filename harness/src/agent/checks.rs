@@ -86,42 +86,69 @@ impl<'a> Context<'a> {
     }
 
     /// Run one named check and wrap its verdict in a result.
+    fn start_capture(&self) -> Capture {
+        let t = &self.topo;
+        Capture::start(&[
+            (&t.client, "eth0"),
+            (&t.client, "wg0"),
+            (&t.relay, RELAY_PUBLIC_IF),
+            (&t.relay, "wg0"),
+            (&t.relay, RELAY_WAN_IF),
+            (&t.internet, "eth0"),
+        ])
+    }
+
+    fn judge(&mut self, f: &impl Fn(&mut Self) -> Result<Verdict>) -> Verdict {
+        f(self).unwrap_or_else(|e| Verdict {
+            status: Status::Error,
+            expected: "the check runs".into(),
+            observed: format!("natvet could not run it: {e:#}"),
+        })
+    }
+
+    /// Run one named check and wrap its verdict in a result.
+    ///
+    /// Captures cost little per packet but a lot under TCG, so by default
+    /// (`--capture failures`) a check runs without them, and only a check that
+    /// did not pass runs once more with every interface captured; its verdict
+    /// stays the first run's, and the evidence says what the re-run showed.
     pub fn run(
         &mut self,
         scenario: &str,
         name: &str,
-        f: impl FnOnce(&mut Self) -> Result<Verdict>,
+        f: impl Fn(&mut Self) -> Result<Verdict>,
     ) -> CheckResult {
         super::send(&crate::protocol::GuestMessage::CheckStarted {
             scenario: scenario.to_string(),
             backend: self.backend.kind().to_string(),
             check: name.to_string(),
         });
-        let capture = (self.capture != CaptureMode::Never).then(|| {
-            let t = &self.topo;
-            Capture::start(&[
-                (&t.client, "eth0"),
-                (&t.client, "wg0"),
-                (&t.relay, RELAY_PUBLIC_IF),
-                (&t.relay, "wg0"),
-                (&t.relay, RELAY_WAN_IF),
-                (&t.internet, "eth0"),
-            ])
-        });
+        let always = self.capture == CaptureMode::Always;
+        let capture = always.then(|| self.start_capture());
         let start = Instant::now();
-        let verdict = f(self).unwrap_or_else(|e| Verdict {
-            status: Status::Error,
-            expected: "the check runs".into(),
-            observed: format!("natvet could not run it: {e:#}"),
-        });
-        let lines = self.kmsg.drain();
-        self.dmesg.extend(lines.iter().cloned());
+        let verdict = self.judge(&f);
         let duration_ms = start.elapsed().as_millis() as u64;
+        let mut lines = self.kmsg.drain();
+        self.dmesg.extend(lines.iter().cloned());
         let failed = verdict.status != Status::Pass;
-        let keep = failed || self.capture == CaptureMode::Always;
-        let captures = capture.map(|c| c.finish(keep)).unwrap_or_default();
+        let mut capture_note = String::new();
+        let mut captures = capture.map(|c| c.finish(true)).unwrap_or_default();
+        if failed && self.capture == CaptureMode::Failures {
+            let c = self.start_capture();
+            let again = self.judge(&f);
+            captures = c.finish(true);
+            let more = self.kmsg.drain();
+            self.dmesg.extend(more.iter().cloned());
+            lines.extend(more);
+            capture_note = format!(
+                "packets captured while the check ran a second time, which gave: {} ({})",
+                again.status.label(),
+                again.observed
+            );
+        }
         let evidence = (failed || self.evidence_always || !captures.is_empty()).then(|| {
             let mut ev = self.evidence(lines);
+            ev.capture_note = capture_note;
             ev.captures = captures
                 .into_iter()
                 .map(|p| CaptureFile {
@@ -164,6 +191,7 @@ impl<'a> Context<'a> {
             wireguard: format!("{}{}", t.client_wg.describe(), t.relay_wg.describe()),
             dmesg,
             captures: vec![],
+            capture_note: String::new(),
         }
     }
 

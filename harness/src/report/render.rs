@@ -434,6 +434,9 @@ pub fn html(report: &RunReport) -> String {
                         };
                     }
                     out.push_str("</p>\n");
+                    if !ev.capture_note.is_empty() {
+                        let _ = writeln!(out, "<p><i>{}</i></p>", html_escape(&ev.capture_note));
+                    }
                 }
                 for (name, text) in [
                     ("conntrack table (relay)", ev.conntrack.clone()),
