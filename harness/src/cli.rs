@@ -103,15 +103,8 @@ pub struct RunArgs {
     /// Write all results as JSON (schema natvet-run/1).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Write JUnit XML (one testcase per kernel x scenario x backend x check).
-    #[arg(long, value_name = "FILE")]
-    pub junit: Option<PathBuf>,
-    /// Write a Markdown summary (for a CI job page).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
-    /// Write a self-contained HTML report (DIR/index.html).
-    #[arg(long, value_name = "DIR")]
-    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub outputs: Outputs,
     /// Folder for console logs and evidence.
     #[arg(long, value_name = "DIR", default_value = "natvet-out")]
     pub out: PathBuf,
@@ -147,10 +140,10 @@ pub struct RunArgs {
 /// Where a finished run's renderings go.
 #[derive(clap::Args, Debug)]
 pub struct Outputs {
-    /// Write JUnit XML.
+    /// Write JUnit XML (one testcase per kernel x scenario x backend x check).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Write a Markdown summary.
+    /// Write a Markdown summary (for a CI job page).
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
     /// Write a self-contained HTML report (DIR/index.html).
@@ -526,15 +519,20 @@ fn execute(opts: &VetOptions, quiet: bool) -> Result<RunReport> {
     Ok(vet::run(opts, resolved, &ui))
 }
 
-fn vet_cmd(args: VetArgs) -> Result<i32> {
-    // Validate everything the user gave before anything touches the network or boots.
+/// The kernels named with --kernel, or the set named with --set (default: `default`).
+fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
     let kernel_strings = if !args.kernels.is_empty() {
         args.kernels.clone()
     } else {
         vet::kernel_set(args.set.as_deref().unwrap_or("default"))
             .map_err(|e| usage(format!("{e:#}")))?
     };
-    let specs = parse_specs(&kernel_strings, args.modules.clone())?;
+    parse_specs(&kernel_strings, args.modules.clone())
+}
+
+fn vet_cmd(args: VetArgs) -> Result<i32> {
+    // Validate everything the user gave before anything touches the network or boots.
+    let specs = kernel_specs(&args)?;
     let opts = prepare(&args.run, specs)?;
     let report = execute(&opts, args.run.quiet)?;
     finish(&report, &args.run)?;
@@ -545,13 +543,7 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
     if args.runs < 2 {
         return Err(usage("--runs must be at least 2 to compare anything"));
     }
-    let kernel_strings = if !args.vet.kernels.is_empty() {
-        args.vet.kernels.clone()
-    } else {
-        vet::kernel_set(args.vet.set.as_deref().unwrap_or("default"))
-            .map_err(|e| usage(format!("{e:#}")))?
-    };
-    let specs = parse_specs(&kernel_strings, args.vet.modules.clone())?;
+    let specs = kernel_specs(&args.vet)?;
     let opts = prepare(&args.vet.run, specs)?;
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let ui = Ui::new(true);
@@ -638,14 +630,7 @@ fn gate_cmd(args: GateArgs) -> Result<i32> {
         }
     }
     report.gate = Some(gate);
-    write_outputs(
-        &report,
-        &Outputs {
-            junit: args.run.junit.clone(),
-            markdown: args.run.markdown.clone(),
-            html: args.run.html.clone(),
-        },
-    )?;
+    write_outputs(&report, &args.run.outputs)?;
     if let Some(path) = &args.run.json {
         write_json(&report, path)?;
     }
@@ -692,12 +677,5 @@ fn finish(report: &RunReport, run: &RunArgs) -> Result<()> {
     if let Some(path) = &run.json {
         write_json(report, path)?;
     }
-    write_outputs(
-        report,
-        &Outputs {
-            junit: run.junit.clone(),
-            markdown: run.markdown.clone(),
-            html: run.html.clone(),
-        },
-    )
+    write_outputs(report, &run.outputs)
 }

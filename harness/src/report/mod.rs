@@ -138,16 +138,7 @@ impl RunReport {
     /// The kernel x check table, then every failure with its evidence, then a summary line.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
-        // Rows: (scenario, backend, check) in first-seen order.
-        let mut rows: Vec<(String, String, String)> = Vec::new();
-        for k in &self.kernels {
-            for r in &k.results {
-                let key = (r.scenario.clone(), r.backend.clone(), r.check.clone());
-                if !rows.contains(&key) {
-                    rows.push(key);
-                }
-            }
-        }
+        let rows = render::rows(self);
         let labels: Vec<String> = self.kernels.iter().map(|k| k.label()).collect();
         let first_w = rows
             .iter()
