@@ -134,6 +134,13 @@ impl<'a> Context<'a> {
         let mut capture_note = String::new();
         let mut captures = capture.map(|c| c.finish(true)).unwrap_or_default();
         if failed && self.capture == CaptureMode::Failures {
+            // Tell the host, which counts silence as a hung check.
+            super::send(&crate::protocol::GuestMessage::Note {
+                message: format!(
+                    "{scenario} [{}] {name}: running it again with packet capture",
+                    self.backend.kind()
+                ),
+            });
             let c = self.start_capture();
             let again = self.judge(&f);
             captures = c.finish(true);
@@ -498,7 +505,14 @@ fn transfer(ctx: &mut Context, bytes: u64) -> Result<Verdict> {
     let tag = ctx.tag("transfer");
     let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::TCP_PORT);
     let start = Instant::now();
-    let result = probes::tcp_transfer(&ctx.topo.client, dest, &tag, bytes, TRANSFER_TIMEOUT);
+    let result = probes::tcp_transfer(
+        &ctx.topo.client,
+        dest,
+        &tag,
+        bytes,
+        EXCHANGE_TIMEOUT,
+        TRANSFER_TIMEOUT,
+    );
     let secs = start.elapsed().as_secs_f64();
     let seen = seen_source(ctx, &tag)?;
     let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));

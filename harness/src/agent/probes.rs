@@ -359,15 +359,17 @@ pub fn udp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> R
 }
 
 /// Send `bytes` of deterministic pseudo-random data; returns (our hash, their hash).
+/// `connect` bounds the connection attempt, `timeout` each read and write.
 pub fn tcp_transfer(
     ns: &Netns,
     dest: SocketAddr,
     tag: &str,
     bytes: u64,
+    connect: Duration,
     timeout: Duration,
 ) -> Result<(String, String)> {
     let mut stream = ns.run(|| {
-        TcpStream::connect_timeout(&dest, timeout).with_context(|| format!("TCP connect to {dest}"))
+        TcpStream::connect_timeout(&dest, connect).with_context(|| format!("TCP connect to {dest}"))
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
