@@ -153,6 +153,17 @@ impl Gate {
                 st(r.candidate)
             );
         }
+        let lost = self
+            .rows
+            .iter()
+            .filter(|r| r.change == Change::Unsupported && passed(r.baseline))
+            .count();
+        if lost > 0 {
+            let _ = writeln!(
+                out,
+                "\nnote: {lost} check(s) that pass on the baseline are unsupported on the candidate (a feature it lacks): not a regression verdict, but look before a rollout that relies on them"
+            );
+        }
         let _ = writeln!(
             out,
             "\n{regressed} regressed, {} fixed, {} unchanged-pass, {} unchanged-fail, {} unsupported, {} not comparable",
