@@ -553,12 +553,14 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
     let mut verdicts: std::collections::BTreeMap<(String, String, String, String), Vec<String>> =
         Default::default();
     let mut infra = 0;
+    let mut reports = Vec::new();
     let start = std::time::Instant::now();
     for run in 1..=args.runs {
         if crate::qemu::cancelled() {
             break;
         }
         let report = vet::run(&opts, resolved.clone(), &ui);
+        reports.push(report.clone());
         for k in &report.kernels {
             if let crate::report::KernelState::InfraError { stage, reason, .. } = &k.state {
                 infra += 1;
@@ -605,6 +607,13 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
         verdicts.len(),
         differing.len()
     );
+    // Every run's results, as one report (each kernel holds all its runs' results).
+    if let Ok(all) = RunReport::merge(reports) {
+        if let Some(path) = &args.vet.run.json {
+            write_json(&all, path)?;
+        }
+        write_outputs(&all, &args.vet.run.outputs)?;
+    }
     Ok(if !differing.is_empty() {
         exit::FAIL
     } else if infra > 0 {
