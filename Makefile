@@ -13,30 +13,26 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages `natvet kernels build` needs to compile a kernel.
 KERNEL_DEB_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev patch xz-utils
 
+# Install the Debian packages in $(1) that are not installed yet (apt-get update only then).
+apt_install = missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 .PHONY: all deps kernel-deps build vet test lint bench clean
 
 all: build
 
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(DEB_PACKAGES))
 
 # What `natvet kernels build` needs (compiler, kbuild tools, libelf/libssl headers).
 kernel-deps:
-	@missing=""; for p in $(KERNEL_DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(KERNEL_DEB_PACKAGES))
 
 build:
 	$(CARGO) build

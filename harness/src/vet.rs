@@ -394,10 +394,9 @@ pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
     }
     let exe = own_binary();
     let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    let elf = goblin::elf::Elf::parse(&bytes).context("natvet's own binary is not an ELF file")?;
-    if elf.interpreter.is_some() {
+    if !crate::elfdeps::is_static_elf(&bytes) {
         bail!(
-            "{} is dynamically linked, but it must run as the guest's PID 1 without a libc: build it with the repository's .cargo/config.toml (static, target x86_64-unknown-linux-gnu)",
+            "{} is not a statically linked ELF, but it must run as the guest's PID 1 without a libc: build it with the repository's .cargo/config.toml (static, target x86_64-unknown-linux-gnu)",
             exe.display()
         );
     }

@@ -100,18 +100,16 @@ pub fn junit(report: &RunReport) -> String {
             let body = format!("expected: {}\nobserved: {}", r.expected, r.observed);
             match r.status {
                 Status::Pass => out.push_str("/>\n"),
-                Status::Fail => {
+                // A NAT verdict is a <failure>; natvet's own trouble an <error>.
+                Status::Fail | Status::Error => {
+                    let (tag, kind) = if r.status == Status::Fail {
+                        ("failure", "nat")
+                    } else {
+                        ("error", "harness")
+                    };
                     let _ = writeln!(
                         out,
-                        ">\n      <failure message=\"{}\" type=\"nat\">{}</failure>\n    </testcase>",
-                        xml_escape(&first_line(&r.observed)),
-                        xml_escape(&body)
-                    );
-                }
-                Status::Error => {
-                    let _ = writeln!(
-                        out,
-                        ">\n      <error message=\"{}\" type=\"harness\">{}</error>\n    </testcase>",
+                        ">\n      <{tag} message=\"{}\" type=\"{kind}\">{}</{tag}>\n    </testcase>",
                         xml_escape(&first_line(&r.observed)),
                         xml_escape(&body)
                     );
