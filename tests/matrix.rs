@@ -273,7 +273,9 @@ fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> 
     let name = format!("teardown-{target}-{signal}");
     let out = out_dir(&name);
     let _ = std::fs::remove_dir_all(&out);
-    let tmp = out.join("tmp");
+    // Deliberately longer than a unix socket path may be (108 bytes): natvet
+    // must not depend on the length of TMPDIR.
+    let tmp = out.join("tmp").join("x".repeat(110));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_natvet"))
         .args(["vet", "--kernel", CONTROL_KERNEL, "--quiet", "--out"])
@@ -294,7 +296,14 @@ fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> 
         }
         if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
             let _ = child.kill();
-            return Err("natvet never started qemu".into());
+            let output = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "natvet never started qemu (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };

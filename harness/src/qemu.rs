@@ -1,13 +1,15 @@
 //! Build and drive one qemu process: TCG, the kernel booted directly (PVH
 //! vmlinux where possible), the console on ttyS0 kept in a log, and the
-//! guest's typed messages on ttyS1 through a unix socket.
+//! guest's typed messages on ttyS1 through a socket pair (no path, so no
+//! length limit and nothing to clean up).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +36,6 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// Where the console (ttyS0) is written.
     pub console_log: PathBuf,
-    /// A private folder for the results socket.
-    pub workdir: PathBuf,
 }
 
 /// How a VM ended.
@@ -79,11 +79,8 @@ pub enum QemuError {
     Cancelled,
     #[error("cannot start {QEMU}: {0}")]
     Spawn(std::io::Error),
-    #[error("cannot set up the results channel in {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot set up the results channel to the guest: {0}")]
+    Channel(std::io::Error),
 }
 
 /// The kernel command line natvet boots with.
@@ -98,8 +95,9 @@ pub fn cmdline(extra: &str) -> String {
     s
 }
 
-/// qemu's arguments for `cfg`, with results going to the socket at `sock`.
-pub fn args(cfg: &VmConfig, sock: &Path) -> Vec<String> {
+/// qemu's arguments for `cfg`, with results going to the connected socket
+/// that qemu inherits as file descriptor `results_fd`.
+pub fn args(cfg: &VmConfig, results_fd: i32) -> Vec<String> {
     let mut a: Vec<String> = [
         "-accel",
         "tcg,thread=multi,tb-size=64",
@@ -119,7 +117,7 @@ pub fn args(cfg: &VmConfig, sock: &Path) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     a.push("-chardev".into());
-    a.push(format!("socket,id=results,path={}", sock.display()));
+    a.push(format!("socket,id=results,fd={results_fd}"));
     a.push("-serial".into());
     a.push("chardev:results".into());
     a.push("-m".into());
@@ -235,30 +233,28 @@ pub fn run(
     cfg: &VmConfig,
     on_message: &mut dyn FnMut(&GuestMessage),
 ) -> Result<VmOutcome, QemuError> {
-    let sock = cfg.workdir.join("results.sock");
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|source| QemuError::Socket {
-        path: sock.clone(),
-        source,
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| QemuError::Socket {
-            path: sock.clone(),
-            source,
-        })?;
+    // A connected pair: qemu inherits one end, natvet reads the other. Unlike a
+    // listening unix socket this has no path (TMPDIR may be too long for one)
+    // and nothing to remove afterwards.
+    let (mut ours, theirs) = UnixStream::pair().map_err(QemuError::Channel)?;
+    let theirs_fd = theirs.as_raw_fd();
 
     let start = Instant::now();
     let mut cmd = Command::new(QEMU);
-    cmd.args(args(cfg, &sock))
+    cmd.args(args(cfg, theirs_fd))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: prctl is async-signal-safe. qemu dies with the thread that started it,
     // so a killed natvet never leaves a VM behind.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // Only this child keeps its end across exec; other VMs started
+            // at the same time never see it.
+            if libc::fcntl(theirs_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -270,6 +266,8 @@ pub fn run(
         _ => QemuError::Spawn(e),
     })?);
     let pid = child.0.id();
+    // Only qemu holds the other end now: its exit reads as end of stream.
+    drop(theirs);
 
     let console = Arc::new(Mutex::new(Console::default()));
     let console_thread = child.0.stdout.take().map(|out| {
@@ -293,24 +291,8 @@ pub fn run(
     let mut stalled = false;
     let mut no_agent = false;
 
-    // Wait for qemu to connect to the results socket.
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break Some(s),
-            Err(_) => {
-                if Instant::now() > deadline {
-                    timed_out = true;
-                    break None;
-                }
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    };
-
-    if let Some(s) = stream.as_mut() {
+    {
+        let s = &mut ours;
         let _ = s.set_read_timeout(Some(Duration::from_millis(250)));
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 64 * 1024];
@@ -415,7 +397,6 @@ pub fn run(
     let qemu_stderr = stderr_thread
         .and_then(|t| t.join().ok())
         .unwrap_or_default();
-    let _ = std::fs::remove_file(&sock);
 
     let console = console.lock().map(|c| {
         (
@@ -480,12 +461,11 @@ mod tests {
             stall_timeout: Duration::from_secs(1),
             boot_timeout: Duration::from_secs(1),
             console_log: "/tmp/c".into(),
-            workdir: "/tmp".into(),
         };
-        let a = args(&cfg, Path::new("/tmp/r.sock")).join(" ");
+        let a = args(&cfg, 7).join(" ");
         assert!(a.contains("-accel tcg,thread=multi"));
         assert!(a.contains("-serial stdio"));
-        assert!(a.contains("-chardev socket,id=results,path=/tmp/r.sock -serial chardev:results"));
+        assert!(a.contains("-chardev socket,id=results,fd=7 -serial chardev:results"));
         assert!(a.contains("-no-reboot"));
         assert!(a.ends_with(
             "panic=-1 quiet loglevel=4 rdinit=/init random.trust_cpu=on mitigations=off foo=1"

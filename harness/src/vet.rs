@@ -481,7 +481,6 @@ fn vet_kernel(
         stall_timeout: opts.check_timeout,
         boot_timeout: opts.check_timeout.min(opts.timeout),
         console_log: console_log.clone(),
-        workdir: work.path().to_path_buf(),
     };
     let mut results: Vec<CheckResult> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
