@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use natvet::nat::BackendKind;
+use natvet::scenario::{PortRange, Scenario};
 use serde_json::Value;
 
 /// The controls run on one kernel: they test natvet's checks, not the kernel.
@@ -173,11 +175,25 @@ fn mask(s: &str) -> String {
     out
 }
 
-/// A negative control fails exactly the checks it should, and exits 1.
-fn control_fails(scenario: &str, must_fail: &[&str]) -> Result<(), Failed> {
-    let path = format!("tests/controls/{scenario}.toml");
+/// A negative control: the shipped `extended-ports` scenario with one thing
+/// removed or wrong (`spoil`), on nftables. It must fail exactly `must_fail`,
+/// and exit 1. Derived from the shipped file, so a check added there is
+/// covered here too.
+fn control_fails(name: &str, spoil: fn(&mut Scenario), must_fail: &[&str]) -> Result<(), Failed> {
+    let mut scenario = Scenario::load("extended-ports")
+        .map_err(|e| format!("loading the shipped scenario: {e}"))?;
+    scenario.name = name.to_string();
+    scenario.description = format!("Negative control derived from extended-ports: {name}");
+    scenario.backends = vec![BackendKind::Nftables];
+    spoil(&mut scenario);
+    let dir = repo().join("target/natvet-tests/controls");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{name}.toml"));
+    let text = toml::to_string(&scenario).map_err(|e| format!("writing the control: {e}"))?;
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let path = path.display().to_string();
     let run = natvet(
-        &format!("control-{scenario}"),
+        &format!("control-{name}"),
         &["vet", "--kernel", CONTROL_KERNEL, "--scenario", &path],
     )?;
     let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
@@ -198,6 +214,210 @@ fn control_fails(scenario: &str, must_fail: &[&str]) -> Result<(), Failed> {
         return Err(format!(
             "expected exactly {want:?} to fail (exit 1); failed {failed:?}, other: {others:?}\n{}",
             explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// What `natvet verify` must leave exactly as it found it: the host's
+/// namespaces, links, addresses, routes, rulesets (nftables, iptables-nft,
+/// iptables-legacy) and network sysctls.
+fn host_state() -> String {
+    let mut out = String::new();
+    for cmd in [
+        &["ip", "netns", "list"][..],
+        &["ip", "-o", "link"],
+        &["ip", "-o", "addr"],
+        &["ip", "route", "show", "table", "all"],
+        &["nft", "list", "ruleset"],
+        &["iptables-nft-save"],
+        &["iptables-legacy-save"],
+    ] {
+        let text = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("({e})"));
+        // iptables-save stamps the time it ran.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push_str(&format!("== {}\n{text}", cmd.join(" ")));
+    }
+    out.push_str("== sysctl net\n");
+    let mut stack = vec![PathBuf::from("/proc/sys/net")];
+    let mut values = Vec::new();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(v) = std::fs::read_to_string(&p) {
+            let key = p.display().to_string();
+            // Counters that move by themselves.
+            if !key.ends_with("nf_conntrack_count") {
+                values.push(format!("{key} = {}", v.trim()));
+            }
+        }
+    }
+    values.sort();
+    out.push_str(&values.join("\n"));
+    out
+}
+
+fn diff(before: &str, after: &str) -> String {
+    let b: BTreeSet<&str> = before.lines().collect();
+    let a: BTreeSet<&str> = after.lines().collect();
+    let gone: Vec<_> = b.difference(&a).map(|l| format!("- {l}")).collect();
+    let new: Vec<_> = a.difference(&b).map(|l| format!("+ {l}")).collect();
+    [gone, new].concat().join("\n")
+}
+
+/// `natvet verify` on this machine's kernel: every check passes or, where the
+/// kernel lacks WireGuard, is unsupported for that reason; the plain-UDP
+/// redirect and the forwarding checks really ran; the host is as before.
+fn verify_on_host() -> Result<(), Failed> {
+    let before = host_state();
+    // The comparison below means something only if the snapshot has content.
+    for needle in ["/proc/sys/net/ipv4/ip_forward = ", "lo:", "== nft list ruleset"] {
+        if !before.contains(needle) {
+            return Err(format!("the host state snapshot lacks {needle:?}:\n{before}").into());
+        }
+    }
+    let run = natvet("verify", &["verify"])?;
+    let after = host_state();
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let observed = |r: &Value| r["observed"].as_str().unwrap_or("").to_string();
+    let all: Vec<&Value> = report["kernels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|k| k["results"].as_array().into_iter().flatten())
+        .collect();
+    let wrong: Vec<String> = all
+        .iter()
+        .filter(|r| {
+            let status = r["status"].as_str().unwrap_or("?");
+            !(status == "pass" || status == "unsupported" && observed(r).contains("WireGuard"))
+        })
+        .map(|r| format!("{} {}: {}", r["check"], r["status"], observed(r)))
+        .collect();
+    let ran = |prefix: &str| {
+        all.iter().any(|r| {
+            r["check"].as_str().is_some_and(|c| c.starts_with(prefix)) && r["status"] == "pass"
+        })
+    };
+    let missing: Vec<&str> = [
+        "redirect/",
+        "no-redirect/",
+        "forward/",
+        "transfer/",
+        "conntrack/masquerade",
+    ]
+    .into_iter()
+    .filter(|p| !ran(p))
+    .collect();
+    if run.code != 0 || !wrong.is_empty() || !missing.is_empty() {
+        return Err(format!(
+            "expected exit 0, every check pass or unsupported for lack of WireGuard, and the NAT checks run; \
+             got wrong: {wrong:?}, never passed: {missing:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    let changed = diff(&before, &after);
+    if !changed.is_empty() {
+        return Err(format!("verify changed the host:\n{changed}").into());
+    }
+    Ok(())
+}
+
+/// The agent child of a `natvet verify` run (`natvet agent ...`).
+fn agent_children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
+            let ppid = after.split(' ').nth(1).and_then(|x| x.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(pid) && cmdline.split(|b| *b == 0).any(|a| a == b"agent")
+        })
+        .collect()
+}
+
+/// Interrupt `natvet verify` while its agent runs checks (`signal` to its
+/// whole process group, as a terminal's Ctrl-C does, or SIGKILL to natvet
+/// alone): the exit code says so, the agent is gone, the host is as before.
+fn verify_interrupted(signal: i32, group: bool, want_code: i32) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let before = host_state();
+    let out = out_dir(&format!("verify-signal-{signal}"));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(["verify", "--quiet", "--out"])
+        .arg(&out)
+        .current_dir(repo())
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running natvet: {e}"))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let agent = loop {
+        if let Some(a) = agent_children(pid).first() {
+            break *a;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let output = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "natvet never started its agent (exit {:?})\n{}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    // Mid-run: the namespaces, links and rules exist now.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let target = if group { -(pid as i32) } else { pid as i32 };
+    // SAFETY: kill(2) on a process (group) this test started.
+    unsafe {
+        libc::kill(target, signal);
+    }
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let code = output.status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&output.status).unwrap_or(0)
+    });
+    let gone = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Path::new(&format!("/proc/{agent}")).exists() && std::time::Instant::now() < gone {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let after = host_state();
+    let changed = diff(&before, &after);
+    let mut problems = Vec::new();
+    if code != want_code {
+        problems.push(format!("exit {code}, expected {want_code}"));
+    }
+    if Path::new(&format!("/proc/{agent}")).exists() {
+        problems.push(format!("the agent (pid {agent}) outlived natvet"));
+    }
+    if !changed.is_empty() {
+        problems.push(format!("the host changed:\n{changed}"));
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "{}\n--- stderr\n{}",
+            problems.join("\n"),
+            String::from_utf8_lossy(&output.stderr)
         )
         .into());
     }
@@ -402,6 +622,13 @@ fn main() {
         ));
     }
     const REDIRECTED: &[&str] = &[
+        "redirect/53",
+        "redirect/4000",
+        "redirect/33433",
+        "redirect/33565",
+        "redirect/51819",
+        "redirect/52000",
+        "redirect/60000",
         "handshake/53",
         "handshake/4000",
         "handshake/33433",
@@ -418,12 +645,47 @@ fn main() {
         "transfer/1MiB",
         "conntrack/masquerade",
     ];
+    const OUTSIDE: &[&str] = &[
+        "no-redirect/33434",
+        "no-redirect/51821",
+        "no-handshake/33434",
+        "no-handshake/51821",
+    ];
     trials.push(Trial::test("control::extended-ports-no-redirect", || {
-        control_fails("extended-ports-no-redirect", REDIRECTED)
+        control_fails(
+            "extended-ports-no-redirect",
+            |s| s.relay.redirect_udp.clear(),
+            REDIRECTED,
+        )
     }));
     trials.push(Trial::test("control::extended-ports-no-masquerade", || {
-        control_fails("extended-ports-no-masquerade", FORWARDED)
+        control_fails(
+            "extended-ports-no-masquerade",
+            |s| s.relay.masquerade = false,
+            FORWARDED,
+        )
     }));
+    trials.push(Trial::test(
+        "control::extended-ports-redirect-too-wide",
+        || {
+            control_fails(
+                "extended-ports-redirect-too-wide",
+                |s| {
+                    s.relay.redirect_udp = vec![
+                        PortRange {
+                            first: 53,
+                            last: 53,
+                        },
+                        PortRange {
+                            first: 4000,
+                            last: 60000,
+                        },
+                    ]
+                },
+                OUTSIDE,
+            )
+        },
+    ));
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
     trials.push(Trial::test(
         "teardown::sigkill-qemu-exits-3-leaves-nothing",
@@ -440,6 +702,22 @@ fn main() {
     trials.push(Trial::test(
         "teardown::sigterm-natvet-exits-143-leaves-nothing",
         || interrupted_run_leaves_nothing("natvet", libc::SIGTERM, 143),
+    ));
+    trials.push(Trial::test(
+        "verify::host-nat-checks-leave-host-untouched",
+        verify_on_host,
+    ));
+    trials.push(Trial::test(
+        "verify::sigint-exits-130-leaves-host-untouched",
+        || verify_interrupted(libc::SIGINT, true, 130),
+    ));
+    trials.push(Trial::test(
+        "verify::sigterm-exits-143-leaves-host-untouched",
+        || verify_interrupted(libc::SIGTERM, false, 143),
+    ));
+    trials.push(Trial::test(
+        "verify::sigkill-leaves-no-agent-and-host-untouched",
+        || verify_interrupted(libc::SIGKILL, false, 137),
     ));
     trials.push(Trial::test("input::unknown-release-exits-2", || {
         bad_input(&["vet", "--kernel", "debian:9.9.9"], "debian:9.9.9")

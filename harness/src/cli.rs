@@ -53,6 +53,30 @@ pub enum Command {
     ///
     /// Exit codes: 0 every run agreed, 1 a verdict differed, 2 bad input, 3 a run could not test.
     Soak(SoakArgs),
+    /// Run the checks on this machine's running kernel, without a VM (right
+    /// after a deploy). Everything lives in namespaces natvet owns; the host's
+    /// interfaces, routes, rulesets, sysctls and conntrack are not touched.
+    /// Checks the kernel cannot run (WireGuard when it lacks it) are unsupported.
+    ///
+    /// Exit codes: 0 all checks passed, 1 a check failed, 2 bad input, 3 natvet could not test.
+    Verify(VerifyArgs),
+    /// Internal: the agent of `natvet verify`, started by natvet itself.
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        job: PathBuf,
+        #[arg(long)]
+        results_fd: i32,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub checks: CheckArgs,
+    /// Print what would be created (namespaces, links, addresses, rulesets, checks) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,9 +115,28 @@ pub struct GateArgs {
     pub run: RunArgs,
 }
 
-/// What every command that runs checks takes.
+/// What every command that runs checks in VMs takes.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub checks: CheckArgs,
+    /// VMs at once. Default: one per core, as memory allows.
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 384)]
+    pub memory: u32,
+    /// Extra kernel command line arguments.
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    pub kernel_cmdline: String,
+    /// Kernel image to boot: auto (vmlinux via PVH where possible) or bzimage.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub boot: vet::BootPreference,
+}
+
+/// What every command that runs checks takes, in a VM or on the host.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
     /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: all shipped.
     #[arg(long = "scenario", value_name = "NAME|PATH")]
     pub scenarios: Vec<String>,
@@ -108,30 +151,18 @@ pub struct RunArgs {
     /// Folder for console logs and evidence.
     #[arg(long, value_name = "DIR", default_value = "natvet-out")]
     pub out: PathBuf,
-    /// VMs at once. Default: one per core, as memory allows.
-    #[arg(long, short = 'j')]
-    pub jobs: Option<usize>,
-    /// Seconds one VM may take from boot to power-off.
+    /// Seconds one kernel's run may take from start to end.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
-    /// Seconds one check may take before the VM is stopped as hung.
+    /// Seconds one check may take before the run is stopped as hung.
     #[arg(long, default_value_t = 120)]
     pub check_timeout: u64,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 384)]
-    pub memory: u32,
-    /// Extra kernel command line arguments.
-    #[arg(long, value_name = "ARGS", default_value = "")]
-    pub kernel_cmdline: String,
     /// Keep evidence for passing checks too.
     #[arg(long)]
     pub evidence_always: bool,
     /// Packet captures: kept for failing checks (default), always, or never taken.
     #[arg(long, value_enum, default_value = "failures")]
     pub capture: crate::protocol::CaptureMode,
-    /// Kernel image to boot: auto (vmlinux via PVH where possible) or bzimage.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub boot: vet::BootPreference,
     /// No progress output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -273,6 +304,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Vet(args) => vet_cmd(args),
         Command::Gate(args) => gate_cmd(args),
         Command::Soak(args) => soak_cmd(args),
+        Command::Verify(args) => verify_cmd(args),
+        Command::Agent { job, results_fd } => Ok(crate::agent::main_host(&job, results_fd)),
         Command::Report(ReportCmd::Merge { inputs, output }) => {
             let reports = inputs
                 .iter()
@@ -439,18 +472,18 @@ fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<Vec<KernelS
         .collect()
 }
 
-/// Scenarios and options common to vet and gate, validated before anything runs.
-fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
-    let names: Vec<String> = if run.scenarios.is_empty() {
+/// The scenarios asked for, with their backends narrowed to --backend.
+fn load_scenarios(checks: &CheckArgs) -> Result<Vec<Scenario>> {
+    let names: Vec<String> = if checks.scenarios.is_empty() {
         SHIPPED.iter().map(|(n, _)| n.to_string()).collect()
     } else {
-        run.scenarios.clone()
+        checks.scenarios.clone()
     };
     let mut scenarios = Vec::new();
     for n in &names {
         let mut s = Scenario::load(n).map_err(|e| usage(e.to_string()))?;
-        if !run.backend.is_empty() {
-            s.backends.retain(|b| run.backend.contains(b));
+        if !checks.backend.is_empty() {
+            s.backends.retain(|b| checks.backend.contains(b));
             if s.backends.is_empty() {
                 return Err(usage(format!(
                     "scenario '{}' allows none of the backends given with --backend",
@@ -460,6 +493,29 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
         }
         scenarios.push(s);
     }
+    Ok(scenarios)
+}
+
+/// Options for a run of `scenarios` on one or more kernels.
+fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> VetOptions {
+    VetOptions {
+        kernels: vec![],
+        scenarios,
+        jobs: 1,
+        timeout: Duration::from_secs(checks.timeout),
+        check_timeout: Duration::from_secs(checks.check_timeout),
+        memory_mb: 0,
+        out_dir: checks.out.clone(),
+        cmdline_extra: String::new(),
+        evidence_always: checks.evidence_always,
+        capture: checks.capture,
+        boot: vet::BootPreference::Auto,
+    }
+}
+
+/// Scenarios and options common to vet and gate, validated before anything runs.
+fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
+    let scenarios = load_scenarios(&run.checks)?;
     if run.jobs == Some(0) {
         return Err(usage("--jobs must be at least 1"));
     }
@@ -481,16 +537,11 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
     }
     Ok(VetOptions {
         kernels: specs,
-        scenarios,
         jobs,
-        timeout: Duration::from_secs(run.timeout),
-        check_timeout: Duration::from_secs(run.check_timeout),
         memory_mb: run.memory,
-        out_dir: run.out.clone(),
         cmdline_extra: run.kernel_cmdline.clone(),
-        evidence_always: run.evidence_always,
-        capture: run.capture,
         boot: run.boot,
+        ..check_options(&run.checks, scenarios)
     })
 }
 
@@ -534,8 +585,23 @@ fn vet_cmd(args: VetArgs) -> Result<i32> {
     // Validate everything the user gave before anything touches the network or boots.
     let specs = kernel_specs(&args)?;
     let opts = prepare(&args.run, specs)?;
-    let report = execute(&opts, args.run.quiet)?;
-    finish(&report, &args.run)?;
+    let report = execute(&opts, args.run.checks.quiet)?;
+    finish(&report, &args.run.checks)?;
+    Ok(report.exit_code())
+}
+
+fn verify_cmd(args: VerifyArgs) -> Result<i32> {
+    let scenarios = load_scenarios(&args.checks)?;
+    if args.dry_run {
+        print!("{}", crate::verify::plan(&scenarios));
+        return Ok(exit::PASS);
+    }
+    if let Some(why) = crate::verify::preflight() {
+        return Err(usage(why));
+    }
+    let opts = check_options(&args.checks, scenarios);
+    let report = crate::verify::run(&opts, &Ui::new(args.checks.quiet));
+    finish(&report, &args.checks)?;
     Ok(report.exit_code())
 }
 
@@ -609,10 +675,10 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
     );
     // Every run's results, as one report (each kernel holds all its runs' results).
     if let Ok(all) = RunReport::merge(reports) {
-        if let Some(path) = &args.vet.run.json {
+        if let Some(path) = &args.vet.run.checks.json {
             write_json(&all, path)?;
         }
-        write_outputs(&all, &args.vet.run.outputs)?;
+        write_outputs(&all, &args.vet.run.checks.outputs)?;
     }
     Ok(if !differing.is_empty() {
         exit::FAIL
@@ -626,7 +692,7 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
 fn gate_cmd(args: GateArgs) -> Result<i32> {
     let specs = parse_specs(&[args.baseline.clone(), args.candidate.clone()], None)?;
     let opts = prepare(&args.run, specs)?;
-    let mut report = execute(&opts, args.run.quiet)?;
+    let mut report = execute(&opts, args.run.checks.quiet)?;
     let (Some(baseline), Some(candidate)) = (report.kernels.first(), report.kernels.get(1)) else {
         anyhow::bail!("the gate needs both kernels' results");
     };
@@ -639,8 +705,8 @@ fn gate_cmd(args: GateArgs) -> Result<i32> {
         }
     }
     report.gate = Some(gate);
-    write_outputs(&report, &args.run.outputs)?;
-    if let Some(path) = &args.run.json {
+    write_outputs(&report, &args.run.checks.outputs)?;
+    if let Some(path) = &args.run.checks.json {
         write_json(&report, path)?;
     }
     Ok(code)
@@ -681,7 +747,7 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> Result<()> {
     Ok(())
 }
 
-fn finish(report: &RunReport, run: &RunArgs) -> Result<()> {
+fn finish(report: &RunReport, run: &CheckArgs) -> Result<()> {
     print!("{}", report.render_table());
     if let Some(path) = &run.json {
         write_json(report, path)?;

@@ -20,4 +20,5 @@ pub mod qemu;
 pub mod report;
 pub mod scenario;
 pub mod ui;
+pub mod verify;
 pub mod vet;

@@ -77,8 +77,8 @@ pub enum QemuError {
     Missing,
     #[error("interrupted before the VM started")]
     Cancelled,
-    #[error("cannot start {QEMU}: {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot start {0}: {1}")]
+    Spawn(&'static str, std::io::Error),
     #[error("cannot set up the results channel to the guest: {0}")]
     Channel(std::io::Error),
 }
@@ -233,25 +233,78 @@ pub fn run(
     cfg: &VmConfig,
     on_message: &mut dyn FnMut(&GuestMessage),
 ) -> Result<VmOutcome, QemuError> {
-    // A connected pair: qemu inherits one end, natvet reads the other. Unlike a
-    // listening unix socket this has no path (TMPDIR may be too long for one)
-    // and nothing to remove afterwards.
-    let (mut ours, theirs) = UnixStream::pair().map_err(QemuError::Channel)?;
-    let theirs_fd = theirs.as_raw_fd();
-
-    let start = Instant::now();
+    let channel = Channel::new()?;
     let mut cmd = Command::new(QEMU);
-    cmd.args(args(cfg, theirs_fd))
-        .stdin(Stdio::null())
+    cmd.args(args(cfg, channel.child_fd()));
+    let watch = Watch {
+        program: "qemu",
+        timeout: cfg.timeout,
+        stall_timeout: cfg.stall_timeout,
+        boot_timeout: cfg.boot_timeout,
+        console_log: cfg.console_log.clone(),
+    };
+    supervise(cmd, channel, &watch, on_message)
+}
+
+/// The results channel: a connected socket pair. The child inherits one end
+/// (as a plain file descriptor), natvet reads the other. Unlike a listening
+/// unix socket it has no path (TMPDIR may be too long for one) and nothing to
+/// remove afterwards.
+pub struct Channel {
+    ours: UnixStream,
+    theirs: UnixStream,
+}
+
+impl Channel {
+    pub fn new() -> Result<Channel, QemuError> {
+        let (ours, theirs) = UnixStream::pair().map_err(QemuError::Channel)?;
+        Ok(Channel { ours, theirs })
+    }
+
+    /// The descriptor number the child finds its end under.
+    pub fn child_fd(&self) -> i32 {
+        self.theirs.as_raw_fd()
+    }
+}
+
+/// What `supervise` watches for, besides the messages.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The child's name in messages ("qemu", "the agent").
+    pub program: &'static str,
+    /// The whole run, start to end.
+    pub timeout: Duration,
+    /// The longest silence once the agent runs (one check's time).
+    pub stall_timeout: Duration,
+    /// How long until the agent's Hello.
+    pub boot_timeout: Duration,
+    /// Where the child's stdout (the console) is written.
+    pub console_log: PathBuf,
+}
+
+/// Start `cmd` (qemu, or natvet's agent on the host for `natvet verify`),
+/// which writes natvet messages to the channel's child end and its console to
+/// stdout; stream the messages to `on_message` until the child says Done,
+/// goes silent, outlives its time, or dies. The child dies with natvet.
+pub fn supervise(
+    mut cmd: Command,
+    channel: Channel,
+    watch: &Watch,
+    on_message: &mut dyn FnMut(&GuestMessage),
+) -> Result<VmOutcome, QemuError> {
+    let Channel { mut ours, theirs } = channel;
+    let theirs_fd = theirs.as_raw_fd();
+    let start = Instant::now();
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe. qemu dies with the thread that started it,
-    // so a killed natvet never leaves a VM behind.
+    // SAFETY: prctl and fcntl are async-signal-safe. The child dies with the
+    // thread that started it, so a killed natvet never leaves one behind.
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // Only this child keeps its end across exec; other VMs started
-            // at the same time never see it.
+            // Only this child keeps its end across exec; others started at
+            // the same time never see it.
             if libc::fcntl(theirs_fd, libc::F_SETFD, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -262,16 +315,16 @@ pub fn run(
         return Err(QemuError::Cancelled);
     }
     let mut child = Reaper::new(cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => QemuError::Missing,
-        _ => QemuError::Spawn(e),
+        std::io::ErrorKind::NotFound if watch.program == "qemu" => QemuError::Missing,
+        _ => QemuError::Spawn(watch.program, e),
     })?);
     let pid = child.0.id();
-    // Only qemu holds the other end now: its exit reads as end of stream.
+    // Only the child holds the other end now: its exit reads as end of stream.
     drop(theirs);
 
     let console = Arc::new(Mutex::new(Console::default()));
     let console_thread = child.0.stdout.take().map(|out| {
-        let (log, state) = (cfg.console_log.clone(), console.clone());
+        let (log, state) = (watch.console_log.clone(), console.clone());
         std::thread::spawn(move || watch_console(out, log, state))
     });
     let stderr_thread = child.0.stderr.take().map(|mut err| {
@@ -282,7 +335,7 @@ pub fn run(
         })
     });
 
-    let deadline = start + cfg.timeout;
+    let deadline = start + watch.timeout;
     let mut peak = None;
     let mut boot = None;
     let mut done = false;
@@ -303,12 +356,12 @@ pub fn run(
                 timed_out = true;
                 break;
             }
-            if boot.is_none() && start.elapsed() > cfg.boot_timeout {
+            if boot.is_none() && start.elapsed() > watch.boot_timeout {
                 no_agent = true;
                 break;
             }
             // Every check reports its start and its end: silence this long means one hung.
-            if boot.is_some() && last_message.elapsed() > cfg.stall_timeout {
+            if boot.is_some() && last_message.elapsed() > watch.stall_timeout {
                 stalled = true;
                 break;
             }
@@ -411,11 +464,11 @@ pub fn run(
     } else if let Some(e) = protocol_error {
         VmEnd::Protocol(e)
     } else if timed_out {
-        VmEnd::Timeout(cfg.timeout)
+        VmEnd::Timeout(watch.timeout)
     } else if stalled {
-        VmEnd::Stalled(cfg.stall_timeout)
+        VmEnd::Stalled(watch.stall_timeout)
     } else if no_agent {
-        VmEnd::NoAgent(cfg.boot_timeout)
+        VmEnd::NoAgent(watch.boot_timeout)
     } else if done {
         VmEnd::Completed
     } else if let Some(sig) = status
@@ -426,8 +479,8 @@ pub fn run(
     } else {
         let why = match status {
             _ if cancelled() => "interrupted (SIGINT/SIGTERM): the VM was stopped".to_string(),
-            Some(st) => format!("qemu exited ({st}) before the guest finished"),
-            None => "qemu could not be waited for".to_string(),
+            Some(st) => format!("{} exited ({st}) before the agent finished", watch.program),
+            None => format!("{} could not be waited for", watch.program),
         };
         let err = qemu_stderr.trim();
         VmEnd::Died(if err.is_empty() {

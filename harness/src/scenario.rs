@@ -78,6 +78,12 @@ pub enum CheckSpec {
     ConntrackMasquerade,
     /// No WARN, BUG, oops, soft lockup or RCU stall in the kernel log.
     KernelHealth,
+    /// A plain UDP datagram to each port reaches a socket on the listen port
+    /// (source intact) and its reply returns from that port. Runs before the
+    /// tunnel is up, so it needs no WireGuard.
+    Redirect { ports: Vec<u16> },
+    /// A plain UDP datagram to each port does not reach the listen port.
+    NoRedirect { ports: Vec<u16> },
 }
 
 fn default_transfer() -> u64 {
@@ -119,7 +125,21 @@ impl CheckSpec {
             CheckSpec::ConntrackRedirect { port } => vec![format!("conntrack/redirect-{port}")],
             CheckSpec::ConntrackMasquerade => vec!["conntrack/masquerade".into()],
             CheckSpec::KernelHealth => vec!["kernel-health".into()],
+            CheckSpec::Redirect { ports } => {
+                ports.iter().map(|p| format!("redirect/{p}")).collect()
+            }
+            CheckSpec::NoRedirect { ports } => {
+                ports.iter().map(|p| format!("no-redirect/{p}")).collect()
+            }
         }
+    }
+
+    /// Checks that run before the tunnel is up (they need the listen port free).
+    pub fn before_tunnel(&self) -> bool {
+        matches!(
+            self,
+            CheckSpec::Redirect { .. } | CheckSpec::NoRedirect { .. }
+        )
     }
 }
 

@@ -134,7 +134,7 @@ pub fn available_memory_mb() -> Option<u64> {
 
 /// A kernel spec and what became of it: the kernel and how long resolving took
 /// (ms), or why it could not be had (an infrastructure error).
-pub type Resolution = (KernelSpec, std::result::Result<(Kernel, u64), String>);
+pub type Resolution = (String, std::result::Result<(Kernel, u64), String>);
 
 /// Resolve every kernel first: a user error (unknown release, missing file)
 /// stops the run before anything boots.
@@ -148,9 +148,12 @@ pub fn resolve_all(
         let start = Instant::now();
         let progress = |msg: &str| ui.println(&format!("[{spec}] {msg}"));
         match kernel::resolve(spec, cache, &progress) {
-            Ok(k) => out.push((spec.clone(), Ok((k, start.elapsed().as_millis() as u64)))),
+            Ok(k) => out.push((
+                spec.to_string(),
+                Ok((k, start.elapsed().as_millis() as u64)),
+            )),
             Err(e) if e.is_user_error() => return Err(e),
-            Err(e) => out.push((spec.clone(), Err(format!("{e}")))),
+            Err(e) => out.push((spec.to_string(), Err(format!("{e}")))),
         }
     }
     Ok(out)
@@ -222,7 +225,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                 };
                 if qemu::cancelled() {
                     let why = "natvet was interrupted before this kernel ran".to_string();
-                    let run = infra_run(&spec.to_string(), None, "interrupted", why, vec![]);
+                    let run = infra_run(&spec, None, "interrupted", why, vec![]);
                     if let Ok(mut r) = results.lock() {
                         r.push((i, run));
                     }
@@ -242,7 +245,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                             _ => first,
                         }
                     }
-                    Err(reason) => infra_run(&spec.to_string(), None, "fetch", reason, vec![]),
+                    Err(reason) => infra_run(&spec, None, "fetch", reason, vec![]),
                 };
                 if let Ok(mut r) = results.lock() {
                     r.push((i, run));
@@ -362,7 +365,7 @@ fn guest_tools(scenarios: &[Scenario]) -> (Vec<PathBuf>, Vec<PathBuf>) {
 /// The running natvet binary, which becomes the guest's /init. /proc/self/exe
 /// stays readable even when the file was replaced (a rebuild during a long
 /// soak), where the path current_exe() names would not.
-fn own_binary() -> PathBuf {
+pub(crate) fn own_binary() -> PathBuf {
     let proc_exe = PathBuf::from("/proc/self/exe");
     if proc_exe.exists() {
         proc_exe
@@ -450,37 +453,65 @@ fn vet_kernel(
         }
     };
 
-    progress.stage("building initramfs");
-    let initrd = work.path().join("initramfs.cpio");
-    let t = Instant::now();
-    let stats = match build_initramfs(opts, kernel, &initrd) {
-        Ok(s) => s,
-        Err(e) => {
+    let console_log = kdir.join("console.log");
+    let mut initramfs_ms = 0;
+    let mut initramfs_bytes = 0;
+    let launch = if kernel.boot_kind == kernel::BootKind::Running {
+        progress.stage("starting the agent");
+        let job = work.path().join("job.json");
+        if let Err(e) = serde_json::to_vec(&make_job(opts, vec![]))
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(std::fs::write(&job, bytes)?))
+        {
             return infra_run(
                 &kernel.spec,
                 Some(kernel),
-                "initramfs",
-                format!("{e:#}"),
+                "output",
+                format!("cannot write the agent's job {}: {e:#}", job.display()),
                 vec![],
-            )
+            );
         }
-    };
-    let initramfs_ms = t.elapsed().as_millis() as u64;
-
-    progress.stage("booting");
-    let console_log = kdir.join("console.log");
-    let cfg = VmConfig {
-        kernel: match (opts.boot, &kernel.bzimage) {
-            (BootPreference::BzImage, Some(bz)) => bz.clone(),
-            _ => kernel.boot_image.clone(),
-        },
-        initrd,
-        memory_mb: opts.memory_mb,
-        cmdline_extra: opts.cmdline_extra.clone(),
-        timeout: opts.timeout,
-        stall_timeout: opts.check_timeout,
-        boot_timeout: opts.check_timeout.min(opts.timeout),
-        console_log: console_log.clone(),
+        Launch::Host {
+            job,
+            watch: qemu::Watch {
+                program: "the agent",
+                timeout: opts.timeout,
+                stall_timeout: opts.check_timeout,
+                boot_timeout: opts.check_timeout.min(opts.timeout),
+                console_log: console_log.clone(),
+            },
+        }
+    } else {
+        progress.stage("building initramfs");
+        let initrd = work.path().join("initramfs.cpio");
+        let t = Instant::now();
+        match build_initramfs(opts, kernel, &initrd) {
+            Ok(stats) => initramfs_bytes = stats.bytes,
+            Err(e) => {
+                return infra_run(
+                    &kernel.spec,
+                    Some(kernel),
+                    "initramfs",
+                    format!("{e:#}"),
+                    vec![],
+                )
+            }
+        };
+        initramfs_ms = t.elapsed().as_millis() as u64;
+        progress.stage("booting");
+        Launch::Vm(VmConfig {
+            kernel: match (opts.boot, &kernel.bzimage) {
+                (BootPreference::BzImage, Some(bz)) => bz.clone(),
+                _ => kernel.boot_image.clone(),
+            },
+            initrd,
+            memory_mb: opts.memory_mb,
+            cmdline_extra: opts.cmdline_extra.clone(),
+            timeout: opts.timeout,
+            stall_timeout: opts.check_timeout,
+            boot_timeout: opts.check_timeout.min(opts.timeout),
+            console_log: console_log.clone(),
+        })
     };
     let mut results: Vec<CheckResult> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -489,7 +520,7 @@ fn vet_kernel(
     let mut fatal: Option<String> = None;
     let mut running: Option<String> = None;
     let mut agent_ms = None;
-    let outcome = qemu::run(&cfg, &mut |msg| match msg {
+    let mut on_message = |msg: &GuestMessage| match msg {
         GuestMessage::Hello {
             kernel_release,
             uptime_ms,
@@ -518,7 +549,11 @@ fn vet_kernel(
         }
         GuestMessage::Done { elapsed_ms } => agent_ms = Some(*elapsed_ms),
         GuestMessage::Fatal { error } => fatal = Some(error.clone()),
-    });
+    };
+    let outcome = match &launch {
+        Launch::Vm(cfg) => qemu::run(cfg, &mut on_message),
+        Launch::Host { job, watch } => crate::verify::run_agent(job, watch, &mut on_message),
+    };
 
     let mut run = KernelRun {
         spec: kernel.spec.clone(),
@@ -536,7 +571,7 @@ fn vet_kernel(
         timings: Timings {
             resolve_ms,
             initramfs_ms,
-            initramfs_bytes: stats.bytes,
+            initramfs_bytes,
             guest_uptime_ms: uptime,
             agent_ms,
             ..Timings::default()
@@ -639,6 +674,22 @@ fn vet_kernel(
     run
 }
 
+/// How one kernel runs: booted in qemu, or the host's own (`natvet verify`).
+enum Launch {
+    Vm(VmConfig),
+    Host { job: PathBuf, watch: qemu::Watch },
+}
+
+fn make_job(opts: &VetOptions, preload_modules: Vec<String>) -> Job {
+    Job {
+        version: PROTOCOL_VERSION,
+        scenarios: opts.scenarios.clone(),
+        preload_modules,
+        evidence_always: opts.evidence_always,
+        capture: opts.capture,
+    }
+}
+
 fn build_initramfs(
     opts: &VetOptions,
     kernel: &Kernel,
@@ -659,13 +710,7 @@ fn build_initramfs(
         }
         None => vec![],
     };
-    let job = Job {
-        version: PROTOCOL_VERSION,
-        scenarios: opts.scenarios.clone(),
-        preload_modules: preload.clone(),
-        evidence_always: opts.evidence_always,
-        capture: opts.capture,
-    };
+    let job = make_job(opts, preload.clone());
     let (host_binaries, host_dirs) = guest_tools(&opts.scenarios);
     let modules = match (&kernel.modules_dir, &kernel.release) {
         (Some(dir), Some(release)) => Some(ModulesSpec {

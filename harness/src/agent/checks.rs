@@ -16,7 +16,6 @@ use crate::nat::NatBackend;
 use base64::Engine as _;
 
 use super::capture::Capture;
-use super::topology::{RELAY_PUBLIC_IF, RELAY_WAN_IF};
 use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
 use crate::scenario::{human_bytes, CheckSpec, Protocol};
 
@@ -27,6 +26,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(12);
 /// relay does not tell us sooner with an ICMP error.
 const NO_HANDSHAKE_WAIT: Duration = Duration::from_secs(6);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a datagram that should not arrive, when the relay
+/// does not tell us sooner with an ICMP error.
+const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a check concluded, before timing and evidence are attached.
@@ -37,6 +39,15 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The kernel lacks what the check needs: neither a pass nor a NAT failure.
+    fn unsupported(expected: impl Into<String>, why: impl Into<String>) -> Verdict {
+        Verdict {
+            status: Status::Unsupported,
+            expected: expected.into(),
+            observed: why.into(),
+        }
+    }
+
     fn judge(ok: bool, expected: impl Into<String>, observed: impl Into<String>) -> Verdict {
         Verdict {
             status: if ok { Status::Pass } else { Status::Fail },
@@ -87,15 +98,7 @@ impl<'a> Context<'a> {
 
     /// Run one named check and wrap its verdict in a result.
     fn start_capture(&self) -> Capture {
-        let t = &self.topo;
-        Capture::start(&[
-            (&t.client, "eth0"),
-            (&t.client, "wg0"),
-            (&t.relay, RELAY_PUBLIC_IF),
-            (&t.relay, "wg0"),
-            (&t.relay, RELAY_WAN_IF),
-            (&t.internet, "eth0"),
-        ])
+        Capture::start(&self.topo.interfaces())
     }
 
     fn judge(&mut self, f: &impl Fn(&mut Self) -> Result<Verdict>) -> Verdict {
@@ -130,7 +133,8 @@ impl<'a> Context<'a> {
         let duration_ms = start.elapsed().as_millis() as u64;
         let mut lines = self.kmsg.drain();
         self.dmesg.extend(lines.iter().cloned());
-        let failed = verdict.status != Status::Pass;
+        // An unsupported check has nothing to show: the kernel lacks what it needs.
+        let failed = matches!(verdict.status, Status::Fail | Status::Error);
         let mut capture_note = String::new();
         let mut captures = capture.map(|c| c.finish(true)).unwrap_or_default();
         if failed && self.capture == CaptureMode::Failures {
@@ -195,7 +199,7 @@ impl<'a> Context<'a> {
                 .unwrap_or_else(|e| format!("({e:#})")),
             counters: per_ns(&|ns| ns.proc_net("dev")),
             routes: per_ns(&|ns| ns.proc_net("route")),
-            wireguard: format!("{}{}", t.client_wg.describe(), t.relay_wg.describe()),
+            wireguard: t.describe_tunnel(),
             dmesg,
             captures: vec![],
             capture_note: String::new(),
@@ -243,7 +247,123 @@ pub fn run_spec(
         CheckSpec::KernelHealth => {
             emit(ctx.run(scenario, &names[0], kernel_health));
         }
+        CheckSpec::Redirect { ports } | CheckSpec::NoRedirect { ports } => {
+            let expect = matches!(spec, CheckSpec::Redirect { .. });
+            for (port, name) in ports.iter().zip(&names) {
+                emit(ctx.run(scenario, name, |c| udp_redirect(c, *port, expect)));
+            }
+        }
     }
+}
+
+/// A plain UDP datagram from the client to `RELAY_PUBLIC:port`: with
+/// `expect`, it must reach a socket on the relay's listen port with the
+/// client's source intact, and the reply must return from `port` (the
+/// redirect's reverse translation); without, it must not reach that socket.
+/// Runs before the tunnel exists, when the listen port is free to bind.
+fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
+    let listen = ctx.topo.listen_port;
+    let sport = ctx.topo.fresh_client_port();
+    let expected = if expect {
+        format!("a UDP datagram to {RELAY_PUBLIC}:{port} reaches the relay's socket on :{listen} from {CLIENT_PUBLIC}:{sport}, and the reply returns from {RELAY_PUBLIC}:{port}")
+    } else {
+        format!("a UDP datagram to {RELAY_PUBLIC}:{port} does not reach the relay's socket on :{listen}")
+    };
+    let topo = &ctx.topo;
+    let relay_sock = topo.relay.run(|| {
+        UdpSocket::bind(("0.0.0.0", listen)).with_context(|| {
+            format!("binding udp/{listen} on the relay (is something else listening there?)")
+        })
+    })?;
+    let client_sock = topo.client.run(|| {
+        UdpSocket::bind((CLIENT_PUBLIC, sport))
+            .with_context(|| format!("binding udp/{sport} on the client"))
+    })?;
+    relay_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    client_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    topo.client_icmp.drain();
+    let tag = format!("natvet-redirect-{sport}");
+    let wait = if expect {
+        EXCHANGE_TIMEOUT
+    } else {
+        REDIRECT_ABSENT_WAIT
+    };
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 1500];
+    let mut arrived: Option<(SocketAddr, Duration)> = None;
+    let mut refused: Option<(IcmpPacket, Duration)> = None;
+    let mut reply: Option<SocketAddr> = None;
+    while start.elapsed() < wait {
+        // Resend now and then: the first datagram may wait on ARP.
+        if arrived.is_none() && last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            client_sock
+                .send_to(tag.as_bytes(), (RELAY_PUBLIC, port))
+                .context("sending from the client")?;
+            last_send = Some(Instant::now());
+        }
+        if arrived.is_none() {
+            if let Ok((n, from)) = relay_sock.recv_from(&mut buf) {
+                if &buf[..n] == tag.as_bytes() {
+                    arrived = Some((from, start.elapsed()));
+                    relay_sock
+                        .send_to(&buf[..n], from)
+                        .context("replying from the relay")?;
+                }
+            }
+        }
+        if arrived.is_some() {
+            if let Ok((n, from)) = client_sock.recv_from(&mut buf) {
+                if &buf[..n] == tag.as_bytes() {
+                    reply = Some(from);
+                    break;
+                }
+            }
+        }
+        if let Some(icmp) = topo.client_icmp.recv() {
+            if icmp.icmp_type == ICMP_UNREACHABLE
+                && icmp.inner_proto == Some(17)
+                && icmp.inner_dport == Some(port)
+            {
+                refused = Some((icmp, start.elapsed()));
+                if arrived.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    let mut observed = match &arrived {
+        Some((from, after)) => format!(
+            "the relay's socket on :{listen} received it from {from} after {} ms",
+            after.as_millis()
+        ),
+        None => format!("the relay's socket on :{listen} received nothing"),
+    };
+    match (&reply, &refused) {
+        (Some(from), _) => observed.push_str(&format!("; the reply came back from {from}")),
+        (None, _) if arrived.is_some() => observed.push_str(&format!(
+            "; no reply reached the client within {:.1} s",
+            wait.as_secs_f32()
+        )),
+        (None, Some((icmp, after))) => observed.push_str(&format!(
+            "; {} answered ICMP destination unreachable (code {}) for udp/{port} after {} ms",
+            icmp.source,
+            icmp.code,
+            after.as_millis()
+        )),
+        (None, None) => observed.push_str(&format!(
+            " and no ICMP error came within {:.1} s",
+            wait.as_secs_f32()
+        )),
+    }
+    let client = SocketAddr::new(IpAddr::V4(CLIENT_PUBLIC), sport);
+    let ok = if expect {
+        arrived.as_ref().map(|(from, _)| *from) == Some(client)
+            && reply == Some(SocketAddr::new(IpAddr::V4(RELAY_PUBLIC), port))
+    } else {
+        arrived.is_none()
+    };
+    Ok(Verdict::judge(ok, expected, observed))
 }
 
 /// What happened when the client tried to reach the relay at one port.
@@ -260,11 +380,12 @@ fn attempt_handshake(
     port: u16,
     wait: Duration,
 ) -> Result<(u16, HandshakeOutcome)> {
-    let topo = &mut ctx.topo;
-    let sport = topo.fresh_client_port();
+    let sport = ctx.topo.fresh_client_port();
+    let topo = &ctx.topo;
+    let (client_wg, relay_wg) = topo.wg().map_err(anyhow::Error::msg)?;
     topo.client_icmp.drain();
-    topo.client_wg.set_only_peer(
-        &topo.relay_wg.public_key(),
+    client_wg.set_only_peer(
+        &relay_wg.public_key(),
         Some(SocketAddr::new(IpAddr::V4(RELAY_PUBLIC), port)),
         &[(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)],
         Some(sport),
@@ -278,7 +399,7 @@ fn attempt_handshake(
         .context("sending a packet into the tunnel")?;
     let start = Instant::now();
     loop {
-        let state = topo.client_wg.peer_state()?;
+        let state = client_wg.peer_state()?;
         if state.and_then(|s| s.last_handshake).is_some() {
             return Ok((
                 sport,
@@ -339,13 +460,16 @@ fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
     } else {
         NO_HANDSHAKE_WAIT
     };
-    let (sport, outcome) = attempt_handshake(ctx, port, wait)?;
-    let completed = matches!(outcome, HandshakeOutcome::Completed { .. });
     let expected = if expect {
         format!("a WireGuard handshake via {RELAY_PUBLIC}:{port}")
     } else {
         format!("no WireGuard handshake via {RELAY_PUBLIC}:{port}")
     };
+    if let Err(why) = ctx.topo.wg() {
+        return Ok(Verdict::unsupported(expected, why));
+    }
+    let (sport, outcome) = attempt_handshake(ctx, port, wait)?;
+    let completed = matches!(outcome, HandshakeOutcome::Completed { .. });
     Ok(Verdict::judge(
         completed == expect,
         expected,
@@ -358,6 +482,9 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
     let expected = format!(
         "a conntrack entry {CLIENT_PUBLIC}:SPORT -> {RELAY_PUBLIC}:{port} whose reply comes from {RELAY_PUBLIC}:{listen}"
     );
+    if let Err(why) = ctx.topo.wg() {
+        return Ok(Verdict::unsupported(expected, why));
+    }
     let (sport, outcome) = attempt_handshake(ctx, port, HANDSHAKE_TIMEOUT)?;
     if !matches!(outcome, HandshakeOutcome::Completed { .. }) {
         return Ok(Verdict::judge(
@@ -393,7 +520,8 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
 
 /// Bring the data tunnel up through the plain listen port (once per scenario).
 fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String>> {
-    if ctx.tunnel_port.is_some() {
+    // A veth stand-in needs no handshake.
+    if ctx.tunnel_port.is_some() || ctx.topo.wg().is_err() {
         return Ok(Ok(()));
     }
     let listen = ctx.topo.listen_port;

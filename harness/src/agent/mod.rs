@@ -1,6 +1,9 @@
-//! The guest side: natvet as PID 1. It mounts what a tiny system needs, loads
-//! modules, builds each scenario's topology, runs its checks and reports every
-//! result as a typed message on the second serial port, then ends the VM.
+//! The agent: natvet as the guest's PID 1 (it mounts what a tiny system needs,
+//! loads modules, and ends the VM when done), or as a child of `natvet verify`
+//! on the host's running kernel. Either way it builds each scenario's topology
+//! in namespaces of its own, runs the checks and reports every result as a
+//! typed message on its results channel (the guest's second serial port, or a
+//! socket inherited from natvet on the host).
 
 pub mod capture;
 pub mod checks;
@@ -24,7 +27,8 @@ use crate::nat::NatBackend;
 use crate::protocol::{
     CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY,
 };
-use crate::scenario::Scenario;
+use crate::scenario::{CheckSpec, Scenario};
+use topology::Tunnel;
 
 static RESULTS: OnceLock<Mutex<File>> = OnceLock::new();
 
@@ -115,23 +119,71 @@ fn uptime_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn hello(release: &str) {
+    send(&GuestMessage::Hello {
+        version: PROTOCOL_VERSION,
+        kernel_release: release.to_string(),
+        uptime_ms: uptime_ms(),
+    });
+}
+
+fn read_job(path: &Path) -> Result<Job> {
+    serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading the job {}", path.display()))?,
+    )
+    .context("parsing the job")
+}
+
+/// `natvet agent` on the host (started by `natvet verify`): the same checks on
+/// the running kernel, in namespaces that exist only as long as this process
+/// does. Results go to the inherited descriptor `results_fd`.
+pub fn main_host(job: &Path, results_fd: i32) -> i32 {
+    let start = Instant::now();
+    // SAFETY: natvet passed this descriptor to us for exactly this use, and
+    // nothing else in this process owns it.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(results_fd) };
+    let _ = RESULTS.set(Mutex::new(file));
+    std::panic::set_hook(Box::new(|info| {
+        send(&GuestMessage::Fatal {
+            error: format!("the agent panicked: {info}"),
+        });
+    }));
+    let outcome = std::panic::catch_unwind(|| -> Result<()> {
+        hello(&kernel_release());
+        let job = read_job(job)?;
+        run_job(&job);
+        Ok(())
+    });
+    match outcome {
+        Ok(Ok(())) => {
+            send(&GuestMessage::Done {
+                elapsed_ms: start.elapsed().as_millis() as u64,
+            });
+            0
+        }
+        Ok(Err(e)) => {
+            send(&GuestMessage::Fatal {
+                error: format!("{e:#}"),
+            });
+            1
+        }
+        Err(_) => 1,
+    }
+}
+
 fn run(start: Instant) -> Result<()> {
     mount_basics()?;
     let port = open_results_port()?;
     let _ = RESULTS.set(Mutex::new(port));
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    send(&GuestMessage::Hello {
-        version: PROTOCOL_VERSION,
-        kernel_release: release.clone(),
-        uptime_ms: uptime_ms(),
-    });
-
-    let job: Job = serde_json::from_slice(
-        &std::fs::read(Path::new("/").join(JOB_PATH)).context("reading the job")?,
-    )
-    .context("parsing the job")?;
+    let release = kernel_release();
+    hello(&release);
+    let job = read_job(&Path::new("/").join(JOB_PATH))?;
 
     let modules_dir = Path::new("/lib/modules").join(&release);
     if modules_dir.join("modules.dep").exists() {
@@ -155,16 +207,20 @@ fn run(start: Instant) -> Result<()> {
         });
     }
 
-    for scenario in &job.scenarios {
-        for kind in &scenario.backends {
-            let backend = kind.backend();
-            run_scenario(scenario, backend.as_ref(), &job);
-        }
-    }
+    run_job(&job);
     send(&GuestMessage::Note {
         message: format!("agent finished in {} ms", start.elapsed().as_millis()),
     });
     Ok(())
+}
+
+fn run_job(job: &Job) {
+    for scenario in &job.scenarios {
+        for kind in &scenario.backends {
+            let backend = kind.backend();
+            run_scenario(scenario, backend.as_ref(), job);
+        }
+    }
 }
 
 /// One scenario with one backend. Setup failures become results for every
@@ -172,20 +228,8 @@ fn run(start: Instant) -> Result<()> {
 /// host always learns the fate of each check by name.
 fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     let mut kmsg = kmsg::Kmsg::open();
-    let settle = |status: Status, why: String| {
-        for name in scenario.result_names() {
-            send(&GuestMessage::Check(Box::new(CheckResult {
-                scenario: scenario.name.clone(),
-                backend: backend.kind().to_string(),
-                check: name,
-                status,
-                expected: "the scenario's setup succeeds".into(),
-                observed: why.clone(),
-                duration_ms: 0,
-                evidence: None,
-                evidence_dir: None,
-            })));
-        }
+    let settle_all = |status: Status, why: String| {
+        settle(scenario, backend, scenario.result_names(), status, &why)
     };
     let topo = match topology::Topology::build(scenario.relay.listen_port) {
         Ok(t) => t,
@@ -199,7 +243,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
             } else {
                 Status::Error
             };
-            return settle(
+            return settle_all(
                 status,
                 format!("building the topology failed: {msg}\n{}", lines.join("\n")),
             );
@@ -209,18 +253,64 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => {
             topo.stop();
-            return settle(Status::Unsupported, reason);
+            return settle_all(Status::Unsupported, reason);
         }
         Err(e) => {
             topo.stop();
-            return settle(Status::Error, format!("{e:#}"));
+            return settle_all(Status::Error, format!("{e:#}"));
         }
     }
     let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
-    for spec in &scenario.checks {
-        checks::run_spec(&mut ctx, &scenario.name, spec, &mut |r| {
-            send(&GuestMessage::Check(Box::new(r)))
-        });
+    let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
+    // Plain-UDP redirect checks first: they need the listen port that the
+    // tunnel takes over.
+    let (early, late): (Vec<&CheckSpec>, Vec<&CheckSpec>) =
+        scenario.checks.iter().partition(|c| c.before_tunnel());
+    for spec in early {
+        checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
+    }
+    match ctx.topo.start_tunnel() {
+        Ok(Tunnel::StandIn { why }) => send(&GuestMessage::Note {
+            message: format!(
+                "{} [{}]: {why}; a veth pair stands in for the tunnel, WireGuard checks are unsupported",
+                scenario.name,
+                backend.kind()
+            ),
+        }),
+        Ok(Tunnel::WireGuard { .. }) => {}
+        Err(e) => {
+            let why = format!("bringing up the tunnel failed: {e:#}");
+            let names = late.iter().flat_map(|c| c.result_names()).collect();
+            settle(scenario, backend, names, Status::Error, &why);
+            ctx.topo.stop();
+            return;
+        }
+    }
+    for spec in late {
+        checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
     }
     ctx.topo.stop();
+}
+
+/// Report `names` as settled without running them (setup failed).
+fn settle(
+    scenario: &Scenario,
+    backend: &dyn NatBackend,
+    names: Vec<String>,
+    status: Status,
+    why: &str,
+) {
+    for name in names {
+        send(&GuestMessage::Check(Box::new(CheckResult {
+            scenario: scenario.name.clone(),
+            backend: backend.kind().to_string(),
+            check: name,
+            status,
+            expected: "the scenario's setup succeeds".into(),
+            observed: why.to_string(),
+            duration_ms: 0,
+            evidence: None,
+            evidence_dir: None,
+        })));
+    }
 }

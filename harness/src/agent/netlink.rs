@@ -43,23 +43,27 @@ pub fn link_up(ns: &Netns, name: &str) -> Result<()> {
     })
 }
 
-/// A veth pair: `name` stays in `ns`, `peer` moves to `peer_ns`.
+/// A veth pair: `name` stays in `ns`, `peer` moves to `peer_ns`. The peer is
+/// created under a temporary name and renamed as it moves, so both ends may
+/// carry the same name.
 pub fn veth_pair(ns: &Netns, name: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
     let peer_fd = peer_ns.raw_fd();
+    let temporary = format!("nv{}", rand::random::<u32>());
     ns.block_on(|| async {
         let handle = connect().await?;
         handle
             .link()
-            .add(LinkVeth::new(name, peer).build())
+            .add(LinkVeth::new(name, &temporary).build())
             .execute()
             .await
             .with_context(|| format!("creating veth {name}/{peer} in {}", ns.name))?;
-        let index = index_of(&handle, peer).await?;
+        let index = index_of(&handle, &temporary).await?;
         handle
             .link()
             .set(
                 LinkUnspec::new_with_index(index)
                     .setns_by_fd(peer_fd)
+                    .name(peer)
                     .build(),
             )
             .execute()

@@ -8,6 +8,14 @@
 //! ```
 //! The client reaches 198.51.100.0/24 only through its tunnel; the internet
 //! host has no route back to the tunnel, so only masqueraded traffic gets replies.
+//!
+//! The namespaces are anonymous (held by file descriptor, never mounted under
+//! /run/netns) and every link lives inside them, so nothing is created in the
+//! namespace natvet starts in, and everything vanishes with the process that
+//! holds them, however it ends. On a kernel without WireGuard (a host for
+//! `natvet verify`), a veth pair `tun0` with the tunnel's addresses stands in
+//! for the tunnel: the WireGuard checks are then unsupported, and the NAT
+//! checks still run over it.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
@@ -34,9 +42,27 @@ pub const TUNNEL_NET: Ipv4Net = Ipv4Net {
 };
 pub const RELAY_PUBLIC_IF: &str = "public";
 pub const RELAY_WAN_IF: &str = "wan";
+pub const WG_IF: &str = "wg0";
+pub const STAND_IN_IF: &str = "tun0";
 /// The client's first WireGuard source port; each check takes a fresh one so
 /// that conntrack entries of earlier checks cannot interfere.
 pub const CLIENT_FIRST_PORT: u16 = 40000;
+
+/// What `Topology::build` and `start_tunnel` create, in words (for
+/// `natvet verify --dry-run`). Kept next to the code it describes.
+pub fn plan() -> String {
+    format!(
+        "  namespaces (anonymous: held by the agent, gone when it exits): client, relay, internet
+  links:      veth relay/{RELAY_PUBLIC_IF} <-> client/eth0, veth relay/{RELAY_WAN_IF} <-> internet/eth0
+  addresses:  client/eth0 {CLIENT_PUBLIC}/24, relay/{RELAY_PUBLIC_IF} {RELAY_PUBLIC}/24, relay/{RELAY_WAN_IF} {RELAY_WAN}/24, internet/eth0 {INTERNET}/24
+  sysctls:    net.ipv4.ip_forward=1 in the relay namespace only
+  tunnel:     WireGuard {WG_IF} on client ({TUNNEL_CLIENT}/24) and relay ({TUNNEL_RELAY}/24, UDP listen port from the scenario);
+              on a kernel without WireGuard, veth {STAND_IN_IF} with the same addresses (WireGuard checks: unsupported)
+  routes:     client 198.51.100.0/24 via the tunnel
+  probes:     TCP/UDP/ICMP servers in the internet namespace, sockets on the client and relay
+"
+    )
+}
 
 /// The neutral NAT rules a scenario asks for.
 pub fn nat_rules(scenario: &Scenario) -> NatRules {
@@ -57,14 +83,42 @@ pub fn nat_rules(scenario: &Scenario) -> NatRules {
     rules
 }
 
+/// What carries the client's traffic to the relay.
+pub enum Tunnel {
+    WireGuard {
+        client: WgInterface,
+        relay: WgInterface,
+    },
+    /// The kernel has no WireGuard: a veth pair with the tunnel's addresses.
+    StandIn {
+        /// Why WireGuard could not be used.
+        why: String,
+    },
+}
+
+impl Tunnel {
+    pub fn iface(&self) -> &'static str {
+        match self {
+            Tunnel::WireGuard { .. } => WG_IF,
+            Tunnel::StandIn { .. } => STAND_IN_IF,
+        }
+    }
+}
+
+/// Did creating a WireGuard link fail because the kernel lacks WireGuard?
+fn lacks_wireguard(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("Operation not supported") || text.contains("Not supported")
+}
+
 /// Everything a check can touch. Dropping it removes all of it: the
 /// namespaces die with their last file descriptor and socket.
 pub struct Topology {
     pub client: Arc<Netns>,
     pub relay: Arc<Netns>,
     pub internet: Arc<Netns>,
-    pub client_wg: WgInterface,
-    pub relay_wg: WgInterface,
+    /// None until `start_tunnel`.
+    pub tunnel: Option<Tunnel>,
     pub internet_host: Option<InternetHost>,
     pub client_icmp: IcmpSocket,
     pub listen_port: u16,
@@ -72,7 +126,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Namespaces, links, addresses, routes and WireGuard; no NAT yet.
+    /// Namespaces, links, addresses and routes; no tunnel and no NAT yet.
     pub fn build(listen_port: u16) -> Result<Topology> {
         let client = Arc::new(Netns::create("client")?);
         let relay = Arc::new(Netns::create("relay")?);
@@ -93,33 +147,91 @@ impl Topology {
         }
         relay.sysctl("net.ipv4.ip_forward", "1")?;
 
-        let relay_wg = WgInterface::create(relay.clone(), "wg0", Some(listen_port))?;
-        let client_wg = WgInterface::create(client.clone(), "wg0", Some(CLIENT_FIRST_PORT))?;
-        relay_wg.set_only_peer(
-            &client_wg.public_key(),
-            None,
-            &[(IpAddr::V4(TUNNEL_CLIENT), 32)],
-            None,
-        )?;
-        for (ns, addr) in [(&relay, TUNNEL_RELAY), (&client, TUNNEL_CLIENT)] {
-            netlink::add_address(ns, "wg0", IpAddr::V4(addr), 24)?;
-            netlink::link_up(ns, "wg0")?;
-        }
-        netlink::add_route_v4(&client, Ipv4Addr::new(198, 51, 100, 0), 24, "wg0", None)?;
-
         let client_icmp = IcmpSocket::open(&client)?;
         let internet_host = Some(InternetHost::start(&internet, INTERNET)?);
         Ok(Topology {
             client,
             relay,
             internet,
-            client_wg,
-            relay_wg,
+            tunnel: None,
             internet_host,
             client_icmp,
             listen_port,
             next_port: CLIENT_FIRST_PORT,
         })
+    }
+
+    /// Bring up the tunnel: WireGuard, or the veth stand-in when the kernel
+    /// has no WireGuard. Then route the internet through it.
+    pub fn start_tunnel(&mut self) -> Result<&Tunnel> {
+        let tunnel = match self.wireguard() {
+            Ok(t) => t,
+            Err(e) if lacks_wireguard(&e) => {
+                netlink::veth_pair(&self.relay, STAND_IN_IF, &self.client, STAND_IN_IF)?;
+                Tunnel::StandIn {
+                    why: format!("the kernel has no WireGuard ({e:#})"),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let dev = tunnel.iface();
+        for (ns, addr) in [(&self.relay, TUNNEL_RELAY), (&self.client, TUNNEL_CLIENT)] {
+            netlink::add_address(ns, dev, IpAddr::V4(addr), 24)?;
+            netlink::link_up(ns, dev)?;
+        }
+        // WireGuard is point to point; a veth needs the relay as gateway.
+        let via = matches!(tunnel, Tunnel::StandIn { .. }).then_some(TUNNEL_RELAY);
+        netlink::add_route_v4(&self.client, Ipv4Addr::new(198, 51, 100, 0), 24, dev, via)?;
+        Ok(self.tunnel.insert(tunnel))
+    }
+
+    fn wireguard(&self) -> Result<Tunnel> {
+        let relay = WgInterface::create(self.relay.clone(), WG_IF, Some(self.listen_port))?;
+        let client = WgInterface::create(self.client.clone(), WG_IF, Some(CLIENT_FIRST_PORT))?;
+        relay.set_only_peer(
+            &client.public_key(),
+            None,
+            &[(IpAddr::V4(TUNNEL_CLIENT), 32)],
+            None,
+        )?;
+        Ok(Tunnel::WireGuard { client, relay })
+    }
+
+    /// The WireGuard interfaces (client, relay), or why there are none.
+    pub fn wg(&self) -> std::result::Result<(&WgInterface, &WgInterface), String> {
+        match &self.tunnel {
+            Some(Tunnel::WireGuard { client, relay }) => Ok((client, relay)),
+            Some(Tunnel::StandIn { why }) => Err(why.clone()),
+            None => Err("the tunnel is not up yet".into()),
+        }
+    }
+
+    /// (namespace, interface) pairs worth capturing on.
+    pub fn interfaces(&self) -> Vec<(&Netns, &'static str)> {
+        let mut v: Vec<(&Netns, &'static str)> = vec![(&self.client, "eth0")];
+        if let Some(t) = &self.tunnel {
+            v.push((&self.client, t.iface()));
+            v.push((&self.relay, t.iface()));
+        }
+        v.extend([
+            (&*self.relay, RELAY_PUBLIC_IF),
+            (&*self.relay, RELAY_WAN_IF),
+            (&*self.internet, "eth0"),
+        ]);
+        v
+    }
+
+    /// What the tunnel looks like, for evidence.
+    pub fn describe_tunnel(&self) -> String {
+        match &self.tunnel {
+            Some(Tunnel::WireGuard { client, relay }) => {
+                format!("{}{}", client.describe(), relay.describe())
+            }
+            Some(Tunnel::StandIn { why }) => format!(
+                "no WireGuard: {why}; veth {STAND_IN_IF} ({TUNNEL_CLIENT} <-> {TUNNEL_RELAY}) stands in for the tunnel\n"
+            ),
+            None => "the tunnel was not up\n".into(),
+        }
     }
 
     /// A client source port no earlier check has used.
@@ -147,7 +259,10 @@ impl Topology {
     ) -> Result<std::result::Result<(), String>> {
         for tool in backend.tools() {
             if !std::path::Path::new(tool).exists() {
-                bail!("{tool} is not in the initramfs: install it on the host (apt-get install nftables iptables)");
+                return Ok(Err(format!(
+                    "{} needs {tool}, which is missing: install it on the host (apt-get install -y nftables iptables)",
+                    backend.kind()
+                )));
             }
         }
         if let Err(e) = self.relay_run(&backend.probe(), None) {

@@ -18,6 +18,7 @@ fn check(k: &Kernel) {
             assert!(vmlinux::has_pvh_note(&img), "PVH note present");
         }
         BootKind::BzImage => assert!(vmlinux::is_bzimage(&img)),
+        BootKind::Running => panic!("a resolved kernel is never the running one"),
     }
     if let Some(m) = &k.modules_dir {
         assert!(m.join("modules.dep").is_file(), "modules.dep in {m:?}");

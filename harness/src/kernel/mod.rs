@@ -116,13 +116,34 @@ impl fmt::Display for KernelSpec {
     }
 }
 
-/// How qemu boots the image given to `-kernel`.
+/// How natvet runs a kernel: qemu booting the image given to `-kernel`, or
+/// the host's own running kernel (`natvet verify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BootKind {
     /// An ELF vmlinux with a PVH entry note (fast: no decompression).
     Pvh,
     /// A bzImage (Linux boot protocol).
     BzImage,
+    /// The kernel natvet runs on: no VM, the agent runs as a child process.
+    Running,
+}
+
+impl Kernel {
+    /// The kernel this machine runs, for `natvet verify`.
+    pub fn running() -> Kernel {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .ok();
+        Kernel {
+            spec: "host".into(),
+            release,
+            boot_image: PathBuf::new(),
+            boot_kind: BootKind::Running,
+            bzimage: None,
+            modules_dir: None,
+            package: None,
+        }
+    }
 }
 
 /// A Debian package a kernel came from.
@@ -361,6 +382,8 @@ fn load_complete(cache: &Cache, release: &str, spec: &str) -> Option<Kernel> {
     let boot_image = match marker.boot_kind {
         BootKind::Pvh => dir.join("vmlinux"),
         BootKind::BzImage => bzimage.clone(),
+        // Never written to a cache marker.
+        BootKind::Running => return None,
     };
     let modules_dir = marker
         .modules_release

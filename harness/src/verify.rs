@@ -1,0 +1,83 @@
+//! `natvet verify`: the scenarios' checks on the host's running kernel, with
+//! no VM. natvet starts itself as `natvet agent`, a child process that builds
+//! the topology in anonymous network namespaces of its own: nothing is
+//! created in the namespaces the host uses, so its interfaces, routes,
+//! rulesets, sysctls and conntrack table are never touched, and everything the
+//! agent made disappears with it, even when it is killed.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::agent::topology;
+use crate::kernel::Kernel;
+use crate::protocol::GuestMessage;
+use crate::qemu::{self, Channel, QemuError, VmOutcome, Watch};
+use crate::report::RunReport;
+use crate::scenario::Scenario;
+use crate::ui::Ui;
+use crate::vet::{self, VetOptions};
+
+/// Why this process cannot run `verify`, if it cannot.
+pub fn preflight() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(
+            "natvet verify creates network namespaces and NAT rules, which needs root: run it with sudo"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Run every scenario of `opts` on the running kernel.
+pub fn run(opts: &VetOptions, ui: &Ui) -> RunReport {
+    let kernel = Kernel::running();
+    vet::run(opts, vec![(kernel.spec.clone(), Ok((kernel, 0)))], ui)
+}
+
+/// Start `natvet agent` with `job` and stream its messages, exactly as from a VM.
+pub fn run_agent(
+    job: &Path,
+    watch: &Watch,
+    on_message: &mut dyn FnMut(&GuestMessage),
+) -> Result<VmOutcome, QemuError> {
+    let channel = Channel::new()?;
+    let mut cmd = Command::new(vet::own_binary());
+    cmd.arg("agent")
+        .arg("--job")
+        .arg(job)
+        .arg("--results-fd")
+        .arg(channel.child_fd().to_string());
+    qemu::supervise(cmd, channel, watch, on_message)
+}
+
+/// What a run would create, for `--dry-run`.
+pub fn plan(scenarios: &[Scenario]) -> String {
+    let release = Kernel::running().release.unwrap_or_else(|| "?".into());
+    let mut out = format!(
+        "natvet verify --dry-run: nothing was created. A run on this kernel ({release}) would start \
+         `natvet agent` as a child process and, for each scenario and backend below, inside it:\n\n"
+    );
+    out.push_str(&topology::plan());
+    for s in scenarios {
+        out.push_str(&format!("\nscenario {} ({})\n", s.name, s.description));
+        let rules = topology::nat_rules(s);
+        for kind in &s.backends {
+            let backend = kind.backend();
+            out.push_str(&format!(
+                "  {kind}: ruleset applied in the relay namespace with `{}`:\n",
+                backend.apply()
+            ));
+            for line in backend.render(&rules).lines() {
+                out.push_str(&format!("      {line}\n"));
+            }
+        }
+        out.push_str("  checks:\n");
+        for name in s.result_names() {
+            out.push_str(&format!("      {name}\n"));
+        }
+    }
+    out.push_str(
+        "\nNothing is created in the host's own namespaces: its interfaces, routes, rulesets, sysctls and conntrack table are untouched.\n",
+    );
+    out
+}
