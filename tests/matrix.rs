@@ -175,15 +175,19 @@ fn mask(s: &str) -> String {
     out
 }
 
-/// A negative control: the shipped `extended-ports` scenario with one thing
-/// removed or wrong (`spoil`), on nftables. It must fail exactly `must_fail`,
-/// and exit 1. Derived from the shipped file, so a check added there is
-/// covered here too.
-fn control_fails(name: &str, spoil: fn(&mut Scenario), must_fail: &[&str]) -> Result<(), Failed> {
-    let mut scenario = Scenario::load("extended-ports")
-        .map_err(|e| format!("loading the shipped scenario: {e}"))?;
+/// A negative control: the shipped scenario `base` with one thing removed or
+/// wrong (`spoil`), on nftables. It must fail exactly `must_fail`, and exit 1.
+/// Derived from the shipped file, so a check added there is covered here too.
+fn control_fails(
+    base: &str,
+    name: &str,
+    spoil: fn(&mut Scenario),
+    must_fail: &[&str],
+) -> Result<(), Failed> {
+    let mut scenario =
+        Scenario::load(base).map_err(|e| format!("loading the shipped scenario: {e}"))?;
     scenario.name = name.to_string();
-    scenario.description = format!("Negative control derived from extended-ports: {name}");
+    scenario.description = format!("Negative control derived from {base}: {name}");
     scenario.backends = vec![BackendKind::Nftables];
     spoil(&mut scenario);
     let dir = repo().join("target/natvet-tests/controls");
@@ -282,7 +286,11 @@ fn diff(before: &str, after: &str) -> String {
 fn verify_on_host() -> Result<(), Failed> {
     let before = host_state();
     // The comparison below means something only if the snapshot has content.
-    for needle in ["/proc/sys/net/ipv4/ip_forward = ", "lo:", "== nft list ruleset"] {
+    for needle in [
+        "/proc/sys/net/ipv4/ip_forward = ",
+        "lo:",
+        "== nft list ruleset",
+    ] {
         if !before.contains(needle) {
             return Err(format!("the host state snapshot lacks {needle:?}:\n{before}").into());
         }
@@ -644,6 +652,9 @@ fn main() {
         "forward/icmp",
         "transfer/1MiB",
         "conntrack/masquerade",
+        "icmp-error/port-unreachable",
+        "many-flows/200",
+        "conntrack/flush",
     ];
     const OUTSIDE: &[&str] = &[
         "no-redirect/33434",
@@ -653,6 +664,7 @@ fn main() {
     ];
     trials.push(Trial::test("control::extended-ports-no-redirect", || {
         control_fails(
+            "extended-ports",
             "extended-ports-no-redirect",
             |s| s.relay.redirect_udp.clear(),
             REDIRECTED,
@@ -660,6 +672,7 @@ fn main() {
     }));
     trials.push(Trial::test("control::extended-ports-no-masquerade", || {
         control_fails(
+            "extended-ports",
             "extended-ports-no-masquerade",
             |s| s.relay.masquerade = false,
             FORWARDED,
@@ -669,6 +682,7 @@ fn main() {
         "control::extended-ports-redirect-too-wide",
         || {
             control_fails(
+                "extended-ports",
                 "extended-ports-redirect-too-wide",
                 |s| {
                     s.relay.redirect_udp = vec![
@@ -683,6 +697,23 @@ fn main() {
                     ]
                 },
                 OUTSIDE,
+            )
+        },
+    ));
+    trials.push(Trial::test(
+        "control::port-exhaustion-range-too-wide",
+        || {
+            control_fails(
+                "port-exhaustion",
+                "port-exhaustion-range-too-wide",
+                // 16 ports hold all 12 flows: nothing is exhausted.
+                |s| {
+                    s.relay.masquerade_ports = Some(PortRange {
+                        first: 40000,
+                        last: 40015,
+                    })
+                },
+                &["port-exhaustion"],
             )
         },
     ));

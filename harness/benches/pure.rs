@@ -17,6 +17,7 @@ fn rules() -> NatRules {
                 prefix: 24,
             },
             out_iface: "wan".into(),
+            ports: None,
         }],
         redirect_udp: vec![Redirect {
             in_iface: "public".into(),

@@ -37,6 +37,9 @@ pub enum Command {
     /// Show the shipped scenarios, or validate one.
     #[command(subcommand)]
     Scenarios(ScenariosCmd),
+    /// The check catalogue: every check kind, its results, timeout and what passes.
+    #[command(subcommand)]
+    Checks(ChecksCmd),
     /// Resolve (and fetch into the cache) kernels without booting them.
     #[command(subcommand)]
     Kernels(KernelsCmd),
@@ -183,6 +186,12 @@ pub struct Outputs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ChecksCmd {
+    /// List every check kind a scenario can use.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ReportCmd {
     /// Join the JSON reports of matrix shards into one.
     Merge {
@@ -305,6 +314,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Gate(args) => gate_cmd(args),
         Command::Soak(args) => soak_cmd(args),
         Command::Verify(args) => verify_cmd(args),
+        Command::Checks(ChecksCmd::List) => {
+            print!("{}", crate::catalogue::render());
+            Ok(exit::PASS)
+        }
         Command::Agent { job, results_fd } => Ok(crate::agent::main_host(&job, results_fd)),
         Command::Report(ReportCmd::Merge { inputs, output }) => {
             let reports = inputs

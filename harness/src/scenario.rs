@@ -9,10 +9,16 @@ use serde::{Deserialize, Serialize};
 use crate::nat::BackendKind;
 
 /// The scenarios that ship with natvet, embedded so the binary works anywhere.
-pub const SHIPPED: &[(&str, &str)] = &[(
-    "extended-ports",
-    include_str!("../../scenarios/extended-ports.toml"),
-)];
+pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "extended-ports",
+        include_str!("../../scenarios/extended-ports.toml"),
+    ),
+    (
+        "port-exhaustion",
+        include_str!("../../scenarios/port-exhaustion.toml"),
+    ),
+];
 
 /// A scenario as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +54,9 @@ pub struct RelayConfig {
     /// Masquerade tunnel traffic to the relay's public address.
     #[serde(default = "yes")]
     pub masquerade: bool,
+    /// Translated TCP/UDP source ports come from this range only ("40000-40007").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade_ports: Option<PortRange>,
 }
 
 fn default_listen_port() -> u16 {
@@ -84,6 +93,29 @@ pub enum CheckSpec {
     Redirect { ports: Vec<u16> },
     /// A plain UDP datagram to each port does not reach the listen port.
     NoRedirect { ports: Vec<u16> },
+    /// An ICMP port unreachable from beyond the NAT reaches the client,
+    /// translated back to the client's own address and port.
+    IcmpError,
+    /// After `conntrack -F` on the relay, a flow that worked works again.
+    ConntrackFlush,
+    /// Many concurrent UDP flows all get replies and distinct translated ports.
+    ManyFlows {
+        #[serde(default = "default_flows")]
+        flows: u32,
+    },
+    /// More flows than `relay.masquerade_ports` holds: the range fills, the
+    /// rest are dropped cleanly, and the flows that got a port keep working.
+    PortExhaustion {
+        #[serde(default = "default_flows_beyond")]
+        beyond: u32,
+    },
+}
+
+fn default_flows() -> u32 {
+    200
+}
+fn default_flows_beyond() -> u32 {
+    4
 }
 
 fn default_transfer() -> u64 {
@@ -131,6 +163,10 @@ impl CheckSpec {
             CheckSpec::NoRedirect { ports } => {
                 ports.iter().map(|p| format!("no-redirect/{p}")).collect()
             }
+            CheckSpec::IcmpError => vec!["icmp-error/port-unreachable".into()],
+            CheckSpec::ConntrackFlush => vec!["conntrack/flush".into()],
+            CheckSpec::ManyFlows { flows } => vec![format!("many-flows/{flows}")],
+            CheckSpec::PortExhaustion { .. } => vec!["port-exhaustion".into()],
         }
     }
 
@@ -314,22 +350,46 @@ impl Scenario {
         if self.checks.is_empty() {
             return Err("no checks: add at least one [[check]] table".into());
         }
+        let exhausts = self
+            .checks
+            .iter()
+            .any(|c| matches!(c, CheckSpec::PortExhaustion { .. }));
+        if exhausts && (self.relay.masquerade_ports.is_none() || !self.relay.masquerade) {
+            return Err(
+                "check port-exhaustion needs relay.masquerade = true and relay.masquerade_ports (e.g. \"40000-40007\") to exhaust"
+                    .into(),
+            );
+        }
+        if let Some(r) = self.relay.masquerade_ports.filter(|_| exhausts) {
+            if r.last - r.first >= 1024 {
+                return Err(format!(
+                    "relay.masquerade_ports {r} holds {} ports: natvet fills it in the port-exhaustion check, so keep it at most 1024 ports",
+                    u32::from(r.last - r.first) + 1
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for check in &self.checks {
             let empty = match check {
-                CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } => {
-                    ports.is_empty()
-                }
+                CheckSpec::Handshake { ports }
+                | CheckSpec::NoHandshake { ports }
+                | CheckSpec::Redirect { ports }
+                | CheckSpec::NoRedirect { ports } => ports.is_empty(),
                 CheckSpec::Forward { protocols } => protocols.is_empty(),
                 CheckSpec::Transfer { bytes } => *bytes == 0,
+                CheckSpec::ManyFlows { flows } => *flows == 0,
                 _ => false,
             };
             if empty {
                 return Err(format!("check {check:?} has nothing to check"));
             }
-            if let CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } = check {
+            if let CheckSpec::Handshake { ports }
+            | CheckSpec::NoHandshake { ports }
+            | CheckSpec::Redirect { ports }
+            | CheckSpec::NoRedirect { ports } = check
+            {
                 if ports.contains(&0) {
-                    return Err("port 0 cannot carry a handshake".into());
+                    return Err("port 0 cannot carry UDP: use ports 1-65535".into());
                 }
             }
             for name in check.result_names() {
@@ -341,9 +401,16 @@ impl Scenario {
         Ok(())
     }
 
-    /// All result names, in run order.
+    /// All result names, in run order: the checks that need the listen port
+    /// free first, then the rest as written.
     pub fn result_names(&self) -> Vec<String> {
-        self.checks.iter().flat_map(|c| c.result_names()).collect()
+        let (early, late): (Vec<&CheckSpec>, Vec<&CheckSpec>) =
+            self.checks.iter().partition(|c| c.before_tunnel());
+        early
+            .into_iter()
+            .chain(late)
+            .flat_map(|c| c.result_names())
+            .collect()
     }
 }
 

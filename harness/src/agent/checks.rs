@@ -1,6 +1,7 @@
 //! The checks: each sends real packets through the guest kernel and compares
 //! what arrived with what the scenario expects.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -21,15 +22,15 @@ use crate::scenario::{human_bytes, CheckSpec, Protocol};
 
 /// How long a handshake that should happen may take: WireGuard retries an
 /// initiation after 5 s (REKEY_TIMEOUT), so this allows two retries.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(12);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(12);
 /// How long to wait before concluding that no handshake happens, when the
 /// relay does not tell us sooner with an ICMP error.
-const NO_HANDSHAKE_WAIT: Duration = Duration::from_secs(6);
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const NO_HANDSHAKE_WAIT: Duration = Duration::from_secs(6);
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a datagram that should not arrive, when the relay
 /// does not tell us sooner with an ICMP error.
-const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a check concluded, before timing and evidence are attached.
 pub struct Verdict {
@@ -68,6 +69,8 @@ pub struct Context<'a> {
     pub capture: CaptureMode,
     /// The client source port of the established data tunnel, once up.
     tunnel_port: Option<u16>,
+    /// The scenario's masquerade port range, if it sets one.
+    pub masquerade_ports: Option<crate::scenario::PortRange>,
     nonce: u64,
 }
 
@@ -87,6 +90,7 @@ impl<'a> Context<'a> {
             evidence_always,
             capture,
             tunnel_port: None,
+            masquerade_ports: None,
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
         }
     }
@@ -246,6 +250,14 @@ pub fn run_spec(
         }
         CheckSpec::KernelHealth => {
             emit(ctx.run(scenario, &names[0], kernel_health));
+        }
+        CheckSpec::IcmpError => emit(ctx.run(scenario, &names[0], icmp_error)),
+        CheckSpec::ConntrackFlush => emit(ctx.run(scenario, &names[0], conntrack_flush)),
+        CheckSpec::ManyFlows { flows } => {
+            emit(ctx.run(scenario, &names[0], |c| many_flows(c, *flows)))
+        }
+        CheckSpec::PortExhaustion { beyond } => {
+            emit(ctx.run(scenario, &names[0], |c| port_exhaustion(c, *beyond)))
         }
         CheckSpec::Redirect { ports } | CheckSpec::NoRedirect { ports } => {
             let expect = matches!(spec, CheckSpec::Redirect { .. });
@@ -728,5 +740,282 @@ fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
         bad.is_empty(),
         "no WARN, BUG, oops, lockup or RCU stall in the kernel log",
         observed,
+    ))
+}
+
+fn flush_conntrack(ctx: &Context) -> Result<()> {
+    let inv = crate::nat::Invocation {
+        program: "/usr/sbin/conntrack",
+        args: vec!["-F"],
+    };
+    run_in(&ctx.topo.relay, &inv, None).context("flushing the relay's conntrack table")?;
+    Ok(())
+}
+
+/// A UDP port nothing listens on at the internet host.
+pub const CLOSED_PORT: u16 = 9;
+
+/// A UDP datagram through tunnel and NAT to a closed port beyond the relay:
+/// the internet host's ICMP port unreachable goes to the relay's public
+/// address, and conntrack must translate it back (outer and embedded headers)
+/// so the client sees its own address and port in it.
+fn icmp_error(ctx: &mut Context) -> Result<Verdict> {
+    let expected = format!(
+        "the ICMP port unreachable {INTERNET} sends for udp/{CLOSED_PORT} reaches the client with the embedded source translated back to {TUNNEL_CLIENT}:SPORT"
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let topo = &ctx.topo;
+    let socket = topo
+        .client
+        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client"))?;
+    let sport = socket.local_addr()?.port();
+    topo.client_icmp.drain();
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut other: Option<IcmpPacket> = None;
+    while start.elapsed() < EXCHANGE_TIMEOUT {
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            socket
+                .send_to(b"natvet-icmp-error", (INTERNET, CLOSED_PORT))
+                .context("sending to the closed port")?;
+            last_send = Some(Instant::now());
+        }
+        let Some(icmp) = topo.client_icmp.recv() else {
+            continue;
+        };
+        if icmp.icmp_type != ICMP_UNREACHABLE || icmp.inner_dport != Some(CLOSED_PORT) {
+            continue;
+        }
+        let translated = icmp.inner_src == Some(TUNNEL_CLIENT) && icmp.inner_sport == Some(sport);
+        let observed =
+            format!(
+            "after {} ms the client got ICMP unreachable (code {}) from {}, embedded source {}:{}",
+            start.elapsed().as_millis(),
+            icmp.code,
+            icmp.source,
+            icmp.inner_src.map(|a| a.to_string()).unwrap_or("?".into()),
+            icmp.inner_sport.map(|p| p.to_string()).unwrap_or("?".into()),
+        );
+        if translated && icmp.source == INTERNET && icmp.code == 3 {
+            return Ok(Verdict::judge(true, expected, observed));
+        }
+        other = Some(icmp);
+    }
+    let observed = match other {
+        Some(icmp) => format!(
+            "only an untranslated or unexpected ICMP error arrived: from {}, code {}, embedded source {:?}:{:?}",
+            icmp.source, icmp.code, icmp.inner_src, icmp.inner_sport
+        ),
+        None => format!(
+            "no ICMP error reached the client within {:.0} s (client port {sport})",
+            EXCHANGE_TIMEOUT.as_secs_f32()
+        ),
+    };
+    Ok(Verdict::judge(false, expected, observed))
+}
+
+/// Flush the relay's conntrack table while a UDP flow is in use: the next
+/// datagram of that flow, and a new flow, are translated again and answered.
+fn conntrack_flush(ctx: &mut Context) -> Result<Verdict> {
+    let expected = format!(
+        "after `conntrack -F` on the relay, the same UDP socket and a new one still reach {INTERNET} from {RELAY_WAN} and get replies"
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let socket = ctx
+        .topo
+        .client
+        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client"))?;
+    let before = ctx.tag("flush-before");
+    if let Err(e) = probes::udp_echo_on(&socket, dest, &before, EXCHANGE_TIMEOUT) {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("the flow did not work even before the flush: {e:#}"),
+        ));
+    }
+    flush_conntrack(ctx)?;
+    let mut parts = Vec::new();
+    let mut ok = true;
+    let fresh = ctx
+        .topo
+        .client
+        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client"))?;
+    for (what, sock) in [("the same socket", &socket), ("a new socket", &fresh)] {
+        let tag = ctx.tag("flush-after");
+        let reply = probes::udp_echo_on(sock, dest, &tag, EXCHANGE_TIMEOUT);
+        let seen = seen_source(ctx, &tag)?;
+        let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
+        ok &= masqueraded && reply.is_ok();
+        parts.push(format!(
+            "{what}: {}; {}",
+            describe_seen(&seen),
+            match reply {
+                Ok(()) => "the reply returned".to_string(),
+                Err(e) => format!("no reply ({e:#})"),
+            }
+        ));
+    }
+    Ok(Verdict::judge(ok, expected, parts.join("; ")))
+}
+
+/// A UDP flow of the client: its tag and its socket.
+type Flow = (String, UdpSocket);
+
+/// Open `n` UDP sockets on the client and send one tagged datagram from each
+/// to the internet host's echo server, resending the unanswered ones each
+/// second until `timeout`. Returns the sockets and which were answered.
+fn udp_flows(ctx: &mut Context, n: u32, timeout: Duration) -> Result<(Vec<Flow>, Vec<bool>)> {
+    let tags: Vec<String> = (0..n).map(|_| ctx.tag("flow")).collect();
+    let sockets = ctx.topo.client.run(|| {
+        (0..n)
+            .map(|_| {
+                let s =
+                    UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client")?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let flows: Vec<Flow> = tags.into_iter().zip(sockets).collect();
+    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let mut answered = vec![false; flows.len()];
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 256];
+    while start.elapsed() < timeout && answered.iter().any(|a| !a) {
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            for ((tag, s), done) in flows.iter().zip(&answered) {
+                if !done {
+                    // A full socket buffer just means this one waits for the next round.
+                    let _ = s.send_to(tag.as_bytes(), dest);
+                }
+            }
+            last_send = Some(Instant::now());
+        }
+        let mut progress = false;
+        for ((tag, s), done) in flows.iter().zip(answered.iter_mut()) {
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                if &buf[..n] == tag.as_bytes() {
+                    *done = true;
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok((flows, answered))
+}
+
+/// The translated source the internet host saw for each tag.
+fn translated_sources(ctx: &Context, tags: &[&str]) -> Result<Vec<Option<probes::Seen>>> {
+    let host = ctx.topo.internet_host()?;
+    Ok(tags.iter().map(|t| host.seen(t)).collect())
+}
+
+/// Many concurrent UDP flows through the tunnel and the masquerade: every one
+/// answered, every one from the relay's address, each on a port of its own.
+fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
+    let expected = format!(
+        "{n} concurrent UDP flows reach {INTERNET} from {RELAY_WAN} on {n} distinct ports, and every reply returns"
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let (flows, answered) = udp_flows(ctx, n, TRANSFER_TIMEOUT)?;
+    let tags: Vec<&str> = flows.iter().map(|(t, _)| t.as_str()).collect();
+    let seen = translated_sources(ctx, &tags)?;
+    let replies = answered.iter().filter(|a| **a).count();
+    let from_relay = seen
+        .iter()
+        .flatten()
+        .filter(|s| s.source == IpAddr::V4(RELAY_WAN))
+        .count();
+    let ports: BTreeSet<u16> = seen
+        .iter()
+        .flatten()
+        .filter_map(|s| s.source_port)
+        .collect();
+    let ok = replies == flows.len() && from_relay == flows.len() && ports.len() == flows.len();
+    Ok(Verdict::judge(
+        ok,
+        expected,
+        format!(
+            "{replies} of {} flows answered; {from_relay} arrived from {RELAY_WAN}, on {} distinct ports",
+            flows.len(),
+            ports.len()
+        ),
+    ))
+}
+
+/// Fill `relay.masquerade_ports` with flows to one destination, plus
+/// `beyond` more: exactly as many flows as the range holds get a port inside
+/// it and replies; the rest are dropped (no port is left for their tuple);
+/// the flows that got a port still work afterwards; nothing hangs. The
+/// relay's conntrack table is flushed at the end, so the filled range does
+/// not spill into later checks.
+fn port_exhaustion(ctx: &mut Context, beyond: u32) -> Result<Verdict> {
+    let Some(range) = ctx.masquerade_ports else {
+        return Ok(Verdict::unsupported(
+            "a masquerade port range to exhaust",
+            "the scenario sets no relay.masquerade_ports",
+        ));
+    };
+    let size = u32::from(range.last - range.first) + 1;
+    let total = size + beyond;
+    let expected = format!(
+        "of {total} UDP flows to {INTERNET}:{}, exactly {size} get a port in {range} and replies, the other {beyond} are dropped, and the first {size} still work afterwards",
+        probes::UDP_PORT
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    // Start from an empty range: earlier checks' flows may still hold ports.
+    flush_conntrack(ctx)?;
+    // Flows in the range, then the ones that cannot fit: wait long enough for
+    // two resends, not for the whole transfer timeout.
+    let (flows, answered) = udp_flows(ctx, total, Duration::from_millis(2500))?;
+    let tags: Vec<&str> = flows.iter().map(|(t, _)| t.as_str()).collect();
+    let seen = translated_sources(ctx, &tags)?;
+    let replies = answered.iter().filter(|a| **a).count() as u32;
+    let in_range: BTreeSet<u16> = seen
+        .iter()
+        .flatten()
+        .filter(|s| s.source == IpAddr::V4(RELAY_WAN))
+        .filter_map(|s| s.source_port)
+        .filter(|p| range.contains(*p))
+        .collect();
+    let outside = seen
+        .iter()
+        .flatten()
+        .filter(|s| s.source_port.is_some_and(|p| !range.contains(p)))
+        .count();
+    // The flows that got a port keep it.
+    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let mut still = 0;
+    for ((_, s), got) in flows.iter().zip(&answered) {
+        if *got {
+            let tag = ctx.tag("again");
+            s.set_nonblocking(false)?;
+            if probes::udp_echo_on(s, dest, &tag, Duration::from_secs(3)).is_ok() {
+                still += 1;
+            }
+        }
+    }
+    flush_conntrack(ctx)?;
+    let ok = replies == size && in_range.len() as u32 == size && outside == 0 && still == size;
+    Ok(Verdict::judge(
+        ok,
+        expected,
+        format!(
+            "{replies} of {total} flows answered, on {} distinct ports in {range}, {outside} outside it; {still} of the answered flows still worked afterwards",
+            in_range.len()
+        ),
     ))
 }

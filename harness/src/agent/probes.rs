@@ -204,8 +204,10 @@ pub struct IcmpPacket {
     pub code: u8,
     pub id: u16,
     pub seq: u16,
-    /// For errors: the embedded original packet's protocol and destination port.
+    /// For errors: the embedded original packet's protocol, source and destination port.
     pub inner_proto: Option<u8>,
+    pub inner_src: Option<Ipv4Addr>,
+    pub inner_sport: Option<u16>,
     pub inner_dport: Option<u16>,
 }
 
@@ -220,13 +222,16 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
         return None;
     }
     let source = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let (mut inner_proto, mut inner_dport) = (None, None);
+    let (mut inner_proto, mut inner_src, mut inner_sport, mut inner_dport) =
+        (None, None, None, None);
     if icmp[0] == ICMP_UNREACHABLE {
         if let Some(inner) = icmp.get(8..) {
             if inner.len() >= 20 {
                 let ihl = usize::from(inner[0] & 0x0f) * 4;
                 inner_proto = Some(inner[9]);
+                inner_src = Some(Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]));
                 if let Some(l4) = inner.get(ihl..ihl + 4) {
+                    inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
                     inner_dport = Some(u16::from_be_bytes([l4[2], l4[3]]));
                 }
             }
@@ -239,6 +244,8 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
         id: u16::from_be_bytes([icmp[4], icmp[5]]),
         seq: u16::from_be_bytes([icmp[6], icmp[7]]),
         inner_proto,
+        inner_src,
+        inner_sport,
         inner_dport,
     })
 }
@@ -341,6 +348,16 @@ pub fn tcp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> R
 /// A UDP exchange from the client: the datagram must come back unchanged.
 pub fn udp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> Result<()> {
     let socket = ns.run(|| UdpSocket::bind("0.0.0.0:0").context("binding UDP client socket"))?;
+    udp_echo_on(&socket, dest, tag, timeout)
+}
+
+/// A UDP exchange on an existing socket.
+pub fn udp_echo_on(
+    socket: &UdpSocket,
+    dest: SocketAddr,
+    tag: &str,
+    timeout: Duration,
+) -> Result<()> {
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 2048];
@@ -427,6 +444,8 @@ mod tests {
         assert_eq!(p.source, Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(p.inner_proto, Some(17));
         assert_eq!(p.inner_dport, Some(33434));
+        assert_eq!(p.inner_sport, Some(40000));
+        assert_eq!(p.inner_src, Some(Ipv4Addr::new(192, 0, 2, 2)));
     }
 
     #[test]

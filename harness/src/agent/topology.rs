@@ -71,6 +71,7 @@ pub fn nat_rules(scenario: &Scenario) -> NatRules {
         rules.masquerade.push(Masquerade {
             source: TUNNEL_NET,
             out_iface: RELAY_WAN_IF.into(),
+            ports: scenario.relay.masquerade_ports,
         });
     }
     if !scenario.relay.redirect_udp.is_empty() {

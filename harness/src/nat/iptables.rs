@@ -76,6 +76,15 @@ impl NatBackend for Iptables {
             }
         }
         for m in &rules.masquerade {
+            if let Some(ports) = m.ports {
+                for proto in ["tcp", "udp"] {
+                    let _ = writeln!(
+                        s,
+                        "-A {POST_CHAIN} -s {} -o {} -p {proto} -j MASQUERADE --to-ports {ports}",
+                        m.source, m.out_iface
+                    );
+                }
+            }
             let _ = writeln!(
                 s,
                 "-A {POST_CHAIN} -s {} -o {} -j MASQUERADE",
@@ -114,6 +123,22 @@ mod tests {
     #[test]
     fn renders_the_extended_port_relay() {
         insta::assert_snapshot!(Iptables::Legacy.render(&super::super::sample_rules()));
+    }
+
+    #[test]
+    fn a_masquerade_port_range_applies_to_tcp_and_udp_and_the_rest_is_masqueraded() {
+        let mut rules = super::super::sample_rules();
+        rules.masquerade[0].ports = Some("40000-40007".parse().unwrap());
+        let text = Iptables::Legacy.render(&rules);
+        let post: Vec<&str> = text.lines().filter(|l| l.contains("MASQUERADE")).collect();
+        assert_eq!(
+            post,
+            [
+                "-A NATVET-POSTROUTING -s 10.99.0.0/24 -o wan -p tcp -j MASQUERADE --to-ports 40000-40007",
+                "-A NATVET-POSTROUTING -s 10.99.0.0/24 -o wan -p udp -j MASQUERADE --to-ports 40000-40007",
+                "-A NATVET-POSTROUTING -s 10.99.0.0/24 -o wan -j MASQUERADE",
+            ]
+        );
     }
 
     #[test]

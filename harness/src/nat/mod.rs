@@ -84,11 +84,14 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
-/// Rewrite the source of traffic from `source` leaving by `out_iface` to that interface's address.
+/// Rewrite the source of traffic from `source` leaving by `out_iface` to that
+/// interface's address; with `ports`, TCP and UDP source ports are taken from
+/// that range only (other protocols are masqueraded as usual).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Masquerade {
     pub source: Ipv4Net,
     pub out_iface: String,
+    pub ports: Option<PortRange>,
 }
 
 /// Deliver UDP arriving on `in_iface` for any of `ports` to local port `to_port`.
@@ -172,6 +175,7 @@ pub(crate) fn sample_rules() -> NatRules {
                 prefix: 24,
             },
             out_iface: "wan".into(),
+            ports: None,
         }],
         redirect_udp: vec![Redirect {
             in_iface: "public".into(),

@@ -50,6 +50,13 @@ impl NatBackend for Nftables {
             "\t\ttype nat hook postrouting priority srcnat; policy accept;"
         );
         for m in &rules.masquerade {
+            if let Some(ports) = m.ports {
+                let _ = writeln!(
+                    s,
+                    "\t\toifname \"{}\" ip saddr {} meta l4proto {{ tcp, udp }} counter masquerade to :{ports}",
+                    m.out_iface, m.source
+                );
+            }
             let _ = writeln!(
                 s,
                 "\t\toifname \"{}\" ip saddr {} counter masquerade",
@@ -87,6 +94,21 @@ mod tests {
     #[test]
     fn renders_the_extended_port_relay() {
         insta::assert_snapshot!(Nftables.render(&super::super::sample_rules()));
+    }
+
+    #[test]
+    fn a_masquerade_port_range_applies_to_tcp_and_udp_and_the_rest_is_masqueraded() {
+        let mut rules = super::super::sample_rules();
+        rules.masquerade[0].ports = Some("40000-40007".parse().unwrap());
+        let text = Nftables.render(&rules);
+        let post: Vec<&str> = text.lines().filter(|l| l.contains("masquerade")).collect();
+        assert_eq!(
+            post,
+            [
+                "\t\toifname \"wan\" ip saddr 10.99.0.0/24 meta l4proto { tcp, udp } counter masquerade to :40000-40007",
+                "\t\toifname \"wan\" ip saddr 10.99.0.0/24 counter masquerade",
+            ]
+        );
     }
 
     #[test]
