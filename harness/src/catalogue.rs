@@ -1,5 +1,5 @@
 //! The check catalogue: every check kind a scenario can name, what it proves,
-//! which behaviour of the NAT catalogue (docs/checks.md) it covers, and how
+//! which behaviour of docs/checks.md it covers, and how
 //! long it may take. `natvet checks list` prints it.
 
 use std::time::Duration;
