@@ -6,6 +6,7 @@
 //! the scenario. See `docs/architecture.md`.
 
 pub mod agent;
+pub mod bisect;
 pub mod catalogue;
 pub mod cli;
 pub mod conntrack;
