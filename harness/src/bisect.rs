@@ -71,7 +71,10 @@ pub fn classify(run: &KernelRun, patterns: &[String]) -> (Verdict, String) {
         .map(|r| format!("{} [{}] {}", r.scenario, r.backend, r.check))
         .collect();
     if !failed.is_empty() {
-        return (Verdict::Bad, format!("failed: {}", failed.join(", ")));
+        return (
+            Verdict::Bad,
+            format!("{} failed: {}", failed.len(), abbreviate(&failed)),
+        );
     }
     if let KernelState::InfraError { stage, reason, .. } = &run.state {
         return (
@@ -93,7 +96,7 @@ pub fn classify(run: &KernelRun, patterns: &[String]) -> (Verdict, String) {
         })
         .collect();
     if !not_run.is_empty() {
-        return (Verdict::Skip, not_run.join("; "));
+        return (Verdict::Skip, abbreviate(&not_run));
     }
     if sel.is_empty() {
         return (
@@ -105,6 +108,16 @@ pub fn classify(run: &KernelRun, patterns: &[String]) -> (Verdict, String) {
         Verdict::Good,
         format!("{} selected checks passed", sel.len()),
     )
+}
+
+/// The first few items of a list, and how many more there are.
+fn abbreviate(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut s = items[..items.len().min(SHOWN)].join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
 }
 
 // ---------------------------------------------------------------- git bisect run
@@ -221,6 +234,403 @@ pub fn candidates(
         .collect();
     out.sort_by(|a, b| version::compare(&a.package.version, &b.package.version));
     out.dedup_by(|a, b| a.release == b.release);
+    out
+}
+
+// ---------------------------------------------------------------- endpoints
+
+/// The newer end as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadEnd {
+    /// A Debian package.
+    Package(Candidate),
+    /// A kernel of the user's own (build:PATH or an image) and its release.
+    Own { spec: String, release: String },
+}
+
+impl BadEnd {
+    pub fn spec(&self) -> String {
+        match self {
+            BadEnd::Package(c) => c.spec(),
+            BadEnd::Own { spec, .. } => spec.clone(),
+        }
+    }
+
+    pub fn release(&self) -> &str {
+        match self {
+            BadEnd::Package(c) => &c.release,
+            BadEnd::Own { release, .. } => release,
+        }
+    }
+}
+
+/// What to bisect: the line, the endpoints and the packages between them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub line: [u64; 2],
+    pub good: Candidate,
+    pub bad: BadEnd,
+    pub candidates: Vec<Candidate>,
+}
+
+/// Endpoints that cannot make a range (the user's input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("--good {good} is of the {} line but --bad {bad} is of the {} line: natvet bisects within one line; pick both from one line (`natvet kernels list --all` shows the releases)", fmt_line(.good_line), fmt_line(.bad_line))]
+    DifferentLines {
+        good: String,
+        good_line: [u64; 2],
+        bad: String,
+        bad_line: [u64; 2],
+    },
+    #[error("--good {good} ({good_version}) is not older than --bad {bad} ({bad_version}): give the older, passing kernel as --good (did you swap them?)")]
+    NotOlder {
+        good: String,
+        good_version: String,
+        bad: String,
+        bad_version: String,
+    },
+    #[error("cannot tell the version line of {spec} from its release '{release}': natvet bisects within one line such as 6.12")]
+    UnknownLine { spec: String, release: String },
+    #[error("{0}")]
+    NoPackage(String),
+}
+
+pub fn fmt_line(l: &[u64; 2]) -> String {
+    format!("{}.{}", l[0], l[1])
+}
+
+/// Reject endpoints of two lines before the index is even read, when both
+/// are exact Debian releases (`6.1.0-50-amd64`, `6.12.43+deb12-amd64`).
+pub fn early_check(good_query: &str, bad_query: Option<&str>) -> Result<(), PlanError> {
+    let exact = |q: &str| match debian::parse_query(q) {
+        Ok(debian::Query::Exact(r)) => line_of(&r).map(|l| (r, l)),
+        _ => None,
+    };
+    if let (Some((g, gl)), Some((b, bl))) = (exact(good_query), bad_query.and_then(exact)) {
+        if gl != bl {
+            return Err(PlanError::DifferentLines {
+                good: format!("debian:{g}"),
+                good_line: gl,
+                bad: format!("debian:{b}"),
+                bad_line: bl,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The Debian package a `debian:` query names today (an exact release, the
+/// newest of a line, the newest of a suite).
+pub fn debian_endpoint(index: &Index, query: &str) -> Result<Candidate, PlanError> {
+    let none = |why: String| PlanError::NoPackage(why);
+    let release =
+        match debian::parse_query(query).map_err(|e| none(format!("debian:{query}: {e}")))? {
+            debian::Query::Exact(r) => r,
+            debian::Query::Line(l) => debian::select_line(index, &l).unwrap_or_default(),
+            debian::Query::Suite { suite, line } => {
+                debian::select_suite(index, &suite, line.as_deref()).unwrap_or_default()
+            }
+        };
+    let stanza = debian::select_exact(index, &release).ok_or_else(|| {
+        none(format!(
+            "no Debian kernel package matches 'debian:{query}'; known lines: {} (`natvet kernels list --all` shows the releases on offer)",
+            debian::known_lines(index).join(", ")
+        ))
+    })?;
+    Ok(Candidate {
+        release,
+        package: stanza.info(),
+    })
+}
+
+/// Check the endpoints against each other and list the packages between them.
+pub fn plan(releases: &[Candidate], good: Candidate, bad: BadEnd) -> Result<Plan, PlanError> {
+    let line = |spec: String, release: &str| {
+        line_of(release).ok_or_else(|| PlanError::UnknownLine {
+            spec,
+            release: release.to_string(),
+        })
+    };
+    let good_line = line(good.spec(), &good.release)?;
+    let bad_line = line(bad.spec(), bad.release())?;
+    if good_line != bad_line {
+        return Err(PlanError::DifferentLines {
+            good: good.spec(),
+            good_line,
+            bad: bad.spec(),
+            bad_line,
+        });
+    }
+    let not_older = |bad_version: String| PlanError::NotOlder {
+        good: good.spec(),
+        good_version: good.package.version.clone(),
+        bad: bad.spec(),
+        bad_version,
+    };
+    let upstream = debian::release_components(bad.release());
+    let upper = match &bad {
+        BadEnd::Package(b) => {
+            if version::compare(&good.package.version, &b.package.version) != Ordering::Less {
+                return Err(not_older(b.package.version.clone()));
+            }
+            Upper::Package {
+                version: &b.package.version,
+            }
+        }
+        BadEnd::Own { release, .. } => {
+            if debian::release_components(&good.release) > upstream {
+                return Err(not_older(format!("release {release}")));
+            }
+            Upper::Build {
+                upstream: &upstream,
+            }
+        }
+    };
+    let candidates = candidates(releases, good_line, &good.package.version, &upper);
+    Ok(Plan {
+        line: good_line,
+        good,
+        bad,
+        candidates,
+    })
+}
+
+// ---------------------------------------------------------------- records
+
+/// A failing selected check, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failing {
+    pub scenario: String,
+    pub backend: String,
+    pub check: String,
+    pub expected: String,
+    pub observed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+}
+
+/// The selected checks that failed in a run.
+pub fn failing(run: &KernelRun, patterns: &[String]) -> Vec<Failing> {
+    run.results
+        .iter()
+        .filter(|r| r.status == Status::Fail && selected(patterns, &r.check))
+        .map(|r| Failing {
+            scenario: r.scenario.clone(),
+            backend: r.backend.clone(),
+            check: r.check.clone(),
+            expected: r.expected.clone(),
+            observed: r.observed.clone(),
+            evidence: crate::report::evidence_dir_hint(run, r),
+        })
+        .collect()
+}
+
+/// What a tested kernel was in the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    GoodEndpoint,
+    BadEndpoint,
+    Candidate,
+}
+
+/// One kernel tested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// 1, 2, ... for candidates; 0 for the endpoints.
+    pub step: usize,
+    pub role: Role,
+    pub spec: String,
+    pub release: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    pub verdict: Verdict,
+    /// Why: the failing checks, or why it could not be judged.
+    pub reason: String,
+    pub failing: Vec<Failing>,
+    /// Wall time of this kernel's test, fetching included.
+    pub seconds: f64,
+}
+
+/// The answer, for people and JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Answer {
+    /// The first bad kernel was identified.
+    Found {
+        first_bad: String,
+        last_good: String,
+        /// True when the first bad is the user's own kernel (no package has the bug).
+        first_bad_is_own_kernel: bool,
+    },
+    /// Untestable kernels hide the boundary.
+    Ambiguous {
+        last_good: String,
+        could_be_first_bad: Vec<String>,
+    },
+    /// The endpoints do not make a regression range, or could not be tested.
+    NoRange { reason: String },
+    /// natvet was interrupted.
+    Interrupted,
+}
+
+pub const SCHEMA: &str = "natvet-bisect/1";
+
+/// The whole bisection, as written by `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BisectReport {
+    pub schema: String,
+    pub natvet_version: String,
+    pub started_at: String,
+    pub elapsed_ms: u64,
+    pub line: String,
+    pub good: String,
+    pub bad: String,
+    /// The --check patterns (empty: every check decides).
+    pub checks: Vec<String>,
+    /// The packages between the endpoints, oldest first.
+    pub candidates: Vec<String>,
+    /// ceil(log2(candidates + 1)).
+    pub estimated_steps: usize,
+    /// Candidate tests run (endpoints not counted), skips included.
+    pub bisection_steps: usize,
+    pub skipped: usize,
+    pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+}
+
+impl Plan {
+    /// A point of the search as a spec.
+    pub fn name(&self, p: Point) -> String {
+        match p {
+            Point::GoodEnd => self.good.spec(),
+            Point::BadEnd => self.bad.spec(),
+            Point::Candidate(i) => self.candidates[i].spec(),
+        }
+    }
+
+    /// The outcome of a finished search, as an answer.
+    pub fn answer(&self, outcome: &Outcome) -> Answer {
+        match outcome {
+            Outcome::Found {
+                first_bad,
+                last_good,
+            } => Answer::Found {
+                first_bad: self.name(*first_bad),
+                last_good: self.name(*last_good),
+                first_bad_is_own_kernel: *first_bad == Point::BadEnd
+                    && matches!(self.bad, BadEnd::Own { .. }),
+            },
+            Outcome::Ambiguous {
+                last_good,
+                could_be_first_bad,
+            } => Answer::Ambiguous {
+                last_good: self.name(*last_good),
+                could_be_first_bad: could_be_first_bad.iter().map(|p| self.name(*p)).collect(),
+            },
+        }
+    }
+}
+
+/// The closing lines of a bisection: the answer, the effort, and the first
+/// bad kernel's failing checks with their evidence.
+pub fn render_summary(report: &BisectReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let step_of = |spec: &str| report.steps.iter().find(|s| s.spec == spec);
+    let describe = |spec: &str| match step_of(spec) {
+        Some(s) => match &s.package_version {
+            Some(v) => format!("{spec} ({v})"),
+            None => format!("{spec} (release {})", s.release),
+        },
+        None => spec.to_string(),
+    };
+    match &report.answer {
+        Some(Answer::Found {
+            first_bad,
+            last_good,
+            first_bad_is_own_kernel,
+        }) => {
+            let _ = writeln!(out, "first bad: {}", describe(first_bad));
+            let _ = writeln!(out, "last good: {}", describe(last_good));
+            if *first_bad_is_own_kernel {
+                let _ = writeln!(
+                    out,
+                    "every packaged {} kernel in the range passes: the first bad is the bad kernel itself (no packaged kernel has the bug, yours does)",
+                    report.line
+                );
+            }
+            if let Some(s) = step_of(first_bad) {
+                let _ = writeln!(
+                    out,
+                    "failing checks on the first bad ({}):",
+                    s.failing.len()
+                );
+                for f in &s.failing {
+                    let _ = writeln!(out, "  {} [{}] {}", f.scenario, f.backend, f.check);
+                    let _ = writeln!(out, "    expected: {}", f.expected);
+                    let _ = writeln!(out, "    observed: {}", f.observed);
+                    if let Some(e) = &f.evidence {
+                        let _ = writeln!(out, "    evidence: {e}");
+                    }
+                }
+            }
+        }
+        Some(Answer::Ambiguous {
+            last_good,
+            could_be_first_bad,
+        }) => {
+            let _ = writeln!(
+                out,
+                "the first bad kernel cannot be identified: natvet could not test some kernels next to it"
+            );
+            let _ = writeln!(out, "last good: {}", describe(last_good));
+            let _ = writeln!(out, "the first bad is one of:");
+            for c in could_be_first_bad {
+                let why = step_of(c)
+                    .map(|s| format!("{}: {}", s.verdict.label(), s.reason))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  {c}  {why}");
+            }
+            let _ = writeln!(
+                out,
+                "fix what kept them from being tested (see their console logs under --out) and bisect that range again"
+            );
+        }
+        Some(Answer::NoRange { reason }) => {
+            let _ = writeln!(out, "nothing bisected: {reason}");
+        }
+        Some(Answer::Interrupted) => {
+            let _ = writeln!(out, "interrupted: no answer");
+        }
+        None => {}
+    }
+    let candidate_secs: Vec<f64> = report
+        .steps
+        .iter()
+        .filter(|s| s.role == Role::Candidate)
+        .map(|s| s.seconds)
+        .collect();
+    let mean = if candidate_secs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {:.1} s per step",
+            candidate_secs.iter().sum::<f64>() / candidate_secs.len() as f64
+        )
+    };
+    let _ = writeln!(
+        out,
+        "{} candidate(s) between the endpoints; {} step(s) (estimate {}), {} skipped{mean}; {} kernel(s) tested in {:.0} s",
+        report.candidates.len(),
+        report.bisection_steps,
+        report.estimated_steps,
+        report.skipped,
+        report.steps.len(),
+        report.elapsed_ms as f64 / 1000.0
+    );
     out
 }
 
@@ -610,8 +1020,9 @@ mod tests {
         for n in 1..=100 {
             for f in 0..=n {
                 for density in [2u64, 5, 10] {
-                    let skip: BTreeSet<usize> =
-                        (0..n).filter(|_| lcg(&mut seed) % density == 0).collect();
+                    let skip: BTreeSet<usize> = (0..n)
+                        .filter(|_| lcg(&mut seed).is_multiple_of(density))
+                        .collect();
                     let (outcome, s) = run(n, |i| {
                         if skip.contains(&i) {
                             Verdict::Skip
@@ -810,10 +1221,19 @@ mod tests {
             KernelState::Completed,
         );
         let broke = kernel(vec![], infra());
-        assert_eq!(git_bisect_code(&[pass.clone()], &[]), git_exit::GOOD);
-        assert_eq!(git_bisect_code(&[fail.clone()], &[]), git_exit::BAD);
+        assert_eq!(
+            git_bisect_code(std::slice::from_ref(&pass), &[]),
+            git_exit::GOOD
+        );
+        assert_eq!(
+            git_bisect_code(std::slice::from_ref(&fail), &[]),
+            git_exit::BAD
+        );
         assert_eq!(git_bisect_code(&[unsupported], &[]), git_exit::SKIP);
-        assert_eq!(git_bisect_code(&[broke.clone()], &[]), git_exit::SKIP);
+        assert_eq!(
+            git_bisect_code(std::slice::from_ref(&broke), &[]),
+            git_exit::SKIP
+        );
         assert_eq!(git_bisect_code(&[broke, fail.clone()], &[]), git_exit::BAD);
         assert_eq!(git_bisect_code(&[], &[]), git_exit::SKIP);
         assert_eq!(
@@ -822,6 +1242,86 @@ mod tests {
             "a run without any selected check cannot say good"
         );
         assert_eq!(git_exit::SKIP, 125);
-        assert!(git_exit::ABORT > 127);
+        const { assert!(git_exit::ABORT > 127) };
+    }
+
+    #[test]
+    fn plans_ranges() {
+        let all = {
+            let mut v = six_twelve();
+            v.sort_by(|a, b| version::compare(&a.package.version, &b.package.version));
+            v
+        };
+        let good = all
+            .iter()
+            .find(|c| c.release == "6.12.43+deb12-amd64")
+            .unwrap()
+            .clone();
+        let own = BadEnd::Own {
+            spec: "build:/b".into(),
+            release: "6.12.117".into(),
+        };
+        let p = plan(&all, good.clone(), own.clone()).unwrap();
+        assert_eq!(p.line, [6, 12]);
+        assert_eq!(p.candidates.len(), 6);
+        assert_eq!(
+            p.answer(&Outcome::Found {
+                first_bad: Point::BadEnd,
+                last_good: Point::Candidate(5)
+            }),
+            Answer::Found {
+                first_bad: "build:/b".into(),
+                last_good: "debian:6.12.117+deb13-amd64".into(),
+                first_bad_is_own_kernel: true
+            }
+        );
+        let old = all
+            .iter()
+            .find(|c| c.release == "6.1.0-50-amd64")
+            .unwrap()
+            .clone();
+        let e = plan(&all, old, own.clone()).unwrap_err();
+        assert!(matches!(e, PlanError::DifferentLines { .. }), "{e}");
+        assert!(
+            e.to_string().contains("6.1 line") && e.to_string().contains("6.12 line"),
+            "{e}"
+        );
+        let newer = all
+            .iter()
+            .find(|c| c.release == "6.12.107+deb13-amd64")
+            .unwrap()
+            .clone();
+        let e = plan(&all, newer.clone(), BadEnd::Package(good.clone())).unwrap_err();
+        assert!(matches!(e, PlanError::NotOlder { .. }), "{e}");
+        let e = plan(&all, good.clone(), BadEnd::Package(good.clone())).unwrap_err();
+        assert!(matches!(e, PlanError::NotOlder { .. }), "{e}");
+        let e = plan(
+            &all,
+            newer,
+            BadEnd::Own {
+                spec: "build:/b".into(),
+                release: "6.12.90".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::NotOlder { .. }), "{e}");
+        let e = plan(
+            &all,
+            good,
+            BadEnd::Own {
+                spec: "./bzImage".into(),
+                release: "custom".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::UnknownLine { .. }), "{e}");
+    }
+
+    #[test]
+    fn early_line_check() {
+        assert!(early_check("6.1.0-40-amd64", Some("6.12.43+deb12-amd64")).is_err());
+        assert!(early_check("6.12.43+deb12-amd64", Some("6.12.95+deb12-amd64")).is_ok());
+        assert!(early_check("6.12.43+deb12-amd64", Some("sid")).is_ok());
+        assert!(early_check("6.12.43+deb12-amd64", None).is_ok());
     }
 }

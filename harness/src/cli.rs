@@ -33,7 +33,11 @@ pub enum Command {
     /// Vet kernels: boot each, run the scenarios' checks, print a kernel x check table.
     ///
     /// Exit codes: 0 all checks passed, 1 a check failed, 2 bad input, 3 natvet could not test.
-    Vet(VetArgs),
+    /// With --bisect-exit-codes (for `git bisect run`): 0 every selected check passed,
+    /// 1 a selected check failed, 125 cannot test (bad kernel spec, build tree without
+    /// an image, boot failure, panic, timeout, harness error, unsupported check),
+    /// 128 natvet's own options are wrong (git stops the bisection).
+    Vet(VetCmd),
     /// Show the shipped scenarios, or validate one.
     #[command(subcommand)]
     Scenarios(ScenariosCmd),
@@ -71,6 +75,47 @@ pub enum Command {
         #[arg(long)]
         results_fd: i32,
     },
+    /// Find the first Debian kernel package of one line that fails: test both
+    /// ends, then bisect the packages between them (packages natvet cannot
+    /// test are skipped, like `git bisect skip`). --bad may be your own kernel
+    /// (build:PATH or an image) of the same line.
+    ///
+    /// Exit codes: 0 the first bad kernel was identified; 2 bad input (unknown
+    /// spec, endpoints of different lines, good not older than bad, the good
+    /// kernel fails or the bad one passes); 3 natvet could not test (an
+    /// endpoint, or so many kernels that the first bad is ambiguous);
+    /// 130 / 143 interrupted.
+    Bisect(BisectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VetCmd {
+    #[command(flatten)]
+    pub vet: VetArgs,
+    /// Exit as `git bisect run` expects: 0 good, 1 bad, 125 cannot test (skip), 128 stop.
+    #[arg(long)]
+    pub bisect_exit_codes: bool,
+    /// With --bisect-exit-codes: only these checks decide (a name such as
+    /// handshake/53, or a family such as handshake/). Repeatable. Default: all.
+    #[arg(long = "check", value_name = "NAME", requires = "bisect_exit_codes")]
+    pub checks: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BisectArgs {
+    /// The older kernel, which passes: a Debian package (debian:RELEASE, e.g. debian:6.12.43+deb12-amd64).
+    #[arg(long, value_name = "SPEC")]
+    pub good: String,
+    /// The newer kernel, which fails: a Debian package of the same line, or
+    /// your own kernel of that line (build:PATH or a bzImage/vmlinux).
+    #[arg(long, value_name = "SPEC")]
+    pub bad: String,
+    /// Only these checks decide good or bad (a name such as handshake/53, or a
+    /// family such as handshake/). Repeatable. Default: every check.
+    #[arg(long = "check", value_name = "NAME")]
+    pub checks: Vec<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -281,7 +326,16 @@ fn handle_signals() -> Arc<AtomicI32> {
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Under `git bisect run` a malformed command line must stop the
+        // bisection, not mark every commit bad (clap's exit 2).
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--bisect-exit-codes") => {
+            let _ = e.print();
+            return crate::bisect::git_exit::ABORT;
+        }
+        Err(e) => e.exit(),
+    };
     let interrupted = handle_signals();
     let code = run(cli);
     match interrupted.load(Ordering::SeqCst) {
@@ -319,6 +373,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit::PASS)
         }
         Command::Agent { job, results_fd } => Ok(crate::agent::main_host(&job, results_fd)),
+        Command::Bisect(args) => bisect_cmd(args),
         Command::Report(ReportCmd::Merge { inputs, output }) => {
             let reports = inputs
                 .iter()
@@ -594,7 +649,11 @@ fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
     parse_specs(&kernel_strings, args.modules.clone())
 }
 
-fn vet_cmd(args: VetArgs) -> Result<i32> {
+fn vet_cmd(cmd: VetCmd) -> Result<i32> {
+    if cmd.bisect_exit_codes {
+        return Ok(vet_for_git_bisect(&cmd.vet, &cmd.checks));
+    }
+    let args = cmd.vet;
     // Validate everything the user gave before anything touches the network or boots.
     let specs = kernel_specs(&args)?;
     let opts = prepare(&args.run, specs)?;
@@ -766,4 +825,336 @@ fn finish(report: &RunReport, run: &CheckArgs) -> Result<()> {
         write_json(report, path)?;
     }
     write_outputs(report, &run.outputs)
+}
+
+/// Every --check pattern must name a check of the chosen scenarios.
+fn validate_checks(opts: &VetOptions, checks: &[String]) -> Result<()> {
+    let names: Vec<String> = opts
+        .scenarios
+        .iter()
+        .flat_map(|s| s.result_names())
+        .collect();
+    for c in checks {
+        if !names.iter().any(|n| crate::bisect::check_matches(c, n)) {
+            let mut families: Vec<String> = Vec::new();
+            for n in &names {
+                let f = match n.split_once('/') {
+                    Some((f, _)) => format!("{f}/"),
+                    None => n.clone(),
+                };
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+            return Err(usage(format!(
+                "--check {c} matches none of the checks of the chosen scenarios; give a check name (e.g. handshake/53) or a family: {}",
+                families.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `natvet vet --bisect-exit-codes`: the same run, answered in `git bisect run`'s codes.
+fn vet_for_git_bisect(args: &VetArgs, checks: &[String]) -> i32 {
+    use crate::bisect::git_exit;
+    let give_up = |e: anyhow::Error, code: i32, why: &str| {
+        eprintln!("natvet: {e:#}");
+        eprintln!("natvet: exit {code} for git bisect: {why}");
+        code
+    };
+    let specs = match kernel_specs(args) {
+        Ok(s) => s,
+        Err(e) => return give_up(e, git_exit::SKIP, "no kernel to test (skip)"),
+    };
+    let opts = match prepare(&args.run, specs).and_then(|o| validate_checks(&o, checks).map(|_| o))
+    {
+        Ok(o) => o,
+        Err(e) => {
+            return give_up(
+                e,
+                git_exit::ABORT,
+                "natvet's options or host are wrong, which no commit changes (stop)",
+            )
+        }
+    };
+    let report = match execute(&opts, args.run.checks.quiet) {
+        Ok(r) => r,
+        Err(e) => return give_up(e, git_exit::SKIP, "this kernel cannot be tested (skip)"),
+    };
+    if let Err(e) = finish(&report, &args.run.checks) {
+        eprintln!("natvet: {e:#}");
+    }
+    let code = crate::bisect::git_bisect_code(&report.kernels, checks);
+    let what = match code {
+        git_exit::GOOD => "good",
+        git_exit::BAD => "bad",
+        _ => "cannot test (skip)",
+    };
+    eprintln!("natvet: exit {code} for git bisect: {what}");
+    code
+}
+
+/// Run one or two kernels as `vet` would.
+fn test_kernels(opts: &VetOptions, specs: &[String], quiet: bool) -> Result<RunReport> {
+    let mut o = opts.clone();
+    o.kernels = parse_specs(specs, None)?;
+    execute(&o, quiet)
+}
+
+fn bisect_cmd(args: BisectArgs) -> Result<i32> {
+    use crate::bisect::{self as b, Answer, BadEnd, Role, Search, Step, Verdict};
+    let started = chrono::Utc::now();
+    let t0 = std::time::Instant::now();
+    let good_spec = KernelSpec::parse(&args.good, None).map_err(|e| usage(e.to_string()))?;
+    let bad_spec = KernelSpec::parse(&args.bad, None).map_err(|e| usage(e.to_string()))?;
+    let KernelSpec::Debian { query: good_q } = &good_spec else {
+        return Err(usage(format!(
+            "--good {} is not a Debian package: natvet bisects over Debian's packages, whose order it knows; give the passing package as debian:RELEASE (your own kernel may be --bad)",
+            args.good
+        )));
+    };
+    let bad_q = match &bad_spec {
+        KernelSpec::Debian { query } => Some(query.as_str()),
+        _ => None,
+    };
+    b::early_check(good_q, bad_q).map_err(|e| usage(e.to_string()))?;
+    let opts = prepare(&args.run, vec![])?;
+    validate_checks(&opts, &args.checks)?;
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = Ui::new(args.run.checks.quiet);
+    let progress = |m: &str| ui.println(m);
+    let index = crate::kernel::debian::load_index(&cache, &progress).map_err(|e| {
+        if e.is_user_error() {
+            usage(e.to_string())
+        } else {
+            anyhow::anyhow!("{e}")
+        }
+    })?;
+    let good = b::debian_endpoint(&index, good_q).map_err(|e| usage(e.to_string()))?;
+    let bad = match bad_q {
+        Some(q) => {
+            BadEnd::Package(b::debian_endpoint(&index, q).map_err(|e| usage(e.to_string()))?)
+        }
+        None => {
+            let k = crate::kernel::resolve(&bad_spec, &cache, &progress).map_err(|e| {
+                if e.is_user_error() {
+                    usage(e.to_string())
+                } else {
+                    anyhow::anyhow!("{e}")
+                }
+            })?;
+            let release = k.release.ok_or_else(|| {
+                usage(format!(
+                    "cannot read the kernel release of {}: natvet needs it to know the line to bisect",
+                    args.bad
+                ))
+            })?;
+            BadEnd::Own {
+                spec: args.bad.clone(),
+                release,
+            }
+        }
+    };
+    let plan =
+        b::plan(&b::generic_releases(&index), good, bad).map_err(|e| usage(e.to_string()))?;
+    let n = plan.candidates.len();
+    let mut report = b::BisectReport {
+        schema: b::SCHEMA.into(),
+        natvet_version: env!("CARGO_PKG_VERSION").into(),
+        started_at: started.to_rfc3339(),
+        elapsed_ms: 0,
+        line: b::fmt_line(&plan.line),
+        good: plan.good.spec(),
+        bad: plan.bad.spec(),
+        checks: args.checks.clone(),
+        candidates: plan.candidates.iter().map(|c| c.release.clone()).collect(),
+        estimated_steps: b::estimate(n),
+        bisection_steps: 0,
+        skipped: 0,
+        steps: vec![],
+        answer: None,
+    };
+    println!(
+        "bisecting {}: good {} ({}), bad {} (release {}); {n} package(s) between them, about {} step(s)",
+        report.line,
+        report.good,
+        plan.good.package.version,
+        report.bad,
+        plan.bad.release(),
+        report.estimated_steps
+    );
+    if let BadEnd::Own { .. } = plan.bad {
+        let newer = b::generic_releases(&index)
+            .into_iter()
+            .filter(|c| {
+                crate::kernel::debian::line_matches(&c.release, &plan.line)
+                    && crate::kernel::debian::release_components(&c.release)
+                        > crate::kernel::debian::release_components(plan.bad.release())
+            })
+            .count();
+        if newer > 0 {
+            println!(
+                "({newer} package(s) of an upstream version newer than {} left out: they are not in the range)",
+                plan.bad.release()
+            );
+        }
+    }
+    let mut reports: Vec<RunReport> = Vec::new();
+    let step = |run: &crate::report::KernelRun,
+                role: Role,
+                no: usize,
+                spec: &str,
+                version: Option<String>| {
+        let (verdict, reason) = b::classify(run, &args.checks);
+        Step {
+            step: no,
+            role,
+            spec: spec.to_string(),
+            release: run.release.clone().unwrap_or_default(),
+            package_version: version,
+            verdict,
+            reason,
+            failing: b::failing(run, &args.checks),
+            seconds: (run.timings.resolve_ms + run.timings.total_ms) as f64 / 1000.0,
+        }
+    };
+    let finish_bisect =
+        |report: &mut b::BisectReport, reports: &[RunReport], code: i32| -> Result<i32> {
+            report.elapsed_ms = t0.elapsed().as_millis() as u64;
+            print!("{}", b::render_summary(report));
+            if let Some(path) = &args.run.checks.json {
+                let text = serde_json::to_string_pretty(report)?;
+                std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Ok(all) = RunReport::merge(reports.to_vec()) {
+                write_outputs(&all, &args.run.checks.outputs)?;
+            }
+            Ok(code)
+        };
+
+    // Both ends first (in parallel when --jobs allows): the range must be a regression range.
+    ui.println(&format!(
+        "testing the endpoints {} and {}",
+        report.good, report.bad
+    ));
+    let ends = test_kernels(
+        &opts,
+        &[report.good.clone(), report.bad.clone()],
+        args.run.checks.quiet,
+    )?;
+    let (Some(good_run), Some(bad_run)) = (ends.kernels.first(), ends.kernels.get(1)) else {
+        anyhow::bail!("natvet lost the endpoints' results");
+    };
+    let good_step = step(
+        good_run,
+        Role::GoodEndpoint,
+        0,
+        &report.good,
+        Some(plan.good.package.version.clone()),
+    );
+    let bad_version = match &plan.bad {
+        BadEnd::Package(c) => Some(c.package.version.clone()),
+        BadEnd::Own { .. } => None,
+    };
+    let bad_step = step(bad_run, Role::BadEndpoint, 0, &report.bad, bad_version);
+    for s in [&good_step, &bad_step] {
+        println!(
+            "endpoint {} ... {} ({:.1} s): {}",
+            s.spec,
+            s.verdict.label(),
+            s.seconds,
+            s.reason
+        );
+    }
+    let ends_ok = b::check_endpoints(
+        &(good_step.verdict, good_step.reason.clone()),
+        &(bad_step.verdict, bad_step.reason.clone()),
+    );
+    report.steps.extend([good_step, bad_step]);
+    reports.push(ends);
+    if crate::qemu::cancelled() {
+        report.answer = Some(Answer::Interrupted);
+        return finish_bisect(&mut report, &reports, exit::INFRA);
+    }
+    if let Err(e) = ends_ok {
+        report.answer = Some(Answer::NoRange {
+            reason: e.to_string(),
+        });
+        let code = if e.is_user_error() {
+            exit::USAGE
+        } else {
+            exit::INFRA
+        };
+        return finish_bisect(&mut report, &reports, code);
+    }
+
+    let mut search = Search::new(n);
+    while let Some(i) = search.next() {
+        let no = search.steps() + 1;
+        let total = search.steps() + search.remaining_estimate();
+        let c = &plan.candidates[i];
+        ui.println(&format!(
+            "step {no}/{total}: testing {} ({}, {})",
+            c.release, c.package.version, c.package.suite
+        ));
+        let spec = c.spec();
+        let s = match test_kernels(&opts, std::slice::from_ref(&spec), args.run.checks.quiet) {
+            Ok(r) => {
+                let s = r.kernels.first().map(|k| {
+                    step(
+                        k,
+                        Role::Candidate,
+                        no,
+                        &spec,
+                        Some(c.package.version.clone()),
+                    )
+                });
+                reports.push(r);
+                s
+            }
+            Err(e) => {
+                ui.println(&format!("{spec}: {e:#}"));
+                None
+            }
+        };
+        let s = s.unwrap_or_else(|| Step {
+            step: no,
+            role: Role::Candidate,
+            spec: spec.clone(),
+            release: c.release.clone(),
+            package_version: Some(c.package.version.clone()),
+            verdict: Verdict::Skip,
+            reason: "natvet could not get this kernel".into(),
+            failing: vec![],
+            seconds: 0.0,
+        });
+        println!(
+            "step {no}/{total}: {} ... {} ({:.1} s)",
+            c.release,
+            s.verdict.label(),
+            s.seconds
+        );
+        if s.verdict == Verdict::Skip {
+            println!("  skipped: {}", s.reason);
+        }
+        if crate::qemu::cancelled() {
+            report.steps.push(s);
+            report.bisection_steps = search.steps();
+            report.answer = Some(Answer::Interrupted);
+            return finish_bisect(&mut report, &reports, exit::INFRA);
+        }
+        search.record(i, s.verdict);
+        report.steps.push(s);
+    }
+    report.bisection_steps = search.steps();
+    report.skipped = search.skipped();
+    let answer = plan.answer(&search.outcome());
+    let code = match answer {
+        Answer::Found { .. } => exit::PASS,
+        _ => exit::INFRA,
+    };
+    report.answer = Some(answer);
+    finish_bisect(&mut report, &reports, code)
 }
