@@ -441,6 +441,31 @@ fn bad_input(args: &[&str], says: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A command that needs no VM exits with `code` and says `says` on stderr.
+fn exits_with(name: &str, args: &[&str], code: i32, says: &str) -> Result<(), Failed> {
+    let run = natvet(name, args)?;
+    if run.code != code || !run.stderr.contains(says) {
+        return Err(format!("expected exit {code} saying {says:?}\n{}", explain(&run)).into());
+    }
+    Ok(())
+}
+
+/// `vet --bisect-exit-codes` on a build tree that has no kernel image: git
+/// bisect must skip the commit (125), not call it bad.
+fn bisect_exit_codes_skip_tree_without_image() -> Result<(), Failed> {
+    let tree = out_dir("bisect-tree-without-image-src");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
+    std::fs::write(tree.join(".config"), "CONFIG_MODULES=y\n").map_err(|e| e.to_string())?;
+    let spec = format!("build:{}", tree.display());
+    exits_with(
+        "bisect-tree-without-image",
+        &["vet", "--kernel", &spec, "--bisect-exit-codes"],
+        125,
+        "arch/x86/boot/bzImage",
+    )
+}
+
 /// A kernel that panics ends the run as an infrastructure error (exit 3) that
 /// shows the last console lines, never a hang and never a NAT verdict.
 fn panic_is_infra() -> Result<(), Failed> {
@@ -769,6 +794,56 @@ fn main() {
                 "tests/controls/malformed.toml",
             ],
             "line 3",
+        )
+    }));
+    trials.push(Trial::test(
+        "input::bisect-exit-codes-125-on-missing-build-tree",
+        || {
+            exits_with(
+                "bisect-missing-tree",
+                &[
+                    "vet",
+                    "--kernel",
+                    "build:/nonexistent/linux",
+                    "--bisect-exit-codes",
+                ],
+                125,
+                "/nonexistent/linux",
+            )
+        },
+    ));
+    trials.push(Trial::test(
+        "input::bisect-exit-codes-125-on-build-tree-without-image",
+        bisect_exit_codes_skip_tree_without_image,
+    ));
+    trials.push(Trial::test("input::bisect-different-lines-exits-2", || {
+        exits_with(
+            "bisect-different-lines",
+            &[
+                "bisect",
+                "--good",
+                "debian:6.1.0-40-amd64",
+                "--bad",
+                "debian:6.12.43+deb12-amd64",
+            ],
+            2,
+            "natvet bisects within one line",
+        )
+    }));
+    trials.push(Trial::test("input::bisect-unknown-check-exits-2", || {
+        exits_with(
+            "bisect-unknown-check",
+            &[
+                "bisect",
+                "--good",
+                "debian:6.12.43+deb12-amd64",
+                "--bad",
+                "debian:6.12.95+deb12-amd64",
+                "--check",
+                "handshake/1",
+            ],
+            2,
+            "--check handshake/1 matches none",
         )
     }));
     libtest_mimic::run(&args, trials).exit();
