@@ -271,6 +271,9 @@ pub struct Plan {
     pub good: Candidate,
     pub bad: BadEnd,
     pub candidates: Vec<Candidate>,
+    /// Packages of the line newer than a bad kernel of the user's own
+    /// (a newer upstream version), which are not in the range.
+    pub left_out: Vec<Candidate>,
 }
 
 /// Endpoints that cannot make a range (the user's input).
@@ -388,11 +391,23 @@ pub fn plan(releases: &[Candidate], good: Candidate, bad: BadEnd) -> Result<Plan
         }
     };
     let candidates = candidates(releases, good_line, &good.package.version, &upper);
+    let left_out = match &bad {
+        BadEnd::Package(_) => vec![],
+        BadEnd::Own { .. } => releases
+            .iter()
+            .filter(|c| {
+                debian::line_matches(&c.release, &good_line)
+                    && debian::release_components(&c.release) > upstream
+            })
+            .cloned()
+            .collect(),
+    };
     Ok(Plan {
         line: good_line,
         good,
         bad,
         candidates,
+        left_out,
     })
 }
 
@@ -502,12 +517,59 @@ pub struct BisectReport {
 }
 
 impl Plan {
+    /// An empty report of this bisection, to be filled step by step.
+    pub fn report(&self, checks: &[String], started_at: String) -> BisectReport {
+        BisectReport {
+            schema: SCHEMA.into(),
+            natvet_version: env!("CARGO_PKG_VERSION").into(),
+            started_at,
+            elapsed_ms: 0,
+            line: fmt_line(&self.line),
+            good: self.good.spec(),
+            bad: self.bad.spec(),
+            checks: checks.to_vec(),
+            candidates: self.candidates.iter().map(|c| c.release.clone()).collect(),
+            estimated_steps: estimate(self.candidates.len()),
+            bisection_steps: 0,
+            skipped: 0,
+            steps: vec![],
+            answer: None,
+        }
+    }
+
+    /// What is about to be bisected, for people.
+    pub fn header(&self) -> String {
+        let n = self.candidates.len();
+        let mut out = format!(
+            "bisecting {}: good {} ({}), bad {} (release {}); {n} package(s) between them, about {} step(s)\n",
+            fmt_line(&self.line),
+            self.good.spec(),
+            self.good.package.version,
+            self.bad.spec(),
+            self.bad.release(),
+            estimate(n)
+        );
+        if !self.left_out.is_empty() {
+            let names: Vec<&str> = self.left_out.iter().map(|c| c.release.as_str()).collect();
+            out.push_str(&format!(
+                "left out: {} (a newer upstream version than {}, so not in the range)\n",
+                names.join(", "),
+                self.bad.release()
+            ));
+        }
+        out
+    }
+
     /// A point of the search as a spec.
     pub fn name(&self, p: Point) -> String {
         match p {
             Point::GoodEnd => self.good.spec(),
             Point::BadEnd => self.bad.spec(),
-            Point::Candidate(i) => self.candidates[i].spec(),
+            Point::Candidate(i) => self
+                .candidates
+                .get(i)
+                .map(Candidate::spec)
+                .unwrap_or_else(|| format!("candidate {i}")),
         }
     }
 
@@ -1264,6 +1326,24 @@ mod tests {
         let p = plan(&all, good.clone(), own.clone()).unwrap();
         assert_eq!(p.line, [6, 12]);
         assert_eq!(p.candidates.len(), 6);
+        assert!(p.left_out.is_empty());
+        assert!(p
+            .header()
+            .contains("6 package(s) between them, about 3 step(s)"));
+        let older_build = BadEnd::Own {
+            spec: "build:/b".into(),
+            release: "6.12.95".into(),
+        };
+        let p2 = plan(&all, good.clone(), older_build).unwrap();
+        assert_eq!(
+            names(&p2.left_out),
+            ["6.12.107+deb13-amd64", "6.12.117+deb13-amd64"]
+        );
+        assert!(
+            p2.header().contains("left out: 6.12.107+deb13-amd64"),
+            "{}",
+            p2.header()
+        );
         assert_eq!(
             p.answer(&Outcome::Found {
                 first_bad: Point::BadEnd,

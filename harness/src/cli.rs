@@ -959,47 +959,8 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
     let plan =
         b::plan(&b::generic_releases(&index), good, bad).map_err(|e| usage(e.to_string()))?;
     let n = plan.candidates.len();
-    let mut report = b::BisectReport {
-        schema: b::SCHEMA.into(),
-        natvet_version: env!("CARGO_PKG_VERSION").into(),
-        started_at: started.to_rfc3339(),
-        elapsed_ms: 0,
-        line: b::fmt_line(&plan.line),
-        good: plan.good.spec(),
-        bad: plan.bad.spec(),
-        checks: args.checks.clone(),
-        candidates: plan.candidates.iter().map(|c| c.release.clone()).collect(),
-        estimated_steps: b::estimate(n),
-        bisection_steps: 0,
-        skipped: 0,
-        steps: vec![],
-        answer: None,
-    };
-    println!(
-        "bisecting {}: good {} ({}), bad {} (release {}); {n} package(s) between them, about {} step(s)",
-        report.line,
-        report.good,
-        plan.good.package.version,
-        report.bad,
-        plan.bad.release(),
-        report.estimated_steps
-    );
-    if let BadEnd::Own { .. } = plan.bad {
-        let newer = b::generic_releases(&index)
-            .into_iter()
-            .filter(|c| {
-                crate::kernel::debian::line_matches(&c.release, &plan.line)
-                    && crate::kernel::debian::release_components(&c.release)
-                        > crate::kernel::debian::release_components(plan.bad.release())
-            })
-            .count();
-        if newer > 0 {
-            println!(
-                "({newer} package(s) of an upstream version newer than {} left out: they are not in the range)",
-                plan.bad.release()
-            );
-        }
-    }
+    let mut report = plan.report(&args.checks, started.to_rfc3339());
+    print!("{}", plan.header());
     let mut reports: Vec<RunReport> = Vec::new();
     let step = |run: &crate::report::KernelRun,
                 role: Role,
@@ -1079,6 +1040,7 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
         return finish_bisect(&mut report, &reports, exit::INFRA);
     }
     if let Err(e) = ends_ok {
+        eprintln!("natvet: {e}");
         report.answer = Some(Answer::NoRange {
             reason: e.to_string(),
         });
@@ -1100,36 +1062,41 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
             c.release, c.package.version, c.package.suite
         ));
         let spec = c.spec();
-        let s = match test_kernels(&opts, std::slice::from_ref(&spec), args.run.checks.quiet) {
-            Ok(r) => {
-                let s = r.kernels.first().map(|k| {
-                    step(
-                        k,
-                        Role::Candidate,
-                        no,
-                        &spec,
-                        Some(c.package.version.clone()),
-                    )
-                });
-                reports.push(r);
-                s
-            }
-            Err(e) => {
-                ui.println(&format!("{spec}: {e:#}"));
-                None
-            }
-        };
-        let s = s.unwrap_or_else(|| Step {
+        let not_run = |reason: String| Step {
             step: no,
             role: Role::Candidate,
             spec: spec.clone(),
             release: c.release.clone(),
             package_version: Some(c.package.version.clone()),
             verdict: Verdict::Skip,
-            reason: "natvet could not get this kernel".into(),
+            reason,
             failing: vec![],
             seconds: 0.0,
-        });
+        };
+        let s = match test_kernels(&opts, std::slice::from_ref(&spec), args.run.checks.quiet) {
+            Ok(r) => {
+                let s = match r.kernels.first() {
+                    Some(k) => step(
+                        k,
+                        Role::Candidate,
+                        no,
+                        &spec,
+                        Some(c.package.version.clone()),
+                    ),
+                    None => not_run("the run reported no kernel".into()),
+                };
+                reports.push(r);
+                s
+            }
+            Err(e) => not_run(format!("natvet could not get this kernel: {e:#}")),
+        };
+        if crate::qemu::cancelled() {
+            println!("step {no}/{total}: {} ... interrupted", c.release);
+            report.steps.push(s);
+            report.bisection_steps = search.steps();
+            report.answer = Some(Answer::Interrupted);
+            return finish_bisect(&mut report, &reports, exit::INFRA);
+        }
         println!(
             "step {no}/{total}: {} ... {} ({:.1} s)",
             c.release,
@@ -1138,12 +1105,6 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
         );
         if s.verdict == Verdict::Skip {
             println!("  skipped: {}", s.reason);
-        }
-        if crate::qemu::cancelled() {
-            report.steps.push(s);
-            report.bisection_steps = search.steps();
-            report.answer = Some(Answer::Interrupted);
-            return finish_bisect(&mut report, &reports, exit::INFRA);
         }
         search.record(i, s.verdict);
         report.steps.push(s);
