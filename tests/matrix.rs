@@ -14,7 +14,7 @@ use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use natvet::nat::BackendKind;
-use natvet::scenario::{PortRange, Scenario};
+use natvet::scenario::{CheckSpec, PortRange, Scenario};
 use serde_json::Value;
 
 /// The controls run on one kernel: they test natvet's checks, not the kernel.
@@ -178,11 +178,15 @@ fn mask(s: &str) -> String {
 /// A negative control: the shipped scenario `base` with one thing removed or
 /// wrong (`spoil`), on nftables. It must fail exactly `must_fail`, and exit 1.
 /// Derived from the shipped file, so a check added there is covered here too.
+/// With `forensics`, every failure must also come with its evidence bundle
+/// (captures that hold packets, conntrack, ruleset, dmesg); without, the
+/// control runs with `--capture never`, which halves its time.
 fn control_fails(
     base: &str,
     name: &str,
     spoil: fn(&mut Scenario),
     must_fail: &[&str],
+    forensics: bool,
 ) -> Result<(), Failed> {
     let mut scenario =
         Scenario::load(base).map_err(|e| format!("loading the shipped scenario: {e}"))?;
@@ -198,7 +202,15 @@ fn control_fails(
     let path = path.display().to_string();
     let run = natvet(
         &format!("control-{name}"),
-        &["vet", "--kernel", CONTROL_KERNEL, "--scenario", &path],
+        &[
+            "vet",
+            "--kernel",
+            CONTROL_KERNEL,
+            "--scenario",
+            &path,
+            "--capture",
+            if forensics { "failures" } else { "never" },
+        ],
     )?;
     let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
     let results = results(report);
@@ -220,6 +232,52 @@ fn control_fails(
             explain(&run)
         )
         .into());
+    }
+    if forensics {
+        evidence_is_complete(report)?;
+    }
+    Ok(())
+}
+
+/// Each failure's bundle holds the text evidence and pcap files (tcpdump's
+/// format) of which at least one recorded packets.
+fn evidence_is_complete(report: &Value) -> Result<(), Failed> {
+    let failures = report["kernels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|k| k["results"].as_array().into_iter().flatten())
+        .filter(|r| r["status"] == "fail");
+    for r in failures {
+        let check = r["check"].as_str().unwrap_or("?");
+        let dir = r["evidence_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{check}: no evidence_dir in the report"))?;
+        for f in ["conntrack.txt", "ruleset.txt", "dmesg.txt", "result.txt"] {
+            if !dir.join(f).is_file() {
+                return Err(format!("{check}: {} lacks {f}", dir.display()).into());
+            }
+        }
+        let pcaps: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{check}: reading {}: {e}", dir.display()))?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pcap"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .collect();
+        let magic = 0xa1b2_c3d4u32.to_le_bytes();
+        if pcaps.is_empty() || pcaps.iter().any(|p| p.len() < 24 || p[..4] != magic) {
+            return Err(format!(
+                "{check}: missing or malformed pcap files in {}",
+                dir.display()
+            )
+            .into());
+        }
+        if pcaps.iter().all(|p| p.len() == 24) {
+            return Err(
+                format!("{check}: the captures in {} hold no packets", dir.display()).into(),
+            );
+        }
     }
     Ok(())
 }
@@ -693,6 +751,7 @@ fn main() {
             "extended-ports-no-redirect",
             |s| s.relay.redirect_udp.clear(),
             REDIRECTED,
+            true,
         )
     }));
     trials.push(Trial::test("control::extended-ports-no-masquerade", || {
@@ -701,6 +760,7 @@ fn main() {
             "extended-ports-no-masquerade",
             |s| s.relay.masquerade = false,
             FORWARDED,
+            false,
         )
     }));
     trials.push(Trial::test(
@@ -722,6 +782,7 @@ fn main() {
                     ]
                 },
                 OUTSIDE,
+                false,
             )
         },
     ));
@@ -731,14 +792,21 @@ fn main() {
             control_fails(
                 "port-exhaustion",
                 "port-exhaustion-range-too-wide",
-                // 16 ports hold all 12 flows: nothing is exhausted.
+                // The check still expects 8 ports to fill, but the rule
+                // allows 16, which hold all 12 flows.
                 |s| {
+                    for c in &mut s.checks {
+                        if let CheckSpec::PortExhaustion { range, .. } = c {
+                            *range = s.relay.masquerade_ports;
+                        }
+                    }
                     s.relay.masquerade_ports = Some(PortRange {
                         first: 40000,
                         last: 40015,
-                    })
+                    });
                 },
                 &["port-exhaustion"],
+                false,
             )
         },
     ));

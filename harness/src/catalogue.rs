@@ -109,7 +109,7 @@ pub const CHECKS: &[CheckInfo] = &[
         kind: "port-exhaustion",
         results: "port-exhaustion",
         behaviours: "7",
-        description: "with relay.masquerade_ports, as many flows as the range holds get ports in it and the extra ones are dropped cleanly; the first keep working",
+        description: "with relay.masquerade_ports (or the check's own `range`), as many flows as the range holds get ports in it and the extra ones are dropped cleanly; the first keep working",
         timeout: EXCHANGE_TIMEOUT,
         needs_wireguard: false,
     },

@@ -113,6 +113,9 @@ pub struct CaptureFile {
     pub namespace: String,
     pub interface: String,
     pub packets: usize,
+    /// Packets seen after the capture's size limit, not in the file.
+    #[serde(default)]
+    pub not_kept: usize,
     pub pcap_base64: String,
 }
 

@@ -108,6 +108,9 @@ pub enum CheckSpec {
     PortExhaustion {
         #[serde(default = "default_flows_beyond")]
         beyond: u32,
+        /// The range the check expects to fill; default relay.masquerade_ports.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range: Option<PortRange>,
     },
 }
 
@@ -354,7 +357,11 @@ impl Scenario {
             .checks
             .iter()
             .any(|c| matches!(c, CheckSpec::PortExhaustion { .. }));
-        if exhausts && (self.relay.masquerade_ports.is_none() || !self.relay.masquerade) {
+        let unranged = self
+            .checks
+            .iter()
+            .any(|c| matches!(c, CheckSpec::PortExhaustion { range: None, .. }));
+        if unranged && self.relay.masquerade_ports.is_none() || exhausts && !self.relay.masquerade {
             return Err(
                 "check port-exhaustion needs relay.masquerade = true and relay.masquerade_ports (e.g. \"40000-40007\") to exhaust"
                     .into(),

@@ -17,6 +17,9 @@ use super::netns::Netns;
 pub const SNAPLEN: usize = 512;
 /// Packets kept per interface and check.
 pub const MAX_PACKETS: usize = 20_000;
+/// Bytes kept per interface and check: six interfaces' captures travel in one
+/// message, which must stay under the protocol's line limit once in base64.
+pub const MAX_BYTES: usize = 320 * 1024;
 const LINKTYPE_LINUX_SLL: u32 = 113;
 
 struct Packet {
@@ -30,7 +33,7 @@ struct Packet {
 struct Tap {
     ns: String,
     iface: String,
-    thread: JoinHandle<Vec<Packet>>,
+    thread: JoinHandle<(Vec<Packet>, usize)>,
 }
 
 /// Captures running for the length of one check.
@@ -44,6 +47,8 @@ pub struct Pcap {
     pub namespace: String,
     pub interface: String,
     pub packets: usize,
+    /// Packets seen after the capture was full, and not kept.
+    pub not_kept: usize,
     pub bytes: Vec<u8>,
 }
 
@@ -95,8 +100,10 @@ fn open_tap(ns: &Netns, iface: &str) -> Result<OwnedFd> {
     })
 }
 
-fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Packet> {
+/// The packets kept, and how many more were seen once the limits were reached.
+fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
     let mut packets = Vec::new();
+    let (mut kept, mut not_kept) = (0usize, 0usize);
     let mut buf = vec![0u8; 65536];
     // Read until asked to stop, then drain what is queued.
     loop {
@@ -121,10 +128,12 @@ fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Packet> {
             }
             continue;
         }
-        if packets.len() >= MAX_PACKETS {
+        let len = n as usize;
+        if packets.len() >= MAX_PACKETS || kept + len.min(SNAPLEN) + 32 > MAX_BYTES {
+            not_kept += 1;
             continue;
         }
-        let len = n as usize;
+        kept += len.min(SNAPLEN) + 32;
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -142,7 +151,7 @@ fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Packet> {
             data: buf[..len.min(SNAPLEN).min(buf.len())].to_vec(),
         });
     }
-    packets
+    (packets, not_kept)
 }
 
 fn pcap_bytes(packets: &[Packet]) -> Vec<u8> {
@@ -191,7 +200,7 @@ impl Capture {
         self.stop.store(true, Ordering::SeqCst);
         let mut out = Vec::new();
         for tap in self.taps {
-            let Ok(packets) = tap.thread.join() else {
+            let Ok((packets, not_kept)) = tap.thread.join() else {
                 continue;
             };
             if keep {
@@ -199,6 +208,7 @@ impl Capture {
                     namespace: tap.ns,
                     interface: tap.iface,
                     packets: packets.len(),
+                    not_kept,
                     bytes: pcap_bytes(&packets),
                 });
             }

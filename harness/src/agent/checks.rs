@@ -18,7 +18,7 @@ use base64::Engine as _;
 
 use super::capture::Capture;
 use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
-use crate::scenario::{human_bytes, CheckSpec, Protocol};
+use crate::scenario::{human_bytes, CheckSpec, PortRange, Protocol};
 
 /// How long a handshake that should happen may take: WireGuard retries an
 /// initiation after 5 s (REKEY_TIMEOUT), so this allows two retries.
@@ -170,6 +170,7 @@ impl<'a> Context<'a> {
                     namespace: p.namespace,
                     interface: p.interface,
                     packets: p.packets,
+                    not_kept: p.not_kept,
                     pcap_base64: base64::engine::general_purpose::STANDARD.encode(p.bytes),
                 })
                 .collect();
@@ -256,8 +257,8 @@ pub fn run_spec(
         CheckSpec::ManyFlows { flows } => {
             emit(ctx.run(scenario, &names[0], |c| many_flows(c, *flows)))
         }
-        CheckSpec::PortExhaustion { beyond } => {
-            emit(ctx.run(scenario, &names[0], |c| port_exhaustion(c, *beyond)))
+        CheckSpec::PortExhaustion { beyond, range } => {
+            emit(ctx.run(scenario, &names[0], |c| port_exhaustion(c, *beyond, *range)))
         }
         CheckSpec::Redirect { ports } | CheckSpec::NoRedirect { ports } => {
             let expect = matches!(spec, CheckSpec::Redirect { .. });
@@ -928,7 +929,7 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
-    let (flows, answered) = udp_flows(ctx, n, TRANSFER_TIMEOUT)?;
+    let (flows, answered) = udp_flows(ctx, n, EXCHANGE_TIMEOUT)?;
     let tags: Vec<&str> = flows.iter().map(|(t, _)| t.as_str()).collect();
     let seen = translated_sources(ctx, &tags)?;
     let replies = answered.iter().filter(|a| **a).count();
@@ -960,8 +961,8 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
 /// the flows that got a port still work afterwards; nothing hangs. The
 /// relay's conntrack table is flushed at the end, so the filled range does
 /// not spill into later checks.
-fn port_exhaustion(ctx: &mut Context, beyond: u32) -> Result<Verdict> {
-    let Some(range) = ctx.masquerade_ports else {
+fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> Result<Verdict> {
+    let Some(range) = range.or(ctx.masquerade_ports) else {
         return Ok(Verdict::unsupported(
             "a masquerade port range to exhaust",
             "the scenario sets no relay.masquerade_ports",

@@ -424,11 +424,11 @@ pub fn html(report: &RunReport) -> String {
                         let _ = match &dir {
                             Some(d) => write!(
                                 out,
-                                "<a href=\"file://{}/{file}\">{file}</a> ({} packets) ",
+                                "<a href=\"file://{}/{file}\">{file}</a> ({}) ",
                                 html_escape(d),
-                                c.packets
+                                packets_text(c)
                             ),
-                            None => write!(out, "{file} ({} packets) ", c.packets),
+                            None => write!(out, "{file} ({}) ", packets_text(c)),
                         };
                     }
                     out.push_str("</p>\n");
@@ -455,4 +455,13 @@ pub fn html(report: &RunReport) -> String {
     }
     out.push_str("</body></html>\n");
     out
+}
+
+/// "12 packets", and how many the capture's size limit left out.
+fn packets_text(c: &crate::protocol::CaptureFile) -> String {
+    if c.not_kept == 0 {
+        format!("{} packets", c.packets)
+    } else {
+        format!("{} packets, {} more not kept", c.packets, c.not_kept)
+    }
 }
