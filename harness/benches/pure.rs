@@ -3,23 +3,22 @@
 //! for every guest message (protocol parsing, conntrack parsing).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use natvet::nat::{BackendKind, Ipv4Net, Masquerade, NatRules, Redirect};
+use natvet::nat::{BackendKind, IpNet, Masquerade, NatRules, Redirect};
 use natvet::protocol::{CheckResult, Evidence, GuestMessage, Status};
-use natvet::scenario::Scenario;
+use natvet::scenario::{Family, Scenario};
 
 fn rules() -> NatRules {
     NatRules {
         masquerade: vec![Masquerade {
-            source: Ipv4Net {
-                addr: "10.99.0.0"
-                    .parse()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            source: IpNet {
+                addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 99, 0, 0)),
                 prefix: 24,
             },
             out_iface: "wan".into(),
             ports: None,
         }],
         redirect_udp: vec![Redirect {
+            family: Family::Ipv4,
             in_iface: "public".into(),
             ports: ["53", "4000-33433", "33565-51820", "52000-60000"]
                 .iter()
@@ -39,7 +38,7 @@ fn benches(c: &mut Criterion) {
     for kind in BackendKind::ALL {
         let backend = kind.backend();
         c.bench_function(&format!("nat/render {kind}"), |b| {
-            b.iter(|| backend.render(black_box(&r)))
+            b.iter(|| backend.scripts(black_box(&r)))
         });
     }
     let msg = GuestMessage::Check(Box::new(CheckResult {

@@ -57,6 +57,42 @@ pub struct RelayConfig {
     /// Translated TCP/UDP source ports come from this range only ("40000-40007").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masquerade_ports: Option<PortRange>,
+    /// Address families the relay serves; every check runs once per family
+    /// (IPv6 results are named `ipv6/CHECK`).
+    #[serde(default = "default_families")]
+    pub families: Vec<Family>,
+}
+
+fn default_families() -> Vec<Family> {
+    vec![Family::Ipv4]
+}
+
+/// An address family: WireGuard over it, NAT for it, and traffic inside the
+/// tunnel in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// The prefix of this family's result names ("" for IPv4, so names stay short).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "",
+            Family::Ipv6 => "ipv6/",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        })
+    }
 }
 
 fn default_listen_port() -> u16 {
@@ -171,6 +207,19 @@ impl CheckSpec {
             CheckSpec::ManyFlows { flows } => vec![format!("many-flows/{flows}")],
             CheckSpec::PortExhaustion { .. } => vec!["port-exhaustion".into()],
         }
+    }
+
+    /// The names of this check's results in family `f`.
+    pub fn result_names_in(&self, f: Family) -> Vec<String> {
+        self.result_names()
+            .into_iter()
+            .map(|n| format!("{}{n}", f.prefix()))
+            .collect()
+    }
+
+    /// Whether the check runs once per family (kernel health runs once).
+    pub fn per_family(&self) -> bool {
+        !matches!(self, CheckSpec::KernelHealth)
     }
 
     /// Checks that run before the tunnel is up (they need the listen port free).
@@ -353,6 +402,15 @@ impl Scenario {
         if self.checks.is_empty() {
             return Err("no checks: add at least one [[check]] table".into());
         }
+        if self.relay.families.is_empty() {
+            return Err("relay.families is empty: name ipv4, ipv6 or both".into());
+        }
+        if self.relay.families.len() == 2 && self.relay.families[0] == self.relay.families[1] {
+            return Err(format!(
+                "relay.families names {} twice",
+                self.relay.families[0]
+            ));
+        }
         let exhausts = self
             .checks
             .iter()
@@ -408,15 +466,32 @@ impl Scenario {
         Ok(())
     }
 
-    /// All result names, in run order: the checks that need the listen port
-    /// free first, then the rest as written.
-    pub fn result_names(&self) -> Vec<String> {
+    /// The checks in run order, each with the family it runs in: those that
+    /// need the listen port free first (each family), then the rest as
+    /// written (each family).
+    pub fn plan(&self) -> Vec<(Family, &CheckSpec)> {
         let (early, late): (Vec<&CheckSpec>, Vec<&CheckSpec>) =
             self.checks.iter().partition(|c| c.before_tunnel());
-        early
+        let mut out = Vec::new();
+        let first = self.relay.families.first().copied();
+        for phase in [early, late] {
+            for f in &self.relay.families {
+                out.extend(
+                    phase
+                        .iter()
+                        .filter(|c| c.per_family() || Some(*f) == first)
+                        .map(|c| (*f, *c)),
+                );
+            }
+        }
+        out
+    }
+
+    /// All result names, in run order.
+    pub fn result_names(&self) -> Vec<String> {
+        self.plan()
             .into_iter()
-            .chain(late)
-            .flat_map(|c| c.result_names())
+            .flat_map(|(f, c)| c.result_names_in(f))
             .collect()
     }
 }

@@ -62,13 +62,13 @@ pub fn plan(scenarios: &[Scenario]) -> String {
         out.push_str(&format!("\nscenario {} ({})\n", s.name, s.description));
         let rules = topology::nat_rules(s);
         for kind in &s.backends {
-            let backend = kind.backend();
-            out.push_str(&format!(
-                "  {kind}: ruleset applied in the relay namespace with `{}`:\n",
-                backend.apply()
-            ));
-            for line in backend.render(&rules).lines() {
-                out.push_str(&format!("      {line}\n"));
+            for (inv, script) in kind.backend().scripts(&rules) {
+                out.push_str(&format!(
+                    "  {kind}: ruleset applied in the relay namespace with `{inv}`:\n"
+                ));
+                for line in script.lines() {
+                    out.push_str(&format!("      {line}\n"));
+                }
             }
         }
         out.push_str("  checks:\n");

@@ -8,17 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 
 use super::kmsg::{self, Kmsg};
-use super::probes::{self, IcmpPacket, ICMP_UNREACHABLE};
-use super::topology::{
-    run_in, Topology, CLIENT_PUBLIC, INTERNET, RELAY_PUBLIC, RELAY_WAN, TUNNEL_CLIENT,
-};
+use super::probes::{self, IcmpPacket};
+use super::topology::{self, run_in, Addrs, Topology};
 use crate::conntrack;
 use crate::nat::NatBackend;
 use base64::Engine as _;
 
 use super::capture::Capture;
 use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
-use crate::scenario::{human_bytes, CheckSpec, PortRange, Protocol};
+use crate::scenario::{human_bytes, CheckSpec, Family, PortRange, Protocol};
 
 /// How long a handshake that should happen may take: WireGuard retries an
 /// initiation after 5 s (REKEY_TIMEOUT), so this allows two retries.
@@ -31,6 +29,19 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not tell us sooner with an ICMP error.
 pub const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An address and port as people write them ("192.0.2.1:53", "[2001:db8::1]:53").
+fn at(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// An address ready to be followed by ":PORT".
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
 
 /// What a check concluded, before timing and evidence are attached.
 pub struct Verdict {
@@ -67,8 +78,11 @@ pub struct Context<'a> {
     pub dmesg: Vec<String>,
     pub evidence_always: bool,
     pub capture: CaptureMode,
-    /// The client source port of the established data tunnel, once up.
-    tunnel_port: Option<u16>,
+    /// The family whose checks run now.
+    pub family: Family,
+    /// The family of the endpoint the data tunnel was brought up through,
+    /// while the client's peer still points there.
+    tunnel_up: Option<Family>,
     /// The scenario's masquerade port range, if it sets one.
     pub masquerade_ports: Option<crate::scenario::PortRange>,
     nonce: u64,
@@ -89,9 +103,23 @@ impl<'a> Context<'a> {
             dmesg: Vec::new(),
             evidence_always,
             capture,
-            tunnel_port: None,
+            family: Family::Ipv4,
+            tunnel_up: None,
             masquerade_ports: None,
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
+        }
+    }
+
+    /// The addresses of the family whose checks run now.
+    pub fn a(&self) -> &'static Addrs {
+        topology::addrs(self.family)
+    }
+
+    /// An unbound socket's address in the current family.
+    fn any(&self) -> SocketAddr {
+        match self.family {
+            Family::Ipv4 => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            Family::Ipv6 => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
         }
     }
 
@@ -106,6 +134,9 @@ impl<'a> Context<'a> {
     }
 
     fn judge(&mut self, f: &impl Fn(&mut Self) -> Result<Verdict>) -> Verdict {
+        if let Some(why) = self.topo.lacks(self.family) {
+            return Verdict::unsupported(format!("the check runs over {}", self.family), why);
+        }
         f(self).unwrap_or_else(|e| Verdict {
             status: Status::Error,
             expected: "the check runs".into(),
@@ -199,9 +230,17 @@ impl<'a> Context<'a> {
         };
         Evidence {
             conntrack: self.conntrack_text().unwrap_or_else(|e| format!("({e:#})")),
-            ruleset: t
-                .relay_run(&self.backend.list(), None)
-                .unwrap_or_else(|e| format!("({e:#})")),
+            ruleset: self
+                .backend
+                .lists()
+                .iter()
+                .map(|inv| {
+                    let out = t
+                        .relay_run(inv, None)
+                        .unwrap_or_else(|e| format!("({e:#})"));
+                    format!("== {inv}\n{out}")
+                })
+                .collect(),
             counters: per_ns(&|ns| ns.proc_net("dev")),
             routes: per_ns(&|ns| ns.proc_net("route")),
             wireguard: t.describe_tunnel(),
@@ -211,12 +250,20 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The relay's conntrack table, both families (`conntrack -L` alone lists IPv4).
     fn conntrack_text(&self) -> Result<String> {
-        let inv = crate::nat::Invocation {
-            program: "/usr/sbin/conntrack",
-            args: vec!["-L"],
-        };
-        run_in(&self.topo.relay, &inv, None).context("listing the relay's conntrack table")
+        let mut out = String::new();
+        for family in ["ipv4", "ipv6"] {
+            let inv = crate::nat::Invocation {
+                program: "/usr/sbin/conntrack",
+                args: vec!["-L", "-f", family],
+            };
+            out.push_str(
+                &run_in(&self.topo.relay, &inv, None)
+                    .context("listing the relay's conntrack table")?,
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -227,7 +274,7 @@ pub fn run_spec(
     spec: &CheckSpec,
     emit: &mut dyn FnMut(CheckResult),
 ) {
-    let names = spec.result_names();
+    let names = spec.result_names_in(ctx.family);
     match spec {
         CheckSpec::Handshake { ports } | CheckSpec::NoHandshake { ports } => {
             let expect = matches!(spec, CheckSpec::Handshake { .. });
@@ -269,32 +316,47 @@ pub fn run_spec(
     }
 }
 
-/// A plain UDP datagram from the client to `RELAY_PUBLIC:port`: with
+/// A plain UDP datagram from the client to the relay's public `port`: with
 /// `expect`, it must reach a socket on the relay's listen port with the
 /// client's source intact, and the reply must return from `port` (the
 /// redirect's reverse translation); without, it must not reach that socket.
 /// Runs before the tunnel exists, when the listen port is free to bind.
 fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
+    let Addrs {
+        client_public,
+        relay_public,
+        ..
+    } = *ctx.a();
     let listen = ctx.topo.listen_port;
     let sport = ctx.topo.fresh_client_port();
     let expected = if expect {
-        format!("a UDP datagram to {RELAY_PUBLIC}:{port} reaches the relay's socket on :{listen} from {CLIENT_PUBLIC}:{sport}, and the reply returns from {RELAY_PUBLIC}:{port}")
+        format!(
+            "a UDP datagram to {} reaches the relay's socket on :{listen} from {}, and the reply returns from {}",
+            at(relay_public, port),
+            at(client_public, sport),
+            at(relay_public, port)
+        )
     } else {
-        format!("a UDP datagram to {RELAY_PUBLIC}:{port} does not reach the relay's socket on :{listen}")
+        format!(
+            "a UDP datagram to {} does not reach the relay's socket on :{listen}",
+            at(relay_public, port)
+        )
     };
+    let any = ctx.any();
     let topo = &ctx.topo;
+    let icmp_sock = topo.client_icmp(ctx.family)?;
     let relay_sock = topo.relay.run(|| {
-        UdpSocket::bind(("0.0.0.0", listen)).with_context(|| {
+        UdpSocket::bind(SocketAddr::new(any.ip(), listen)).with_context(|| {
             format!("binding udp/{listen} on the relay (is something else listening there?)")
         })
     })?;
     let client_sock = topo.client.run(|| {
-        UdpSocket::bind((CLIENT_PUBLIC, sport))
+        UdpSocket::bind((client_public, sport))
             .with_context(|| format!("binding udp/{sport} on the client"))
     })?;
     relay_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     client_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    topo.client_icmp.drain();
+    icmp_sock.drain();
     let tag = format!("natvet-redirect-{sport}");
     let wait = if expect {
         EXCHANGE_TIMEOUT
@@ -311,7 +373,7 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
         // Resend now and then: the first datagram may wait on ARP.
         if arrived.is_none() && last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             client_sock
-                .send_to(tag.as_bytes(), (RELAY_PUBLIC, port))
+                .send_to(tag.as_bytes(), (relay_public, port))
                 .context("sending from the client")?;
             last_send = Some(Instant::now());
         }
@@ -333,8 +395,8 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
                 }
             }
         }
-        if let Some(icmp) = topo.client_icmp.recv() {
-            if icmp.icmp_type == ICMP_UNREACHABLE
+        if let Some(icmp) = icmp_sock.recv() {
+            if icmp.is_unreachable()
                 && icmp.inner_proto == Some(17)
                 && icmp.inner_dport == Some(port)
             {
@@ -369,10 +431,10 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
             wait.as_secs_f32()
         )),
     }
-    let client = SocketAddr::new(IpAddr::V4(CLIENT_PUBLIC), sport);
+    let client = SocketAddr::new(client_public, sport);
     let ok = if expect {
         arrived.as_ref().map(|(from, _)| *from) == Some(client)
-            && reply == Some(SocketAddr::new(IpAddr::V4(RELAY_PUBLIC), port))
+            && reply == Some(SocketAddr::new(relay_public, port))
     } else {
         arrived.is_none()
     };
@@ -386,29 +448,41 @@ enum HandshakeOutcome {
     Silent { waited: Duration },
 }
 
-/// Point the client at `RELAY_PUBLIC:port` from a fresh source port, with a
+/// Point the client at `relay_public:port` from a fresh source port, with a
 /// fresh peer (no session), send one packet into the tunnel and watch.
 fn attempt_handshake(
     ctx: &mut Context,
     port: u16,
     wait: Duration,
 ) -> Result<(u16, HandshakeOutcome)> {
+    let Addrs {
+        relay_public,
+        internet,
+        ..
+    } = *ctx.a();
     let sport = ctx.topo.fresh_client_port();
+    // The peer is replaced: whatever tunnel was up is gone.
+    ctx.tunnel_up = None;
+    let any = ctx.any();
     let topo = &ctx.topo;
+    let icmp_sock = topo.client_icmp(ctx.family)?;
     let (client_wg, relay_wg) = topo.wg().map_err(anyhow::Error::msg)?;
-    topo.client_icmp.drain();
+    icmp_sock.drain();
     client_wg.set_only_peer(
         &relay_wg.public_key(),
-        Some(SocketAddr::new(IpAddr::V4(RELAY_PUBLIC), port)),
-        &[(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)],
+        Some(SocketAddr::new(relay_public, port)),
+        &[
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+        ],
         Some(sport),
     )?;
     // Any packet routed into wg0 makes WireGuard initiate a handshake.
     let trigger = topo
         .client
-        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding trigger socket"))?;
+        .run(|| UdpSocket::bind(any).context("binding trigger socket"))?;
     trigger
-        .send_to(b"natvet-trigger", (INTERNET, 9))
+        .send_to(b"natvet-trigger", (internet, 9))
         .context("sending a packet into the tunnel")?;
     let start = Instant::now();
     loop {
@@ -422,9 +496,9 @@ fn attempt_handshake(
             ));
         }
         // recv waits up to 20 ms, which paces this loop.
-        if let Some(icmp) = topo.client_icmp.recv() {
-            if icmp.icmp_type == ICMP_UNREACHABLE
-                && icmp.source == RELAY_PUBLIC
+        if let Some(icmp) = icmp_sock.recv() {
+            if icmp.is_unreachable()
+                && icmp.source == relay_public
                 && icmp.inner_proto == Some(17)
                 && icmp.inner_dport == Some(port)
             {
@@ -448,11 +522,18 @@ fn attempt_handshake(
     }
 }
 
-fn describe(outcome: &HandshakeOutcome, sport: u16, port: u16) -> String {
+fn describe(a: &Addrs, outcome: &HandshakeOutcome, sport: u16, port: u16) -> String {
+    let Addrs {
+        client_public,
+        relay_public,
+        ..
+    } = *a;
     match outcome {
         HandshakeOutcome::Completed { after } => format!(
-            "handshake completed after {} ms (client {CLIENT_PUBLIC}:{sport} -> {RELAY_PUBLIC}:{port})",
-            after.as_millis()
+            "handshake completed after {} ms (client {} -> {})",
+            after.as_millis(),
+            at(client_public, sport),
+            at(relay_public, port)
         ),
         HandshakeOutcome::Refused { after, icmp } => format!(
             "no handshake: {} answered ICMP destination unreachable (code {}) for udp/{port} after {} ms",
@@ -468,15 +549,16 @@ fn describe(outcome: &HandshakeOutcome, sport: u16, port: u16) -> String {
 }
 
 fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
+    let Addrs { relay_public, .. } = *ctx.a();
     let wait = if expect {
         HANDSHAKE_TIMEOUT
     } else {
         NO_HANDSHAKE_WAIT
     };
     let expected = if expect {
-        format!("a WireGuard handshake via {RELAY_PUBLIC}:{port}")
+        format!("a WireGuard handshake via {}", at(relay_public, port))
     } else {
-        format!("no WireGuard handshake via {RELAY_PUBLIC}:{port}")
+        format!("no WireGuard handshake via {}", at(relay_public, port))
     };
     if let Err(why) = ctx.topo.wg() {
         return Ok(Verdict::unsupported(expected, why));
@@ -486,14 +568,22 @@ fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
     Ok(Verdict::judge(
         completed == expect,
         expected,
-        describe(&outcome, sport, port),
+        describe(ctx.a(), &outcome, sport, port),
     ))
 }
 
 fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
+    let Addrs {
+        client_public,
+        relay_public,
+        ..
+    } = *ctx.a();
     let listen = ctx.topo.listen_port;
     let expected = format!(
-        "a conntrack entry {CLIENT_PUBLIC}:SPORT -> {RELAY_PUBLIC}:{port} whose reply comes from {RELAY_PUBLIC}:{listen}"
+        "a conntrack entry {}:SPORT -> {} whose reply comes from {}",
+        host(client_public),
+        at(relay_public, port),
+        at(relay_public, listen)
     );
     if let Err(why) = ctx.topo.wg() {
         return Ok(Verdict::unsupported(expected, why));
@@ -503,14 +593,14 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
         return Ok(Verdict::judge(
             false,
             expected,
-            describe(&outcome, sport, port),
+            describe(ctx.a(), &outcome, sport, port),
         ));
     }
     let table = ctx.conntrack_text()?;
     let entry = conntrack::parse(&table).into_iter().find(|e| {
         e.protocol == "udp"
-            && e.original.src == IpAddr::V4(CLIENT_PUBLIC)
-            && e.original.dst == IpAddr::V4(RELAY_PUBLIC)
+            && e.original.src == client_public
+            && e.original.dst == relay_public
             && e.original.sport == Some(sport)
             && e.original.dport == Some(port)
     });
@@ -518,12 +608,16 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
         None => Verdict::judge(
             false,
             expected,
-            format!("no conntrack entry for {CLIENT_PUBLIC}:{sport} -> {RELAY_PUBLIC}:{port}"),
+            format!(
+                "no conntrack entry for {} -> {}",
+                at(client_public, sport),
+                at(relay_public, port)
+            ),
         ),
         Some(e) => Verdict::judge(
-            e.reply.src == IpAddr::V4(RELAY_PUBLIC)
+            e.reply.src == relay_public
                 && e.reply.sport == Some(listen)
-                && e.reply.dst == IpAddr::V4(CLIENT_PUBLIC)
+                && e.reply.dst == client_public
                 && e.reply.dport == Some(sport),
             expected,
             e.line,
@@ -531,27 +625,33 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
     })
 }
 
-/// Bring the data tunnel up through the plain listen port (once per scenario).
+/// Bring the data tunnel up through the plain listen port, over the current
+/// family (once, until a handshake check points the client elsewhere).
 fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String>> {
     // A veth stand-in needs no handshake.
-    if ctx.tunnel_port.is_some() || ctx.topo.wg().is_err() {
+    if ctx.tunnel_up == Some(ctx.family) || ctx.topo.wg().is_err() {
         return Ok(Ok(()));
     }
     let listen = ctx.topo.listen_port;
     let (sport, outcome) = attempt_handshake(ctx, listen, HANDSHAKE_TIMEOUT)?;
     if let HandshakeOutcome::Completed { .. } = outcome {
-        ctx.tunnel_port = Some(sport);
+        ctx.tunnel_up = Some(ctx.family);
         Ok(Ok(()))
     } else {
         Ok(Err(format!(
             "the tunnel did not come up through the plain port, so nothing could be forwarded: {}",
-            describe(&outcome, sport, listen)
+            describe(ctx.a(), &outcome, sport, listen)
         )))
     }
 }
 
-fn masq_expectation(what: &str) -> String {
-    format!("{what} from the client reaches {INTERNET} from {RELAY_WAN} (masqueraded) and the reply returns")
+fn masq_expectation(a: &Addrs, what: &str) -> String {
+    let Addrs {
+        relay_wan,
+        internet,
+        ..
+    } = *a;
+    format!("{what} from the client reaches {internet} from {relay_wan} (masqueraded) and the reply returns")
 }
 
 /// What the internet host recorded for `tag`. The kernel answers an ICMP echo
@@ -568,25 +668,31 @@ fn seen_source(ctx: &Context, tag: &str) -> Result<Option<probes::Seen>> {
     }
 }
 
-fn describe_seen(seen: &Option<probes::Seen>) -> String {
+fn describe_seen(a: &Addrs, seen: &Option<probes::Seen>) -> String {
+    let Addrs { internet, .. } = *a;
     match seen {
-        None => format!("{INTERNET} received nothing"),
+        None => format!("{internet} received nothing"),
         Some(s) => match s.source_port {
-            Some(p) => format!("{INTERNET} received it from {}:{p}", s.source),
-            None => format!("{INTERNET} received it from {}", s.source),
+            Some(p) => format!("{internet} received it from {}", at(s.source, p)),
+            None => format!("{internet} received it from {}", s.source),
         },
     }
 }
 
 fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
-    let expected = masq_expectation(&proto.to_string().to_uppercase());
+    let Addrs {
+        relay_wan,
+        internet,
+        ..
+    } = *ctx.a();
+    let expected = masq_expectation(ctx.a(), &proto.to_string().to_uppercase());
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
     let (reply, tag) = match proto {
         Protocol::Tcp => {
             let tag = ctx.tag("tcp");
-            let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::TCP_PORT);
+            let dest = SocketAddr::new(internet, probes::TCP_PORT);
             (
                 probes::tcp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT),
                 tag,
@@ -594,7 +700,7 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
         }
         Protocol::Udp => {
             let tag = ctx.tag("udp");
-            let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+            let dest = SocketAddr::new(internet, probes::UDP_PORT);
             (
                 probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT),
                 tag,
@@ -602,13 +708,13 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
         }
         Protocol::Icmp => {
             let id = rand::random::<u16>();
-            let icmp = &ctx.topo.client_icmp;
+            let icmp = ctx.topo.client_icmp(ctx.family)?;
             let deadline = Instant::now() + EXCHANGE_TIMEOUT;
             let mut seq = 0u16;
             let mut got = None;
             while got.is_none() && Instant::now() < deadline {
                 seq += 1;
-                icmp.send_echo(INTERNET, id, seq)?;
+                icmp.send_echo(internet, id, seq)?;
                 got = icmp.await_echo_reply(
                     id,
                     seq,
@@ -623,7 +729,7 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
         }
     };
     let seen = seen_source(ctx, &tag)?;
-    let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(relay_wan);
     let reply_text = match &reply {
         Ok(()) => "the reply returned".to_string(),
         Err(e) => format!("no reply ({e:#})"),
@@ -631,20 +737,25 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
     Ok(Verdict::judge(
         masqueraded && reply.is_ok(),
         expected,
-        format!("{}; {reply_text}", describe_seen(&seen)),
+        format!("{}; {reply_text}", describe_seen(ctx.a(), &seen)),
     ))
 }
 
 fn transfer(ctx: &mut Context, bytes: u64) -> Result<Verdict> {
+    let Addrs {
+        relay_wan,
+        internet,
+        ..
+    } = *ctx.a();
     let expected = format!(
-        "{} over TCP reaches {INTERNET} from {RELAY_WAN} with the same SHA-256 at both ends",
+        "{} over TCP reaches {internet} from {relay_wan} with the same SHA-256 at both ends",
         human_bytes(bytes)
     );
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
     let tag = ctx.tag("transfer");
-    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::TCP_PORT);
+    let dest = SocketAddr::new(internet, probes::TCP_PORT);
     let start = Instant::now();
     let result = probes::tcp_transfer(
         &ctx.topo.client,
@@ -656,19 +767,19 @@ fn transfer(ctx: &mut Context, bytes: u64) -> Result<Verdict> {
     );
     let secs = start.elapsed().as_secs_f64();
     let seen = seen_source(ctx, &tag)?;
-    let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(relay_wan);
     Ok(match result {
         Err(e) => Verdict::judge(
             false,
             expected,
-            format!("{}; transfer failed: {e:#}", describe_seen(&seen)),
+            format!("{}; transfer failed: {e:#}", describe_seen(ctx.a(), &seen)),
         ),
         Ok((ours, theirs)) => Verdict::judge(
             masqueraded && ours == theirs,
             expected,
             format!(
                 "{}; sent sha256 {ours}, received sha256 {theirs} ({:.1} MiB/s)",
-                describe_seen(&seen),
+                describe_seen(ctx.a(), &seen),
                 bytes as f64 / (1u64 << 20) as f64 / secs.max(1e-6)
             ),
         ),
@@ -676,15 +787,21 @@ fn transfer(ctx: &mut Context, bytes: u64) -> Result<Verdict> {
 }
 
 fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
+    let Addrs {
+        relay_wan,
+        internet,
+        tunnel_client,
+        ..
+    } = *ctx.a();
     let expected = format!(
-        "a conntrack entry {TUNNEL_CLIENT} -> {INTERNET}:{} whose reply goes to {RELAY_WAN}",
-        probes::UDP_PORT
+        "a conntrack entry {tunnel_client} -> {} whose reply goes to {relay_wan}",
+        at(internet, probes::UDP_PORT)
     );
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
     let tag = ctx.tag("ct");
-    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let dest = SocketAddr::new(internet, probes::UDP_PORT);
     if let Err(e) = probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT) {
         return Ok(Verdict::judge(
             false,
@@ -697,8 +814,8 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
         .into_iter()
         .filter(|e| {
             e.protocol == "udp"
-                && e.original.src == IpAddr::V4(TUNNEL_CLIENT)
-                && e.original.dst == IpAddr::V4(INTERNET)
+                && e.original.src == tunnel_client
+                && e.original.dst == internet
                 && e.original.dport == Some(probes::UDP_PORT)
         })
         .collect();
@@ -707,14 +824,14 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
             false,
             expected,
             format!(
-                "no conntrack entry for {TUNNEL_CLIENT} -> {INTERNET}:{}",
-                probes::UDP_PORT
+                "no conntrack entry for {tunnel_client} -> {}",
+                at(internet, probes::UDP_PORT)
             ),
         ));
     }
     let good = entries
         .iter()
-        .find(|e| e.reply.dst == IpAddr::V4(RELAY_WAN) && e.reply.src == IpAddr::V4(INTERNET));
+        .find(|e| e.reply.dst == relay_wan && e.reply.src == internet);
     Ok(match good {
         Some(e) => Verdict::judge(true, expected, e.line.clone()),
         None => Verdict::judge(false, expected, entries[0].line.clone()),
@@ -745,11 +862,13 @@ fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
 }
 
 fn flush_conntrack(ctx: &Context) -> Result<()> {
-    let inv = crate::nat::Invocation {
-        program: "/usr/sbin/conntrack",
-        args: vec!["-F"],
-    };
-    run_in(&ctx.topo.relay, &inv, None).context("flushing the relay's conntrack table")?;
+    for family in ["ipv4", "ipv6"] {
+        let inv = crate::nat::Invocation {
+            program: "/usr/sbin/conntrack",
+            args: vec!["-F", "-f", family],
+        };
+        run_in(&ctx.topo.relay, &inv, None).context("flushing the relay's conntrack table")?;
+    }
     Ok(())
 }
 
@@ -761,53 +880,67 @@ pub const CLOSED_PORT: u16 = 9;
 /// address, and conntrack must translate it back (outer and embedded headers)
 /// so the client sees its own address and port in it.
 fn icmp_error(ctx: &mut Context) -> Result<Verdict> {
+    let Addrs {
+        internet,
+        tunnel_client,
+        ..
+    } = *ctx.a();
     let expected = format!(
-        "the ICMP port unreachable {INTERNET} sends for udp/{CLOSED_PORT} reaches the client with the embedded source translated back to {TUNNEL_CLIENT}:SPORT"
+        "the ICMP port unreachable {internet} sends for udp/{CLOSED_PORT} reaches the client with the embedded source translated back to {}:SPORT",
+        host(tunnel_client)
     );
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
+    let any = ctx.any();
     let topo = &ctx.topo;
+    let icmp_sock = topo.client_icmp(ctx.family)?;
     let socket = topo
         .client
-        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client"))?;
+        .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
     let sport = socket.local_addr()?.port();
-    topo.client_icmp.drain();
+    icmp_sock.drain();
     let start = Instant::now();
     let mut last_send: Option<Instant> = None;
     let mut other: Option<IcmpPacket> = None;
     while start.elapsed() < EXCHANGE_TIMEOUT {
         if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             socket
-                .send_to(b"natvet-icmp-error", (INTERNET, CLOSED_PORT))
+                .send_to(b"natvet-icmp-error", (internet, CLOSED_PORT))
                 .context("sending to the closed port")?;
             last_send = Some(Instant::now());
         }
-        let Some(icmp) = topo.client_icmp.recv() else {
+        let Some(icmp) = icmp_sock.recv() else {
             continue;
         };
-        if icmp.icmp_type != ICMP_UNREACHABLE || icmp.inner_dport != Some(CLOSED_PORT) {
+        if !icmp.is_unreachable() || icmp.inner_dport != Some(CLOSED_PORT) {
             continue;
         }
-        let translated = icmp.inner_src == Some(TUNNEL_CLIENT) && icmp.inner_sport == Some(sport);
-        let observed =
-            format!(
-            "after {} ms the client got ICMP unreachable (code {}) from {}, embedded source {}:{}",
+        let translated = icmp.inner_src == Some(tunnel_client) && icmp.inner_sport == Some(sport);
+        let observed = format!(
+            "after {} ms the client got ICMP unreachable (code {}) from {}, embedded source {}",
             start.elapsed().as_millis(),
             icmp.code,
             icmp.source,
-            icmp.inner_src.map(|a| a.to_string()).unwrap_or("?".into()),
-            icmp.inner_sport.map(|p| p.to_string()).unwrap_or("?".into()),
+            match (icmp.inner_src, icmp.inner_sport) {
+                (Some(a), Some(p)) => at(a, p).to_string(),
+                _ => "unreadable".into(),
+            },
         );
-        if translated && icmp.source == INTERNET && icmp.code == 3 {
+        if translated && icmp.source == internet && icmp.is_port_unreachable() {
             return Ok(Verdict::judge(true, expected, observed));
         }
         other = Some(icmp);
     }
     let observed = match other {
         Some(icmp) => format!(
-            "only an untranslated or unexpected ICMP error arrived: from {}, code {}, embedded source {:?}:{:?}",
-            icmp.source, icmp.code, icmp.inner_src, icmp.inner_sport
+            "only an untranslated or unexpected ICMP error arrived: from {}, code {}, embedded source {}",
+            icmp.source,
+            icmp.code,
+            match (icmp.inner_src, icmp.inner_sport) {
+                (Some(a), Some(p)) => at(a, p).to_string(),
+                _ => "unreadable".into(),
+            }
         ),
         None => format!(
             "no ICMP error reached the client within {:.0} s (client port {sport})",
@@ -820,17 +953,23 @@ fn icmp_error(ctx: &mut Context) -> Result<Verdict> {
 /// Flush the relay's conntrack table while a UDP flow is in use: the next
 /// datagram of that flow, and a new flow, are translated again and answered.
 fn conntrack_flush(ctx: &mut Context) -> Result<Verdict> {
+    let Addrs {
+        relay_wan,
+        internet,
+        ..
+    } = *ctx.a();
     let expected = format!(
-        "after `conntrack -F` on the relay, the same UDP socket and a new one still reach {INTERNET} from {RELAY_WAN} and get replies"
+        "after `conntrack -F` on the relay, the same UDP socket and a new one still reach {internet} from {relay_wan} and get replies"
     );
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
-    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let dest = SocketAddr::new(internet, probes::UDP_PORT);
+    let any = ctx.any();
     let socket = ctx
         .topo
         .client
-        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client"))?;
+        .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
     let before = ctx.tag("flush-before");
     if let Err(e) = probes::udp_echo_on(&socket, dest, &before, EXCHANGE_TIMEOUT) {
         return Ok(Verdict::judge(
@@ -845,16 +984,16 @@ fn conntrack_flush(ctx: &mut Context) -> Result<Verdict> {
     let fresh = ctx
         .topo
         .client
-        .run(|| UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client"))?;
+        .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
     for (what, sock) in [("the same socket", &socket), ("a new socket", &fresh)] {
         let tag = ctx.tag("flush-after");
         let reply = probes::udp_echo_on(sock, dest, &tag, EXCHANGE_TIMEOUT);
         let seen = seen_source(ctx, &tag)?;
-        let masqueraded = seen.as_ref().map(|s| s.source) == Some(IpAddr::V4(RELAY_WAN));
+        let masqueraded = seen.as_ref().map(|s| s.source) == Some(relay_wan);
         ok &= masqueraded && reply.is_ok();
         parts.push(format!(
             "{what}: {}; {}",
-            describe_seen(&seen),
+            describe_seen(ctx.a(), &seen),
             match reply {
                 Ok(()) => "the reply returned".to_string(),
                 Err(e) => format!("no reply ({e:#})"),
@@ -871,19 +1010,20 @@ type Flow = (String, UdpSocket);
 /// to the internet host's echo server, resending the unanswered ones each
 /// second until `timeout`. Returns the sockets and which were answered.
 fn udp_flows(ctx: &mut Context, n: u32, timeout: Duration) -> Result<(Vec<Flow>, Vec<bool>)> {
+    let Addrs { internet, .. } = *ctx.a();
+    let any = ctx.any();
     let tags: Vec<String> = (0..n).map(|_| ctx.tag("flow")).collect();
     let sockets = ctx.topo.client.run(|| {
         (0..n)
             .map(|_| {
-                let s =
-                    UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket on the client")?;
+                let s = UdpSocket::bind(any).context("binding a UDP socket on the client")?;
                 s.set_nonblocking(true)?;
                 Ok(s)
             })
             .collect::<Result<Vec<_>>>()
     })?;
     let flows: Vec<Flow> = tags.into_iter().zip(sockets).collect();
-    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let dest = SocketAddr::new(internet, probes::UDP_PORT);
     let mut answered = vec![false; flows.len()];
     let start = Instant::now();
     let mut last_send: Option<Instant> = None;
@@ -923,8 +1063,13 @@ fn translated_sources(ctx: &Context, tags: &[&str]) -> Result<Vec<Option<probes:
 /// Many concurrent UDP flows through the tunnel and the masquerade: every one
 /// answered, every one from the relay's address, each on a port of its own.
 fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
+    let Addrs {
+        relay_wan,
+        internet,
+        ..
+    } = *ctx.a();
     let expected = format!(
-        "{n} concurrent UDP flows reach {INTERNET} from {RELAY_WAN} on {n} distinct ports, and every reply returns"
+        "{n} concurrent UDP flows reach {internet} from {relay_wan} on {n} distinct ports, and every reply returns"
     );
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
@@ -936,7 +1081,7 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
     let from_relay = seen
         .iter()
         .flatten()
-        .filter(|s| s.source == IpAddr::V4(RELAY_WAN))
+        .filter(|s| s.source == relay_wan)
         .count();
     let ports: BTreeSet<u16> = seen
         .iter()
@@ -948,7 +1093,7 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
         ok,
         expected,
         format!(
-            "{replies} of {} flows answered; {from_relay} arrived from {RELAY_WAN}, on {} distinct ports",
+            "{replies} of {} flows answered; {from_relay} arrived from {relay_wan}, on {} distinct ports",
             flows.len(),
             ports.len()
         ),
@@ -962,6 +1107,11 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
 /// relay's conntrack table is flushed at the end, so the filled range does
 /// not spill into later checks.
 fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> Result<Verdict> {
+    let Addrs {
+        relay_wan,
+        internet,
+        ..
+    } = *ctx.a();
     let Some(range) = range.or(ctx.masquerade_ports) else {
         return Ok(Verdict::unsupported(
             "a masquerade port range to exhaust",
@@ -971,8 +1121,8 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
     let size = u32::from(range.last - range.first) + 1;
     let total = size + beyond;
     let expected = format!(
-        "of {total} UDP flows to {INTERNET}:{}, exactly {size} get a port in {range} and replies, the other {beyond} are dropped, and the first {size} still work afterwards",
-        probes::UDP_PORT
+        "of {total} UDP flows to {}, exactly {size} get a port in {range} and replies, the other {beyond} are dropped, and the first {size} still work afterwards",
+        at(internet, probes::UDP_PORT)
     );
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
@@ -988,7 +1138,7 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
     let in_range: BTreeSet<u16> = seen
         .iter()
         .flatten()
-        .filter(|s| s.source == IpAddr::V4(RELAY_WAN))
+        .filter(|s| s.source == relay_wan)
         .filter_map(|s| s.source_port)
         .filter(|p| range.contains(*p))
         .collect();
@@ -998,7 +1148,7 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
         .filter(|s| s.source_port.is_some_and(|p| !range.contains(p)))
         .count();
     // The flows that got a port keep it.
-    let dest = SocketAddr::new(IpAddr::V4(INTERNET), probes::UDP_PORT);
+    let dest = SocketAddr::new(internet, probes::UDP_PORT);
     let mut still = 0;
     for ((_, s), got) in flows.iter().zip(&answered) {
         if *got {

@@ -27,7 +27,7 @@ use crate::nat::NatBackend;
 use crate::protocol::{
     CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY,
 };
-use crate::scenario::{CheckSpec, Scenario};
+use crate::scenario::Scenario;
 use topology::Tunnel;
 
 static RESULTS: OnceLock<Mutex<File>> = OnceLock::new();
@@ -249,7 +249,8 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     let settle_all = |status: Status, why: String| {
         settle(scenario, backend, scenario.result_names(), status, &why)
     };
-    let topo = match topology::Topology::build(scenario.relay.listen_port) {
+    let topo = match topology::Topology::build(scenario.relay.listen_port, &scenario.relay.families)
+    {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -281,11 +282,12 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
     ctx.masquerade_ports = scenario.relay.masquerade_ports;
     let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
-    // Plain-UDP redirect checks first: they need the listen port that the
-    // tunnel takes over.
-    let (early, late): (Vec<&CheckSpec>, Vec<&CheckSpec>) =
-        scenario.checks.iter().partition(|c| c.before_tunnel());
-    for spec in early {
+    // Plain-UDP redirect checks first, in each family: they need the listen
+    // port that the tunnel takes over.
+    let plan = scenario.plan();
+    let (early, late): (Vec<_>, Vec<_>) = plan.iter().partition(|(_, c)| c.before_tunnel());
+    for (family, spec) in early {
+        ctx.family = family;
         checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
     }
     match ctx.topo.start_tunnel() {
@@ -299,13 +301,17 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
         Ok(Tunnel::WireGuard { .. }) => {}
         Err(e) => {
             let why = format!("bringing up the tunnel failed: {e:#}");
-            let names = late.iter().flat_map(|c| c.result_names()).collect();
+            let names = late
+                .iter()
+                .flat_map(|(f, c)| c.result_names_in(*f))
+                .collect();
             settle(scenario, backend, names, Status::Error, &why);
             ctx.topo.stop();
             return;
         }
     }
-    for spec in late {
+    for (family, spec) in late {
+        ctx.family = family;
         checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
     }
     ctx.topo.stop();

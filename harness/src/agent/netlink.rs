@@ -1,13 +1,14 @@
 //! Every rtnetlink request the agent makes, behind small named functions.
 //! Each runs inside one namespace ([`Netns::block_on`]); callers never build messages.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::netns::Netns;
+use crate::nat::IpNet;
 
 async fn connect() -> Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
@@ -86,29 +87,37 @@ pub fn add_address(ns: &Netns, link: &str, addr: IpAddr, prefix: u8) -> Result<(
     })
 }
 
-/// Route `dest/prefix` out of `link` (optionally via a gateway).
-pub fn add_route_v4(
-    ns: &Netns,
-    dest: Ipv4Addr,
-    prefix: u8,
-    link: &str,
-    gateway: Option<Ipv4Addr>,
-) -> Result<()> {
+/// Route `dest` out of `link` (optionally via a gateway of the same family).
+pub fn add_route(ns: &Netns, dest: IpNet, link: &str, gateway: Option<IpAddr>) -> Result<()> {
     ns.block_on(|| async {
         let handle = connect().await?;
         let index = index_of(&handle, link).await?;
-        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dest, prefix)
-            .output_interface(index);
-        if let Some(gw) = gateway {
-            route = route.gateway(gw);
-        }
+        let message = match (dest.addr, gateway) {
+            (IpAddr::V4(d), gw) => {
+                let mut r = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d, dest.prefix)
+                    .output_interface(index);
+                if let Some(IpAddr::V4(g)) = gw {
+                    r = r.gateway(g);
+                }
+                r.build()
+            }
+            (IpAddr::V6(d), gw) => {
+                let mut r = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d, dest.prefix)
+                    .output_interface(index);
+                if let Some(IpAddr::V6(g)) = gw {
+                    r = r.gateway(g);
+                }
+                r.build()
+            }
+        };
         handle
             .route()
-            .add(route.build())
+            .add(message)
             .execute()
             .await
-            .with_context(|| format!("adding route {dest}/{prefix} dev {link} in {}", ns.name))
+            .with_context(|| format!("adding route {dest} dev {link} in {}", ns.name))
     })
 }
 

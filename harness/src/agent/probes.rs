@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -37,38 +39,38 @@ fn record(ledger: &Ledger, tag: &str, seen: Seen) {
     }
 }
 
-/// TCP, UDP and ICMP listeners on the internet host.
+/// TCP, UDP and ICMP listeners on the internet host, on each of its addresses.
 pub struct InternetHost {
-    pub addr: Ipv4Addr,
     ledger: Ledger,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl InternetHost {
-    pub fn start(ns: &Netns, addr: Ipv4Addr) -> Result<InternetHost> {
-        let (tcp, udp, icmp) = ns.run(|| {
-            let tcp = TcpListener::bind((addr, TCP_PORT)).context("binding TCP probe server")?;
-            tcp.set_nonblocking(true)?;
-            let udp = UdpSocket::bind((addr, UDP_PORT)).context("binding UDP probe server")?;
-            udp.set_read_timeout(Some(POLL))?;
-            let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-                .context("opening raw ICMP socket")?;
-            icmp.set_read_timeout(Some(POLL))?;
-            Ok((tcp, udp, icmp))
-        })?;
+    pub fn start(ns: &Netns, addrs: &[IpAddr]) -> Result<InternetHost> {
         let ledger: Ledger = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-
-        let (l, s) = (ledger.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || tcp_server(tcp, l, s)));
-        let (l, s) = (ledger.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || udp_server(udp, l, s)));
-        let (l, s) = (ledger.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || icmp_watcher(icmp, l, s)));
+        for &addr in addrs {
+            let (tcp, udp, icmp) = ns.run(|| {
+                let tcp = TcpListener::bind((addr, TCP_PORT))
+                    .with_context(|| format!("binding TCP probe server on {addr}"))?;
+                tcp.set_nonblocking(true)?;
+                let udp = UdpSocket::bind((addr, UDP_PORT))
+                    .with_context(|| format!("binding UDP probe server on {addr}"))?;
+                udp.set_read_timeout(Some(POLL))?;
+                let icmp = raw_icmp(addr.is_ipv6())?;
+                icmp.set_read_timeout(Some(POLL))?;
+                Ok((tcp, udp, icmp))
+            })?;
+            let (l, s) = (ledger.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || tcp_server(tcp, l, s)));
+            let (l, s) = (ledger.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || udp_server(udp, l, s)));
+            let (l, s) = (ledger.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || icmp_watcher(icmp, l, s)));
+        }
         Ok(InternetHost {
-            addr,
             ledger,
             stop,
             threads,
@@ -160,30 +162,48 @@ fn udp_server(socket: UdpSocket, ledger: Ledger, stop: Arc<AtomicBool>) {
     }
 }
 
+/// A raw ICMP (or ICMPv6) socket.
+fn raw_icmp(v6: bool) -> Result<Socket> {
+    let (domain, proto) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4)
+    };
+    Socket::new(domain, Type::RAW, Some(proto)).context("opening a raw ICMP socket")
+}
+
+/// The next packet of a raw ICMP socket, parsed: IPv4 raw sockets deliver the
+/// IP header, ICMPv6 ones only the message, with the source in the address.
+fn recv_icmp(socket: &Socket) -> Option<IcmpPacket> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+    let (n, from) = socket.recv_from(&mut buf).ok()?;
+    // SAFETY: recv_from initialised the first n bytes.
+    let bytes: Vec<u8> = buf[..n]
+        .iter()
+        .map(|b| unsafe { b.assume_init() })
+        .collect();
+    match from.as_socket() {
+        Some(SocketAddr::V6(a)) => parse_icmpv6(&bytes, *a.ip()),
+        _ => parse_ipv4_icmp(&bytes),
+    }
+}
+
 /// Records the source of every ICMP echo request, tagged "icmp-ID-SEQ".
 /// The kernel itself answers the echo.
 fn icmp_watcher(socket: Socket, ledger: Ledger, stop: Arc<AtomicBool>) {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
     while !stop.load(Ordering::SeqCst) {
-        let Ok(n) = socket.recv(&mut buf) else {
+        let Some(p) = recv_icmp(&socket) else {
             continue;
         };
-        // SAFETY: recv initialised the first n bytes.
-        let bytes: Vec<u8> = buf[..n]
-            .iter()
-            .map(|b| unsafe { b.assume_init() })
-            .collect();
-        if let Some(p) = parse_ipv4_icmp(&bytes) {
-            if p.icmp_type == ICMP_ECHO_REQUEST {
-                record(
-                    &ledger,
-                    &echo_tag(p.id, p.seq),
-                    Seen {
-                        source: IpAddr::V4(p.source),
-                        source_port: None,
-                    },
-                );
-            }
+        if p.is_echo_request() {
+            record(
+                &ledger,
+                &echo_tag(p.id, p.seq),
+                Seen {
+                    source: p.source,
+                    source_port: None,
+                },
+            );
         }
     }
 }
@@ -196,17 +216,21 @@ pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_UNREACHABLE: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
-/// The parts of an IPv4 ICMP packet the checks look at.
+pub const ICMPV6_UNREACHABLE: u8 = 1;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// The parts of an ICMP or ICMPv6 packet the checks look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcmpPacket {
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     pub icmp_type: u8,
     pub code: u8,
     pub id: u16,
     pub seq: u16,
     /// For errors: the embedded original packet's protocol, source and destination port.
     pub inner_proto: Option<u8>,
-    pub inner_src: Option<Ipv4Addr>,
+    pub inner_src: Option<IpAddr>,
     pub inner_sport: Option<u16>,
     pub inner_dport: Option<u16>,
 }
@@ -221,7 +245,7 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
     if icmp.len() < 8 {
         return None;
     }
-    let source = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+    let source = IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
     let (mut inner_proto, mut inner_src, mut inner_sport, mut inner_dport) =
         (None, None, None, None);
     if icmp[0] == ICMP_UNREACHABLE {
@@ -229,7 +253,9 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
             if inner.len() >= 20 {
                 let ihl = usize::from(inner[0] & 0x0f) * 4;
                 inner_proto = Some(inner[9]);
-                inner_src = Some(Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]));
+                inner_src = Some(IpAddr::V4(Ipv4Addr::new(
+                    inner[12], inner[13], inner[14], inner[15],
+                )));
                 if let Some(l4) = inner.get(ihl..ihl + 4) {
                     inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
                     inner_dport = Some(u16::from_be_bytes([l4[2], l4[3]]));
@@ -248,6 +274,79 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
         inner_sport,
         inner_dport,
     })
+}
+
+/// Parse an ICMPv6 message (as a raw ICMPv6 socket delivers it) from `source`.
+pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
+    if msg.len() < 8 {
+        return None;
+    }
+    let (mut inner_proto, mut inner_src, mut inner_sport, mut inner_dport) =
+        (None, None, None, None);
+    if msg[0] == ICMPV6_UNREACHABLE {
+        // The offending packet: a 40-byte IPv6 header, then (without
+        // extension headers) the transport header.
+        if let Some(inner) = msg.get(8..48) {
+            inner_proto = Some(inner[6]);
+            let mut src = [0u8; 16];
+            src.copy_from_slice(&inner[8..24]);
+            inner_src = Some(IpAddr::V6(Ipv6Addr::from(src)));
+            if let Some(l4) = msg.get(48..52) {
+                inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
+                inner_dport = Some(u16::from_be_bytes([l4[2], l4[3]]));
+            }
+        }
+    }
+    Some(IcmpPacket {
+        source: IpAddr::V6(source),
+        icmp_type: msg[0],
+        code: msg[1],
+        id: u16::from_be_bytes([msg[4], msg[5]]),
+        seq: u16::from_be_bytes([msg[6], msg[7]]),
+        inner_proto,
+        inner_src,
+        inner_sport,
+        inner_dport,
+    })
+}
+
+impl IcmpPacket {
+    fn v6(&self) -> bool {
+        self.source.is_ipv6()
+    }
+
+    pub fn is_echo_request(&self) -> bool {
+        self.icmp_type
+            == if self.v6() {
+                ICMPV6_ECHO_REQUEST
+            } else {
+                ICMP_ECHO_REQUEST
+            }
+    }
+
+    pub fn is_echo_reply(&self) -> bool {
+        self.icmp_type
+            == if self.v6() {
+                ICMPV6_ECHO_REPLY
+            } else {
+                ICMP_ECHO_REPLY
+            }
+    }
+
+    /// Destination unreachable, any code.
+    pub fn is_unreachable(&self) -> bool {
+        self.icmp_type
+            == if self.v6() {
+                ICMPV6_UNREACHABLE
+            } else {
+                ICMP_UNREACHABLE
+            }
+    }
+
+    /// Destination unreachable: port unreachable.
+    pub fn is_port_unreachable(&self) -> bool {
+        self.is_unreachable() && self.code == if self.v6() { 4 } else { 3 }
+    }
 }
 
 fn checksum(data: &[u8]) -> u16 {
@@ -277,14 +376,14 @@ pub fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     pkt
 }
 
-/// A raw ICMP socket in a namespace: sends echo requests, sees every ICMP packet.
+/// A raw ICMP (or ICMPv6) socket in a namespace: sends echo requests, sees
+/// every ICMP packet of its family.
 pub struct IcmpSocket(Socket);
 
 impl IcmpSocket {
-    pub fn open(ns: &Netns) -> Result<IcmpSocket> {
+    pub fn open(ns: &Netns, v6: bool) -> Result<IcmpSocket> {
         ns.run(|| {
-            let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-                .context("opening raw ICMP socket")?;
+            let s = raw_icmp(v6)?;
             s.set_read_timeout(Some(Duration::from_millis(20)))?;
             Ok(IcmpSocket(s))
         })
@@ -297,20 +396,26 @@ impl IcmpSocket {
 
     /// The next ICMP packet, or None after a short wait.
     pub fn recv(&self) -> Option<IcmpPacket> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
-        let n = self.0.recv(&mut buf).ok()?;
-        // SAFETY: recv initialised the first n bytes.
-        let bytes: Vec<u8> = buf[..n]
-            .iter()
-            .map(|b| unsafe { b.assume_init() })
-            .collect();
-        parse_ipv4_icmp(&bytes)
+        recv_icmp(&self.0)
     }
 
-    pub fn send_echo(&self, dest: Ipv4Addr, id: u16, seq: u16) -> Result<()> {
-        let pkt = echo_request(id, seq, b"natvet-echo-probe");
+    pub fn send_echo(&self, dest: IpAddr, id: u16, seq: u16) -> Result<()> {
+        let (pkt, to) = match dest {
+            IpAddr::V4(d) => (
+                echo_request(id, seq, b"natvet-echo-probe"),
+                SocketAddr::V4(SocketAddrV4::new(d, 0)),
+            ),
+            // The kernel fills in an ICMPv6 checksum itself (RFC 3542).
+            IpAddr::V6(d) => {
+                let mut pkt = echo_request(id, seq, b"natvet-echo-probe");
+                pkt[0] = ICMPV6_ECHO_REQUEST;
+                pkt[2] = 0;
+                pkt[3] = 0;
+                (pkt, SocketAddr::V6(std::net::SocketAddrV6::new(d, 0, 0, 0)))
+            }
+        };
         self.0
-            .send_to(&pkt, &SocketAddr::V4(SocketAddrV4::new(dest, 0)).into())
+            .send_to(&pkt, &to.into())
             .context("sending ICMP echo request")?;
         Ok(())
     }
@@ -319,7 +424,7 @@ impl IcmpSocket {
     pub fn await_echo_reply(&self, id: u16, seq: u16, deadline: Instant) -> Option<IcmpPacket> {
         while Instant::now() < deadline {
             if let Some(p) = self.recv() {
-                if p.icmp_type == ICMP_ECHO_REPLY && p.id == id && p.seq == seq {
+                if p.is_echo_reply() && p.id == id && p.seq == seq {
                     return Some(p);
                 }
             }
@@ -347,7 +452,12 @@ pub fn tcp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> R
 
 /// A UDP exchange from the client: the datagram must come back unchanged.
 pub fn udp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> Result<()> {
-    let socket = ns.run(|| UdpSocket::bind("0.0.0.0:0").context("binding UDP client socket"))?;
+    let any: SocketAddr = if dest.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = ns.run(|| UdpSocket::bind(any).context("binding UDP client socket"))?;
     udp_echo_on(&socket, dest, tag, timeout)
 }
 
@@ -441,11 +551,28 @@ mod tests {
         let p = parse_ipv4_icmp(&pkt).unwrap();
         assert_eq!(p.icmp_type, ICMP_UNREACHABLE);
         assert_eq!(p.code, 3);
-        assert_eq!(p.source, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(p.source, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(p.inner_proto, Some(17));
         assert_eq!(p.inner_dport, Some(33434));
         assert_eq!(p.inner_sport, Some(40000));
-        assert_eq!(p.inner_src, Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(p.inner_src, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))));
+        assert!(p.is_port_unreachable());
+    }
+
+    #[test]
+    fn parses_icmpv6_port_unreachable() {
+        let mut msg = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        let mut ip6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+        ip6.extend_from_slice(&"fd99::2".parse::<Ipv6Addr>().unwrap().octets());
+        ip6.extend_from_slice(&"2001:db8:2::2".parse::<Ipv6Addr>().unwrap().octets());
+        msg.extend_from_slice(&ip6);
+        msg.extend_from_slice(&[0x9c, 0x40, 0, 9, 0, 8, 0, 0]);
+        let p = parse_icmpv6(&msg, "2001:db8:2::2".parse().unwrap()).unwrap();
+        assert!(p.is_port_unreachable());
+        assert_eq!(p.inner_proto, Some(17));
+        assert_eq!(p.inner_src, Some("fd99::2".parse().unwrap()));
+        assert_eq!(p.inner_sport, Some(40000));
+        assert_eq!(p.inner_dport, Some(9));
     }
 
     #[test]

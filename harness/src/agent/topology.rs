@@ -17,7 +17,7 @@
 //! for the tunnel: the WireGuard checks are then unsupported, and the NAT
 //! checks still run over it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -27,19 +27,81 @@ use super::netlink;
 use super::netns::Netns;
 use super::probes::{IcmpSocket, InternetHost};
 use super::wireguard::WgInterface;
-use crate::nat::{Invocation, Ipv4Net, Masquerade, NatBackend, NatRules, Redirect};
-use crate::scenario::Scenario;
+use crate::nat::{Invocation, IpNet, Masquerade, NatBackend, NatRules, Redirect};
+use crate::scenario::{Family, Scenario};
 
-pub const CLIENT_PUBLIC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-pub const RELAY_PUBLIC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-pub const RELAY_WAN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-pub const TUNNEL_RELAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-pub const TUNNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-pub const TUNNEL_NET: Ipv4Net = Ipv4Net {
-    addr: Ipv4Addr::new(10, 99, 0, 0),
-    prefix: 24,
+/// The addresses of one family: the same roles in IPv4 and IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    pub family: Family,
+    pub client_public: IpAddr,
+    pub relay_public: IpAddr,
+    pub relay_wan: IpAddr,
+    pub internet: IpAddr,
+    pub tunnel_relay: IpAddr,
+    pub tunnel_client: IpAddr,
+    /// Prefix length of the public and wan links.
+    pub link_prefix: u8,
+    /// The internet's network, routed by the client through the tunnel.
+    pub internet_net: IpNet,
+    /// The tunnel's network, masqueraded by the relay.
+    pub tunnel_net: IpNet,
+}
+
+const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+const fn v6(segments: [u16; 8]) -> IpAddr {
+    let [a, b, c, d, e, f, g, h] = segments;
+    IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+}
+
+pub const IPV4: Addrs = Addrs {
+    family: Family::Ipv4,
+    client_public: v4(192, 0, 2, 2),
+    relay_public: v4(192, 0, 2, 1),
+    relay_wan: v4(198, 51, 100, 1),
+    internet: v4(198, 51, 100, 2),
+    tunnel_relay: v4(10, 99, 0, 1),
+    tunnel_client: v4(10, 99, 0, 2),
+    link_prefix: 24,
+    internet_net: IpNet {
+        addr: v4(198, 51, 100, 0),
+        prefix: 24,
+    },
+    tunnel_net: IpNet {
+        addr: v4(10, 99, 0, 0),
+        prefix: 24,
+    },
 };
+
+pub const IPV6: Addrs = Addrs {
+    family: Family::Ipv6,
+    client_public: v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 2]),
+    relay_public: v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 1]),
+    relay_wan: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 1]),
+    internet: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 2]),
+    tunnel_relay: v6([0xfd99, 0, 0, 0, 0, 0, 0, 1]),
+    tunnel_client: v6([0xfd99, 0, 0, 0, 0, 0, 0, 2]),
+    link_prefix: 64,
+    internet_net: IpNet {
+        addr: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 0]),
+        prefix: 64,
+    },
+    tunnel_net: IpNet {
+        addr: v6([0xfd99, 0, 0, 0, 0, 0, 0, 0]),
+        prefix: 64,
+    },
+};
+
+pub fn addrs(f: Family) -> &'static Addrs {
+    match f {
+        Family::Ipv4 => &IPV4,
+        Family::Ipv6 => &IPV6,
+    }
+}
+
 pub const RELAY_PUBLIC_IF: &str = "public";
 pub const RELAY_WAN_IF: &str = "wan";
 pub const WG_IF: &str = "wg0";
@@ -51,35 +113,52 @@ pub const CLIENT_FIRST_PORT: u16 = 40000;
 /// What `Topology::build` and `start_tunnel` create, in words (for
 /// `natvet verify --dry-run`). Kept next to the code it describes.
 pub fn plan() -> String {
-    format!(
-        "  namespaces (anonymous: held by the agent, gone when it exits): client, relay, internet
-  links:      veth relay/{RELAY_PUBLIC_IF} <-> client/eth0, veth relay/{RELAY_WAN_IF} <-> internet/eth0
-  addresses:  client/eth0 {CLIENT_PUBLIC}/24, relay/{RELAY_PUBLIC_IF} {RELAY_PUBLIC}/24, relay/{RELAY_WAN_IF} {RELAY_WAN}/24, internet/eth0 {INTERNET}/24
-  sysctls:    net.ipv4.ip_forward=1 in the relay namespace only
-  tunnel:     WireGuard {WG_IF} on client ({TUNNEL_CLIENT}/24) and relay ({TUNNEL_RELAY}/24, UDP listen port from the scenario);
+    let mut out =
+        "  namespaces (anonymous: held by the agent, gone when it exits): client, relay, internet\n"
+            .to_string();
+    out.push_str(&format!(
+        "  links:      veth relay/{RELAY_PUBLIC_IF} <-> client/eth0, veth relay/{RELAY_WAN_IF} <-> internet/eth0\n"
+    ));
+    for a in [IPV4, IPV6] {
+        let p = a.link_prefix;
+        let t = a.tunnel_net.prefix;
+        out.push_str(&format!(
+            "  {:<11} client/eth0 {}/{p}, relay/{RELAY_PUBLIC_IF} {}/{p}, relay/{RELAY_WAN_IF} {}/{p}, internet/eth0 {}/{p}; tunnel client {}/{t}, relay {}/{t}\n",
+            format!("{}:", a.family),
+            a.client_public, a.relay_public, a.relay_wan, a.internet, a.tunnel_client, a.tunnel_relay
+        ));
+    }
+    out.push_str(&format!(
+        "  sysctls:    net.ipv4.ip_forward=1, net.ipv6.conf.all.forwarding=1 in the relay namespace; accept_dad=0 in each namespace
+  tunnel:     WireGuard {WG_IF} on client and relay (UDP listen port from the scenario);
               on a kernel without WireGuard, veth {STAND_IN_IF} with the same addresses (WireGuard checks: unsupported)
-  routes:     client 198.51.100.0/24 via the tunnel
+  routes:     client {} and {} via the tunnel
   probes:     TCP/UDP/ICMP servers in the internet namespace, sockets on the client and relay
-"
-    )
+",
+        IPV4.internet_net, IPV6.internet_net
+    ));
+    out
 }
 
-/// The neutral NAT rules a scenario asks for.
+/// The neutral NAT rules a scenario asks for, for each of its families.
 pub fn nat_rules(scenario: &Scenario) -> NatRules {
     let mut rules = NatRules::default();
-    if scenario.relay.masquerade {
-        rules.masquerade.push(Masquerade {
-            source: TUNNEL_NET,
-            out_iface: RELAY_WAN_IF.into(),
-            ports: scenario.relay.masquerade_ports,
-        });
-    }
-    if !scenario.relay.redirect_udp.is_empty() {
-        rules.redirect_udp.push(Redirect {
-            in_iface: RELAY_PUBLIC_IF.into(),
-            ports: scenario.relay.redirect_udp.clone(),
-            to_port: scenario.relay.listen_port,
-        });
+    for f in &scenario.relay.families {
+        if scenario.relay.masquerade {
+            rules.masquerade.push(Masquerade {
+                source: addrs(*f).tunnel_net,
+                out_iface: RELAY_WAN_IF.into(),
+                ports: scenario.relay.masquerade_ports,
+            });
+        }
+        if !scenario.relay.redirect_udp.is_empty() {
+            rules.redirect_udp.push(Redirect {
+                family: *f,
+                in_iface: RELAY_PUBLIC_IF.into(),
+                ports: scenario.relay.redirect_udp.clone(),
+                to_port: scenario.relay.listen_port,
+            });
+        }
     }
     rules
 }
@@ -118,48 +197,114 @@ pub struct Topology {
     pub client: Arc<Netns>,
     pub relay: Arc<Netns>,
     pub internet: Arc<Netns>,
+    /// The families set up, and for each the client's raw ICMP socket (it
+    /// sees the relay's and the internet's errors); a family the kernel
+    /// cannot do is absent from `families`, with the reason in `missing`.
+    pub families: Vec<Family>,
+    pub missing: Vec<(Family, String)>,
     /// None until `start_tunnel`.
     pub tunnel: Option<Tunnel>,
     pub internet_host: Option<InternetHost>,
-    pub client_icmp: IcmpSocket,
+    client_icmp: Vec<(Family, IcmpSocket)>,
     pub listen_port: u16,
     next_port: u16,
 }
 
 impl Topology {
-    /// Namespaces, links, addresses and routes; no tunnel and no NAT yet.
-    pub fn build(listen_port: u16) -> Result<Topology> {
+    /// Namespaces, links, addresses and routes for `families`; no tunnel and
+    /// no NAT yet.
+    pub fn build(listen_port: u16, wanted: &[Family]) -> Result<Topology> {
         let client = Arc::new(Netns::create("client")?);
         let relay = Arc::new(Netns::create("relay")?);
         let internet = Arc::new(Netns::create("internet")?);
+        let mut families = Vec::new();
+        let mut missing = Vec::new();
+        for f in wanted {
+            let ok = match f {
+                Family::Ipv4 => Ok(()),
+                // Addresses are usable at once only without duplicate address
+                // detection; links inherit `default` as they are created.
+                Family::Ipv6 => [&client, &relay, &internet].iter().try_for_each(|ns| {
+                    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+                    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")
+                }),
+            };
+            match ok {
+                Ok(()) => families.push(*f),
+                Err(e) => missing.push((*f, format!("the kernel cannot do {f} here: {e:#}"))),
+            }
+        }
         for ns in [&client, &relay, &internet] {
             netlink::loopback_up(ns)?;
         }
         netlink::veth_pair(&relay, RELAY_PUBLIC_IF, &client, "eth0")?;
         netlink::veth_pair(&relay, RELAY_WAN_IF, &internet, "eth0")?;
-        for (ns, link, addr) in [
-            (&client, "eth0", CLIENT_PUBLIC),
-            (&relay, RELAY_PUBLIC_IF, RELAY_PUBLIC),
-            (&relay, RELAY_WAN_IF, RELAY_WAN),
-            (&internet, "eth0", INTERNET),
+        for f in &families {
+            let a = addrs(*f);
+            for (ns, link, addr) in [
+                (&client, "eth0", a.client_public),
+                (&relay, RELAY_PUBLIC_IF, a.relay_public),
+                (&relay, RELAY_WAN_IF, a.relay_wan),
+                (&internet, "eth0", a.internet),
+            ] {
+                netlink::add_address(ns, link, addr, a.link_prefix)?;
+            }
+        }
+        for (ns, link) in [
+            (&client, "eth0"),
+            (&relay, RELAY_PUBLIC_IF),
+            (&relay, RELAY_WAN_IF),
+            (&internet, "eth0"),
         ] {
-            netlink::add_address(ns, link, IpAddr::V4(addr), 24)?;
             netlink::link_up(ns, link)?;
         }
-        relay.sysctl("net.ipv4.ip_forward", "1")?;
-
-        let client_icmp = IcmpSocket::open(&client)?;
-        let internet_host = Some(InternetHost::start(&internet, INTERNET)?);
+        for f in &families {
+            match f {
+                Family::Ipv4 => relay.sysctl("net.ipv4.ip_forward", "1")?,
+                Family::Ipv6 => relay.sysctl("net.ipv6.conf.all.forwarding", "1")?,
+            }
+        }
+        let client_icmp = families
+            .iter()
+            .map(|f| Ok((*f, IcmpSocket::open(&client, *f == Family::Ipv6)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let internet_addrs: Vec<IpAddr> = families.iter().map(|f| addrs(*f).internet).collect();
+        let internet_host = Some(InternetHost::start(&internet, &internet_addrs)?);
         Ok(Topology {
             client,
             relay,
             internet,
+            families,
+            missing,
             tunnel: None,
             internet_host,
             client_icmp,
             listen_port,
             next_port: CLIENT_FIRST_PORT,
         })
+    }
+
+    /// Why family `f` cannot be used, if it cannot.
+    pub fn lacks(&self, f: Family) -> Option<String> {
+        if self.families.contains(&f) {
+            return None;
+        }
+        Some(
+            self.missing
+                .iter()
+                .find(|(m, _)| *m == f)
+                .map(|(_, why)| why.clone())
+                .unwrap_or_else(|| format!("the scenario does not set up {f}")),
+        )
+    }
+
+    /// The client's raw ICMP socket of family `f`.
+    pub fn client_icmp(&self, f: Family) -> Result<&IcmpSocket> {
+        self.client_icmp
+            .iter()
+            .find(|(g, _)| *g == f)
+            .map(|(_, s)| s)
+            .with_context(|| format!("no {f} ICMP socket on the client"))
     }
 
     /// Bring up the tunnel: WireGuard, or the veth stand-in when the kernel
@@ -176,25 +321,35 @@ impl Topology {
             Err(e) => return Err(e),
         };
         let dev = tunnel.iface();
-        for (ns, addr) in [(&self.relay, TUNNEL_RELAY), (&self.client, TUNNEL_CLIENT)] {
-            netlink::add_address(ns, dev, IpAddr::V4(addr), 24)?;
-            netlink::link_up(ns, dev)?;
+        for f in &self.families {
+            let a = addrs(*f);
+            let p = a.tunnel_net.prefix;
+            netlink::add_address(&self.relay, dev, a.tunnel_relay, p)?;
+            netlink::add_address(&self.client, dev, a.tunnel_client, p)?;
         }
-        // WireGuard is point to point; a veth needs the relay as gateway.
-        let via = matches!(tunnel, Tunnel::StandIn { .. }).then_some(TUNNEL_RELAY);
-        netlink::add_route_v4(&self.client, Ipv4Addr::new(198, 51, 100, 0), 24, dev, via)?;
+        netlink::link_up(&self.relay, dev)?;
+        netlink::link_up(&self.client, dev)?;
+        for f in &self.families {
+            let a = addrs(*f);
+            // WireGuard is point to point; a veth needs the relay as gateway.
+            let via = matches!(tunnel, Tunnel::StandIn { .. }).then_some(a.tunnel_relay);
+            netlink::add_route(&self.client, a.internet_net, dev, via)?;
+        }
         Ok(self.tunnel.insert(tunnel))
     }
 
     fn wireguard(&self) -> Result<Tunnel> {
         let relay = WgInterface::create(self.relay.clone(), WG_IF, Some(self.listen_port))?;
         let client = WgInterface::create(self.client.clone(), WG_IF, Some(CLIENT_FIRST_PORT))?;
-        relay.set_only_peer(
-            &client.public_key(),
-            None,
-            &[(IpAddr::V4(TUNNEL_CLIENT), 32)],
-            None,
-        )?;
+        let allowed: Vec<(IpAddr, u8)> = self
+            .families
+            .iter()
+            .map(|f| {
+                let a = addrs(*f).tunnel_client;
+                (a, if a.is_ipv6() { 128 } else { 32 })
+            })
+            .collect();
+        relay.set_only_peer(&client.public_key(), None, &allowed, None)?;
         Ok(Tunnel::WireGuard { client, relay })
     }
 
@@ -229,7 +384,7 @@ impl Topology {
                 format!("{}{}", client.describe(), relay.describe())
             }
             Some(Tunnel::StandIn { why }) => format!(
-                "no WireGuard: {why}; veth {STAND_IN_IF} ({TUNNEL_CLIENT} <-> {TUNNEL_RELAY}) stands in for the tunnel\n"
+                "no WireGuard: {why}; veth {STAND_IN_IF} between client and relay, with the tunnel's addresses, stands in for the tunnel\n"
             ),
             None => "the tunnel was not up\n".into(),
         }
@@ -272,8 +427,10 @@ impl Topology {
                 backend.kind()
             )));
         }
-        self.relay_run(&backend.apply(), Some(&backend.render(rules)))
-            .with_context(|| format!("applying {} ruleset", backend.kind()))?;
+        for (inv, script) in backend.scripts(rules) {
+            self.relay_run(&inv, Some(&script))
+                .with_context(|| format!("applying the {} ruleset with {inv}", backend.kind()))?;
+        }
         Ok(Ok(()))
     }
 

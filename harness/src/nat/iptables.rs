@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{chunk_ports, BackendKind, Invocation, NatBackend, NatRules};
+use crate::scenario::Family;
 
 /// multiport matches at most 15 ports, a range counting as two.
 const MULTIPORT_SLOTS: usize = 15;
@@ -22,11 +23,20 @@ impl Iptables {
         match (self, which) {
             (Iptables::Nft, "restore") => "/usr/sbin/iptables-nft-restore",
             (Iptables::Nft, "save") => "/usr/sbin/iptables-nft-save",
+            (Iptables::Nft, "restore6") => "/usr/sbin/ip6tables-nft-restore",
+            (Iptables::Nft, "save6") => "/usr/sbin/ip6tables-nft-save",
             (Iptables::Nft, _) => "/usr/sbin/iptables-nft",
             (Iptables::Legacy, "restore") => "/usr/sbin/iptables-legacy-restore",
             (Iptables::Legacy, "save") => "/usr/sbin/iptables-legacy-save",
+            (Iptables::Legacy, "restore6") => "/usr/sbin/ip6tables-legacy-restore",
+            (Iptables::Legacy, "save6") => "/usr/sbin/ip6tables-legacy-save",
             (Iptables::Legacy, _) => "/usr/sbin/iptables-legacy",
         }
+    }
+
+    /// The `*-restore` input for rules of one family (ip6tables takes the same syntax).
+    pub fn render(&self, rules: &NatRules) -> String {
+        render(rules)
     }
 }
 
@@ -43,6 +53,8 @@ impl NatBackend for Iptables {
             self.tool("iptables"),
             self.tool("restore"),
             self.tool("save"),
+            self.tool("restore6"),
+            self.tool("save6"),
         ]
     }
 
@@ -53,67 +65,77 @@ impl NatBackend for Iptables {
         }
     }
 
-    fn render(&self, rules: &NatRules) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "*nat");
-        let _ = writeln!(s, ":{PRE_CHAIN} - [0:0]");
-        let _ = writeln!(s, ":{POST_CHAIN} - [0:0]");
-        let _ = writeln!(s, "-A PREROUTING -j {PRE_CHAIN}");
-        let _ = writeln!(s, "-A POSTROUTING -j {POST_CHAIN}");
-        for r in &rules.redirect_udp {
-            for chunk in chunk_ports(&r.ports, MULTIPORT_SLOTS) {
-                let ports: Vec<String> = chunk
-                    .iter()
-                    .map(|p| p.to_string().replace('-', ":"))
-                    .collect();
+    fn scripts(&self, rules: &NatRules) -> Vec<(Invocation, String)> {
+        rules
+            .families()
+            .into_iter()
+            .map(|f| {
+                let restore = match f {
+                    Family::Ipv4 => self.tool("restore"),
+                    Family::Ipv6 => self.tool("restore6"),
+                };
+                (
+                    Invocation {
+                        program: restore,
+                        args: vec!["-w", "--noflush"],
+                    },
+                    render(&rules.of(f)),
+                )
+            })
+            .collect()
+    }
+
+    fn lists(&self) -> Vec<Invocation> {
+        ["save", "save6"]
+            .into_iter()
+            .map(|t| Invocation {
+                program: self.tool(t),
+                args: vec![],
+            })
+            .collect()
+    }
+}
+
+fn render(rules: &NatRules) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "*nat");
+    let _ = writeln!(s, ":{PRE_CHAIN} - [0:0]");
+    let _ = writeln!(s, ":{POST_CHAIN} - [0:0]");
+    let _ = writeln!(s, "-A PREROUTING -j {PRE_CHAIN}");
+    let _ = writeln!(s, "-A POSTROUTING -j {POST_CHAIN}");
+    for r in &rules.redirect_udp {
+        for chunk in chunk_ports(&r.ports, MULTIPORT_SLOTS) {
+            let ports: Vec<String> = chunk
+                .iter()
+                .map(|p| p.to_string().replace('-', ":"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "-A {PRE_CHAIN} -i {} -p udp -m multiport --dports {} -j REDIRECT --to-ports {}",
+                r.in_iface,
+                ports.join(","),
+                r.to_port
+            );
+        }
+    }
+    for m in &rules.masquerade {
+        if let Some(ports) = m.ports {
+            for proto in ["tcp", "udp"] {
                 let _ = writeln!(
                     s,
-                    "-A {PRE_CHAIN} -i {} -p udp -m multiport --dports {} -j REDIRECT --to-ports {}",
-                    r.in_iface,
-                    ports.join(","),
-                    r.to_port
+                    "-A {POST_CHAIN} -s {} -o {} -p {proto} -j MASQUERADE --to-ports {ports}",
+                    m.source, m.out_iface
                 );
             }
         }
-        for m in &rules.masquerade {
-            if let Some(ports) = m.ports {
-                for proto in ["tcp", "udp"] {
-                    let _ = writeln!(
-                        s,
-                        "-A {POST_CHAIN} -s {} -o {} -p {proto} -j MASQUERADE --to-ports {ports}",
-                        m.source, m.out_iface
-                    );
-                }
-            }
-            let _ = writeln!(
-                s,
-                "-A {POST_CHAIN} -s {} -o {} -j MASQUERADE",
-                m.source, m.out_iface
-            );
-        }
-        let _ = writeln!(s, "COMMIT");
-        s
+        let _ = writeln!(
+            s,
+            "-A {POST_CHAIN} -s {} -o {} -j MASQUERADE",
+            m.source, m.out_iface
+        );
     }
-
-    fn apply(&self) -> Invocation {
-        Invocation {
-            program: self.tool("restore"),
-            args: vec!["-w", "--noflush"],
-        }
-    }
-
-    fn list(&self) -> Invocation {
-        Invocation {
-            program: self.tool("save"),
-            args: vec![],
-        }
-    }
-
-    fn render_teardown(&self) -> String {
-        format!(
-            "*nat\n-D PREROUTING -j {PRE_CHAIN}\n-D POSTROUTING -j {POST_CHAIN}\n-F {PRE_CHAIN}\n-F {POST_CHAIN}\n-X {PRE_CHAIN}\n-X {POST_CHAIN}\nCOMMIT\n"
-        )
-    }
+    let _ = writeln!(s, "COMMIT");
+    s
 }
 
 #[cfg(test)]
@@ -148,6 +170,9 @@ mod tests {
             Iptables::Nft.render(&rules),
             Iptables::Legacy.render(&rules)
         );
-        assert_ne!(Iptables::Nft.apply(), Iptables::Legacy.apply());
+        assert_ne!(
+            Iptables::Nft.scripts(&rules)[0].0,
+            Iptables::Legacy.scripts(&rules)[0].0
+        );
     }
 }

@@ -5,11 +5,11 @@
 //! and probe it. The agent runs those commands inside the relay's namespace.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::PortRange;
+use crate::scenario::{Family, PortRange};
 
 mod iptables;
 mod nftables;
@@ -71,14 +71,23 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// An IPv4 prefix.
+/// An IPv4 or IPv6 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
+pub struct IpNet {
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
-impl fmt::Display for Ipv4Net {
+impl IpNet {
+    pub fn family(&self) -> Family {
+        match self.addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
@@ -89,14 +98,15 @@ impl fmt::Display for Ipv4Net {
 /// that range only (other protocols are masqueraded as usual).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Masquerade {
-    pub source: Ipv4Net,
+    pub source: IpNet,
     pub out_iface: String,
     pub ports: Option<PortRange>,
 }
 
-/// Deliver UDP arriving on `in_iface` for any of `ports` to local port `to_port`.
+/// Deliver UDP of `family` arriving on `in_iface` for any of `ports` to local port `to_port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
+    pub family: Family,
     pub in_iface: String,
     pub ports: Vec<PortRange>,
     pub to_port: u16,
@@ -107,6 +117,39 @@ pub struct Redirect {
 pub struct NatRules {
     pub masquerade: Vec<Masquerade>,
     pub redirect_udp: Vec<Redirect>,
+}
+
+impl NatRules {
+    /// Only the rules of `f`.
+    pub fn of(&self, f: Family) -> NatRules {
+        NatRules {
+            masquerade: self
+                .masquerade
+                .iter()
+                .filter(|m| m.source.family() == f)
+                .cloned()
+                .collect(),
+            redirect_udp: self
+                .redirect_udp
+                .iter()
+                .filter(|r| r.family == f)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.masquerade.is_empty() && self.redirect_udp.is_empty()
+    }
+
+    /// The families with rules; IPv4 always (its tables carry natvet's chains).
+    pub fn families(&self) -> Vec<Family> {
+        let mut v = vec![Family::Ipv4];
+        if !self.of(Family::Ipv6).is_empty() {
+            v.push(Family::Ipv6);
+        }
+        v
+    }
 }
 
 /// A command line: program and arguments. Scripts go to its standard input.
@@ -133,14 +176,11 @@ pub trait NatBackend {
     fn tools(&self) -> Vec<&'static str>;
     /// A harmless command that succeeds only if the kernel supports this backend.
     fn probe(&self) -> Invocation;
-    /// The script that installs `rules` in one transaction.
-    fn render(&self, rules: &NatRules) -> String;
-    /// Applies the script given on standard input.
-    fn apply(&self) -> Invocation;
-    /// Prints the active ruleset (for evidence).
-    fn list(&self) -> Invocation;
-    /// The script that removes everything `render` installed.
-    fn render_teardown(&self) -> String;
+    /// The scripts that install `rules`, each with the command that applies
+    /// it from standard input in one transaction.
+    fn scripts(&self, rules: &NatRules) -> Vec<(Invocation, String)>;
+    /// Commands that print the active rulesets (for evidence).
+    fn lists(&self) -> Vec<Invocation>;
 }
 
 /// Splits port ranges into groups of at most `max_slots` slots, where a single
@@ -170,14 +210,15 @@ pub(crate) fn sample_rules() -> NatRules {
         .collect();
     NatRules {
         masquerade: vec![Masquerade {
-            source: Ipv4Net {
-                addr: Ipv4Addr::new(10, 99, 0, 0),
+            source: IpNet {
+                addr: IpAddr::V4(std::net::Ipv4Addr::new(10, 99, 0, 0)),
                 prefix: 24,
             },
             out_iface: "wan".into(),
             ports: None,
         }],
         redirect_udp: vec![Redirect {
+            family: Family::Ipv4,
             in_iface: "public".into(),
             ports,
             to_port: 51820,
@@ -186,8 +227,46 @@ pub(crate) fn sample_rules() -> NatRules {
 }
 
 #[cfg(test)]
+pub(crate) fn dual_stack_rules() -> NatRules {
+    let mut rules = sample_rules();
+    rules.masquerade.push(Masquerade {
+        source: IpNet {
+            addr: "fd99::".parse().unwrap(),
+            prefix: 64,
+        },
+        out_iface: "wan".into(),
+        ports: None,
+    });
+    let mut r6 = rules.redirect_udp[0].clone();
+    r6.family = Family::Ipv6;
+    rules.redirect_udp.push(r6);
+    rules
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_backend_installs_both_families() {
+        let rules = dual_stack_rules();
+        let nft = Nftables.scripts(&rules);
+        assert_eq!(nft.len(), 1, "nftables loads both tables in one transaction");
+        assert!(nft[0].1.contains("table ip natvet {"));
+        assert!(nft[0].1.contains("table ip6 natvet {"));
+        assert!(nft[0].1.contains("ip6 saddr fd99::/64 counter masquerade"));
+        for b in [Iptables::Nft, Iptables::Legacy] {
+            let scripts = b.scripts(&rules);
+            let programs: Vec<&str> = scripts.iter().map(|(i, _)| i.program).collect();
+            assert_eq!(programs.len(), 2);
+            assert!(programs[0].contains("/iptables-") && programs[1].contains("/ip6tables-"));
+            assert!(scripts[0].1.contains("-s 10.99.0.0/24") && !scripts[0].1.contains("fd99"));
+            assert!(scripts[1].1.contains("-s fd99::/64") && !scripts[1].1.contains("10.99"));
+        }
+        // IPv4 only: one script each, as before.
+        assert_eq!(Iptables::Nft.scripts(&sample_rules()).len(), 1);
+        assert!(!Nftables.render(&sample_rules()).contains("ip6"));
+    }
 
     #[test]
     fn backend_names_round_trip() {

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::{BackendKind, Invocation, NatBackend, NatRules, NFT_TABLE};
+use crate::scenario::Family;
 
 pub struct Nftables;
 
@@ -22,69 +23,83 @@ impl NatBackend for Nftables {
         }
     }
 
-    fn render(&self, rules: &NatRules) -> String {
-        let mut s = String::new();
-        // Declaring then deleting makes the script idempotent: it replaces any earlier copy.
-        let _ = writeln!(s, "table ip {NFT_TABLE}");
-        let _ = writeln!(s, "delete table ip {NFT_TABLE}");
-        let _ = writeln!(s, "table ip {NFT_TABLE} {{");
-        let _ = writeln!(s, "\tchain prerouting {{");
+    fn scripts(&self, rules: &NatRules) -> Vec<(Invocation, String)> {
+        vec![(
+            Invocation {
+                program: "/usr/sbin/nft",
+                args: vec!["-f", "-"],
+            },
+            self.render(rules),
+        )]
+    }
+
+    fn lists(&self) -> Vec<Invocation> {
+        vec![Invocation {
+            program: "/usr/sbin/nft",
+            args: vec!["list", "ruleset"],
+        }]
+    }
+}
+
+impl Nftables {
+    /// One script, so both families' tables load in one transaction.
+    pub fn render(&self, rules: &NatRules) -> String {
+        rules
+            .families()
+            .into_iter()
+            .map(|f| render_table(f, &rules.of(f)))
+            .collect()
+    }
+}
+
+fn render_table(family: Family, rules: &NatRules) -> String {
+    let (table, addr) = match family {
+        Family::Ipv4 => ("ip", "ip"),
+        Family::Ipv6 => ("ip6", "ip6"),
+    };
+    let mut s = String::new();
+    // Declaring then deleting makes the script idempotent: it replaces any earlier copy.
+    let _ = writeln!(s, "table {table} {NFT_TABLE}");
+    let _ = writeln!(s, "delete table {table} {NFT_TABLE}");
+    let _ = writeln!(s, "table {table} {NFT_TABLE} {{");
+    let _ = writeln!(s, "\tchain prerouting {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;"
+    );
+    for r in &rules.redirect_udp {
+        let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             s,
-            "\t\ttype nat hook prerouting priority dstnat; policy accept;"
+            "\t\tiifname \"{}\" udp dport {{ {} }} counter redirect to :{}",
+            r.in_iface,
+            ports.join(", "),
+            r.to_port
         );
-        for r in &rules.redirect_udp {
-            let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
+    }
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "\tchain postrouting {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    for m in &rules.masquerade {
+        if let Some(ports) = m.ports {
             let _ = writeln!(
                 s,
-                "\t\tiifname \"{}\" udp dport {{ {} }} counter redirect to :{}",
-                r.in_iface,
-                ports.join(", "),
-                r.to_port
-            );
-        }
-        let _ = writeln!(s, "\t}}");
-        let _ = writeln!(s, "\tchain postrouting {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-        );
-        for m in &rules.masquerade {
-            if let Some(ports) = m.ports {
-                let _ = writeln!(
-                    s,
-                    "\t\toifname \"{}\" ip saddr {} meta l4proto {{ tcp, udp }} counter masquerade to :{ports}",
-                    m.out_iface, m.source
-                );
-            }
-            let _ = writeln!(
-                s,
-                "\t\toifname \"{}\" ip saddr {} counter masquerade",
+                "\t\toifname \"{}\" {addr} saddr {} meta l4proto {{ tcp, udp }} counter masquerade to :{ports}",
                 m.out_iface, m.source
             );
         }
-        let _ = writeln!(s, "\t}}");
-        let _ = writeln!(s, "}}");
-        s
+        let _ = writeln!(
+            s,
+            "\t\toifname \"{}\" {addr} saddr {} counter masquerade",
+            m.out_iface, m.source
+        );
     }
-
-    fn apply(&self) -> Invocation {
-        Invocation {
-            program: "/usr/sbin/nft",
-            args: vec!["-f", "-"],
-        }
-    }
-
-    fn list(&self) -> Invocation {
-        Invocation {
-            program: "/usr/sbin/nft",
-            args: vec!["list", "ruleset"],
-        }
-    }
-
-    fn render_teardown(&self) -> String {
-        format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
-    }
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "}}");
+    s
 }
 
 #[cfg(test)]
