@@ -212,6 +212,14 @@ fn control_fails(
             if forensics { "failures" } else { "never" },
         ],
     )?;
+    // Each named check fails in every family the scenario runs.
+    let names: Vec<String> = scenario
+        .relay
+        .families
+        .iter()
+        .flat_map(|f| must_fail.iter().map(move |c| format!("{}{c}", f.prefix())))
+        .collect();
+    let must_fail: Vec<&str> = names.iter().map(String::as_str).collect();
     let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
     let results = results(report);
     let failed: BTreeSet<&str> = results

@@ -185,6 +185,26 @@ impl Tunnel {
     }
 }
 
+/// Wait until `addr` can be bound in `ns`. An IPv6 address stays tentative
+/// for a moment after its link comes up, even without duplicate address
+/// detection (the kernel finishes it from a work queue); binding to it before
+/// that fails with EADDRNOTAVAIL.
+fn wait_usable(ns: &Netns, addr: IpAddr) -> Result<()> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    ns.run(|| {
+        let start = std::time::Instant::now();
+        loop {
+            match std::net::UdpSocket::bind((addr, 0)) {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > WAIT => {
+                    bail!("{addr} in {} was not usable within {WAIT:?}: {e}", ns.name)
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
+    })
+}
+
 /// Did creating a WireGuard link fail because the kernel lacks WireGuard?
 fn lacks_wireguard(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
@@ -264,6 +284,17 @@ impl Topology {
                 Family::Ipv6 => relay.sysctl("net.ipv6.conf.all.forwarding", "1")?,
             }
         }
+        for f in &families {
+            let a = addrs(*f);
+            for (ns, addr) in [
+                (&client, a.client_public),
+                (&relay, a.relay_public),
+                (&relay, a.relay_wan),
+                (&internet, a.internet),
+            ] {
+                wait_usable(ns, addr)?;
+            }
+        }
         let client_icmp = families
             .iter()
             .map(|f| Ok((*f, IcmpSocket::open(&client, *f == Family::Ipv6)?)))
@@ -329,6 +360,11 @@ impl Topology {
         }
         netlink::link_up(&self.relay, dev)?;
         netlink::link_up(&self.client, dev)?;
+        for f in &self.families {
+            let a = addrs(*f);
+            wait_usable(&self.relay, a.tunnel_relay)?;
+            wait_usable(&self.client, a.tunnel_client)?;
+        }
         for f in &self.families {
             let a = addrs(*f);
             // WireGuard is point to point; a veth needs the relay as gateway.

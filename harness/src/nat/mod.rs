@@ -251,7 +251,11 @@ mod tests {
     fn every_backend_installs_both_families() {
         let rules = dual_stack_rules();
         let nft = Nftables.scripts(&rules);
-        assert_eq!(nft.len(), 1, "nftables loads both tables in one transaction");
+        assert_eq!(
+            nft.len(),
+            1,
+            "nftables loads both tables in one transaction"
+        );
         assert!(nft[0].1.contains("table ip natvet {"));
         assert!(nft[0].1.contains("table ip6 natvet {"));
         assert!(nft[0].1.contains("ip6 saddr fd99::/64 counter masquerade"));
