@@ -818,6 +818,23 @@ fn main() {
             )
         },
     ));
+    trials.push(Trial::test("control::ruleset-reload-non-atomic", || {
+        control_fails(
+            "ruleset-reload",
+            "ruleset-reload-non-atomic",
+            // Empty the ruleset for 100 ms before each re-apply.
+            |s| {
+                for c in &mut s.checks {
+                    if let CheckSpec::ReloadUnderTraffic { atomic, reloads } = c {
+                        *atomic = false;
+                        *reloads = 5;
+                    }
+                }
+            },
+            &["reload-under-traffic"],
+            false,
+        )
+    }));
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
     trials.push(Trial::test(
         "teardown::sigkill-qemu-exits-3-leaves-nothing",

@@ -26,6 +26,7 @@ fn rules() -> NatRules {
                 .collect(),
             to_port: 51820,
         }],
+        families: vec![Family::Ipv4],
     }
 }
 

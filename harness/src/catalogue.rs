@@ -122,6 +122,14 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: false,
     },
     CheckInfo {
+        kind: "reload-under-traffic",
+        results: "reload-under-traffic",
+        behaviours: "16",
+        description: "the relay's ruleset is re-applied 20 times while a TCP transfer, an established UDP flow and new UDP flows go on: nothing lost, nothing leaves untranslated (counted on the internet's link)",
+        timeout: TRANSFER_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
@@ -146,6 +154,7 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::ManyFlows { .. } => "many-flows",
         CheckSpec::PortExhaustion { .. } => "port-exhaustion",
         CheckSpec::ConntrackFlush => "conntrack-flush",
+        CheckSpec::ReloadUnderTraffic { .. } => "reload-under-traffic",
         CheckSpec::KernelHealth => "kernel-health",
     }
 }

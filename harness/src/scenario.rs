@@ -18,6 +18,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "port-exhaustion",
         include_str!("../../scenarios/port-exhaustion.toml"),
     ),
+    (
+        "ruleset-reload",
+        include_str!("../../scenarios/ruleset-reload.toml"),
+    ),
 ];
 
 /// A scenario as the user wrote it.
@@ -141,6 +145,17 @@ pub enum CheckSpec {
     },
     /// More flows than `relay.masquerade_ports` holds: the range fills, the
     /// rest are dropped cleanly, and the flows that got a port keep working.
+    /// The relay's ruleset is re-applied `reloads` times while a transfer,
+    /// an established UDP flow and a stream of new UDP flows go on: nothing
+    /// is lost and nothing leaves untranslated. `atomic = false` empties the
+    /// ruleset before each re-apply, as a careless deploy script would (a
+    /// negative control: it must fail).
+    ReloadUnderTraffic {
+        #[serde(default = "default_reloads")]
+        reloads: u32,
+        #[serde(default = "yes")]
+        atomic: bool,
+    },
     PortExhaustion {
         #[serde(default = "default_flows_beyond")]
         beyond: u32,
@@ -155,6 +170,9 @@ fn default_flows() -> u32 {
 }
 fn default_flows_beyond() -> u32 {
     4
+}
+fn default_reloads() -> u32 {
+    20
 }
 
 fn default_transfer() -> u64 {
@@ -206,6 +224,7 @@ impl CheckSpec {
             CheckSpec::ConntrackFlush => vec!["conntrack/flush".into()],
             CheckSpec::ManyFlows { flows } => vec![format!("many-flows/{flows}")],
             CheckSpec::PortExhaustion { .. } => vec!["port-exhaustion".into()],
+            CheckSpec::ReloadUnderTraffic { .. } => vec!["reload-under-traffic".into()],
         }
     }
 
@@ -443,6 +462,7 @@ impl Scenario {
                 CheckSpec::Forward { protocols } => protocols.is_empty(),
                 CheckSpec::Transfer { bytes } => *bytes == 0,
                 CheckSpec::ManyFlows { flows } => *flows == 0,
+                CheckSpec::ReloadUnderTraffic { reloads, .. } => *reloads == 0,
                 _ => false,
             };
             if empty {

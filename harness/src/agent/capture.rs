@@ -3,6 +3,7 @@
 //! Captures live in memory and are kept only when the check's evidence is.
 
 use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -175,6 +176,116 @@ fn pcap_bytes(packets: &[Packet]) -> Vec<u8> {
     out
 }
 
+/// Counts, on one interface, the packets whose source lies in a network that
+/// must never appear there (the tunnel's, behind the masquerade): packets
+/// that left the relay untranslated. Counting, not keeping, so it can watch
+/// a whole transfer.
+pub struct LeakWatch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<LeakCount>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LeakCount {
+    /// IP packets seen.
+    pub packets: usize,
+    /// Of those, from the watched network.
+    pub leaked: usize,
+    /// The first leaked packet, described.
+    pub first: Option<String>,
+}
+
+impl LeakWatch {
+    pub fn start(ns: &Netns, iface: &str, net: crate::nat::IpNet) -> Result<LeakWatch> {
+        let fd = open_tap(ns, iface)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut count = LeakCount::default();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let stopping = s.load(Ordering::SeqCst);
+                // SAFETY: recv into a buffer we own, with its true size.
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        if stopping { libc::MSG_DONTWAIT } else { 0 },
+                    )
+                };
+                if n < 0 {
+                    if stopping {
+                        break;
+                    }
+                    continue;
+                }
+                let pkt = &buf[..n as usize];
+                let Some((src, dst, proto)) = ip_header(pkt) else {
+                    continue;
+                };
+                count.packets += 1;
+                if in_net(src, net) {
+                    count.leaked += 1;
+                    count
+                        .first
+                        .get_or_insert_with(|| format!("protocol {proto} from {src} to {dst}"));
+                }
+            }
+            count
+        });
+        Ok(LeakWatch { stop, thread })
+    }
+
+    pub fn finish(self) -> LeakCount {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Source, destination and protocol of an IPv4 or IPv6 packet.
+fn ip_header(pkt: &[u8]) -> Option<(IpAddr, IpAddr, u8)> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 => Some((
+            IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
+            IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
+            pkt[9],
+        )),
+        6 if pkt.len() >= 40 => {
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&pkt[8..24]);
+            d.copy_from_slice(&pkt[24..40]);
+            Some((
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                pkt[6],
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Is `addr` inside `net`?
+pub fn in_net(addr: IpAddr, net: crate::nat::IpNet) -> bool {
+    let bits = |a: IpAddr| -> u128 {
+        match a {
+            IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            IpAddr::V6(v) => u128::from(v),
+        }
+    };
+    if addr.is_ipv4() != net.addr.is_ipv4() {
+        return false;
+    }
+    // Both families are aligned to the top bit, so a prefix counts from there.
+    let mask = match u32::from(net.prefix) {
+        0 => 0,
+        p if p >= 128 => u128::MAX,
+        p => !(u128::MAX >> p),
+    };
+    bits(addr) & mask == bits(net.addr) & mask
+}
+
 impl Capture {
     /// Start capturing on each (namespace, interface); interfaces that cannot
     /// be opened are skipped (their absence is itself visible in the evidence).
@@ -220,6 +331,38 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let net = |s: &str, p| crate::nat::IpNet {
+            addr: s.parse().unwrap(),
+            prefix: p,
+        };
+        assert!(in_net("10.99.0.2".parse().unwrap(), net("10.99.0.0", 24)));
+        assert!(!in_net("10.99.1.2".parse().unwrap(), net("10.99.0.0", 24)));
+        assert!(!in_net(
+            "198.51.100.1".parse().unwrap(),
+            net("10.99.0.0", 24)
+        ));
+        assert!(in_net("fd99::2".parse().unwrap(), net("fd99::", 64)));
+        assert!(!in_net("2001:db8:2::1".parse().unwrap(), net("fd99::", 64)));
+        assert!(!in_net("10.99.0.2".parse().unwrap(), net("fd99::", 64)));
+    }
+
+    #[test]
+    fn reads_ip_headers() {
+        let mut v4 = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0];
+        v4.extend_from_slice(&[10, 99, 0, 2, 198, 51, 100, 2]);
+        assert_eq!(
+            ip_header(&v4),
+            Some((
+                "10.99.0.2".parse().unwrap(),
+                "198.51.100.2".parse().unwrap(),
+                17
+            ))
+        );
+        assert_eq!(ip_header(&v4[..10]), None);
+    }
 
     #[test]
     fn pcap_layout() {

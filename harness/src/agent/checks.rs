@@ -14,7 +14,7 @@ use crate::conntrack;
 use crate::nat::NatBackend;
 use base64::Engine as _;
 
-use super::capture::Capture;
+use super::capture::{Capture, LeakWatch};
 use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
 use crate::scenario::{human_bytes, CheckSpec, Family, PortRange, Protocol};
 
@@ -85,6 +85,8 @@ pub struct Context<'a> {
     tunnel_up: Option<Family>,
     /// The scenario's masquerade port range, if it sets one.
     pub masquerade_ports: Option<crate::scenario::PortRange>,
+    /// The relay's NAT rules, for checks that re-apply them.
+    pub rules: crate::nat::NatRules,
     nonce: u64,
 }
 
@@ -106,6 +108,7 @@ impl<'a> Context<'a> {
             family: Family::Ipv4,
             tunnel_up: None,
             masquerade_ports: None,
+            rules: crate::nat::NatRules::default(),
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
         }
     }
@@ -303,6 +306,11 @@ pub fn run_spec(
         CheckSpec::ConntrackFlush => emit(ctx.run(scenario, &names[0], conntrack_flush)),
         CheckSpec::ManyFlows { flows } => {
             emit(ctx.run(scenario, &names[0], |c| many_flows(c, *flows)))
+        }
+        CheckSpec::ReloadUnderTraffic { reloads, atomic } => {
+            emit(ctx.run(scenario, &names[0], |c| {
+                reload_under_traffic(c, *reloads, *atomic)
+            }))
         }
         CheckSpec::PortExhaustion { beyond, range } => {
             emit(ctx.run(scenario, &names[0], |c| port_exhaustion(c, *beyond, *range)))
@@ -1167,6 +1175,209 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
         format!(
             "{replies} of {total} flows answered, on {} distinct ports in {range}, {outside} outside it; {still} of the answered flows still worked afterwards",
             in_range.len()
+        ),
+    ))
+}
+
+/// Apply `rules` with the scenario's backend, in the relay's namespace.
+fn apply_rules(ctx: &Context, rules: &crate::nat::NatRules) -> Result<()> {
+    for (inv, script) in ctx.backend.scripts(rules) {
+        run_in(&ctx.topo.relay, &inv, Some(&script))
+            .with_context(|| format!("re-applying the ruleset with {inv}"))?;
+    }
+    Ok(())
+}
+
+/// What the traffic thread of `reload_under_traffic` counted.
+struct TrafficCount {
+    new_sent: usize,
+    new_answered: usize,
+    est_sent: usize,
+    est_answered: usize,
+}
+
+/// Re-apply the relay's ruleset `reloads` times while traffic flows: a TCP
+/// transfer and an established UDP flow must go on untouched, every new UDP
+/// flow started meanwhile must be masqueraded and answered, and no packet
+/// from the tunnel's network may reach the internet's link untranslated.
+/// With `atomic` false, each reload first loads an empty ruleset and waits
+/// 100 ms, the gap a careless deploy script leaves (a negative control).
+fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result<Verdict> {
+    const NEW_FLOW_EVERY: Duration = Duration::from_millis(10);
+    const NEW_FLOWS: usize = 600;
+    let a = *ctx.a();
+    let how = if atomic {
+        "atomically"
+    } else {
+        "non-atomically (emptied for 100 ms, then re-applied)"
+    };
+    let expected = format!(
+        "while the ruleset is re-applied {reloads} times {how}, a 2 MiB TCP transfer and an established UDP flow go on, every new UDP flow reaches {} from {} and is answered, and no packet from {} reaches the internet's link",
+        a.internet, a.relay_wan, a.tunnel_net
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let any = ctx.any();
+    let udp_dest = SocketAddr::new(a.internet, probes::UDP_PORT);
+    let (established, pool) = ctx.topo.client.run(|| {
+        let bind = || -> Result<UdpSocket> {
+            let s = UdpSocket::bind(any).context("binding a UDP socket on the client")?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        };
+        let pool = (0..NEW_FLOWS).map(|_| bind()).collect::<Result<Vec<_>>>()?;
+        Ok((bind()?, pool))
+    })?;
+    established.set_nonblocking(false)?;
+    let first = ctx.tag("established");
+    if let Err(e) = probes::udp_echo_on(&established, udp_dest, &first, EXCHANGE_TIMEOUT) {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("the UDP flow did not work before any reload: {e:#}"),
+        ));
+    }
+    established.set_nonblocking(true)?;
+    let new_tags: Vec<String> = (0..NEW_FLOWS).map(|_| ctx.tag("new-flow")).collect();
+    let est_tags: Vec<String> = (0..NEW_FLOWS).map(|_| ctx.tag("est")).collect();
+    let watch = LeakWatch::start(&ctx.topo.internet, "eth0", a.tunnel_net)?;
+
+    let client = ctx.topo.client.clone();
+    let transfer_tag = ctx.tag("reload-transfer");
+    let tcp_dest = SocketAddr::new(a.internet, probes::TCP_PORT);
+    let transfer = std::thread::spawn(move || {
+        probes::tcp_transfer(
+            &client,
+            tcp_dest,
+            &transfer_tag,
+            2 << 20,
+            EXCHANGE_TIMEOUT,
+            TRANSFER_TIMEOUT,
+        )
+    });
+
+    // Traffic: a new flow every 10 ms, the established flow every 20 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let new_tags = new_tags.clone();
+        std::thread::spawn(move || {
+            let (mut new_sent, mut est_sent) = (0usize, 0usize);
+            let mut est_answered = 0;
+            let mut buf = [0u8; 256];
+            // Read the established flow's replies as they come: left to the
+            // end they would overflow its receive buffer.
+            let drain = |est_sent: usize, est_answered: &mut usize, buf: &mut [u8]| {
+                while let Ok((n, _)) = established.recv_from(buf) {
+                    if est_tags[..est_sent]
+                        .iter()
+                        .any(|t| t.as_bytes() == &buf[..n])
+                    {
+                        *est_answered += 1;
+                    }
+                }
+            };
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && new_sent < pool.len() {
+                let _ = pool[new_sent].send_to(new_tags[new_sent].as_bytes(), udp_dest);
+                new_sent += 1;
+                if new_sent % 2 == 0 {
+                    let _ = established.send_to(est_tags[est_sent].as_bytes(), udp_dest);
+                    est_sent += 1;
+                }
+                drain(est_sent, &mut est_answered, &mut buf);
+                let next = NEW_FLOW_EVERY * (new_sent as u32);
+                if let Some(wait) = next.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            // Replies still in flight.
+            std::thread::sleep(Duration::from_millis(500));
+            drain(est_sent, &mut est_answered, &mut buf);
+            let mut new_answered = 0;
+            for (s, tag) in pool.iter().zip(&new_tags).take(new_sent) {
+                let mut got = false;
+                while let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got |= &buf[..n] == tag.as_bytes();
+                }
+                new_answered += usize::from(got);
+            }
+            TrafficCount {
+                new_sent,
+                new_answered,
+                est_sent,
+                est_answered,
+            }
+        })
+    };
+
+    let rules = ctx.rules.clone();
+    let empty = rules.emptied();
+    let mut reload_error = None;
+    let reload_start = Instant::now();
+    for _ in 0..reloads {
+        let step = if atomic {
+            apply_rules(ctx, &rules)
+        } else {
+            apply_rules(ctx, &empty).and_then(|()| {
+                std::thread::sleep(Duration::from_millis(100));
+                apply_rules(ctx, &rules)
+            })
+        };
+        if let Err(e) = step {
+            reload_error = Some(e);
+            break;
+        }
+    }
+    let reload_ms = reload_start.elapsed().as_millis();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))?;
+    let transfer = transfer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the transfer thread panicked"))?;
+    let leaks = watch.finish();
+    if let Some(e) = reload_error {
+        return Err(e);
+    }
+    let tags: Vec<&str> = new_tags[..t.new_sent].iter().map(String::as_str).collect();
+    let masqueraded = translated_sources(ctx, &tags)?
+        .iter()
+        .flatten()
+        .filter(|s| s.source == a.relay_wan)
+        .count();
+    let (transfer_ok, transfer_text) = match &transfer {
+        Ok((ours, theirs)) if ours == theirs => (true, "the transfer arrived intact".to_string()),
+        Ok((ours, theirs)) => (
+            false,
+            format!("the transfer arrived corrupted (sent {ours}, received {theirs})"),
+        ),
+        Err(e) => (false, format!("the transfer failed: {e:#}")),
+    };
+    let ok = leaks.leaked == 0
+        && transfer_ok
+        && t.new_answered == t.new_sent
+        && masqueraded == t.new_sent
+        && t.est_answered == t.est_sent;
+    Ok(Verdict::judge(
+        ok,
+        expected,
+        format!(
+            "{reloads} reloads in {reload_ms} ms; {transfer_text}; established flow: {} of {} answered; new flows: {} of {} answered, {masqueraded} arrived from {}; {} of {} packets on the internet's link came from {}{}",
+            t.est_answered,
+            t.est_sent,
+            t.new_answered,
+            t.new_sent,
+            a.relay_wan,
+            leaks.leaked,
+            leaks.packets,
+            a.tunnel_net,
+            leaks
+                .first
+                .map(|f| format!(" (first: {f})"))
+                .unwrap_or_default()
         ),
     ))
 }

@@ -281,6 +281,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     }
     let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
     ctx.masquerade_ports = scenario.relay.masquerade_ports;
+    ctx.rules = topology::nat_rules(scenario);
     let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
     // Plain-UDP redirect checks first, in each family: they need the listen
     // port that the tunnel takes over.

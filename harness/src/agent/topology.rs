@@ -142,7 +142,10 @@ pub fn plan() -> String {
 
 /// The neutral NAT rules a scenario asks for, for each of its families.
 pub fn nat_rules(scenario: &Scenario) -> NatRules {
-    let mut rules = NatRules::default();
+    let mut rules = NatRules {
+        families: scenario.relay.families.clone(),
+        ..NatRules::default()
+    };
     for f in &scenario.relay.families {
         if scenario.relay.masquerade {
             rules.masquerade.push(Masquerade {

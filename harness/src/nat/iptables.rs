@@ -74,6 +74,9 @@ impl NatBackend for Iptables {
                     Family::Ipv4 => self.tool("restore"),
                     Family::Ipv6 => self.tool("restore6"),
                 };
+                // --noflush: only natvet's own chains are replaced; the
+                // built-in ones stay. Each reload appends one more jump to
+                // our chains (harmless: the first NAT verdict ends the walk).
                 (
                     Invocation {
                         program: restore,

@@ -117,6 +117,9 @@ pub struct Redirect {
 pub struct NatRules {
     pub masquerade: Vec<Masquerade>,
     pub redirect_udp: Vec<Redirect>,
+    /// Families whose tables are installed even without rules (so that an
+    /// empty ruleset replaces every family's rules).
+    pub families: Vec<Family>,
 }
 
 impl NatRules {
@@ -135,17 +138,28 @@ impl NatRules {
                 .filter(|r| r.family == f)
                 .cloned()
                 .collect(),
+            families: vec![f],
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.masquerade.is_empty() && self.redirect_udp.is_empty()
+    /// No rules, in the same families: what loading an empty ruleset means.
+    pub fn emptied(&self) -> NatRules {
+        NatRules {
+            families: self.families(),
+            ..NatRules::default()
+        }
     }
 
-    /// The families with rules; IPv4 always (its tables carry natvet's chains).
+    /// The families to install: IPv4 always, IPv6 when named or with rules.
     pub fn families(&self) -> Vec<Family> {
         let mut v = vec![Family::Ipv4];
-        if !self.of(Family::Ipv6).is_empty() {
+        let v6 = self.families.contains(&Family::Ipv6)
+            || self
+                .masquerade
+                .iter()
+                .any(|m| m.source.family() == Family::Ipv6)
+            || self.redirect_udp.iter().any(|r| r.family == Family::Ipv6);
+        if v6 {
             v.push(Family::Ipv6);
         }
         v
@@ -223,6 +237,7 @@ pub(crate) fn sample_rules() -> NatRules {
             ports,
             to_port: 51820,
         }],
+        families: vec![Family::Ipv4],
     }
 }
 
@@ -267,6 +282,11 @@ mod tests {
             assert!(scripts[0].1.contains("-s 10.99.0.0/24") && !scripts[0].1.contains("fd99"));
             assert!(scripts[1].1.contains("-s fd99::/64") && !scripts[1].1.contains("10.99"));
         }
+        // Emptied: every family's tables, no rules.
+        let empty = rules.emptied();
+        assert_eq!(Iptables::Legacy.scripts(&empty).len(), 2);
+        let text = Nftables.render(&empty);
+        assert!(text.contains("table ip6 natvet {") && !text.contains("masquerade"));
         // IPv4 only: one script each, as before.
         assert_eq!(Iptables::Nft.scripts(&sample_rules()).len(), 1);
         assert!(!Nftables.render(&sample_rules()).contains("ip6"));
