@@ -25,7 +25,9 @@
 #                      scripts/kconfig/merge_config.sh (e.g. natvet's
 #                      vm-images/minimal-nat.config). Without a .config in the
 #                      build folder the base is `make tinyconfig` when a
-#                      fragment is given, else `make defconfig`.
+#                      fragment is given, else `make defconfig`. Settings
+#                      of the fragment that did not stick after
+#                      olddefconfig are listed on stderr (a warning).
 #   --output DIR       build in DIR (make O=DIR) instead of in the tree.
 #   --jobs N           make -jN (default: the number of cores).
 #
@@ -33,6 +35,11 @@
 # NATVET_OUT the evidence folder (default: natvet-bisect-out/COMMIT under
 # the build folder's parent, so each commit keeps its own evidence).
 # The build runs under `nice -n 19`; its log is in BUILD/natvet-build.log.
+# Every make runs with ARCH=x86_64, as `natvet kernels build` does: natvet
+# boots x86_64 guests, and without it kbuild takes ARCH=x86, whose
+# tinyconfig is a 32-bit configuration that the fragment's CONFIG_64BIT=y
+# then flips, leaving 64-bit-only options at their defaults (5-level
+# paging, VMAP_STACK, CET, ...) instead of off.
 set -u
 
 SKIP=125
@@ -83,7 +90,7 @@ echo "git-bisect-kernel: building $commit in $build (log: $log)" >&2
 kmake() {
     # $make_o is empty or one word (O=DIR); leave it unquoted so empty means nothing.
     # shellcheck disable=SC2086
-    nice -n 19 make $make_o "$@" >>"$log" 2>&1
+    nice -n 19 make ARCH=x86_64 $make_o "$@" >>"$log" 2>&1
 }
 
 : >"$log"
@@ -97,6 +104,26 @@ if [ -n "$fragment" ]; then
         { echo "git-bisect-kernel: merging $fragment failed (see $log): skip" >&2; exit $SKIP; }
 fi
 kmake olddefconfig || { echo "git-bisect-kernel: make olddefconfig failed (see $log): skip" >&2; exit $SKIP; }
+
+if [ -n "$fragment" ]; then
+    # The fragment's settings that olddefconfig did not keep (a dependency
+    # unmet, or a symbol this commit does not have). Warn and go on: natvet
+    # reports what the kernel lacks (a missing feature makes checks
+    # unsupported, and git bisect skips the commit).
+    unmet=""
+    while IFS= read -r line; do
+        case "$line" in
+            CONFIG_*=*)
+                grep -qxF "$line" "$build/.config" || unmet="$unmet $line" ;;
+            "# CONFIG_"*" is not set")
+                sym="${line#\# }"; sym="${sym%% *}"
+                if grep -q "^$sym=" "$build/.config"; then unmet="$unmet $sym(off)"; fi ;;
+        esac
+    done <"$fragment"
+    if [ -n "$unmet" ]; then
+        echo "git-bisect-kernel: warning: settings of $fragment that $commit's configuration does not have:$unmet" | tee -a "$log" >&2
+    fi
+fi
 
 targets="bzImage"
 if grep -q '^CONFIG_MODULES=y' "$build/.config"; then
