@@ -433,33 +433,13 @@ fn verify_interrupted(signal: i32, group: bool, want_code: i32) -> Result<(), Fa
     let before = host_state();
     let out = out_dir(&format!("verify-signal-{signal}"));
     let _ = std::fs::remove_dir_all(&out);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natvet"))
-        .args(["verify", "--quiet", "--out"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natvet"));
+    cmd.args(["verify", "--quiet", "--out"])
         .arg(&out)
         .current_dir(repo())
-        .process_group(0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running natvet: {e}"))?;
+        .process_group(0);
+    let (child, agent) = start_until_child(&mut cmd, agent_children, "its agent", 60)?;
     let pid = child.id();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let agent = loop {
-        if let Some(a) = agent_children(pid).first() {
-            break *a;
-        }
-        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            let _ = child.kill();
-            let output = child.wait_with_output().map_err(|e| e.to_string())?;
-            return Err(format!(
-                "natvet never started its agent (exit {:?})\n{}",
-                output.status.code(),
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
     // Mid-run: the namespaces, links and rules exist now.
     std::thread::sleep(std::time::Duration::from_millis(400));
     let target = if group { -(pid as i32) } else { pid as i32 };
@@ -585,6 +565,39 @@ fn qemu_children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Start `cmd` (natvet) with its output piped and wait up to `seconds` until
+/// `children` finds the child it starts (`what`); natvet's output if it never does.
+fn start_until_child(
+    cmd: &mut Command,
+    children: fn(u32) -> Vec<u32>,
+    what: &str,
+    seconds: u64,
+) -> Result<(std::process::Child, u32), Failed> {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running natvet: {e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(c) = children(child.id()).first() {
+            return Ok((child, *c));
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let output = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "natvet never started {what} (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Start natvet on one kernel with a private TMPDIR, wait until its VM runs,
 /// hit it with `signal` (at qemu or at natvet itself), and check that no qemu,
 /// temporary folder or lock survives and that the exit code says why.
@@ -596,36 +609,15 @@ fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> 
     // must not depend on the length of TMPDIR.
     let tmp = out.join("tmp").join("x".repeat(110));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natvet"))
-        .args(["vet", "--kernel", CONTROL_KERNEL, "--quiet", "--out"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natvet"));
+    cmd.args(["vet", "--kernel", CONTROL_KERNEL, "--quiet", "--out"])
         .arg(&out)
         .arg("--json")
         .arg(out.join("report.json"))
         .env("TMPDIR", &tmp)
-        .current_dir(repo())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running natvet: {e}"))?;
+        .current_dir(repo());
+    let (child, qemu) = start_until_child(&mut cmd, qemu_children, "qemu", 300)?;
     let pid = child.id();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let qemu = loop {
-        if let Some(q) = qemu_children(pid).first() {
-            break *q;
-        }
-        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            let _ = child.kill();
-            let output = child.wait_with_output().map_err(|e| e.to_string())?;
-            return Err(format!(
-                "natvet never started qemu (exit {:?})\nstdout:\n{}\nstderr:\n{}",
-                output.status.code(),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
     // Let the guest get going, then strike.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let victim = if target == "qemu" { qemu } else { pid };
