@@ -125,7 +125,7 @@ pub const CHECKS: &[CheckInfo] = &[
         kind: "reload-under-traffic",
         results: "reload-under-traffic",
         behaviours: "16",
-        description: "the relay's ruleset is re-applied 20 times while a TCP transfer, an established UDP flow and new UDP flows go on: nothing lost, nothing leaves untranslated (counted on the internet's link)",
+        description: "the relay's ruleset is re-applied `reloads` times (default 20) while a TCP transfer, an established UDP flow and new UDP flows go on: nothing lost, nothing leaves untranslated (counted on the internet's link)",
         timeout: TRANSFER_TIMEOUT,
         needs_wireguard: false,
     },
