@@ -155,7 +155,14 @@ fn redacted(report: &Value) -> String {
 fn mask(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut in_digits = false;
-    for word in s.split(' ').filter(|w| !w.starts_with('[')) {
+    // conntrack's flags look like "[ASSURED]"; "[2001:db8::1]:53" is an address.
+    let flag = |w: &str| {
+        w.len() > 2
+            && w.starts_with('[')
+            && w.ends_with(']')
+            && w[1..w.len() - 1].chars().all(|c| c.is_ascii_uppercase())
+    };
+    for word in s.split(' ').filter(|w| !flag(w)) {
         if !out.is_empty() {
             out.push(' ');
         }
