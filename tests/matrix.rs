@@ -834,6 +834,15 @@ fn main() {
             false,
         )
     }));
+    trials.push(Trial::test("control::flowtable-absent", || {
+        control_fails(
+            "flowtable",
+            "flowtable-absent",
+            |s| s.relay.flowtable = false,
+            &["flowtable/offload"],
+            false,
+        )
+    }));
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
     trials.push(Trial::test(
         "teardown::sigkill-qemu-exits-3-leaves-nothing",

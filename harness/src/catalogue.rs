@@ -130,6 +130,14 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: false,
     },
     CheckInfo {
+        kind: "flowtable-offload",
+        results: "flowtable/offload",
+        behaviours: "15",
+        description: "with relay.flowtable, a UDP flow through tunnel and masquerade is offloaded: its conntrack entry says [OFFLOAD] (the kernel's flowtable engaged), and it still reaches the internet host translated",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
@@ -155,6 +163,7 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::PortExhaustion { .. } => "port-exhaustion",
         CheckSpec::ConntrackFlush => "conntrack-flush",
         CheckSpec::ReloadUnderTraffic { .. } => "reload-under-traffic",
+        CheckSpec::FlowtableOffload => "flowtable-offload",
         CheckSpec::KernelHealth => "kernel-health",
     }
 }

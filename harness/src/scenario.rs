@@ -22,6 +22,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "ruleset-reload",
         include_str!("../../scenarios/ruleset-reload.toml"),
     ),
+    ("flowtable", include_str!("../../scenarios/flowtable.toml")),
 ];
 
 /// A scenario as the user wrote it.
@@ -65,6 +66,10 @@ pub struct RelayConfig {
     /// (IPv6 results are named `ipv6/CHECK`).
     #[serde(default = "default_families")]
     pub families: Vec<Family>,
+    /// Offload forwarded TCP/UDP flows between the tunnel and the wan link
+    /// to an nftables flowtable (software fast path), whatever the NAT backend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flowtable: bool,
 }
 
 fn default_families() -> Vec<Family> {
@@ -143,6 +148,9 @@ pub enum CheckSpec {
         #[serde(default = "default_flows")]
         flows: u32,
     },
+    /// A UDP flow through tunnel and NAT is offloaded to the relay's
+    /// flowtable: its conntrack entry says [OFFLOAD].
+    FlowtableOffload,
     /// More flows than `relay.masquerade_ports` holds: the range fills, the
     /// rest are dropped cleanly, and the flows that got a port keep working.
     /// The relay's ruleset is re-applied `reloads` times while a transfer,
@@ -225,6 +233,7 @@ impl CheckSpec {
             CheckSpec::ManyFlows { flows } => vec![format!("many-flows/{flows}")],
             CheckSpec::PortExhaustion { .. } => vec!["port-exhaustion".into()],
             CheckSpec::ReloadUnderTraffic { .. } => vec!["reload-under-traffic".into()],
+            CheckSpec::FlowtableOffload => vec!["flowtable/offload".into()],
         }
     }
 

@@ -87,6 +87,9 @@ pub struct Context<'a> {
     pub masquerade_ports: Option<crate::scenario::PortRange>,
     /// The relay's NAT rules, for checks that re-apply them.
     pub rules: crate::nat::NatRules,
+    /// Whether the scenario's flowtable was set up (None: it asks for none),
+    /// or what to report if not.
+    pub flowtable: Option<std::result::Result<(), (Status, String)>>,
     nonce: u64,
 }
 
@@ -109,6 +112,7 @@ impl<'a> Context<'a> {
             tunnel_up: None,
             masquerade_ports: None,
             rules: crate::nat::NatRules::default(),
+            flowtable: None,
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
         }
     }
@@ -307,6 +311,7 @@ pub fn run_spec(
         CheckSpec::ManyFlows { flows } => {
             emit(ctx.run(scenario, &names[0], |c| many_flows(c, *flows)))
         }
+        CheckSpec::FlowtableOffload => emit(ctx.run(scenario, &names[0], flowtable_offload)),
         CheckSpec::ReloadUnderTraffic { reloads, atomic } => {
             emit(ctx.run(scenario, &names[0], |c| {
                 reload_under_traffic(c, *reloads, *atomic)
@@ -1380,4 +1385,64 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
                 .unwrap_or_default()
         ),
     ))
+}
+
+/// A UDP flow through tunnel and masquerade, a few exchanges long, must end
+/// up in the relay's flowtable: conntrack marks offloaded entries [OFFLOAD]
+/// (or [HW_OFFLOAD]). Without a flowtable in the scenario the check still
+/// runs, and fails: that is its negative control.
+fn flowtable_offload(ctx: &mut Context) -> Result<Verdict> {
+    let a = *ctx.a();
+    let expected = format!(
+        "a UDP flow from the client to {} is offloaded to the relay's flowtable (its conntrack entry says [OFFLOAD]) and reaches the internet host from {}",
+        at(a.internet, probes::UDP_PORT),
+        a.relay_wan
+    );
+    if let Some(Err((status, why))) = &ctx.flowtable {
+        return Ok(Verdict {
+            status: *status,
+            expected,
+            observed: why.clone(),
+        });
+    }
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let any = ctx.any();
+    let socket = ctx
+        .topo
+        .client
+        .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
+    let sport = socket.local_addr()?.port();
+    let dest = SocketAddr::new(a.internet, probes::UDP_PORT);
+    // The first exchange makes the flow established; the next packets are
+    // the ones the forward hook offloads.
+    let mut tags = Vec::new();
+    for _ in 0..5 {
+        let tag = ctx.tag("offload");
+        if let Err(e) = probes::udp_echo_on(&socket, dest, &tag, EXCHANGE_TIMEOUT) {
+            return Ok(Verdict::judge(
+                false,
+                expected,
+                format!("the UDP flow did not work: {e:#}"),
+            ));
+        }
+        tags.push(tag);
+    }
+    let last = tags.last().map(String::as_str).unwrap_or_default();
+    let seen = seen_source(ctx, last)?;
+    let table = ctx.conntrack_text()?;
+    let entry = table.lines().find(|l| {
+        l.contains(&format!("sport={sport} "))
+            && l.contains(&format!("dst={}", a.internet))
+            && l.starts_with("udp")
+    });
+    let offloaded = entry.is_some_and(|l| l.contains("OFFLOAD]"));
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
+    let observed = format!(
+        "{}; conntrack: {}",
+        describe_seen(ctx.a(), &seen),
+        entry.unwrap_or("no entry for the flow")
+    );
+    Ok(Verdict::judge(offloaded && masqueraded, expected, observed))
 }

@@ -311,6 +311,13 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
             return;
         }
     }
+    if scenario.relay.flowtable {
+        ctx.flowtable = Some(match ctx.topo.start_flowtable() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err((Status::Unsupported, why)),
+            Err(e) => Err((Status::Error, format!("{e:#}"))),
+        });
+    }
     for (family, spec) in late {
         ctx.family = family;
         checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);

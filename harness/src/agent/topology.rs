@@ -208,6 +208,19 @@ fn wait_usable(ns: &Netns, addr: IpAddr) -> Result<()> {
     })
 }
 
+/// Did a setup step fail because the kernel lacks the feature (rather than
+/// natvet getting something wrong)?
+fn lacks_feature(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    [
+        "Operation not supported",
+        "Not supported",
+        "No such file or directory",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+}
+
 /// Did creating a WireGuard link fail because the kernel lacks WireGuard?
 fn lacks_wireguard(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
@@ -316,6 +329,46 @@ impl Topology {
             listen_port,
             next_port: CLIENT_FIRST_PORT,
         })
+    }
+
+    /// Offload forwarded TCP/UDP between the tunnel and the wan link to an
+    /// nftables flowtable of its own (`table inet natvet_offload`), beside
+    /// whatever NAT backend runs. Ok(Err(reason)) when the kernel or the
+    /// host lacks it.
+    pub fn start_flowtable(&self) -> Result<std::result::Result<(), String>> {
+        let Some(tunnel) = &self.tunnel else {
+            bail!("the flowtable needs the tunnel's interface: start the tunnel first");
+        };
+        let nft = "/usr/sbin/nft";
+        if !std::path::Path::new(nft).exists() {
+            return Ok(Err(format!(
+                "the flowtable is configured with {nft}, which is missing: apt-get install -y nftables"
+            )));
+        }
+        let script = format!(
+            "table inet natvet_offload {{
+\tflowtable ft {{
+\t\thook ingress priority 0; devices = {{ \"{}\", \"{RELAY_WAN_IF}\" }};
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tmeta l4proto {{ tcp, udp }} flow add @ft
+\t}}
+}}
+",
+            tunnel.iface()
+        );
+        let inv = Invocation {
+            program: nft,
+            args: vec!["-f", "-"],
+        };
+        match self.relay_run(&inv, Some(&script)) {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if lacks_feature(&e) => {
+                Ok(Err(format!("the kernel cannot set up a flowtable: {e:#}")))
+            }
+            Err(e) => Err(e).context("setting up the flowtable"),
+        }
     }
 
     /// Why family `f` cannot be used, if it cannot.
