@@ -843,6 +843,26 @@ fn main() {
             false,
         )
     }));
+    trials.push(Trial::test("control::extended-ports-small-uplink", || {
+        control_fails(
+            "extended-ports",
+            "extended-ports-small-uplink",
+            // A full-size tunnel packet no longer fits the relay's uplink.
+            |s| s.relay.wan_mtu = Some(1400),
+            &["tunnel-mtu/full-size"],
+            false,
+        )
+    }));
+    trials.push(Trial::test("control::pmtu-uplink-not-small", || {
+        control_fails(
+            "pmtu",
+            "pmtu-uplink-not-small",
+            // The full-size packet fits: no ICMP comes.
+            |s| s.relay.wan_mtu = None,
+            &["tunnel-mtu/icmp-1400"],
+            false,
+        )
+    }));
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
     trials.push(Trial::test(
         "teardown::sigkill-qemu-exits-3-leaves-nothing",

@@ -130,6 +130,14 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: false,
     },
     CheckInfo {
+        kind: "tunnel-mtu",
+        results: "tunnel-mtu/full-size, tunnel-mtu/icmp-MTU",
+        behaviours: "9, 10",
+        description: "a datagram of the tunnel's full MTU (1420, DF) crosses tunnel and masquerade intact; with icmp_mtu (and a smaller relay.wan_mtu) the relay answers fragmentation needed / packet too big with that MTU instead",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
         kind: "flowtable-offload",
         results: "flowtable/offload",
         behaviours: "15",
@@ -164,6 +172,7 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::ConntrackFlush => "conntrack-flush",
         CheckSpec::ReloadUnderTraffic { .. } => "reload-under-traffic",
         CheckSpec::FlowtableOffload => "flowtable-offload",
+        CheckSpec::TunnelMtu { .. } => "tunnel-mtu",
         CheckSpec::KernelHealth => "kernel-health",
     }
 }

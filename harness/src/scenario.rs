@@ -23,6 +23,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../scenarios/ruleset-reload.toml"),
     ),
     ("flowtable", include_str!("../../scenarios/flowtable.toml")),
+    ("pmtu", include_str!("../../scenarios/pmtu.toml")),
 ];
 
 /// A scenario as the user wrote it.
@@ -70,6 +71,11 @@ pub struct RelayConfig {
     /// to an nftables flowtable (software fast path), whatever the NAT backend.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flowtable: bool,
+    /// MTU of the relay's wan link (and the internet host's); default 1500.
+    /// Below the tunnel's 1420, full-size packets from the tunnel cannot be
+    /// forwarded and the relay must say so with ICMP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan_mtu: Option<u32>,
 }
 
 fn default_families() -> Vec<Family> {
@@ -147,6 +153,13 @@ pub enum CheckSpec {
     ManyFlows {
         #[serde(default = "default_flows")]
         flows: u32,
+    },
+    /// A full-size datagram (the tunnel's MTU, DF set) from the client: it
+    /// crosses tunnel and NAT intact, or, with `icmp_mtu`, the relay answers
+    /// "fragmentation needed" / "packet too big" with that MTU.
+    TunnelMtu {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        icmp_mtu: Option<u32>,
     },
     /// A UDP flow through tunnel and NAT is offloaded to the relay's
     /// flowtable: its conntrack entry says [OFFLOAD].
@@ -234,6 +247,8 @@ impl CheckSpec {
             CheckSpec::PortExhaustion { .. } => vec!["port-exhaustion".into()],
             CheckSpec::ReloadUnderTraffic { .. } => vec!["reload-under-traffic".into()],
             CheckSpec::FlowtableOffload => vec!["flowtable/offload".into()],
+            CheckSpec::TunnelMtu { icmp_mtu: None } => vec!["tunnel-mtu/full-size".into()],
+            CheckSpec::TunnelMtu { icmp_mtu: Some(m) } => vec![format!("tunnel-mtu/icmp-{m}")],
         }
     }
 
@@ -407,6 +422,13 @@ impl Scenario {
                 "name '{}' must be non-empty and use only a-z, 0-9 and '-'",
                 self.name
             ));
+        }
+        if let Some(m) = self.relay.wan_mtu {
+            if !(1280..=9000).contains(&m) {
+                return Err(format!(
+                    "relay.wan_mtu {m} is outside 1280-9000 (IPv6 needs at least 1280)"
+                ));
+            }
         }
         if self.relay.listen_port == 0 {
             return Err("relay.listen_port must be a port from 1 to 65535".into());

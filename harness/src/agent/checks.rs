@@ -312,6 +312,9 @@ pub fn run_spec(
             emit(ctx.run(scenario, &names[0], |c| many_flows(c, *flows)))
         }
         CheckSpec::FlowtableOffload => emit(ctx.run(scenario, &names[0], flowtable_offload)),
+        CheckSpec::TunnelMtu { icmp_mtu } => {
+            emit(ctx.run(scenario, &names[0], |c| tunnel_mtu(c, *icmp_mtu)))
+        }
         CheckSpec::ReloadUnderTraffic { reloads, atomic } => {
             emit(ctx.run(scenario, &names[0], |c| {
                 reload_under_traffic(c, *reloads, *atomic)
@@ -1445,4 +1448,130 @@ fn flowtable_offload(ctx: &mut Context) -> Result<Verdict> {
         entry.unwrap_or("no entry for the flow")
     );
     Ok(Verdict::judge(offloaded && masqueraded, expected, observed))
+}
+
+/// A datagram that fills the tunnel's MTU, with DF set, from the client to
+/// the internet host's echo server. Without `icmp_mtu` it must arrive intact
+/// from the relay's address and its full-size reply must come back; with it,
+/// the relay (whose wan link is smaller) must answer with ICMP
+/// "fragmentation needed" (IPv4) or "packet too big" (IPv6) carrying that MTU.
+fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
+    let a = *ctx.a();
+    let header = if a.family == Family::Ipv6 {
+        40 + 8
+    } else {
+        20 + 8
+    };
+    let size = topology::TUNNEL_MTU as usize - header;
+    let expected = match icmp_mtu {
+        None => format!(
+            "a {} byte packet (the tunnel's MTU, DF) reaches {} intact from {} and its reply returns",
+            topology::TUNNEL_MTU,
+            at(a.internet, probes::UDP_PORT),
+            a.relay_wan
+        ),
+        Some(m) => format!(
+            "a {} byte packet (DF) through the tunnel draws an ICMP {} with MTU {m} from the relay",
+            topology::TUNNEL_MTU,
+            if a.family == Family::Ipv6 {
+                "packet too big"
+            } else {
+                "fragmentation needed"
+            }
+        ),
+    };
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let any = ctx.any();
+    let family = ctx.family;
+    let socket = ctx.topo.client.run(|| {
+        let s = UdpSocket::bind(any).context("binding a UDP socket on the client")?;
+        set_dont_fragment(&s, family)?;
+        Ok(s)
+    })?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let tag = ctx.tag("mtu");
+    let mut payload = tag.clone().into_bytes();
+    payload.resize(size, b'.');
+    let dest = SocketAddr::new(a.internet, probes::UDP_PORT);
+    let icmp_sock = ctx.topo.client_icmp(family)?;
+    icmp_sock.drain();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut reply: Option<usize> = None;
+    let mut too_big: Option<IcmpPacket> = None;
+    let mut send_error: Option<String> = None;
+    while start.elapsed() < EXCHANGE_TIMEOUT && reply.is_none() && too_big.is_none() {
+        if let Err(e) = socket.send_to(&payload, dest) {
+            // EMSGSIZE: the kernel already learned a smaller path MTU.
+            send_error = Some(e.to_string());
+        }
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if buf[..n] == payload[..] {
+                reply = Some(n);
+            }
+        }
+        while let Some(icmp) = icmp_sock.recv() {
+            if icmp.is_too_big() {
+                too_big = Some(icmp);
+            }
+        }
+    }
+    // The echo server files a datagram under its whole text, padding included.
+    let seen = seen_source(ctx, &String::from_utf8_lossy(&payload))?;
+    let observed = match (&reply, &too_big) {
+        (Some(n), _) => format!(
+            "{}; the {n} byte reply returned",
+            describe_seen(ctx.a(), &seen)
+        ),
+        (None, Some(icmp)) => format!(
+            "{} answered ICMP type {} code {} with MTU {}",
+            icmp.source, icmp.icmp_type, icmp.code, icmp.mtu
+        ),
+        (None, None) => format!(
+            "{}; no reply and no ICMP error within {} s{}",
+            describe_seen(ctx.a(), &seen),
+            EXCHANGE_TIMEOUT.as_secs(),
+            send_error
+                .map(|e| format!(" (send: {e})"))
+                .unwrap_or_default()
+        ),
+    };
+    let ok = match icmp_mtu {
+        None => reply.is_some() && seen.as_ref().map(|s| s.source) == Some(a.relay_wan),
+        Some(m) => too_big.as_ref().is_some_and(|i| i.mtu == m),
+    };
+    Ok(Verdict::judge(ok, expected, observed))
+}
+
+/// Set DF (path MTU discovery "do") on a UDP socket.
+fn set_dont_fragment(s: &UdpSocket, family: Family) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, value) = match family {
+        Family::Ipv4 => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        ),
+        Family::Ipv6 => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        ),
+    };
+    // SAFETY: setsockopt on a socket we own, with an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting DF on the socket");
+    }
+    Ok(())
 }

@@ -249,8 +249,8 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     let settle_all = |status: Status, why: String| {
         settle(scenario, backend, scenario.result_names(), status, &why)
     };
-    let topo = match topology::Topology::build(scenario.relay.listen_port, &scenario.relay.families)
-    {
+    let relay = &scenario.relay;
+    let topo = match topology::Topology::build(relay.listen_port, &relay.families, relay.wan_mtu) {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("{e:#}");

@@ -217,6 +217,7 @@ pub const ICMP_UNREACHABLE: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
 pub const ICMPV6_UNREACHABLE: u8 = 1;
+pub const ICMPV6_TOO_BIG: u8 = 2;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
@@ -233,6 +234,8 @@ pub struct IcmpPacket {
     pub inner_src: Option<IpAddr>,
     pub inner_sport: Option<u16>,
     pub inner_dport: Option<u16>,
+    /// For "fragmentation needed" / "packet too big": the MTU it announces.
+    pub mtu: u32,
 }
 
 /// Parse an IPv4 packet carrying ICMP, as a raw socket delivers it.
@@ -265,6 +268,7 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
     }
     Some(IcmpPacket {
         source,
+        mtu: u32::from(u16::from_be_bytes([icmp[6], icmp[7]])),
         icmp_type: icmp[0],
         code: icmp[1],
         id: u16::from_be_bytes([icmp[4], icmp[5]]),
@@ -283,7 +287,7 @@ pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
     }
     let (mut inner_proto, mut inner_src, mut inner_sport, mut inner_dport) =
         (None, None, None, None);
-    if msg[0] == ICMPV6_UNREACHABLE {
+    if msg[0] == ICMPV6_UNREACHABLE || msg[0] == ICMPV6_TOO_BIG {
         // The offending packet: a 40-byte IPv6 header, then (without
         // extension headers) the transport header.
         if let Some(inner) = msg.get(8..48) {
@@ -299,6 +303,7 @@ pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
     }
     Some(IcmpPacket {
         source: IpAddr::V6(source),
+        mtu: u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]]),
         icmp_type: msg[0],
         code: msg[1],
         id: u16::from_be_bytes([msg[4], msg[5]]),
@@ -341,6 +346,15 @@ impl IcmpPacket {
             } else {
                 ICMP_UNREACHABLE
             }
+    }
+
+    /// "Fragmentation needed" (IPv4) or "packet too big" (IPv6).
+    pub fn is_too_big(&self) -> bool {
+        if self.v6() {
+            self.icmp_type == ICMPV6_TOO_BIG
+        } else {
+            self.icmp_type == ICMP_UNREACHABLE && self.code == 4
+        }
     }
 
     /// Destination unreachable: port unreachable.

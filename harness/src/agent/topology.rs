@@ -105,6 +105,8 @@ pub fn addrs(f: Family) -> &'static Addrs {
 pub const RELAY_PUBLIC_IF: &str = "public";
 pub const RELAY_WAN_IF: &str = "wan";
 pub const WG_IF: &str = "wg0";
+/// The tunnel's MTU, WireGuard's default for a 1500-byte underlay.
+pub const TUNNEL_MTU: u32 = 1420;
 pub const STAND_IN_IF: &str = "tun0";
 /// The client's first WireGuard source port; each check takes a fresh one so
 /// that conntrack entries of earlier checks cannot interfere.
@@ -249,7 +251,7 @@ pub struct Topology {
 impl Topology {
     /// Namespaces, links, addresses and routes for `families`; no tunnel and
     /// no NAT yet.
-    pub fn build(listen_port: u16, wanted: &[Family]) -> Result<Topology> {
+    pub fn build(listen_port: u16, wanted: &[Family], wan_mtu: Option<u32>) -> Result<Topology> {
         let client = Arc::new(Netns::create("client")?);
         let relay = Arc::new(Netns::create("relay")?);
         let internet = Arc::new(Netns::create("internet")?);
@@ -275,6 +277,10 @@ impl Topology {
         }
         netlink::veth_pair(&relay, RELAY_PUBLIC_IF, &client, "eth0")?;
         netlink::veth_pair(&relay, RELAY_WAN_IF, &internet, "eth0")?;
+        if let Some(mtu) = wan_mtu {
+            netlink::set_mtu(&relay, RELAY_WAN_IF, mtu)?;
+            netlink::set_mtu(&internet, "eth0", mtu)?;
+        }
         for f in &families {
             let a = addrs(*f);
             for (ns, link, addr) in [
@@ -408,6 +414,9 @@ impl Topology {
             Err(e) => return Err(e),
         };
         let dev = tunnel.iface();
+        // The same MTU whether WireGuard or its stand-in carries the tunnel.
+        netlink::set_mtu(&self.relay, dev, TUNNEL_MTU)?;
+        netlink::set_mtu(&self.client, dev, TUNNEL_MTU)?;
         for f in &self.families {
             let a = addrs(*f);
             let p = a.tunnel_net.prefix;
