@@ -1146,8 +1146,9 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
     // Start from an empty range: earlier checks' flows may still hold ports.
     flush_conntrack(ctx)?;
     // Flows in the range, then the ones that cannot fit: wait long enough for
-    // two resends, not for the whole transfer timeout.
-    let (flows, answered) = udp_flows(ctx, total, Duration::from_millis(2500))?;
+    // one resend (the answered ones take milliseconds), not for the whole
+    // transfer timeout.
+    let (flows, answered) = udp_flows(ctx, total, Duration::from_millis(1600))?;
     let tags: Vec<&str> = flows.iter().map(|(t, _)| t.as_str()).collect();
     let seen = translated_sources(ctx, &tags)?;
     let replies = answered.iter().filter(|a| **a).count() as u32;
@@ -1518,8 +1519,15 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
             }
         }
     }
-    // The echo server files a datagram under its whole text, padding included.
-    let seen = seen_source(ctx, &String::from_utf8_lossy(&payload))?;
+    // The echo server files a datagram under its whole text, padding
+    // included. After an ICMP error nothing reached it: no need to wait.
+    let seen = if too_big.is_some() && reply.is_none() {
+        ctx.topo
+            .internet_host()?
+            .seen(&String::from_utf8_lossy(&payload))
+    } else {
+        seen_source(ctx, &String::from_utf8_lossy(&payload))?
+    };
     let observed = match (&reply, &too_big) {
         (Some(n), _) => format!(
             "{}; the {n} byte reply returned",
