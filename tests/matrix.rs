@@ -354,7 +354,7 @@ fn diff(before: &str, after: &str) -> String {
 }
 
 /// `natvet verify` on this machine's kernel: every check passes or, where the
-/// kernel lacks WireGuard, is unsupported for that reason; the plain-UDP
+/// kernel lacks WireGuard or flowtables, is unsupported for that reason; the plain-UDP
 /// redirect and the forwarding checks really ran; the host is as before.
 fn verify_on_host() -> Result<(), Failed> {
     let before = host_state();
@@ -382,7 +382,11 @@ fn verify_on_host() -> Result<(), Failed> {
         .iter()
         .filter(|r| {
             let status = r["status"].as_str().unwrap_or("?");
-            !(status == "pass" || status == "unsupported" && observed(r).contains("WireGuard"))
+            // What this machine's kernel may lack: WireGuard, flowtables.
+            let lacking = ["WireGuard", "flowtable"]
+                .iter()
+                .any(|w| observed(r).contains(w));
+            !(status == "pass" || status == "unsupported" && lacking)
         })
         .map(|r| format!("{} {}: {}", r["check"], r["status"], observed(r)))
         .collect();
@@ -403,7 +407,7 @@ fn verify_on_host() -> Result<(), Failed> {
     .collect();
     if run.code != 0 || !wrong.is_empty() || !missing.is_empty() {
         return Err(format!(
-            "expected exit 0, every check pass or unsupported for lack of WireGuard, and the NAT checks run; \
+            "expected exit 0, every check pass or unsupported for lack of WireGuard or flowtables, and the NAT checks run; \
              got wrong: {wrong:?}, never passed: {missing:?}\n{}",
             explain(&run)
         )
@@ -418,18 +422,9 @@ fn verify_on_host() -> Result<(), Failed> {
 
 /// The agent child of a `natvet verify` run (`natvet agent ...`).
 fn agent_children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
-            let ppid = after.split(' ').nth(1).and_then(|x| x.parse::<u32>().ok());
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            ppid == Some(pid) && cmdline.split(|b| *b == 0).any(|a| a == b"agent")
-        })
-        .collect()
+    children_where(pid, |_, cmdline| {
+        cmdline.split(|b| *b == 0).any(|a| a == b"agent")
+    })
 }
 
 /// Interrupt `natvet verify` while its agent runs checks (`signal` to its
@@ -555,6 +550,14 @@ fn panic_is_infra() -> Result<(), Failed> {
 
 /// The qemu VMs whose parent is `pid`.
 fn qemu_children(pid: u32) -> Vec<u32> {
+    children_where(pid, |stat, cmdline| {
+        // The VM, not a `qemu-system-x86_64 --version` probe.
+        stat.contains("(qemu-system-x86") && String::from_utf8_lossy(cmdline).contains("-kernel")
+    })
+}
+
+/// The processes whose parent is `pid` and whose /proc stat and cmdline pass `keep`.
+fn children_where(pid: u32, keep: impl Fn(&str, &[u8]) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -564,10 +567,8 @@ fn qemu_children(pid: u32) -> Vec<u32> {
             // pid (comm) state ppid ...
             let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
             let ppid = after.split(' ').nth(1).and_then(|x| x.parse::<u32>().ok());
-            // The VM, not a `qemu-system-x86_64 --version` probe.
             let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let is_vm = String::from_utf8_lossy(&cmdline).contains("-kernel");
-            stat.contains("(qemu-system-x86") && ppid == Some(pid) && is_vm
+            ppid == Some(pid) && keep(&stat, &cmdline)
         })
         .collect()
 }
@@ -745,6 +746,7 @@ fn main() {
         "icmp-error/port-unreachable",
         "many-flows/200",
         "conntrack/flush",
+        "tunnel-mtu/full-size",
     ];
     const OUTSIDE: &[&str] = &[
         "no-redirect/33434",
