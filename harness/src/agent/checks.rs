@@ -83,8 +83,6 @@ pub struct Context<'a> {
     /// The family of the endpoint the data tunnel was brought up through,
     /// while the client's peer still points there.
     tunnel_up: Option<Family>,
-    /// The scenario's masquerade port range, if it sets one.
-    pub masquerade_ports: Option<crate::scenario::PortRange>,
     /// The relay's NAT rules, for checks that re-apply them.
     pub rules: crate::nat::NatRules,
     /// Whether the scenario's flowtable was set up (None: it asks for none),
@@ -110,7 +108,6 @@ impl<'a> Context<'a> {
             capture,
             family: Family::Ipv4,
             tunnel_up: None,
-            masquerade_ports: None,
             rules: crate::nat::NatRules::default(),
             flowtable: None,
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
@@ -1128,7 +1125,9 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
         internet,
         ..
     } = *ctx.a();
-    let Some(range) = range.or(ctx.masquerade_ports) else {
+    // Default: the range the relay's masquerade rule uses.
+    let rule_range = ctx.rules.masquerade.iter().find_map(|m| m.ports);
+    let Some(range) = range.or(rule_range) else {
         return Ok(Verdict::unsupported(
             "a masquerade port range to exhaust",
             "the scenario sets no relay.masquerade_ports",

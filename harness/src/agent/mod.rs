@@ -255,9 +255,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
         Err(e) => {
             let msg = format!("{e:#}");
             let lines = kmsg.drain();
-            let unsupported =
-                msg.contains("Operation not supported") || msg.contains("Not supported");
-            let status = if unsupported {
+            let status = if topology::not_supported(&msg) {
                 Status::Unsupported
             } else {
                 Status::Error
@@ -280,7 +278,6 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
         }
     }
     let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
-    ctx.masquerade_ports = scenario.relay.masquerade_ports;
     ctx.rules = topology::nat_rules(scenario);
     let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
     // Plain-UDP redirect checks first, in each family: they need the listen

@@ -210,23 +210,22 @@ fn wait_usable(ns: &Netns, addr: IpAddr) -> Result<()> {
     })
 }
 
-/// Did a setup step fail because the kernel lacks the feature (rather than
-/// natvet getting something wrong)?
+/// Does this error (its whole chain, as text) say the kernel does not
+/// support what was asked (EOPNOTSUPP), rather than natvet getting it wrong?
+pub fn not_supported(text: &str) -> bool {
+    text.contains("Operation not supported") || text.contains("Not supported")
+}
+
+/// Did setting up the flowtable fail because the kernel lacks it? nft says
+/// ENOENT for an object type the kernel does not know.
 fn lacks_feature(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
-    [
-        "Operation not supported",
-        "Not supported",
-        "No such file or directory",
-    ]
-    .iter()
-    .any(|t| text.contains(t))
+    not_supported(&text) || text.contains("No such file or directory")
 }
 
 /// Did creating a WireGuard link fail because the kernel lacks WireGuard?
 fn lacks_wireguard(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    text.contains("Operation not supported") || text.contains("Not supported")
+    not_supported(&format!("{e:#}"))
 }
 
 /// Everything a check can touch. Dropping it removes all of it: the
