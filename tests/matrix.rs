@@ -14,6 +14,7 @@ use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use natvet::nat::BackendKind;
+use natvet::scenario::topology::RouteSpec;
 use natvet::scenario::{CheckSpec, PortRange, Scenario};
 use serde_json::Value;
 
@@ -862,6 +863,40 @@ fn main() {
             // The full-size packet fits: no ICMP comes.
             |s| s.relay.wan_mtu = None,
             &["tunnel-mtu/icmp-1400"],
+            false,
+        )
+    }));
+    trials.push(Trial::test("control::behind-nat-no-keepalive", || {
+        control_fails(
+            "behind-nat",
+            "behind-nat-no-keepalive",
+            // Without keepalives the home router's 2 s mapping expires.
+            |s| {
+                for w in &mut s.topology.wireguard {
+                    for p in &mut w.peers {
+                        p.keepalive = None;
+                    }
+                }
+            },
+            &["keepalive/idle-4s"],
+            false,
+        )
+    }));
+    trials.push(Trial::test("control::behind-nat-no-way-back", || {
+        control_fails(
+            "behind-nat",
+            "behind-nat-no-way-back",
+            // The relay routes the home router's new address to a gateway
+            // that is not there: the roamed client's replies are lost.
+            |s| {
+                s.topology.routes.push(RouteSpec {
+                    ns: "relay".into(),
+                    to: "192.0.2.3/32".into(),
+                    via: "192.0.2.99".parse().ok(),
+                    dev: None,
+                })
+            },
+            &["roaming/home:up"],
             false,
         )
     }));

@@ -16,6 +16,7 @@ fn rules() -> NatRules {
             },
             out_iface: "wan".into(),
             ports: None,
+            to: None,
         }],
         redirect_udp: vec![Redirect {
             family: Family::Ipv4,

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::agent::checks::{
-    EXCHANGE_TIMEOUT, HANDSHAKE_TIMEOUT, NO_HANDSHAKE_WAIT, REDIRECT_ABSENT_WAIT, TRANSFER_TIMEOUT,
+    EXCHANGE_TIMEOUT, HANDSHAKE_TIMEOUT, KEEPALIVE_WAIT, NO_HANDSHAKE_WAIT, REDIRECT_ABSENT_WAIT,
+    TRANSFER_TIMEOUT,
 };
 use crate::scenario::CheckSpec;
 
@@ -146,6 +147,22 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: false,
     },
     CheckInfo {
+        kind: "keepalive",
+        results: "keepalive/idle-Ns",
+        behaviours: "11",
+        description: "after the client has sent nothing for N s (longer than a NAT's UDP timeout in front of it), a datagram from the relay through the tunnel still reaches it: keepalives held the NAT mapping",
+        timeout: KEEPALIVE_WAIT,
+        needs_wireguard: true,
+    },
+    CheckInfo {
+        kind: "roaming",
+        results: "roaming/NS:IF",
+        behaviours: "11",
+        description: "the interface whose address the relay sees as the client's moves to a new address: the client's traffic crosses again, the relay's peer endpoint follows, replies return",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: true,
+    },
+    CheckInfo {
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
@@ -174,6 +191,8 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::FlowtableOffload => "flowtable-offload",
         CheckSpec::TunnelMtu { .. } => "tunnel-mtu",
         CheckSpec::KernelHealth => "kernel-health",
+        CheckSpec::Keepalive { .. } => "keepalive",
+        CheckSpec::Roaming { .. } => "roaming",
     }
 }
 
@@ -220,6 +239,7 @@ mod tests {
                 "redirect" | "no-redirect" | "handshake" | "no-handshake" => "ports = [53]",
                 "conntrack-redirect" => "port = 53",
                 "forward" => "protocols = [\"udp\"]",
+                "roaming" => "at = \"client:eth0\"\nto = [\"192.0.2.3/24\"]",
                 _ => "",
             };
             let toml = format!(

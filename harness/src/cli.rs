@@ -401,6 +401,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
             match SHIPPED.iter().find(|(n, _)| *n == name) {
                 Some((_, text)) => {
                     print!("{text}");
+                    let s = Scenario::load(&name).map_err(|e| usage(e.to_string()))?;
+                    let own = s.topology != natvet_default_topology();
+                    println!(
+                        "\n# The topology it runs in ({}), as built:",
+                        if own {
+                            "its own [topology]"
+                        } else {
+                            "the default: see the README's scenario reference"
+                        }
+                    );
+                    for line in s.topology.describe(&s.relay.families).lines() {
+                        println!("#{line}");
+                    }
                     Ok(exit::PASS)
                 }
                 None => Err(usage(
@@ -413,11 +426,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Scenarios(ScenariosCmd::Check { path }) => {
             let s = Scenario::load(&path).map_err(|e| usage(e.to_string()))?;
+            let backends: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
+            let families: Vec<String> = s.relay.families.iter().map(|f| f.to_string()).collect();
             println!(
-                "{path}: scenario '{}' is valid: {} checks on {:?}",
+                "{path}: scenario '{}' is valid: {} results per backend ({}), over {}, in {} namespaces ({})",
                 s.name,
                 s.result_names().len(),
-                s.backends
+                backends.join(", "),
+                families.join(" and "),
+                s.topology.namespaces.len(),
+                s.topology.namespace_names().join(", ")
             );
             Ok(exit::PASS)
         }
@@ -1118,4 +1136,8 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
     };
     report.answer = Some(answer);
     finish_bisect(&mut report, &reports, code)
+}
+
+fn natvet_default_topology() -> crate::scenario::TopologySpec {
+    crate::scenario::TopologySpec::default()
 }

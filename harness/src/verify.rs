@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::agent::topology;
 use crate::kernel::Kernel;
 use crate::protocol::GuestMessage;
 use crate::qemu::{self, Channel, QemuError, VmOutcome, Watch};
@@ -57,17 +56,22 @@ pub fn plan(scenarios: &[Scenario]) -> String {
         "natvet verify --dry-run: nothing was created. A run on this kernel ({release}) would start \
          `natvet agent` as a child process and, for each scenario and backend below, inside it:\n\n"
     );
-    out.push_str(&topology::plan());
     for s in scenarios {
         out.push_str(&format!("\nscenario {} ({})\n", s.name, s.description));
-        let rules = topology::nat_rules(s);
-        for kind in &s.backends {
-            for (inv, script) in kind.backend().scripts(&rules) {
-                out.push_str(&format!(
-                    "  {kind}: ruleset applied in the relay namespace with `{inv}`:\n"
-                ));
-                for line in script.lines() {
-                    out.push_str(&format!("      {line}\n"));
+        out.push_str(&s.topology.describe(&s.relay.families));
+        out.push_str(
+            "  sysctls:    forwarding on in the relay and every router namespace; accept_dad=0 in each namespace (IPv6)\n  tunnel:     WireGuard; on a kernel without WireGuard, a veth pair with the same addresses stands in (WireGuard checks: unsupported)\n  probes:     TCP/UDP/ICMP servers in the internet namespace, sockets on the client and relay\n",
+        );
+        for ns in s.nat_namespaces() {
+            let rules = s.nat_rules(&ns);
+            for kind in &s.backends {
+                for (inv, script) in kind.backend().scripts(&rules) {
+                    out.push_str(&format!(
+                        "  {kind}: ruleset applied in the {ns} namespace with `{inv}`:\n"
+                    ));
+                    for line in script.lines() {
+                        out.push_str(&format!("      {line}\n"));
+                    }
                 }
             }
         }

@@ -9,12 +9,16 @@ use anyhow::{Context as _, Result};
 
 use super::kmsg::{self, Kmsg};
 use super::probes::{self, IcmpPacket};
-use super::topology::{self, run_in, Addrs, Topology};
+use super::topology::{run_in, Topology};
 use crate::conntrack;
 use crate::nat::NatBackend;
+use crate::scenario::Addrs;
 use base64::Engine as _;
 
 use super::capture::{Capture, LeakWatch};
+use super::netlink;
+use super::topology::wait_usable;
+use crate::nat::IpNet;
 use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
 use crate::scenario::{human_bytes, CheckSpec, Family, PortRange, Protocol};
 
@@ -29,6 +33,9 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not tell us sooner with an ICMP error.
 pub const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the relay keeps sending to an idle client before concluding
+/// that nothing reaches it.
+pub const KEEPALIVE_WAIT: Duration = Duration::from_secs(3);
 
 /// An address and port as people write them ("192.0.2.1:53", "[2001:db8::1]:53").
 fn at(ip: IpAddr, port: u16) -> SocketAddr {
@@ -115,8 +122,8 @@ impl<'a> Context<'a> {
     }
 
     /// The addresses of the family whose checks run now.
-    pub fn a(&self) -> &'static Addrs {
-        topology::addrs(self.family)
+    pub fn a(&self) -> &Addrs {
+        self.topo.addrs(self.family)
     }
 
     /// An unbound socket's address in the current family.
@@ -134,7 +141,13 @@ impl<'a> Context<'a> {
 
     /// Run one named check and wrap its verdict in a result.
     fn start_capture(&self) -> Capture {
-        Capture::start(&self.topo.interfaces())
+        let targets = self.topo.interfaces();
+        Capture::start(
+            &targets
+                .iter()
+                .map(|(n, i)| (*n, i.as_str()))
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn judge(&mut self, f: &impl Fn(&mut Self) -> Result<Verdict>) -> Verdict {
@@ -320,6 +333,10 @@ pub fn run_spec(
         CheckSpec::PortExhaustion { beyond, range } => {
             emit(ctx.run(scenario, &names[0], |c| port_exhaustion(c, *beyond, *range)))
         }
+        CheckSpec::Keepalive { idle } => {
+            emit(ctx.run(scenario, &names[0], |c| keepalive(c, *idle)))
+        }
+        CheckSpec::Roaming { at, to } => emit(ctx.run(scenario, &names[0], |c| roaming(c, at, to))),
         CheckSpec::Redirect { ports } | CheckSpec::NoRedirect { ports } => {
             let expect = matches!(spec, CheckSpec::Redirect { .. });
             for (port, name) in ports.iter().zip(&names) {
@@ -337,6 +354,7 @@ pub fn run_spec(
 fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
     let Addrs {
         client_public,
+        client_seen,
         relay_public,
         ..
     } = *ctx.a();
@@ -346,7 +364,7 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
         format!(
             "a UDP datagram to {} reaches the relay's socket on :{listen} from {}, and the reply returns from {}",
             at(relay_public, port),
-            at(client_public, sport),
+            at(client_seen, sport),
             at(relay_public, port)
         )
     } else {
@@ -444,7 +462,7 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
             wait.as_secs_f32()
         )),
     }
-    let client = SocketAddr::new(client_public, sport);
+    let client = SocketAddr::new(client_seen, sport);
     let ok = if expect {
         arrived.as_ref().map(|(from, _)| *from) == Some(client)
             && reply == Some(SocketAddr::new(relay_public, port))
@@ -481,14 +499,13 @@ fn attempt_handshake(
     let icmp_sock = topo.client_icmp(ctx.family)?;
     let (client_wg, relay_wg) = topo.wg().map_err(anyhow::Error::msg)?;
     icmp_sock.drain();
+    let (allowed, keepalive) = topo.client_peer();
     client_wg.set_only_peer(
         &relay_wg.public_key(),
         Some(SocketAddr::new(relay_public, port)),
-        &[
-            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
-        ],
+        &allowed,
         Some(sport),
+        keepalive,
     )?;
     // Any packet routed into wg0 makes WireGuard initiate a handshake.
     let trigger = topo
@@ -537,7 +554,7 @@ fn attempt_handshake(
 
 fn describe(a: &Addrs, outcome: &HandshakeOutcome, sport: u16, port: u16) -> String {
     let Addrs {
-        client_public,
+        client_seen: client_public,
         relay_public,
         ..
     } = *a;
@@ -587,7 +604,7 @@ fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
 
 fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
     let Addrs {
-        client_public,
+        client_seen: client_public,
         relay_public,
         ..
     } = *ctx.a();
@@ -1249,7 +1266,8 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
     established.set_nonblocking(true)?;
     let new_tags: Vec<String> = (0..NEW_FLOWS).map(|_| ctx.tag("new-flow")).collect();
     let est_tags: Vec<String> = (0..NEW_FLOWS).map(|_| ctx.tag("est")).collect();
-    let watch = LeakWatch::start(&ctx.topo.internet, "eth0", a.tunnel_net)?;
+    let (peer_ns, peer_if) = ctx.topo.wan_peer()?;
+    let watch = LeakWatch::start(peer_ns, &peer_if, a.tunnel_net)?;
 
     let client = ctx.topo.client.clone();
     let transfer_tag = ctx.tag("reload-transfer");
@@ -1462,17 +1480,17 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
     } else {
         20 + 8
     };
-    let size = topology::TUNNEL_MTU as usize - header;
+    let size = ctx.topo.tunnel_mtu() as usize - header;
     let expected = match icmp_mtu {
         None => format!(
             "a {} byte packet (the tunnel's MTU, DF) reaches {} intact from {} and its reply returns",
-            topology::TUNNEL_MTU,
+            ctx.topo.tunnel_mtu(),
             at(a.internet, probes::UDP_PORT),
             a.relay_wan
         ),
         Some(m) => format!(
             "a {} byte packet (DF) through the tunnel draws an ICMP {} with MTU {m} from the relay",
-            topology::TUNNEL_MTU,
+            ctx.topo.tunnel_mtu(),
             if a.family == Family::Ipv6 {
                 "packet too big"
             } else {
@@ -1581,4 +1599,191 @@ fn set_dont_fragment(s: &UdpSocket, family: Family) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("setting DF on the socket");
     }
     Ok(())
+}
+
+/// The relay sends a tagged datagram to `dest` through the tunnel every
+/// 300 ms until `sock` on the client receives it or `wait` passes: the
+/// time it took, if it arrived.
+fn relay_to_client(
+    ctx: &mut Context,
+    sock: &UdpSocket,
+    wait: Duration,
+) -> Result<Option<Duration>> {
+    let a = *ctx.a();
+    let dest = sock
+        .local_addr()
+        .context("reading the client socket's address")?;
+    let tag = ctx.tag("to-client");
+    let relay_sock = ctx.topo.relay.run(|| {
+        UdpSocket::bind((a.tunnel_relay, 0)).context("binding a UDP socket on the relay")
+    })?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 256];
+    while start.elapsed() < wait {
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
+            relay_sock
+                .send_to(tag.as_bytes(), dest)
+                .context("sending from the relay into the tunnel")?;
+            last_send = Some(Instant::now());
+        }
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if &buf[..n] == tag.as_bytes() {
+                return Ok(Some(start.elapsed()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What the relay knows of its peer, for an observation.
+fn relay_view(ctx: &Context) -> String {
+    let Ok((_, relay_wg)) = ctx.topo.wg() else {
+        return String::new();
+    };
+    match relay_wg.peer_state() {
+        Ok(Some(p)) => {
+            let endpoint = p
+                .endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "none".into());
+            let handshake = p
+                .last_handshake
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| format!("{:.1} s ago", d.as_secs_f32()))
+                .unwrap_or_else(|| "never".into());
+            format!("; the relay's peer endpoint is {endpoint}, last handshake {handshake}")
+        }
+        Ok(None) => "; the relay has no peer".into(),
+        Err(e) => format!("; the relay's peer could not be read: {e:#}"),
+    }
+}
+
+/// Behaviour 11, keepalive: the client goes quiet for `idle` seconds, then
+/// the relay sends to it through the tunnel. Only a NAT mapping kept open
+/// by the client's persistent keepalives lets that through.
+fn keepalive(ctx: &mut Context, idle: u32) -> Result<Verdict> {
+    let a = *ctx.a();
+    let (_, keepalive) = ctx.topo.client_peer();
+    let every = keepalive
+        .map(|k| format!(" but its keepalive every {k} s"))
+        .unwrap_or_else(|| " (no keepalive configured)".into());
+    let expected = format!(
+        "after {idle} s in which the client sends nothing{every}, a UDP datagram from the relay to {} through the tunnel reaches the client",
+        a.tunnel_client
+    );
+    if let Err(why) = ctx.topo.wg() {
+        return Ok(Verdict::unsupported(expected, why));
+    }
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    // The socket exists before the quiet time, so nothing needs sending after it.
+    let sock = ctx.topo.client.run(|| {
+        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
+    })?;
+    // The check is about time passing: there is no event to wait for instead.
+    std::thread::sleep(Duration::from_secs(u64::from(idle)));
+    let arrived = relay_to_client(ctx, &sock, KEEPALIVE_WAIT)?;
+    let observed = match arrived {
+        Some(after) => format!(
+            "after {idle} s quiet, the relay's datagram reached the client in {} ms",
+            after.as_millis()
+        ),
+        None => format!(
+            "after {idle} s quiet, nothing the relay sent reached the client within {:.1} s",
+            KEEPALIVE_WAIT.as_secs_f32()
+        ),
+    };
+    Ok(Verdict::judge(
+        arrived.is_some(),
+        expected,
+        format!("{observed}{}", relay_view(ctx)),
+    ))
+}
+
+/// Behaviour 11, roaming: `at` swaps its address of the current family for
+/// the one in `to`; a NAT there (masquerade) must drop its old mappings,
+/// the relay must follow the client's new endpoint, and traffic must flow
+/// both ways again. The old address is put back afterwards.
+fn roaming(
+    ctx: &mut Context,
+    at: &crate::scenario::topology::IfRef,
+    to: &[IpNet],
+) -> Result<Verdict> {
+    let a = *ctx.a();
+    let f = ctx.family;
+    let old = ctx
+        .topo
+        .spec
+        .address(at, f)
+        .with_context(|| format!("{at} has no {f} address"))?;
+    let new = *to
+        .iter()
+        .find(|n| n.family() == f)
+        .with_context(|| format!("roaming names no {f} address to move {at} to"))?;
+    let expected = format!(
+        "after {at} moves from {} to {}, UDP from the client crosses tunnel and NAT to {} again, the relay's peer endpoint moves to {}, and the reply returns",
+        old.addr, new.addr, a.internet, new.addr
+    );
+    if let Err(why) = ctx.topo.wg() {
+        return Ok(Verdict::unsupported(expected, why));
+    }
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let before = ctx
+        .topo
+        .wg()
+        .ok()
+        .and_then(|(_, r)| r.peer_state().ok().flatten());
+    let ns = ctx.topo.ns(&at.ns)?.clone();
+    if f == Family::Ipv4 {
+        // The new address comes in as a secondary of the same subnet; it must
+        // survive the removal of the primary.
+        ns.sysctl(
+            &format!("net.ipv4.conf.{}.promote_secondaries", at.iface),
+            "1",
+        )?;
+    }
+    let swap = |from: IpNet, to: IpNet| -> Result<()> {
+        netlink::add_address(&ns, &at.iface, to.addr, to.prefix)?;
+        netlink::del_address(&ns, &at.iface, from.addr, from.prefix)?;
+        wait_usable(&ns, to.addr)
+    };
+    swap(old, new).with_context(|| format!("moving {at} from {old} to {new}"))?;
+    let tag = ctx.tag("roam");
+    let dest = SocketAddr::new(a.internet, probes::UDP_PORT);
+    let reply = probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT);
+    let after = ctx
+        .topo
+        .wg()
+        .ok()
+        .and_then(|(_, r)| r.peer_state().ok().flatten());
+    let seen = seen_source(ctx, &tag)?;
+    let view = relay_view(ctx);
+    swap(new, old).with_context(|| format!("moving {at} back from {new} to {old}"))?;
+    let endpoint = |p: &Option<super::wireguard::PeerState>| {
+        p.as_ref()
+            .and_then(|p| p.endpoint)
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "none".into())
+    };
+    let followed = after.as_ref().and_then(|p| p.endpoint).map(|e| e.ip()) == Some(new.addr);
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
+    let reply_text = match &reply {
+        Ok(()) => "the reply returned".to_string(),
+        Err(e) => format!("no reply ({e:#})"),
+    };
+    Ok(Verdict::judge(
+        reply.is_ok() && followed && masqueraded,
+        expected,
+        format!(
+            "the relay's peer endpoint went from {} to {}; {}; {reply_text}{view}",
+            endpoint(&before),
+            endpoint(&after),
+            describe_seen(ctx.a(), &seen)
+        ),
+    ))
 }

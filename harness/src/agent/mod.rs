@@ -249,8 +249,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
     let settle_all = |status: Status, why: String| {
         settle(scenario, backend, scenario.result_names(), status, &why)
     };
-    let relay = &scenario.relay;
-    let topo = match topology::Topology::build(relay.listen_port, &relay.families, relay.wan_mtu) {
+    let topo = match topology::Topology::build(scenario) {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -266,7 +265,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
             );
         }
     };
-    match topo.apply_nat(backend, &topology::nat_rules(scenario)) {
+    match topo.apply_nat(backend, scenario) {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => {
             topo.stop();
@@ -278,7 +277,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
         }
     }
     let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
-    ctx.rules = topology::nat_rules(scenario);
+    ctx.rules = scenario.nat_rules(crate::scenario::topology::RELAY);
     let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
     // Plain-UDP redirect checks first, in each family: they need the listen
     // port that the tunnel takes over.

@@ -87,37 +87,78 @@ pub fn add_address(ns: &Netns, link: &str, addr: IpAddr, prefix: u8) -> Result<(
     })
 }
 
-/// Route `dest` out of `link` (optionally via a gateway of the same family).
-pub fn add_route(ns: &Netns, dest: IpNet, link: &str, gateway: Option<IpAddr>) -> Result<()> {
+/// Route `dest` out of `link` and/or via a gateway of the same family.
+pub fn add_route(
+    ns: &Netns,
+    dest: IpNet,
+    link: Option<&str>,
+    gateway: Option<IpAddr>,
+) -> Result<()> {
     ns.block_on(|| async {
         let handle = connect().await?;
-        let index = index_of(&handle, link).await?;
+        let index = match link {
+            Some(l) => Some(index_of(&handle, l).await?),
+            None => None,
+        };
         let message = match (dest.addr, gateway) {
             (IpAddr::V4(d), gw) => {
-                let mut r = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(d, dest.prefix)
-                    .output_interface(index);
+                let mut r =
+                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d, dest.prefix);
+                if let Some(i) = index {
+                    r = r.output_interface(i);
+                }
                 if let Some(IpAddr::V4(g)) = gw {
                     r = r.gateway(g);
                 }
                 r.build()
             }
             (IpAddr::V6(d), gw) => {
-                let mut r = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(d, dest.prefix)
-                    .output_interface(index);
+                let mut r =
+                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d, dest.prefix);
+                if let Some(i) = index {
+                    r = r.output_interface(i);
+                }
                 if let Some(IpAddr::V6(g)) = gw {
                     r = r.gateway(g);
                 }
                 r.build()
             }
         };
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        let dev = link.map(|l| format!(" dev {l}")).unwrap_or_default();
         handle
             .route()
             .add(message)
             .execute()
             .await
-            .with_context(|| format!("adding route {dest} dev {link} in {}", ns.name))
+            .with_context(|| format!("adding route {dest}{via}{dev} in {}", ns.name))
+    })
+}
+
+/// Remove an address from a link.
+pub fn del_address(ns: &Netns, link: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let index = index_of(&handle, link).await?;
+        let mut list = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(addr)
+            .execute();
+        while let Some(msg) = list
+            .try_next()
+            .await
+            .with_context(|| format!("listing addresses of {link} in {}", ns.name))?
+        {
+            if msg.header.prefix_len == prefix {
+                handle.address().del(msg).execute().await.with_context(|| {
+                    format!("removing {addr}/{prefix} from {link} in {}", ns.name)
+                })?;
+                return Ok(());
+            }
+        }
+        Err(anyhow!("{addr}/{prefix} is not on {link} in {}", ns.name))
     })
 }
 

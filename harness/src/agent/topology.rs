@@ -1,13 +1,5 @@
-//! The relay topology: three namespaces named for their role.
-//!
-//! ```text
-//!  client                     relay                         internet
-//!  eth0 192.0.2.2/24 ---- public 192.0.2.1/24
-//!  wg0  10.99.0.2/24  ~~~~ wg0 10.99.0.1/24 (UDP 51820)
-//!                             wan 198.51.100.1/24 ---- eth0 198.51.100.2/24
-//! ```
-//! The client reaches 198.51.100.0/24 only through its tunnel; the internet
-//! host has no route back to the tunnel, so only masqueraded traffic gets replies.
+//! Builds a scenario's declared topology (`scenario::topology`): its
+//! namespaces, links, addresses, sysctls and routes, then the tunnel.
 //!
 //! The namespaces are anonymous (held by file descriptor, never mounted under
 //! /run/netns) and every link lives inside them, so nothing is created in the
@@ -17,7 +9,7 @@
 //! for the tunnel: the WireGuard checks are then unsupported, and the NAT
 //! checks still run over it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -27,146 +19,14 @@ use super::netlink;
 use super::netns::Netns;
 use super::probes::{IcmpSocket, InternetHost};
 use super::wireguard::WgInterface;
-use crate::nat::{Invocation, IpNet, Masquerade, NatBackend, NatRules, Redirect};
-use crate::scenario::{Family, Scenario};
+use crate::nat::{Invocation, IpNet, NatBackend};
+use crate::scenario::topology::{self as spec, IfKind, TopologySpec, DEFAULT_TUNNEL_MTU};
+use crate::scenario::{Addrs, Family, Scenario};
 
-/// The addresses of one family: the same roles in IPv4 and IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addrs {
-    pub family: Family,
-    pub client_public: IpAddr,
-    pub relay_public: IpAddr,
-    pub relay_wan: IpAddr,
-    pub internet: IpAddr,
-    pub tunnel_relay: IpAddr,
-    pub tunnel_client: IpAddr,
-    /// Prefix length of the public and wan links.
-    pub link_prefix: u8,
-    /// The internet's network, routed by the client through the tunnel.
-    pub internet_net: IpNet,
-    /// The tunnel's network, masqueraded by the relay.
-    pub tunnel_net: IpNet,
-}
-
-const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-}
-
-const fn v6(segments: [u16; 8]) -> IpAddr {
-    let [a, b, c, d, e, f, g, h] = segments;
-    IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
-}
-
-pub const IPV4: Addrs = Addrs {
-    family: Family::Ipv4,
-    client_public: v4(192, 0, 2, 2),
-    relay_public: v4(192, 0, 2, 1),
-    relay_wan: v4(198, 51, 100, 1),
-    internet: v4(198, 51, 100, 2),
-    tunnel_relay: v4(10, 99, 0, 1),
-    tunnel_client: v4(10, 99, 0, 2),
-    link_prefix: 24,
-    internet_net: IpNet {
-        addr: v4(198, 51, 100, 0),
-        prefix: 24,
-    },
-    tunnel_net: IpNet {
-        addr: v4(10, 99, 0, 0),
-        prefix: 24,
-    },
-};
-
-pub const IPV6: Addrs = Addrs {
-    family: Family::Ipv6,
-    client_public: v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 2]),
-    relay_public: v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 1]),
-    relay_wan: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 1]),
-    internet: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 2]),
-    tunnel_relay: v6([0xfd99, 0, 0, 0, 0, 0, 0, 1]),
-    tunnel_client: v6([0xfd99, 0, 0, 0, 0, 0, 0, 2]),
-    link_prefix: 64,
-    internet_net: IpNet {
-        addr: v6([0x2001, 0xdb8, 2, 0, 0, 0, 0, 0]),
-        prefix: 64,
-    },
-    tunnel_net: IpNet {
-        addr: v6([0xfd99, 0, 0, 0, 0, 0, 0, 0]),
-        prefix: 64,
-    },
-};
-
-pub fn addrs(f: Family) -> &'static Addrs {
-    match f {
-        Family::Ipv4 => &IPV4,
-        Family::Ipv6 => &IPV6,
-    }
-}
-
-pub const RELAY_PUBLIC_IF: &str = "public";
-pub const RELAY_WAN_IF: &str = "wan";
-pub const WG_IF: &str = "wg0";
-/// The tunnel's MTU, WireGuard's default for a 1500-byte underlay.
-pub const TUNNEL_MTU: u32 = 1420;
 pub const STAND_IN_IF: &str = "tun0";
 /// The client's first WireGuard source port; each check takes a fresh one so
 /// that conntrack entries of earlier checks cannot interfere.
 pub const CLIENT_FIRST_PORT: u16 = 40000;
-
-/// What `Topology::build` and `start_tunnel` create, in words (for
-/// `natvet verify --dry-run`). Kept next to the code it describes.
-pub fn plan() -> String {
-    let mut out =
-        "  namespaces (anonymous: held by the agent, gone when it exits): client, relay, internet\n"
-            .to_string();
-    out.push_str(&format!(
-        "  links:      veth relay/{RELAY_PUBLIC_IF} <-> client/eth0, veth relay/{RELAY_WAN_IF} <-> internet/eth0\n"
-    ));
-    for a in [IPV4, IPV6] {
-        let p = a.link_prefix;
-        let t = a.tunnel_net.prefix;
-        out.push_str(&format!(
-            "  {:<11} client/eth0 {}/{p}, relay/{RELAY_PUBLIC_IF} {}/{p}, relay/{RELAY_WAN_IF} {}/{p}, internet/eth0 {}/{p}; tunnel client {}/{t}, relay {}/{t}\n",
-            format!("{}:", a.family),
-            a.client_public, a.relay_public, a.relay_wan, a.internet, a.tunnel_client, a.tunnel_relay
-        ));
-    }
-    out.push_str(&format!(
-        "  sysctls:    net.ipv4.ip_forward=1, net.ipv6.conf.all.forwarding=1 in the relay namespace; accept_dad=0 in each namespace
-  tunnel:     WireGuard {WG_IF} on client and relay (UDP listen port from the scenario);
-              on a kernel without WireGuard, veth {STAND_IN_IF} with the same addresses (WireGuard checks: unsupported)
-  routes:     client {} and {} via the tunnel
-  probes:     TCP/UDP/ICMP servers in the internet namespace, sockets on the client and relay
-",
-        IPV4.internet_net, IPV6.internet_net
-    ));
-    out
-}
-
-/// The neutral NAT rules a scenario asks for, for each of its families.
-pub fn nat_rules(scenario: &Scenario) -> NatRules {
-    let mut rules = NatRules {
-        families: scenario.relay.families.clone(),
-        ..NatRules::default()
-    };
-    for f in &scenario.relay.families {
-        if scenario.relay.masquerade {
-            rules.masquerade.push(Masquerade {
-                source: addrs(*f).tunnel_net,
-                out_iface: RELAY_WAN_IF.into(),
-                ports: scenario.relay.masquerade_ports,
-            });
-        }
-        if !scenario.relay.redirect_udp.is_empty() {
-            rules.redirect_udp.push(Redirect {
-                family: *f,
-                in_iface: RELAY_PUBLIC_IF.into(),
-                ports: scenario.relay.redirect_udp.clone(),
-                to_port: scenario.relay.listen_port,
-            });
-        }
-    }
-    rules
-}
 
 /// What carries the client's traffic to the relay.
 pub enum Tunnel {
@@ -182,10 +42,17 @@ pub enum Tunnel {
 }
 
 impl Tunnel {
-    pub fn iface(&self) -> &'static str {
+    /// The tunnel's interface name in `ns` (client or relay).
+    pub fn iface(&self, ns: &str) -> String {
         match self {
-            Tunnel::WireGuard { .. } => WG_IF,
-            Tunnel::StandIn { .. } => STAND_IN_IF,
+            Tunnel::WireGuard { client, relay } => {
+                if ns == spec::RELAY {
+                    relay.name.clone()
+                } else {
+                    client.name.clone()
+                }
+            }
+            Tunnel::StandIn { .. } => STAND_IN_IF.into(),
         }
     }
 }
@@ -194,7 +61,7 @@ impl Tunnel {
 /// for a moment after its link comes up, even without duplicate address
 /// detection (the kernel finishes it from a work queue); binding to it before
 /// that fails with EADDRNOTAVAIL.
-fn wait_usable(ns: &Netns, addr: IpAddr) -> Result<()> {
+pub fn wait_usable(ns: &Netns, addr: IpAddr) -> Result<()> {
     const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
     ns.run(|| {
         let start = std::time::Instant::now();
@@ -231,6 +98,9 @@ fn lacks_wireguard(e: &anyhow::Error) -> bool {
 /// Everything a check can touch. Dropping it removes all of it: the
 /// namespaces die with their last file descriptor and socket.
 pub struct Topology {
+    pub spec: TopologySpec,
+    /// Every namespace, by name, in the order declared.
+    pub namespaces: Vec<Arc<Netns>>,
     pub client: Arc<Netns>,
     pub relay: Arc<Netns>,
     pub internet: Arc<Netns>,
@@ -239,6 +109,10 @@ pub struct Topology {
     /// cannot do is absent from `families`, with the reason in `missing`.
     pub families: Vec<Family>,
     pub missing: Vec<(Family, String)>,
+    addrs: Vec<Addrs>,
+    /// The relay's interfaces toward clients and toward the internet.
+    pub public_if: String,
+    pub wan_if: String,
     /// None until `start_tunnel`.
     pub tunnel: Option<Tunnel>,
     pub internet_host: Option<InternetHost>,
@@ -248,20 +122,31 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Namespaces, links, addresses and routes for `families`; no tunnel and
-    /// no NAT yet.
-    pub fn build(listen_port: u16, wanted: &[Family], wan_mtu: Option<u32>) -> Result<Topology> {
-        let client = Arc::new(Netns::create("client")?);
-        let relay = Arc::new(Netns::create("relay")?);
-        let internet = Arc::new(Netns::create("internet")?);
+    /// Namespaces, links, addresses, sysctls and routes of the scenario's
+    /// topology, for its families; no tunnel and no NAT yet.
+    pub fn build(scenario: &Scenario) -> Result<Topology> {
+        let spec = scenario.topology.clone();
+        let relay_cfg = &scenario.relay;
+        let mut namespaces = Vec::new();
+        for n in &spec.namespaces {
+            namespaces.push(Arc::new(Netns::create(&n.name)?));
+        }
+        let ns = |name: &str| -> Result<Arc<Netns>> {
+            namespaces
+                .iter()
+                .find(|n| n.name == name)
+                .cloned()
+                .with_context(|| format!("the topology has no namespace {name}"))
+        };
+        let (client, relay, internet) = (ns(spec::CLIENT)?, ns(spec::RELAY)?, ns(spec::INTERNET)?);
         let mut families = Vec::new();
         let mut missing = Vec::new();
-        for f in wanted {
+        for f in &relay_cfg.families {
             let ok = match f {
                 Family::Ipv4 => Ok(()),
                 // Addresses are usable at once only without duplicate address
                 // detection; links inherit `default` as they are created.
-                Family::Ipv6 => [&client, &relay, &internet].iter().try_for_each(|ns| {
+                Family::Ipv6 => namespaces.iter().try_for_each(|ns| {
                     ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
                     ns.sysctl("net.ipv6.conf.all.accept_dad", "0")
                 }),
@@ -271,69 +156,160 @@ impl Topology {
                 Err(e) => missing.push((*f, format!("the kernel cannot do {f} here: {e:#}"))),
             }
         }
-        for ns in [&client, &relay, &internet] {
+        for ns in &namespaces {
             netlink::loopback_up(ns)?;
         }
-        netlink::veth_pair(&relay, RELAY_PUBLIC_IF, &client, "eth0")?;
-        netlink::veth_pair(&relay, RELAY_WAN_IF, &internet, "eth0")?;
-        if let Some(mtu) = wan_mtu {
-            netlink::set_mtu(&relay, RELAY_WAN_IF, mtu)?;
-            netlink::set_mtu(&internet, "eth0", mtu)?;
-        }
-        for f in &families {
-            let a = addrs(*f);
-            for (ns, link, addr) in [
-                (&client, "eth0", a.client_public),
-                (&relay, RELAY_PUBLIC_IF, a.relay_public),
-                (&relay, RELAY_WAN_IF, a.relay_wan),
-                (&internet, "eth0", a.internet),
-            ] {
-                netlink::add_address(ns, link, addr, a.link_prefix)?;
+        let wan_end = spec::IfRef {
+            ns: spec::RELAY.into(),
+            iface: relay_cfg.wan_interface.clone(),
+        };
+        for l in &spec.links {
+            let (a, b) = (ns(&l.a.at.ns)?, ns(&l.b.at.ns)?);
+            netlink::veth_pair(&a, &l.a.at.iface, &b, &l.b.at.iface)?;
+            let on_wan = l.a.at == wan_end || l.b.at == wan_end;
+            let mtu = if on_wan {
+                relay_cfg.wan_mtu.or(l.mtu)
+            } else {
+                l.mtu
+            };
+            for end in [&l.a, &l.b] {
+                let n = ns(&end.at.ns)?;
+                if let Some(mtu) = mtu {
+                    netlink::set_mtu(&n, &end.at.iface, mtu)?;
+                }
+                for a in end
+                    .addresses
+                    .iter()
+                    .filter(|a| families.contains(&a.family()))
+                {
+                    netlink::add_address(&n, &end.at.iface, a.addr, a.prefix)?;
+                }
+                netlink::link_up(&n, &end.at.iface)?;
             }
         }
-        for (ns, link) in [
-            (&client, "eth0"),
-            (&relay, RELAY_PUBLIC_IF),
-            (&relay, RELAY_WAN_IF),
-            (&internet, "eth0"),
-        ] {
-            netlink::link_up(ns, link)?;
-        }
-        for f in &families {
-            match f {
-                Family::Ipv4 => relay.sysctl("net.ipv4.ip_forward", "1")?,
-                Family::Ipv6 => relay.sysctl("net.ipv6.conf.all.forwarding", "1")?,
+        // Forwarding in the relay and every router; the client and the
+        // internet host are ends.
+        for n in namespaces
+            .iter()
+            .filter(|n| n.name != spec::CLIENT && n.name != spec::INTERNET)
+        {
+            for f in &families {
+                match f {
+                    Family::Ipv4 => n.sysctl("net.ipv4.ip_forward", "1")?,
+                    Family::Ipv6 => n.sysctl("net.ipv6.conf.all.forwarding", "1")?,
+                }
             }
         }
-        for f in &families {
-            let a = addrs(*f);
-            for (ns, addr) in [
-                (&client, a.client_public),
-                (&relay, a.relay_public),
-                (&relay, a.relay_wan),
-                (&internet, a.internet),
-            ] {
-                wait_usable(ns, addr)?;
+        for n in &spec.namespaces {
+            for (key, value) in &n.sysctls {
+                ns(&n.name)?
+                    .sysctl(key, &value.0)
+                    .with_context(|| format!("setting sysctl {key}={} in {}", value.0, n.name))?;
             }
+        }
+        for r in spec
+            .routes
+            .iter()
+            .filter(|r| !r.dev.as_ref().is_some_and(|d| spec.is_tunnel(&r.ns, d)))
+        {
+            add_route(&*ns(&r.ns)?, r, r.dev.as_deref(), None, &families)?;
+        }
+        for (at, kind, addrs) in spec.interfaces() {
+            if kind == IfKind::Veth {
+                for a in addrs.iter().filter(|a| families.contains(&a.family())) {
+                    wait_usable(&*ns(&at.ns)?, a.addr)?;
+                }
+            }
+        }
+        // Every family the scenario names has its addresses (validated), even
+        // one this kernel cannot set up: its checks then say why.
+        let addrs = relay_cfg
+            .families
+            .iter()
+            .map(|f| scenario.addrs(*f).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        if addrs.is_empty() {
+            bail!("the scenario names no address family");
         }
         let client_icmp = families
             .iter()
             .map(|f| Ok((*f, IcmpSocket::open(&client, *f == Family::Ipv6)?)))
             .collect::<Result<Vec<_>>>()?;
-        let internet_addrs: Vec<IpAddr> = families.iter().map(|f| addrs(*f).internet).collect();
+        let internet_addrs: Vec<IpAddr> = addrs
+            .iter()
+            .filter(|a| families.contains(&a.family))
+            .map(|a| a.internet)
+            .collect();
         let internet_host = Some(InternetHost::start(&internet, &internet_addrs)?);
         Ok(Topology {
+            spec,
+            namespaces,
             client,
             relay,
             internet,
             families,
             missing,
+            addrs,
+            public_if: relay_cfg.public_interface.clone(),
+            wan_if: relay_cfg.wan_interface.clone(),
             tunnel: None,
             internet_host,
             client_icmp,
-            listen_port,
+            listen_port: relay_cfg.listen_port,
             next_port: CLIENT_FIRST_PORT,
         })
+    }
+
+    /// A namespace by name.
+    pub fn ns(&self, name: &str) -> Result<&Arc<Netns>> {
+        self.namespaces
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("the topology has no namespace {name}"))
+    }
+
+    /// The addresses of family `f` by role (of the first family if the
+    /// scenario does not name `f`; checks never run in such a family).
+    pub fn addrs(&self, f: Family) -> &Addrs {
+        self.addrs
+            .iter()
+            .find(|a| a.family == f)
+            .unwrap_or(&self.addrs[0])
+    }
+
+    /// The far end of the relay's wan link: where untranslated packets
+    /// leaving the relay would show.
+    pub fn wan_peer(&self) -> Result<(&Arc<Netns>, String)> {
+        let at = spec::IfRef {
+            ns: spec::RELAY.into(),
+            iface: self.wan_if.clone(),
+        };
+        let (_, other) = self
+            .spec
+            .link_of(&at)
+            .with_context(|| format!("{at} is on no link"))?;
+        Ok((self.ns(&other.at.ns)?, other.at.iface.clone()))
+    }
+
+    /// The tunnel's MTU (the client's end).
+    pub fn tunnel_mtu(&self) -> u32 {
+        self.spec
+            .wg_in(spec::CLIENT)
+            .and_then(|w| w.mtu)
+            .unwrap_or(DEFAULT_TUNNEL_MTU)
+    }
+
+    /// The client's peer as declared: allowed IPs (default everything) and keepalive.
+    pub fn client_peer(&self) -> (Vec<(IpAddr, u8)>, Option<u16>) {
+        let peer = self.spec.wg_in(spec::CLIENT).and_then(|w| w.peers.first());
+        let allowed = match peer.and_then(|p| p.allowed_ips.clone()) {
+            Some(nets) => nets.iter().map(|n| (n.addr, n.prefix)).collect(),
+            None => vec![
+                (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+            ],
+        };
+        (allowed, peer.and_then(|p| p.keepalive))
     }
 
     /// Offload forwarded TCP/UDP between the tunnel and the wan link to an
@@ -353,7 +329,7 @@ impl Topology {
         let script = format!(
             "table inet natvet_offload {{
 \tflowtable ft {{
-\t\thook ingress priority 0; devices = {{ \"{}\", \"{RELAY_WAN_IF}\" }};
+\t\thook ingress priority 0; devices = {{ \"{}\", \"{}\" }};
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority 0; policy accept;
@@ -361,7 +337,8 @@ impl Topology {
 \t}}
 }}
 ",
-            tunnel.iface()
+            tunnel.iface(spec::RELAY),
+            self.wan_if
         );
         let inv = Invocation {
             program: nft,
@@ -400,7 +377,7 @@ impl Topology {
     }
 
     /// Bring up the tunnel: WireGuard, or the veth stand-in when the kernel
-    /// has no WireGuard. Then route the internet through it.
+    /// has no WireGuard. Then the routes declared over it.
     pub fn start_tunnel(&mut self) -> Result<&Tunnel> {
         let tunnel = match self.wireguard() {
             Ok(t) => t,
@@ -412,44 +389,92 @@ impl Topology {
             }
             Err(e) => return Err(e),
         };
-        let dev = tunnel.iface();
-        // The same MTU whether WireGuard or its stand-in carries the tunnel.
-        netlink::set_mtu(&self.relay, dev, TUNNEL_MTU)?;
-        netlink::set_mtu(&self.client, dev, TUNNEL_MTU)?;
-        for f in &self.families {
-            let a = addrs(*f);
-            let p = a.tunnel_net.prefix;
-            netlink::add_address(&self.relay, dev, a.tunnel_relay, p)?;
-            netlink::add_address(&self.client, dev, a.tunnel_client, p)?;
+        let ends: Vec<(&Arc<Netns>, &spec::WgSpec)> = [spec::CLIENT, spec::RELAY]
+            .iter()
+            .filter_map(|n| Some((self.ns(n).ok()?, self.spec.wg_in(n)?)))
+            .collect();
+        for (ns, w) in &ends {
+            let dev = tunnel.iface(&ns.name);
+            // The same MTU whether WireGuard or its stand-in carries the tunnel.
+            netlink::set_mtu(ns, &dev, w.mtu.unwrap_or(DEFAULT_TUNNEL_MTU))?;
+            for a in w
+                .addresses
+                .iter()
+                .filter(|a| self.families.contains(&a.family()))
+            {
+                netlink::add_address(ns, &dev, a.addr, a.prefix)?;
+            }
+            netlink::link_up(ns, &dev)?;
         }
-        netlink::link_up(&self.relay, dev)?;
-        netlink::link_up(&self.client, dev)?;
-        for f in &self.families {
-            let a = addrs(*f);
-            wait_usable(&self.relay, a.tunnel_relay)?;
-            wait_usable(&self.client, a.tunnel_client)?;
+        for (ns, w) in &ends {
+            for a in w
+                .addresses
+                .iter()
+                .filter(|a| self.families.contains(&a.family()))
+            {
+                wait_usable(ns, a.addr)?;
+            }
         }
-        for f in &self.families {
-            let a = addrs(*f);
-            // WireGuard is point to point; a veth needs the relay as gateway.
-            let via = matches!(tunnel, Tunnel::StandIn { .. }).then_some(a.tunnel_relay);
-            netlink::add_route(&self.client, a.internet_net, dev, via)?;
+        for r in self.spec.routes.iter().filter(|r| {
+            r.dev
+                .as_ref()
+                .is_some_and(|d| self.spec.is_tunnel(&r.ns, d))
+        }) {
+            let ns = self.ns(&r.ns)?;
+            // WireGuard is point to point; a veth needs the far end as gateway.
+            let far = match &tunnel {
+                Tunnel::StandIn { .. } => {
+                    let other = if r.ns == spec::CLIENT {
+                        spec::RELAY
+                    } else {
+                        spec::CLIENT
+                    };
+                    self.spec.wg_in(other).map(|w| w.addresses.clone())
+                }
+                Tunnel::WireGuard { .. } => None,
+            };
+            add_route(
+                ns,
+                r,
+                Some(&tunnel.iface(&r.ns)),
+                far.as_deref(),
+                &self.families,
+            )?;
         }
         Ok(self.tunnel.insert(tunnel))
     }
 
     fn wireguard(&self) -> Result<Tunnel> {
-        let relay = WgInterface::create(self.relay.clone(), WG_IF, Some(self.listen_port))?;
-        let client = WgInterface::create(self.client.clone(), WG_IF, Some(CLIENT_FIRST_PORT))?;
-        let allowed: Vec<(IpAddr, u8)> = self
-            .families
-            .iter()
-            .map(|f| {
-                let a = addrs(*f).tunnel_client;
-                (a, if a.is_ipv6() { 128 } else { 32 })
-            })
-            .collect();
-        relay.set_only_peer(&client.public_key(), None, &allowed, None)?;
+        let (Some(relay_spec), Some(client_spec)) =
+            (self.spec.wg_in(spec::RELAY), self.spec.wg_in(spec::CLIENT))
+        else {
+            bail!("the topology has no WireGuard interface in the client or the relay");
+        };
+        let relay = WgInterface::create(
+            self.relay.clone(),
+            &relay_spec.at.iface,
+            Some(self.listen_port),
+        )?;
+        let client = WgInterface::create(
+            self.client.clone(),
+            &client_spec.at.iface,
+            Some(CLIENT_FIRST_PORT),
+        )?;
+        let declared = relay_spec.peers.first().and_then(|p| p.allowed_ips.clone());
+        let allowed: Vec<(IpAddr, u8)> = match declared {
+            Some(nets) => nets.iter().map(|n| (n.addr, n.prefix)).collect(),
+            None => client_spec
+                .addresses
+                .iter()
+                .filter(|a| self.families.contains(&a.family()))
+                .map(|a| {
+                    let h = IpNet::host(a.addr);
+                    (h.addr, h.prefix)
+                })
+                .collect(),
+        };
+        let keepalive = relay_spec.peers.first().and_then(|p| p.keepalive);
+        relay.set_only_peer(&client.public_key(), None, &allowed, None, keepalive)?;
         Ok(Tunnel::WireGuard { client, relay })
     }
 
@@ -462,18 +487,24 @@ impl Topology {
         }
     }
 
-    /// (namespace, interface) pairs worth capturing on.
-    pub fn interfaces(&self) -> Vec<(&Netns, &'static str)> {
-        let mut v: Vec<(&Netns, &'static str)> = vec![(&self.client, "eth0")];
+    /// (namespace, interface) pairs worth capturing on: every link end, and
+    /// the tunnel's.
+    pub fn interfaces(&self) -> Vec<(&Netns, String)> {
+        let mut v: Vec<(&Netns, String)> = Vec::new();
+        let mut add = |ns: &str, iface: String| {
+            if let Ok(n) = self.ns(ns) {
+                v.push((&**n, iface));
+            }
+        };
         if let Some(t) = &self.tunnel {
-            v.push((&self.client, t.iface()));
-            v.push((&self.relay, t.iface()));
+            add(spec::CLIENT, t.iface(spec::CLIENT));
+            add(spec::RELAY, t.iface(spec::RELAY));
         }
-        v.extend([
-            (&*self.relay, RELAY_PUBLIC_IF),
-            (&*self.relay, RELAY_WAN_IF),
-            (&*self.internet, "eth0"),
-        ]);
+        for l in &self.spec.links {
+            for end in [&l.a, &l.b] {
+                add(&end.at.ns, end.at.iface.clone());
+            }
+        }
         v
     }
 
@@ -507,11 +538,13 @@ impl Topology {
         run_in(&self.relay, inv, stdin)
     }
 
-    /// Apply NAT with `backend`: Ok(Err(reason)) when the kernel does not support it.
+    /// Apply the scenario's NAT with `backend` in the relay and in every
+    /// router that has rules: Ok(Err(reason)) when the kernel does not
+    /// support the backend.
     pub fn apply_nat(
         &self,
         backend: &dyn NatBackend,
-        rules: &NatRules,
+        scenario: &Scenario,
     ) -> Result<std::result::Result<(), String>> {
         for tool in backend.tools() {
             if !std::path::Path::new(tool).exists() {
@@ -527,9 +560,16 @@ impl Topology {
                 backend.kind()
             )));
         }
-        for (inv, script) in backend.scripts(rules) {
-            self.relay_run(&inv, Some(&script))
-                .with_context(|| format!("applying the {} ruleset with {inv}", backend.kind()))?;
+        for name in scenario.nat_namespaces() {
+            let ns = self.ns(&name)?;
+            for (inv, script) in backend.scripts(&scenario.nat_rules(&name)) {
+                run_in(ns, &inv, Some(&script)).with_context(|| {
+                    format!(
+                        "applying the {} ruleset in {name} with {inv}",
+                        backend.kind()
+                    )
+                })?;
+            }
         }
         Ok(Ok(()))
     }
@@ -571,4 +611,27 @@ pub fn run_in(ns: &Netns, inv: &Invocation, stdin: Option<&str>) -> Result<Strin
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Add route `r` in `ns`, for the families set up: out of `dev` (if any),
+/// via its gateway, or, on a point-to-point stand-in, via the far end's
+/// address of the route's family.
+fn add_route(
+    ns: &Netns,
+    r: &spec::RouteSpec,
+    dev: Option<&str>,
+    far_end: Option<&[IpNet]>,
+    families: &[Family],
+) -> Result<()> {
+    let dest = TopologySpec::route_dest(r).map_err(anyhow::Error::msg)?;
+    if !families.contains(&dest.family()) {
+        return Ok(());
+    }
+    let via = r.via.or_else(|| {
+        far_end?
+            .iter()
+            .find(|a| a.family() == dest.family())
+            .map(|a| a.addr)
+    });
+    netlink::add_route(ns, dest, dev, via)
 }

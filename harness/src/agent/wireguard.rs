@@ -66,8 +66,12 @@ impl WgInterface {
         endpoint: Option<SocketAddr>,
         allowed: &[(IpAddr, u8)],
         listen_port: Option<u16>,
+        keepalive: Option<u16>,
     ) -> Result<()> {
         let mut builder = PeerConfigBuilder::new(peer);
+        if let Some(k) = keepalive {
+            builder = builder.set_persistent_keepalive_interval(k);
+        }
         if let Some(ep) = endpoint {
             builder = builder.set_endpoint(ep);
         }

@@ -122,6 +122,27 @@ fn render(rules: &NatRules) -> String {
         }
     }
     for m in &rules.masquerade {
+        if let Some(to) = m.to {
+            let with_port = match to {
+                std::net::IpAddr::V4(a) => a.to_string(),
+                std::net::IpAddr::V6(a) => format!("[{a}]"),
+            };
+            if let Some(ports) = m.ports {
+                for proto in ["tcp", "udp"] {
+                    let _ = writeln!(
+                        s,
+                        "-A {POST_CHAIN} -s {} -o {} -p {proto} -j SNAT --to-source {with_port}:{ports}",
+                        m.source, m.out_iface
+                    );
+                }
+            }
+            let _ = writeln!(
+                s,
+                "-A {POST_CHAIN} -s {} -o {} -j SNAT --to-source {to}",
+                m.source, m.out_iface
+            );
+            continue;
+        }
         if let Some(ports) = m.ports {
             for proto in ["tcp", "udp"] {
                 let _ = writeln!(
@@ -163,6 +184,30 @@ mod tests {
                 "-A NATVET-POSTROUTING -s 10.99.0.0/24 -o wan -p udp -j MASQUERADE --to-ports 40000-40007",
                 "-A NATVET-POSTROUTING -s 10.99.0.0/24 -o wan -j MASQUERADE",
             ]
+        );
+    }
+
+    #[test]
+    fn snat_names_its_address() {
+        let mut rules = super::super::dual_stack_rules();
+        rules.masquerade[0].to = Some("198.51.100.1".parse().unwrap());
+        rules.masquerade[1].to = Some("2001:db8:2::1".parse().unwrap());
+        rules.masquerade[1].ports = Some("40000-40007".parse().unwrap());
+        let v4 = Iptables::Legacy.render(&rules.of(Family::Ipv4));
+        assert!(
+            v4.contains(
+                "-A NATVET-POSTROUTING -s 10.99.0.0/24 -o wan -j SNAT --to-source 198.51.100.1\n"
+            ),
+            "{v4}"
+        );
+        let v6 = Iptables::Legacy.render(&rules.of(Family::Ipv6));
+        assert!(
+            v6.contains("-p udp -j SNAT --to-source [2001:db8:2::1]:40000-40007\n"),
+            "{v6}"
+        );
+        assert!(
+            v6.contains("-o wan -j SNAT --to-source 2001:db8:2::1\n"),
+            "{v6}"
         );
     }
 

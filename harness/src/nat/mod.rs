@@ -87,6 +87,121 @@ impl IpNet {
     }
 }
 
+impl IpNet {
+    /// The network itself: host bits cleared ("192.0.2.1/24" -> "192.0.2.0/24").
+    pub fn network(&self) -> IpNet {
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32u32.saturating_sub(u32::from(self.prefix)))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128u32.saturating_sub(u32::from(self.prefix)))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        IpNet {
+            addr,
+            prefix: self.prefix,
+        }
+    }
+
+    /// Whether `addr` lies in this network.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4()
+            && IpNet {
+                addr,
+                prefix: self.prefix,
+            }
+            .network()
+                == self.network()
+    }
+
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &IpNet) -> bool {
+        let shorter = self.prefix.min(other.prefix);
+        self.addr.is_ipv4() == other.addr.is_ipv4()
+            && IpNet {
+                addr: self.addr,
+                prefix: shorter,
+            }
+            .network()
+                == IpNet {
+                    addr: other.addr,
+                    prefix: shorter,
+                }
+                .network()
+    }
+
+    /// The whole address space of a family ("0.0.0.0/0", "::/0").
+    pub fn any(f: Family) -> IpNet {
+        match f {
+            Family::Ipv4 => IpNet {
+                addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                prefix: 0,
+            },
+            Family::Ipv6 => IpNet {
+                addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                prefix: 0,
+            },
+        }
+    }
+
+    /// The address alone, as a network of one.
+    pub fn host(addr: IpAddr) -> IpNet {
+        IpNet {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    /// "192.0.2.1/24", "2001:db8::1/64", or an address alone (a host).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("'{s}' is not an address with prefix: expected e.g. \"192.0.2.1/24\" or \"2001:db8::1/64\"")
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| {
+                    format!("'{s}': the prefix length must be a number from 0 to {max}")
+                })?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -101,6 +216,8 @@ pub struct Masquerade {
     pub source: IpNet,
     pub out_iface: String,
     pub ports: Option<PortRange>,
+    /// SNAT to this address instead of the interface's.
+    pub to: Option<IpAddr>,
 }
 
 /// Deliver UDP of `family` arriving on `in_iface` for any of `ports` to local port `to_port`.
@@ -230,6 +347,7 @@ pub(crate) fn sample_rules() -> NatRules {
             },
             out_iface: "wan".into(),
             ports: None,
+            to: None,
         }],
         redirect_udp: vec![Redirect {
             family: Family::Ipv4,
@@ -251,6 +369,7 @@ pub(crate) fn dual_stack_rules() -> NatRules {
         },
         out_iface: "wan".into(),
         ports: None,
+        to: None,
     });
     let mut r6 = rules.redirect_udp[0].clone();
     r6.family = Family::Ipv6;

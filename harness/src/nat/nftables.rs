@@ -84,6 +84,25 @@ fn render_table(family: Family, rules: &NatRules) -> String {
         "\t\ttype nat hook postrouting priority srcnat; policy accept;"
     );
     for m in &rules.masquerade {
+        if let Some(to) = m.to {
+            let with_port = match to {
+                std::net::IpAddr::V4(a) => a.to_string(),
+                std::net::IpAddr::V6(a) => format!("[{a}]"),
+            };
+            if let Some(ports) = m.ports {
+                let _ = writeln!(
+                    s,
+                    "\t\toifname \"{}\" {addr} saddr {} meta l4proto {{ tcp, udp }} counter snat to {with_port}:{ports}",
+                    m.out_iface, m.source
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\t\toifname \"{}\" {addr} saddr {} counter snat to {to}",
+                m.out_iface, m.source
+            );
+            continue;
+        }
         if let Some(ports) = m.ports {
             let _ = writeln!(
                 s,
@@ -123,6 +142,25 @@ mod tests {
                 "\t\toifname \"wan\" ip saddr 10.99.0.0/24 meta l4proto { tcp, udp } counter masquerade to :40000-40007",
                 "\t\toifname \"wan\" ip saddr 10.99.0.0/24 counter masquerade",
             ]
+        );
+    }
+
+    #[test]
+    fn snat_names_its_address() {
+        let mut rules = super::super::dual_stack_rules();
+        rules.masquerade[0].to = Some("198.51.100.1".parse().unwrap());
+        rules.masquerade[1].to = Some("2001:db8:2::1".parse().unwrap());
+        rules.masquerade[1].ports = Some("40000-40007".parse().unwrap());
+        let text = Nftables.render(&rules);
+        assert!(
+            text.contains("oifname \"wan\" ip saddr 10.99.0.0/24 counter snat to 198.51.100.1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "meta l4proto { tcp, udp } counter snat to [2001:db8:2::1]:40000-40007\n"
+            ),
+            "{text}"
         );
     }
 

@@ -6,24 +6,35 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::nat::BackendKind;
+use crate::nat::{BackendKind, IpNet};
+
+pub mod topology;
+
+pub use topology::{Addrs, TopologySpec};
 
 /// The scenarios that ship with natvet, embedded so the binary works anywhere.
 pub const SHIPPED: &[(&str, &str)] = &[
     (
         "extended-ports",
-        include_str!("../../scenarios/extended-ports.toml"),
+        include_str!("../../../scenarios/extended-ports.toml"),
     ),
     (
         "port-exhaustion",
-        include_str!("../../scenarios/port-exhaustion.toml"),
+        include_str!("../../../scenarios/port-exhaustion.toml"),
     ),
     (
         "ruleset-reload",
-        include_str!("../../scenarios/ruleset-reload.toml"),
+        include_str!("../../../scenarios/ruleset-reload.toml"),
     ),
-    ("flowtable", include_str!("../../scenarios/flowtable.toml")),
-    ("pmtu", include_str!("../../scenarios/pmtu.toml")),
+    (
+        "flowtable",
+        include_str!("../../../scenarios/flowtable.toml"),
+    ),
+    ("pmtu", include_str!("../../../scenarios/pmtu.toml")),
+    (
+        "behind-nat",
+        include_str!("../../../scenarios/behind-nat.toml"),
+    ),
 ];
 
 /// A scenario as the user wrote it.
@@ -38,6 +49,14 @@ pub struct Scenario {
     #[serde(default = "default_backends")]
     pub backends: Vec<BackendKind>,
     pub relay: RelayConfig,
+    /// The network: namespaces, links, routes, sysctls and the tunnel.
+    /// Default: client ---- relay ---- internet (`natvet scenarios show`).
+    #[serde(default)]
+    pub topology: TopologySpec,
+    /// NAT beyond the relay's own shorthand (`relay.masquerade`,
+    /// `relay.redirect_udp`): in any namespace, rendered by the backend under test.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat: Vec<NatSpec>,
     /// The checks, in the order they run.
     #[serde(rename = "check")]
     pub checks: Vec<CheckSpec>,
@@ -76,6 +95,53 @@ pub struct RelayConfig {
     /// forwarded and the relay must say so with ICMP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wan_mtu: Option<u32>,
+    /// The relay's interface toward clients (redirects apply there).
+    #[serde(default = "default_public")]
+    pub public_interface: String,
+    /// The relay's interface toward the internet (masquerade applies there).
+    #[serde(default = "default_wan")]
+    pub wan_interface: String,
+}
+
+fn default_public() -> String {
+    "public".into()
+}
+fn default_wan() -> String {
+    "wan".into()
+}
+
+/// A NAT rule in backend-neutral form, for one namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum NatSpec {
+    /// Traffic from `source` leaving by `out` takes that interface's address.
+    Masquerade {
+        #[serde(rename = "in")]
+        ns: String,
+        out: String,
+        source: IpNet,
+        /// Translated TCP/UDP source ports come from this range only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ports: Option<PortRange>,
+    },
+    /// Traffic from `source` leaving by `out` takes the address `to`.
+    Snat {
+        #[serde(rename = "in")]
+        ns: String,
+        out: String,
+        source: IpNet,
+        to: std::net::IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ports: Option<PortRange>,
+    },
+}
+
+impl NatSpec {
+    pub fn namespace(&self) -> &str {
+        match self {
+            NatSpec::Masquerade { ns, .. } | NatSpec::Snat { ns, .. } => ns,
+        }
+    }
 }
 
 fn default_families() -> Vec<Family> {
@@ -177,6 +243,19 @@ pub enum CheckSpec {
         #[serde(default = "yes")]
         atomic: bool,
     },
+    /// After the client has sent nothing for `idle` seconds (longer than
+    /// the UDP timeout of a NAT in front of it), a datagram from the relay
+    /// through the tunnel still reaches the client: the client's persistent
+    /// keepalive held the NAT's mapping open.
+    Keepalive {
+        #[serde(default = "default_idle")]
+        idle: u32,
+    },
+    /// Interface `at`, whose address the relay sees as the client's (the
+    /// client's own, or its NAT's outside), moves to the address in `to` of
+    /// the family under test: traffic from the client crosses tunnel and NAT
+    /// again, the relay's peer endpoint follows, and the reply returns.
+    Roaming { at: topology::IfRef, to: Vec<IpNet> },
     PortExhaustion {
         #[serde(default = "default_flows_beyond")]
         beyond: u32,
@@ -190,6 +269,9 @@ fn default_flows() -> u32 {
     200
 }
 fn default_flows_beyond() -> u32 {
+    4
+}
+fn default_idle() -> u32 {
     4
 }
 fn default_reloads() -> u32 {
@@ -247,6 +329,8 @@ impl CheckSpec {
             CheckSpec::PortExhaustion { .. } => vec!["port-exhaustion".into()],
             CheckSpec::ReloadUnderTraffic { .. } => vec!["reload-under-traffic".into()],
             CheckSpec::FlowtableOffload => vec!["flowtable/offload".into()],
+            CheckSpec::Keepalive { idle } => vec![format!("keepalive/idle-{idle}s")],
+            CheckSpec::Roaming { at, .. } => vec![format!("roaming/{at}")],
             CheckSpec::TunnelMtu { icmp_mtu: None } => vec!["tunnel-mtu/full-size".into()],
             CheckSpec::TunnelMtu { icmp_mtu: Some(m) } => vec![format!("tunnel-mtu/icmp-{m}")],
         }
@@ -372,6 +456,51 @@ pub enum ScenarioError {
     Invalid { origin: String, message: String },
 }
 
+/// The line a validation message is most likely about: of the names,
+/// addresses and references the message quotes, the one written on the
+/// fewest lines of the text (the first such on a tie), and the last line
+/// that holds it. None when the message names nothing written there (a
+/// default, for example).
+fn locate(text: &str, message: &str) -> Option<usize> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once('#').map_or(l, |(code, _)| code))
+        .collect();
+    let holds = |line: &str, token: &str| {
+        line.match_indices(token).any(|(i, _)| {
+            let before = line[..i].chars().next_back();
+            let after = line[i + token.len()..].chars().next();
+            let part = |c: Option<char>| {
+                c.is_some_and(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c))
+            };
+            !part(before) && !part(after)
+        })
+    };
+    message
+        .split(|c: char| c.is_whitespace() || "'\"`,;()[]".contains(c))
+        .map(|t| t.trim_end_matches(['.', ':']))
+        .filter(|t| t.len() >= 3)
+        .filter_map(|token| {
+            // A plain word counts only where the text quotes it ("home").
+            let special = token
+                .chars()
+                .any(|c| c.is_ascii_digit() || ":./-_".contains(c));
+            let quoted = format!("\"{token}\"");
+            let hits: Vec<usize> = (0..lines.len())
+                .filter(|i| {
+                    if special {
+                        holds(lines[*i], token)
+                    } else {
+                        lines[*i].contains(&quoted)
+                    }
+                })
+                .collect();
+            Some((hits.len(), *hits.last()? + 1))
+        })
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, line)| line)
+}
+
 impl Scenario {
     /// A shipped scenario by name, or a file by path (anything with '/' or ending in .toml).
     pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
@@ -406,7 +535,10 @@ impl Scenario {
             .validate()
             .map_err(|message| ScenarioError::Invalid {
                 origin: origin.to_string(),
-                message,
+                message: match locate(text, &message) {
+                    Some(line) => format!("line {line}: {message}"),
+                    None => message,
+                },
             })?;
         Ok(scenario)
     }
@@ -461,6 +593,40 @@ impl Scenario {
                 self.relay.families[0]
             ));
         }
+        let relay = &self.relay;
+        self.topology
+            .validate(
+                &relay.families,
+                &relay.public_interface,
+                &relay.wan_interface,
+            )
+            .map_err(|e| format!("topology: {e}"))?;
+        for n in &self.nat {
+            let ns = n.namespace();
+            let (NatSpec::Masquerade { out, source, .. } | NatSpec::Snat { out, source, .. }) = n;
+            if !self.topology.namespace_names().contains(&ns) {
+                return Err(format!(
+                    "a [[nat]] rule is in namespace '{ns}', which the topology does not define; defined: {}",
+                    self.topology.namespace_names().join(", ")
+                ));
+            }
+            let at = topology::IfRef {
+                ns: ns.to_string(),
+                iface: out.clone(),
+            };
+            if !self.topology.interfaces().iter().any(|(r, _, _)| **r == at) {
+                return Err(format!(
+                    "a [[nat]] rule in {ns} goes out by {out}, which is not an interface of {ns}"
+                ));
+            }
+            if let NatSpec::Snat { to, .. } = n {
+                if to.is_ipv4() != source.addr.is_ipv4() {
+                    return Err(format!(
+                        "a [[nat]] snat rule in {ns} translates {source} to {to}, an address of the other family"
+                    ));
+                }
+            }
+        }
         let exhausts = self
             .checks
             .iter()
@@ -494,6 +660,7 @@ impl Scenario {
                 CheckSpec::Transfer { bytes } => *bytes == 0,
                 CheckSpec::ManyFlows { flows } => *flows == 0,
                 CheckSpec::ReloadUnderTraffic { reloads, .. } => *reloads == 0,
+                CheckSpec::Keepalive { idle } => !(1..=120).contains(idle),
                 _ => false,
             };
             if empty {
@@ -508,10 +675,54 @@ impl Scenario {
                     return Err("port 0 cannot carry UDP: use ports 1-65535".into());
                 }
             }
+            if let CheckSpec::Roaming { at, to } = check {
+                self.validate_roaming(at, to)?;
+            }
             for name in check.result_names() {
                 if !names.insert(name.clone()) {
                     return Err(format!("check '{name}' appears twice"));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_roaming(&self, at: &topology::IfRef, to: &[IpNet]) -> Result<(), String> {
+        let t = &self.topology;
+        let veth = t
+            .interfaces()
+            .iter()
+            .any(|(r, k, _)| *r == at && *k == topology::IfKind::Veth);
+        if !veth {
+            return Err(format!(
+                "check roaming: {at} is not a link end of the topology (write NAMESPACE:INTERFACE of a [[topology.link]] end)"
+            ));
+        }
+        for f in &self.relay.families {
+            let Some(old) = t.address(at, *f) else {
+                return Err(format!(
+                    "check roaming: {at} has no {f} address to move away from"
+                ));
+            };
+            let Some(new) = to.iter().find(|n| n.family() == *f) else {
+                return Err(format!(
+                    "check roaming: `to` has no {f} address for {at} to move to (it runs over {f})"
+                ));
+            };
+            if new.addr == old.addr || !old.contains(new.addr) || new.prefix != old.prefix {
+                return Err(format!(
+                    "check roaming: {at} moves from {old} to {new}: give a different address in the same subnet, with the same prefix, so that its link still reaches the relay"
+                ));
+            }
+            if let Some((r, _, _)) = t
+                .interfaces()
+                .into_iter()
+                .find(|(_, _, a)| a.iter().any(|a| a.addr == new.addr))
+            {
+                return Err(format!(
+                    "check roaming: {} is already the address of {r}",
+                    new.addr
+                ));
             }
         }
         Ok(())
@@ -536,6 +747,79 @@ impl Scenario {
             }
         }
         out
+    }
+
+    /// The namespaces that get NAT rules: the relay first, then routers.
+    pub fn nat_namespaces(&self) -> Vec<String> {
+        let mut out = vec![topology::RELAY.to_string()];
+        for n in &self.nat {
+            if !out.iter().any(|o| o == n.namespace()) {
+                out.push(n.namespace().to_string());
+            }
+        }
+        out
+    }
+
+    /// The neutral NAT rules of namespace `ns`, for the scenario's families:
+    /// for the relay, its shorthand (`relay.masquerade`, `relay.redirect_udp`)
+    /// and then its `[[nat]]` rules.
+    pub fn nat_rules(&self, ns: &str) -> crate::nat::NatRules {
+        use crate::nat::{Masquerade, NatRules, Redirect};
+        let relay = &self.relay;
+        let mut rules = NatRules {
+            families: relay.families.clone(),
+            ..NatRules::default()
+        };
+        if ns == topology::RELAY {
+            for f in &relay.families {
+                let Ok(a) = self.addrs(*f) else { continue };
+                if relay.masquerade {
+                    rules.masquerade.push(Masquerade {
+                        source: a.tunnel_net,
+                        out_iface: relay.wan_interface.clone(),
+                        ports: relay.masquerade_ports,
+                        to: None,
+                    });
+                }
+                if !relay.redirect_udp.is_empty() {
+                    rules.redirect_udp.push(Redirect {
+                        family: *f,
+                        in_iface: relay.public_interface.clone(),
+                        ports: relay.redirect_udp.clone(),
+                        to_port: relay.listen_port,
+                    });
+                }
+            }
+        }
+        for n in self.nat.iter().filter(|n| n.namespace() == ns) {
+            let (out, source, ports, to) = match n {
+                NatSpec::Masquerade {
+                    out, source, ports, ..
+                } => (out, source, ports, None),
+                NatSpec::Snat {
+                    out,
+                    source,
+                    ports,
+                    to,
+                    ..
+                } => (out, source, ports, Some(*to)),
+            };
+            if relay.families.contains(&source.family()) {
+                rules.masquerade.push(Masquerade {
+                    source: source.network(),
+                    out_iface: out.clone(),
+                    ports: *ports,
+                    to,
+                });
+            }
+        }
+        rules
+    }
+
+    /// The addresses of family `f` by role (valid for a validated scenario).
+    pub fn addrs(&self, f: Family) -> Result<Addrs, String> {
+        self.topology
+            .addrs(f, &self.relay.public_interface, &self.relay.wan_interface)
     }
 
     /// All result names, in run order.
@@ -608,6 +892,47 @@ mod tests {
             "{err}"
         );
 
+        // Topology mistakes name the line they are on.
+        let behind = SHIPPED
+            .iter()
+            .find(|(n, _)| *n == "behind-nat")
+            .map(|(_, t)| *t)
+            .unwrap();
+        let line_of = |text: &str, needle: &str| {
+            text.lines()
+                .collect::<Vec<_>>()
+                .iter()
+                .rposition(|l| l.contains(needle))
+                .unwrap()
+                + 1
+        };
+        for (from, to, says) in [
+            (
+                "peer = \"relay:wg0\"",
+                "peer = \"relay:wg1\"",
+                "names peer relay:wg1, which no",
+            ),
+            (
+                "at = \"client:eth0\"",
+                "at = \"clinet:eth0\"",
+                "namespace 'clinet', which is not defined",
+            ),
+            (
+                "\"198.51.100.2/24\"",
+                "\"198.51.100.1/24\"",
+                "address 198.51.100.1 of internet:eth0 is already relay:wan's",
+            ),
+            ("out = \"up\"", "out = \"uplink\"", "goes out by uplink"),
+        ] {
+            let text = behind.replacen(from, to, 1);
+            let msg = Scenario::parse(&text, "b.toml").unwrap_err().to_string();
+            let line = line_of(&text, to);
+            assert!(
+                msg.contains(&format!("line {line}:")) && msg.contains(says),
+                "{msg}"
+            );
+        }
+
         let err = Scenario::load("no-such-scenario").unwrap_err();
         assert!(err.to_string().contains("extended-ports"), "{err}");
     }
@@ -620,7 +945,7 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    const SHIPPED_TEXT: &str = include_str!("../../scenarios/extended-ports.toml");
+    const SHIPPED_TEXT: &str = include_str!("../../../scenarios/extended-ports.toml");
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
