@@ -894,9 +894,33 @@ fn main() {
                     to: "192.0.2.3/32".into(),
                     via: "192.0.2.99".parse().ok(),
                     dev: None,
+                    table: None,
                 })
             },
             &["roaming/home:up"],
+            false,
+        )
+    }));
+    const THROUGH_TUNNEL: &[&str] = &[
+        "forward/tcp",
+        "forward/udp",
+        "forward/icmp",
+        "transfer/1MiB",
+        "conntrack/masquerade",
+    ];
+    trials.push(Trial::test("control::policy-routing-no-fwmark", || {
+        control_fails(
+            "policy-routing",
+            "policy-routing-no-fwmark",
+            // WireGuard's own packets are routed into the tunnel (a loop
+            // WireGuard refuses), so no handshake completes and nothing is
+            // forwarded.
+            |s| {
+                for w in &mut s.topology.wireguard {
+                    w.fwmark = None;
+                }
+            },
+            &[THROUGH_TUNNEL, &["handshake/51820", "handshake/53"]].concat(),
             false,
         )
     }));

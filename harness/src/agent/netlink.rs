@@ -9,6 +9,9 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::netns::Netns;
 use crate::nat::IpNet;
+use crate::scenario::topology::{RuleSpec, MAIN_TABLE};
+use crate::scenario::Family;
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
 
 async fn connect() -> Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
@@ -93,6 +96,7 @@ pub fn add_route(
     dest: IpNet,
     link: Option<&str>,
     gateway: Option<IpAddr>,
+    table: Option<u32>,
 ) -> Result<()> {
     ns.block_on(|| async {
         let handle = connect().await?;
@@ -102,8 +106,9 @@ pub fn add_route(
         };
         let message = match (dest.addr, gateway) {
             (IpAddr::V4(d), gw) => {
-                let mut r =
-                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d, dest.prefix);
+                let mut r = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d, dest.prefix)
+                    .table_id(table.unwrap_or(MAIN_TABLE));
                 if let Some(i) = index {
                     r = r.output_interface(i);
                 }
@@ -113,8 +118,9 @@ pub fn add_route(
                 r.build()
             }
             (IpAddr::V6(d), gw) => {
-                let mut r =
-                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d, dest.prefix);
+                let mut r = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d, dest.prefix)
+                    .table_id(table.unwrap_or(MAIN_TABLE));
                 if let Some(i) = index {
                     r = r.output_interface(i);
                 }
@@ -126,12 +132,52 @@ pub fn add_route(
         };
         let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
         let dev = link.map(|l| format!(" dev {l}")).unwrap_or_default();
+        let dev = match table {
+            Some(t) => format!("{dev} table {t}"),
+            None => dev,
+        };
         handle
             .route()
             .add(message)
             .execute()
             .await
             .with_context(|| format!("adding route {dest}{via}{dev} in {}", ns.name))
+    })
+}
+
+/// Add a policy routing rule.
+pub fn add_rule(ns: &Netns, rule: &RuleSpec) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let req = handle
+            .rule()
+            .add()
+            .table_id(rule.table.0)
+            .action(RuleAction::ToTable);
+        let req = match rule.priority {
+            Some(p) => req.priority(p),
+            None => req,
+        };
+        let req = match rule.fwmark.or(rule.not_fwmark) {
+            Some(m) => req.fw_mark(m),
+            None => req,
+        };
+        let what = rule.describe();
+        let mut message = match rule.family {
+            Family::Ipv4 => req.v4().message_mut().clone(),
+            Family::Ipv6 => req.v6().message_mut().clone(),
+        };
+        if rule.not_fwmark.is_some() {
+            message.header.flags |= RuleFlags::Invert;
+        }
+        if let Some(p) = rule.suppress_prefixlength {
+            message.attributes.push(RuleAttribute::SuppressPrefixLen(p));
+        }
+        let mut add = handle.rule().add();
+        *add.message_mut() = message;
+        add.execute()
+            .await
+            .with_context(|| format!("adding rule {what} in {}", ns.name))
     })
 }
 

@@ -214,6 +214,9 @@ impl Topology {
         {
             add_route(&*ns(&r.ns)?, r, r.dev.as_deref(), None, &families)?;
         }
+        for r in spec.rules.iter().filter(|r| families.contains(&r.family)) {
+            netlink::add_rule(&*ns(&r.ns)?, r)?;
+        }
         for (at, kind, addrs) in spec.interfaces() {
             if kind == IfKind::Veth {
                 for a in addrs.iter().filter(|a| families.contains(&a.family())) {
@@ -454,11 +457,13 @@ impl Topology {
             self.relay.clone(),
             &relay_spec.at.iface,
             Some(self.listen_port),
+            relay_spec.fwmark,
         )?;
         let client = WgInterface::create(
             self.client.clone(),
             &client_spec.at.iface,
             Some(CLIENT_FIRST_PORT),
+            client_spec.fwmark,
         )?;
         let declared = relay_spec.peers.first().and_then(|p| p.allowed_ips.clone());
         let allowed: Vec<(IpAddr, u8)> = match declared {
@@ -633,5 +638,5 @@ fn add_route(
             .find(|a| a.family() == dest.family())
             .map(|a| a.addr)
     });
-    netlink::add_route(ns, dest, dev, via)
+    netlink::add_route(ns, dest, dev, via, r.table.map(|t| t.0))
 }

@@ -35,10 +35,18 @@ pub struct PeerState {
 
 impl WgInterface {
     /// Create the link (via netlink; the kernel loads the module on demand) with fresh keys.
-    pub fn create(ns: Arc<Netns>, name: &str, listen_port: Option<u16>) -> Result<WgInterface> {
+    pub fn create(
+        ns: Arc<Netns>,
+        name: &str,
+        listen_port: Option<u16>,
+        fwmark: Option<u32>,
+    ) -> Result<WgInterface> {
         let keys = KeyPair::generate();
         let ifname = iface(name)?;
         let mut update = DeviceUpdate::new().set_keypair(keys.clone());
+        if let Some(mark) = fwmark {
+            update = update.set_fwmark(mark);
+        }
         if let Some(port) = listen_port {
             update = update.set_listen_port(port);
         }

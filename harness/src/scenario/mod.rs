@@ -35,6 +35,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "behind-nat",
         include_str!("../../../scenarios/behind-nat.toml"),
     ),
+    (
+        "policy-routing",
+        include_str!("../../../scenarios/policy-routing.toml"),
+    ),
 ];
 
 /// A scenario as the user wrote it.

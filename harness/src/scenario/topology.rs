@@ -82,6 +82,97 @@ pub struct TopologySpec {
     pub routes: Vec<RouteSpec>,
     #[serde(rename = "wireguard", default)]
     pub wireguard: Vec<WgSpec>,
+    /// Policy routing rules (`ip rule`), as wg-quick sets them up.
+    #[serde(rename = "rule", default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// A policy routing rule in one namespace: packets (not) carrying `fwmark`
+/// look up `table`; `suppress_prefixlength` ignores that table's routes
+/// with a prefix this short or shorter (0: its default route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(rename = "in")]
+    pub ns: String,
+    pub family: Family,
+    /// A table number, or "main".
+    pub table: TableRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<u32>,
+    /// Match packets that do not carry this mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_fwmark: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress_prefixlength: Option<u32>,
+    /// Default: the kernel's (just before the last rule added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+}
+
+impl RuleSpec {
+    /// As `ip rule` prints it.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{}", self.family);
+        if let Some(p) = self.priority {
+            s.push_str(&format!(" pref {p}"));
+        }
+        if let Some(m) = self.fwmark {
+            s.push_str(&format!(" fwmark {m:#x}"));
+        }
+        if let Some(m) = self.not_fwmark {
+            s.push_str(&format!(" not fwmark {m:#x}"));
+        }
+        if self.table.0 == MAIN_TABLE {
+            s.push_str(" lookup main");
+        } else {
+            s.push_str(&format!(" lookup {}", self.table.0));
+        }
+        if let Some(p) = self.suppress_prefixlength {
+            s.push_str(&format!(" suppress_prefixlength {p}"));
+        }
+        s
+    }
+}
+
+/// A routing table: a number, or "main" (254).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRef(pub u32);
+
+pub const MAIN_TABLE: u32 = 254;
+
+impl Serialize for TableRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == MAIN_TABLE {
+            s.serialize_str("main")
+        } else {
+            s.serialize_u32(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TableRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) if t == "main" => Ok(TableRef(MAIN_TABLE)),
+            Raw::Num(n) if (1..=i64::from(u32::MAX)).contains(&n) && n != 255 => {
+                Ok(TableRef(n as u32))
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "table {}: write a table number from 1 to 4294967295 (not 255, the local table) or \"main\"",
+                match other {
+                    Raw::Num(n) => n.to_string(),
+                    Raw::Text(t) => format!("\"{t}\""),
+                }
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +244,9 @@ pub struct RouteSpec {
     /// Output interface (a link end or the WireGuard interface of the namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// Routing table; default main.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableRef>,
 }
 
 /// One end of the WireGuard tunnel. The relay listens on `relay.listen_port`;
@@ -165,6 +259,10 @@ pub struct WgSpec {
     /// Default 1420.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Mark WireGuard's own packets (wg-quick's FwMark), so that policy
+    /// routing can send them around the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<u32>,
     pub peers: Vec<PeerSpec>,
 }
 
@@ -592,6 +690,15 @@ impl TopologySpec {
                 }
             }
         }
+        for r in &self.rules {
+            defined(&r.ns, "a [[topology.rule]]")?;
+            if r.fwmark.is_some() && r.not_fwmark.is_some() {
+                return Err(format!(
+                    "rule in {} to table {}: give fwmark or not_fwmark, not both",
+                    r.ns, r.table.0
+                ));
+            }
+        }
         for f in families {
             self.addrs(*f, public, wan)?;
         }
@@ -662,15 +769,21 @@ impl TopologySpec {
                 continue;
             }
             out.push_str(&format!(
-                "  route       {} {}{}{}\n",
+                "  route       {} {}{}{}{}\n",
                 r.ns,
                 r.to,
                 r.via.map(|v| format!(" via {v}")).unwrap_or_default(),
                 r.dev
                     .as_ref()
                     .map(|d| format!(" dev {d}"))
+                    .unwrap_or_default(),
+                r.table
+                    .map(|t| format!(" table {}", t.0))
                     .unwrap_or_default()
             ));
+        }
+        for r in self.rules.iter().filter(|r| families.contains(&r.family)) {
+            out.push_str(&format!("  rule        {} {}\n", r.ns, r.describe()));
         }
         out
     }
