@@ -737,6 +737,8 @@ fn main() {
         "handshake/52000",
         "handshake/60000",
         "conntrack/redirect-4000",
+        "same-source-port/53",
+        "same-source-port/4000",
     ];
     const FORWARDED: &[&str] = &[
         "forward/tcp",
@@ -744,6 +746,7 @@ fn main() {
         "forward/icmp",
         "transfer/1MiB",
         "conntrack/masquerade",
+        "nat-clash/port-shadow",
         "icmp-error/port-unreachable",
         "many-flows/200",
         "conntrack/flush",
@@ -882,6 +885,25 @@ fn main() {
             false,
         )
     }));
+    trials.push(Trial::test(
+        "control::behind-nat-relay-udp-timeout-default",
+        || {
+            control_fails(
+                "behind-nat",
+                "behind-nat-relay-udp-timeout-default",
+                // With the default 30 s UDP timeout the idle entry stays.
+                |s| {
+                    for n in &mut s.topology.namespaces {
+                        if n.name == "relay" {
+                            n.sysctls.clear();
+                        }
+                    }
+                },
+                &["conntrack/expiry"],
+                false,
+            )
+        },
+    ));
     trials.push(Trial::test("control::behind-nat-no-way-back", || {
         control_fails(
             "behind-nat",

@@ -163,6 +163,30 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: true,
     },
     CheckInfo {
+        kind: "same-source-port",
+        results: "same-source-port/PORT",
+        behaviours: "2",
+        description: "two clients with the same source port, one to the listen port and one to the redirected PORT: both reach the listen port from their own source, and each reply returns to its sender from the port it sent to",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
+        kind: "port-shadow",
+        results: "nat-clash/port-shadow",
+        behaviours: "8",
+        description: "a relay process binds the port a masqueraded client flow was given and talks to the same server: each flow gets its own replies, neither gets the other's",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
+        kind: "conntrack-expiry",
+        results: "conntrack/expiry",
+        behaviours: "12",
+        description: "an idle masqueraded UDP flow's conntrack entry is gone within N s (the relay's UDP timeouts), and the same socket then works again",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
@@ -193,6 +217,9 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::KernelHealth => "kernel-health",
         CheckSpec::Keepalive { .. } => "keepalive",
         CheckSpec::Roaming { .. } => "roaming",
+        CheckSpec::SameSourcePort { .. } => "same-source-port",
+        CheckSpec::PortShadow => "port-shadow",
+        CheckSpec::ConntrackExpiry { .. } => "conntrack-expiry",
     }
 }
 
@@ -240,6 +267,9 @@ mod tests {
                 "conntrack-redirect" => "port = 53",
                 "forward" => "protocols = [\"udp\"]",
                 "roaming" => "at = \"client:eth0\"\nto = [\"192.0.2.3/24\"]",
+                "same-source-port" => {
+                    "ports = [53]\nat = \"client:eth0\"\nsecond = [\"192.0.2.3/24\"]"
+                }
                 _ => "",
             };
             let toml = format!(

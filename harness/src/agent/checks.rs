@@ -333,6 +333,15 @@ pub fn run_spec(
         CheckSpec::PortExhaustion { beyond, range } => {
             emit(ctx.run(scenario, &names[0], |c| port_exhaustion(c, *beyond, *range)))
         }
+        CheckSpec::SameSourcePort { ports, at, second } => {
+            for (port, name) in ports.iter().zip(&names) {
+                emit(ctx.run(scenario, name, |c| same_source_port(c, *port, at, second)));
+            }
+        }
+        CheckSpec::PortShadow => emit(ctx.run(scenario, &names[0], port_shadow)),
+        CheckSpec::ConntrackExpiry { within } => {
+            emit(ctx.run(scenario, &names[0], |c| conntrack_expiry(c, *within)))
+        }
         CheckSpec::Keepalive { idle } => {
             emit(ctx.run(scenario, &names[0], |c| keepalive(c, *idle)))
         }
@@ -1783,6 +1792,307 @@ fn roaming(
             "the relay's peer endpoint went from {} to {}; {}; {reply_text}{view}",
             endpoint(&before),
             endpoint(&after),
+            describe_seen(ctx.a(), &seen)
+        ),
+    ))
+}
+
+/// Receive on `sock` for up to `wait`, collecting what arrived.
+fn collect(sock: &UdpSocket, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut out = Vec::new();
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < wait {
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            out.push((buf[..n].to_vec(), from));
+        }
+    }
+    out
+}
+
+/// Behaviour 2: client A (the client's address) and client B (a second
+/// address on the same link) send from one source port at the same moment,
+/// A to the listen port and B to the redirected `port`.
+fn same_source_port(
+    ctx: &mut Context,
+    port: u16,
+    link: &crate::scenario::topology::IfRef,
+    second: &[IpNet],
+) -> Result<Verdict> {
+    let a = *ctx.a();
+    let f = ctx.family;
+    let listen = ctx.topo.listen_port;
+    let b_addr = *second
+        .iter()
+        .find(|n| n.family() == f)
+        .with_context(|| format!("same-source-port names no {f} address for the second client"))?;
+    let sport = ctx.topo.fresh_client_port();
+    let (to_a, to_b) = (at(a.relay_public, listen), at(a.relay_public, port));
+    let expected = format!(
+        "client A {} -> {to_a} and client B {} -> {to_b} both reach the relay's socket on :{listen} from distinct sources; A's reply comes from {to_a}, B's from {to_b}",
+        at(a.client_public, sport),
+        at(b_addr.addr, sport)
+    );
+    let ns = ctx.topo.ns(&link.ns)?.clone();
+    netlink::add_address(&ns, &link.iface, b_addr.addr, b_addr.prefix)?;
+    let result = (|| -> Result<Verdict> {
+        wait_usable(&ns, b_addr.addr)?;
+        let any = ctx.any();
+        let relay_sock = ctx.topo.relay.run(|| {
+            UdpSocket::bind(SocketAddr::new(any.ip(), listen)).with_context(|| {
+                format!("binding udp/{listen} on the relay (is something else listening there?)")
+            })
+        })?;
+        let (sock_a, sock_b) = ns.run(|| {
+            Ok((
+                UdpSocket::bind((a.client_public, sport)).context("binding client A")?,
+                UdpSocket::bind((b_addr.addr, sport)).context("binding client B")?,
+            ))
+        })?;
+        let (tag_a, tag_b) = (ctx.tag("client-a"), ctx.tag("client-b"));
+        relay_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let start = Instant::now();
+        let mut arrived: Vec<(String, SocketAddr)> = Vec::new();
+        let mut last_send: Option<Instant> = None;
+        let mut buf = [0u8; 256];
+        while start.elapsed() < EXCHANGE_TIMEOUT && arrived.len() < 2 {
+            // Resend now and then: the first datagrams may wait on ARP/ND.
+            if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if !arrived.iter().any(|(t, _)| *t == tag_a) {
+                    sock_a
+                        .send_to(tag_a.as_bytes(), to_a)
+                        .context("sending from A")?;
+                }
+                if !arrived.iter().any(|(t, _)| *t == tag_b) {
+                    sock_b
+                        .send_to(tag_b.as_bytes(), to_b)
+                        .context("sending from B")?;
+                }
+                last_send = Some(Instant::now());
+            }
+            if let Ok((n, from)) = relay_sock.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if (text == tag_a || text == tag_b) && !arrived.iter().any(|(t, _)| *t == text) {
+                    relay_sock
+                        .send_to(&buf[..n], from)
+                        .context("replying from the relay")?;
+                    arrived.push((text, from));
+                }
+            }
+        }
+        let got_a = collect(&sock_a, Duration::from_millis(300));
+        let got_b = collect(&sock_b, Duration::from_millis(300));
+        let from_of = |tag: &str| arrived.iter().find(|(t, _)| t == tag).map(|(_, f)| *f);
+        let (src_a, src_b) = (from_of(&tag_a), from_of(&tag_b));
+        let replied = |got: &[(Vec<u8>, SocketAddr)], tag: &str| {
+            got.iter()
+                .find(|(p, _)| p == tag.as_bytes())
+                .map(|(_, from)| *from)
+        };
+        let (reply_a, reply_b) = (replied(&got_a, &tag_a), replied(&got_b, &tag_b));
+        let crossed = got_a.iter().any(|(p, _)| p == tag_b.as_bytes())
+            || got_b.iter().any(|(p, _)| p == tag_a.as_bytes());
+        let show =
+            |s: Option<SocketAddr>| s.map(|s| s.to_string()).unwrap_or_else(|| "nothing".into());
+        let observed = format!(
+            "the relay's socket received A from {} and B from {}; A got its reply from {}, B from {}{}",
+            show(src_a),
+            show(src_b),
+            show(reply_a),
+            show(reply_b),
+            if crossed { "; a reply reached the wrong client" } else { "" }
+        );
+        let ok = src_a.is_some()
+            && src_b.is_some()
+            && src_a != src_b
+            && reply_a == Some(to_a)
+            && reply_b == Some(to_b)
+            && !crossed;
+        Ok(Verdict::judge(ok, expected.clone(), observed))
+    })();
+    netlink::del_address(&ns, &link.iface, b_addr.addr, b_addr.prefix)
+        .context("removing the second client's address")?;
+    result
+}
+
+/// Behaviour 8 (the deterministic form of a NAT clash, netfilter's "port
+/// shadowing" case): a client flow is masqueraded to relay_wan:P; then a
+/// socket on the relay itself binds relay_wan:P and talks to the same
+/// server. Their reply tuples would be the same; netfilter must give the
+/// second flow another port, and each side must get only its own replies.
+fn port_shadow(ctx: &mut Context) -> Result<Verdict> {
+    let a = *ctx.a();
+    let server = at(a.internet, probes::UDP_PORT);
+    let expected = format!(
+        "a client flow masqueraded to {}:P and a relay socket bound to {}:P, both talking to {server}: each gets its own replies, none of the other's",
+        host(a.relay_wan),
+        host(a.relay_wan)
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let client = ctx.topo.client.run(|| {
+        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
+    })?;
+    let first = ctx.tag("shadowed");
+    if let Err(e) = probes::udp_echo_on(&client, server, &first, EXCHANGE_TIMEOUT) {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("the client's flow did not work before the relay's socket existed: {e:#}"),
+        ));
+    }
+    let Some(seen) = seen_source(ctx, &first)? else {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("{server} recorded nothing from the client"),
+        ));
+    };
+    let Some(port) = seen.source_port else {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            "the server recorded no source port".to_string(),
+        ));
+    };
+    if seen.source != a.relay_wan {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!(
+                "the client's flow reached {server} from {} (not masqueraded)",
+                at(seen.source, port)
+            ),
+        ));
+    }
+    let relay = ctx.topo.relay.run(|| {
+        UdpSocket::bind((a.relay_wan, port))
+            .with_context(|| format!("binding {} on the relay", at(a.relay_wan, port)))
+    })?;
+    let (from_relay, from_client) = (ctx.tag("shadow"), ctx.tag("shadowed-again"));
+    let mut relay_got = Vec::new();
+    let mut client_got = Vec::new();
+    for _ in 0..3 {
+        relay
+            .send_to(from_relay.as_bytes(), server)
+            .context("sending from the relay")?;
+        client
+            .send_to(from_client.as_bytes(), server)
+            .context("sending from the client")?;
+        relay_got.extend(collect(&relay, Duration::from_millis(300)));
+        client_got.extend(collect(&client, Duration::from_millis(300)));
+        let mine =
+            |got: &[(Vec<u8>, SocketAddr)], tag: &str| got.iter().any(|(p, _)| p == tag.as_bytes());
+        if mine(&relay_got, &from_relay) && mine(&client_got, &from_client) {
+            break;
+        }
+    }
+    let has =
+        |got: &[(Vec<u8>, SocketAddr)], tag: &str| got.iter().any(|(p, _)| p == tag.as_bytes());
+    let relay_own = has(&relay_got, &from_relay);
+    let client_own = has(&client_got, &from_client);
+    let crossed = has(&relay_got, &from_client) || has(&client_got, &from_relay);
+    let relay_seen = seen_source(ctx, &from_relay)?;
+    let observed = format!(
+        "the client's flow was masqueraded to {}; the relay's socket on that port reached {server} from {}; relay got its own replies: {}, client got its own replies: {}{}",
+        at(a.relay_wan, port),
+        relay_seen
+            .as_ref()
+            .map(|s| s.source_port.map(|p| at(s.source, p).to_string()).unwrap_or_else(|| s.source.to_string()))
+            .unwrap_or_else(|| "nowhere (nothing recorded)".into()),
+        if relay_own { "yes" } else { "no" },
+        if client_own { "yes" } else { "no" },
+        if crossed { "; a reply reached the wrong side" } else { "" }
+    );
+    Ok(Verdict::judge(
+        relay_own && client_own && !crossed,
+        expected,
+        observed,
+    ))
+}
+
+/// Behaviour 12, expiry: a masqueraded UDP flow goes idle; its conntrack
+/// entry on the relay must go within `within` seconds, and the same socket
+/// must then work again (a new entry, masqueraded).
+fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
+    let a = *ctx.a();
+    let server = at(a.internet, probes::UDP_PORT);
+    let expected = format!(
+        "an idle UDP flow {} -> {server}: its conntrack entry on the relay is gone within {within} s, and the same socket then reaches {server} from {} again",
+        host(a.tunnel_client),
+        a.relay_wan
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let sock = ctx.topo.client.run(|| {
+        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
+    })?;
+    let sport = sock.local_addr()?.port();
+    let tag = ctx.tag("expiry");
+    if let Err(e) = probes::udp_echo_on(&sock, server, &tag, EXCHANGE_TIMEOUT) {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("the flow did not work at first: {e:#}"),
+        ));
+    }
+    let ours = |ctx: &Context| -> Result<Option<String>> {
+        let table = ctx.conntrack_text()?;
+        Ok(conntrack::parse(&table)
+            .into_iter()
+            .find(|e| {
+                e.protocol == "udp"
+                    && e.original.src == a.tunnel_client
+                    && e.original.sport == Some(sport)
+                    && e.original.dst == a.internet
+            })
+            .map(|e| e.line))
+    };
+    let Some(entry) = ours(ctx)? else {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            "the working flow had no conntrack entry on the relay".to_string(),
+        ));
+    };
+    // Poll for the entry to go: its disappearance is the event.
+    let start = Instant::now();
+    let limit = Duration::from_secs(u64::from(within));
+    let mut gone = None;
+    while start.elapsed() < limit {
+        if ours(ctx)?.is_none() {
+            gone = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let Some(after) = gone else {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!(
+                "the entry was still there after {within} s: {}",
+                ours(ctx)?.unwrap_or(entry)
+            ),
+        ));
+    };
+    let again = ctx.tag("expiry-again");
+    let reply = probes::udp_echo_on(&sock, server, &again, EXCHANGE_TIMEOUT);
+    let seen = seen_source(ctx, &again)?;
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
+    let reply_text = match &reply {
+        Ok(()) => "the reply returned".to_string(),
+        Err(e) => format!("no reply ({e:#})"),
+    };
+    Ok(Verdict::judge(
+        reply.is_ok() && masqueraded,
+        expected,
+        format!(
+            "the entry was gone after {:.1} s; then {}; {reply_text}",
+            after.as_secs_f32(),
             describe_seen(ctx.a(), &seen)
         ),
     ))

@@ -260,6 +260,29 @@ pub enum CheckSpec {
     /// the family under test: traffic from the client crosses tunnel and NAT
     /// again, the relay's peer endpoint follows, and the reply returns.
     Roaming { at: topology::IfRef, to: Vec<IpNet> },
+    /// Two clients use the same source port at once, one to the listen
+    /// port and one to each redirected `port` (plain UDP, before the
+    /// tunnel): each datagram reaches the listen port's socket, from a
+    /// source of its own, and each reply returns to the client that sent it,
+    /// from the port it sent to. The second client is `second` (one address
+    /// per family), added to the first client's interface `at` for the check.
+    SameSourcePort {
+        ports: Vec<u16>,
+        at: topology::IfRef,
+        second: Vec<IpNet>,
+    },
+    /// A process on the relay binds the port a masqueraded client flow was
+    /// given and talks to the same server: netfilter must keep the two
+    /// flows apart (a clash of their reply tuples), so each gets its own
+    /// replies and neither gets the other's.
+    PortShadow,
+    /// A masqueraded UDP flow goes idle: its conntrack entry on the relay is
+    /// gone within `within` seconds (the relay's UDP timeouts, set in its
+    /// sysctls), and the same socket then works again with a fresh entry.
+    ConntrackExpiry {
+        #[serde(default = "default_within")]
+        within: u32,
+    },
     PortExhaustion {
         #[serde(default = "default_flows_beyond")]
         beyond: u32,
@@ -274,6 +297,9 @@ fn default_flows() -> u32 {
 }
 fn default_flows_beyond() -> u32 {
     4
+}
+fn default_within() -> u32 {
+    5
 }
 fn default_idle() -> u32 {
     4
@@ -334,6 +360,12 @@ impl CheckSpec {
             CheckSpec::ReloadUnderTraffic { .. } => vec!["reload-under-traffic".into()],
             CheckSpec::FlowtableOffload => vec!["flowtable/offload".into()],
             CheckSpec::Keepalive { idle } => vec![format!("keepalive/idle-{idle}s")],
+            CheckSpec::SameSourcePort { ports, .. } => ports
+                .iter()
+                .map(|p| format!("same-source-port/{p}"))
+                .collect(),
+            CheckSpec::PortShadow => vec!["nat-clash/port-shadow".into()],
+            CheckSpec::ConntrackExpiry { .. } => vec!["conntrack/expiry".into()],
             CheckSpec::Roaming { at, .. } => vec![format!("roaming/{at}")],
             CheckSpec::TunnelMtu { icmp_mtu: None } => vec!["tunnel-mtu/full-size".into()],
             CheckSpec::TunnelMtu { icmp_mtu: Some(m) } => vec![format!("tunnel-mtu/icmp-{m}")],
@@ -357,7 +389,9 @@ impl CheckSpec {
     pub fn before_tunnel(&self) -> bool {
         matches!(
             self,
-            CheckSpec::Redirect { .. } | CheckSpec::NoRedirect { .. }
+            CheckSpec::Redirect { .. }
+                | CheckSpec::NoRedirect { .. }
+                | CheckSpec::SameSourcePort { .. }
         )
     }
 }
@@ -665,6 +699,8 @@ impl Scenario {
                 CheckSpec::ManyFlows { flows } => *flows == 0,
                 CheckSpec::ReloadUnderTraffic { reloads, .. } => *reloads == 0,
                 CheckSpec::Keepalive { idle } => !(1..=120).contains(idle),
+                CheckSpec::ConntrackExpiry { within } => !(1..=120).contains(within),
+                CheckSpec::SameSourcePort { ports, .. } => ports.is_empty() || ports.contains(&0),
                 _ => false,
             };
             if empty {
@@ -682,6 +718,14 @@ impl Scenario {
             if let CheckSpec::Roaming { at, to } = check {
                 self.validate_roaming(at, to)?;
             }
+            if let CheckSpec::SameSourcePort { at, second, .. } = check {
+                if at.ns != topology::CLIENT {
+                    return Err(format!(
+                        "check same-source-port: {at} is not the client's: both clients live in the client namespace"
+                    ));
+                }
+                self.validate_second_address("same-source-port", at, second)?;
+            }
             for name in check.result_names() {
                 if !names.insert(name.clone()) {
                     return Err(format!("check '{name}' appears twice"));
@@ -692,6 +736,17 @@ impl Scenario {
     }
 
     fn validate_roaming(&self, at: &topology::IfRef, to: &[IpNet]) -> Result<(), String> {
+        self.validate_second_address("roaming", at, to)
+    }
+
+    /// `to` holds, for each family of the scenario, a new address for `at`
+    /// in the subnet of its current one, used nowhere else.
+    fn validate_second_address(
+        &self,
+        check: &str,
+        at: &topology::IfRef,
+        to: &[IpNet],
+    ) -> Result<(), String> {
         let t = &self.topology;
         let veth = t
             .interfaces()
@@ -699,23 +754,23 @@ impl Scenario {
             .any(|(r, k, _)| *r == at && *k == topology::IfKind::Veth);
         if !veth {
             return Err(format!(
-                "check roaming: {at} is not a link end of the topology (write NAMESPACE:INTERFACE of a [[topology.link]] end)"
+                "check {check}: {at} is not a link end of the topology (write NAMESPACE:INTERFACE of a [[topology.link]] end)"
             ));
         }
         for f in &self.relay.families {
             let Some(old) = t.address(at, *f) else {
                 return Err(format!(
-                    "check roaming: {at} has no {f} address to move away from"
+                    "check {check}: {at} has no {f} address of its own (it runs over {f})"
                 ));
             };
             let Some(new) = to.iter().find(|n| n.family() == *f) else {
                 return Err(format!(
-                    "check roaming: `to` has no {f} address for {at} to move to (it runs over {f})"
+                    "check {check}: no new {f} address is given for {at} (it runs over {f})"
                 ));
             };
             if new.addr == old.addr || !old.contains(new.addr) || new.prefix != old.prefix {
                 return Err(format!(
-                    "check roaming: {at} moves from {old} to {new}: give a different address in the same subnet, with the same prefix, so that its link still reaches the relay"
+                    "check {check}: {at} gets {new} beside {old}: give a different address in the same subnet, with the same prefix, so that its link still reaches the relay"
                 ));
             }
             if let Some((r, _, _)) = t
@@ -724,7 +779,7 @@ impl Scenario {
                 .find(|(_, _, a)| a.iter().any(|a| a.addr == new.addr))
             {
                 return Err(format!(
-                    "check roaming: {} is already the address of {r}",
+                    "check {check}: {} is already the address of {r}",
                     new.addr
                 ));
             }
