@@ -747,6 +747,7 @@ fn main() {
         "transfer/1MiB",
         "conntrack/masquerade",
         "nat-clash/port-shadow",
+        "udp-gso/4x40",
         "icmp-error/port-unreachable",
         "many-flows/200",
         "conntrack/flush",

@@ -187,6 +187,14 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: false,
     },
     CheckInfo {
+        kind: "udp-gso",
+        results: "udp-gso/BURSTSxSEGMENTS",
+        behaviours: "14",
+        description: "UDP GSO sends from the client (UDP_SEGMENT): every segment crosses tunnel and masquerade and arrives intact at the internet host, from the relay's address",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
@@ -219,6 +227,7 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::Roaming { .. } => "roaming",
         CheckSpec::SameSourcePort { .. } => "same-source-port",
         CheckSpec::PortShadow => "port-shadow",
+        CheckSpec::UdpGso { .. } => "udp-gso",
         CheckSpec::ConntrackExpiry { .. } => "conntrack-expiry",
     }
 }

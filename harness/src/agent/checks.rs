@@ -339,6 +339,13 @@ pub fn run_spec(
             }
         }
         CheckSpec::PortShadow => emit(ctx.run(scenario, &names[0], port_shadow)),
+        CheckSpec::UdpGso {
+            segment,
+            segments,
+            bursts,
+        } => emit(ctx.run(scenario, &names[0], |c| {
+            udp_gso(c, *segment as usize, *segments as usize, *bursts)
+        })),
         CheckSpec::ConntrackExpiry { within } => {
             emit(ctx.run(scenario, &names[0], |c| conntrack_expiry(c, *within)))
         }
@@ -2095,5 +2102,158 @@ fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
             after.as_secs_f32(),
             describe_seen(ctx.a(), &seen)
         ),
+    ))
+}
+
+/// The UDP port the GSO check's receiver listens on in the internet namespace.
+const GSO_PORT: u16 = 8082;
+
+/// The payload of datagram `seq` of burst `burst`: its numbers, then bytes
+/// that depend on both, so a corrupted, truncated or misplaced datagram shows.
+fn gso_payload(burst: u32, seq: u32, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(&burst.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    let mut x = burst.wrapping_mul(2_654_435_761) ^ seq.wrapping_mul(40_503);
+    while p.len() < len {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        p.push((x >> 16) as u8);
+    }
+    p
+}
+
+/// Behaviour 14: UDP GSO bursts from the client through tunnel and masquerade.
+fn udp_gso(ctx: &mut Context, segment: usize, segments: usize, bursts: u32) -> Result<Verdict> {
+    use std::os::fd::AsRawFd;
+    let a = *ctx.a();
+    let dest = at(a.internet, GSO_PORT);
+    let expected = format!(
+        "{bursts} GSO sends of {segments} x {segment}-byte UDP segments from the client: all {} datagrams reach {dest} intact, from {}",
+        bursts as usize * segments,
+        a.relay_wan
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let receiver = ctx.topo.internet.run(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(dest),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .context("creating the receiver")?;
+        s.set_recv_buffer_size(4 << 20)
+            .context("sizing the receiver's buffer")?;
+        s.bind(&dest.into())
+            .with_context(|| format!("binding {dest} in the internet namespace"))?;
+        Ok(UdpSocket::from(s))
+    })?;
+    let sender = ctx.topo.client.run(|| {
+        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
+    })?;
+    let gso = segment as i32;
+    // SAFETY: setsockopt on a socket we own, with an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sender.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            &gso as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            return Ok(Verdict::unsupported(
+                expected,
+                format!("the kernel has no UDP GSO (UDP_SEGMENT: {e})"),
+            ));
+        }
+        return Err(e).context("enabling UDP_SEGMENT on the client's socket");
+    }
+    receiver.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut buf = vec![0u8; 65536];
+    let mut intact = 0usize;
+    let mut damaged = 0usize;
+    let mut wrong_source = 0usize;
+    let mut sources = BTreeSet::new();
+    let mut missing_in = Vec::new();
+    let started = Instant::now();
+    for burst in 0..bursts {
+        let mut wanted: BTreeSet<u32> = (0..segments as u32).collect();
+        let mut big = Vec::with_capacity(segment * segments);
+        for seq in 0..segments as u32 {
+            big.extend(gso_payload(burst, seq, segment));
+        }
+        // One send: the kernel cuts it into `segments` datagrams.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut sends = 0;
+        while !wanted.is_empty() && Instant::now() < deadline {
+            // The first burst may wait for the tunnel; resend once a second.
+            if sends == 0 || (burst == 0 && sends < 3 && intact == 0) {
+                sender.send_to(&big, dest).context("sending a GSO buffer")?;
+                sends += 1;
+            }
+            let wait_until = Instant::now() + Duration::from_secs(1);
+            while !wanted.is_empty() && Instant::now() < wait_until {
+                let Ok((n, from)) = receiver.recv_from(&mut buf) else {
+                    continue;
+                };
+                sources.insert(from.ip());
+                if from.ip() != a.relay_wan {
+                    wrong_source += 1;
+                }
+                if n < 8 {
+                    damaged += 1;
+                    continue;
+                }
+                let b = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                let seq = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                if b == burst && seq < segments as u32 {
+                    if buf[..n] == gso_payload(b, seq, segment)[..] {
+                        if wanted.remove(&seq) {
+                            intact += 1;
+                        }
+                    } else {
+                        damaged += 1;
+                    }
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            missing_in.push(format!("burst {burst}: {} missing", wanted.len()));
+        }
+    }
+    let total = bursts as usize * segments;
+    let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+    let observed = format!(
+        "{intact} of {total} datagrams arrived intact in {} ms{}{}; from {}{}",
+        started.elapsed().as_millis(),
+        if damaged > 0 {
+            format!(", {damaged} damaged")
+        } else {
+            String::new()
+        },
+        if missing_in.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", missing_in.join(", "))
+        },
+        if sources.is_empty() {
+            "nowhere".to_string()
+        } else {
+            sources.join(", ")
+        },
+        if wrong_source > 0 {
+            format!(" ({wrong_source} not from {})", a.relay_wan)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Verdict::judge(
+        intact == total && damaged == 0 && wrong_source == 0,
+        expected,
+        observed,
     ))
 }

@@ -283,6 +283,18 @@ pub enum CheckSpec {
         #[serde(default = "default_within")]
         within: u32,
     },
+    /// UDP GSO: the client hands the kernel `bursts` buffers of `segments`
+    /// datagrams of `segment` bytes each (one send per buffer, UDP_SEGMENT);
+    /// every datagram crosses tunnel and masquerade and arrives at the
+    /// internet host intact, from the relay's address.
+    UdpGso {
+        #[serde(default = "default_segment")]
+        segment: u32,
+        #[serde(default = "default_segments")]
+        segments: u32,
+        #[serde(default = "default_bursts")]
+        bursts: u32,
+    },
     PortExhaustion {
         #[serde(default = "default_flows_beyond")]
         beyond: u32,
@@ -296,6 +308,15 @@ fn default_flows() -> u32 {
     200
 }
 fn default_flows_beyond() -> u32 {
+    4
+}
+fn default_segment() -> u32 {
+    1200
+}
+fn default_segments() -> u32 {
+    40
+}
+fn default_bursts() -> u32 {
     4
 }
 fn default_within() -> u32 {
@@ -365,6 +386,11 @@ impl CheckSpec {
                 .map(|p| format!("same-source-port/{p}"))
                 .collect(),
             CheckSpec::PortShadow => vec!["nat-clash/port-shadow".into()],
+            CheckSpec::UdpGso {
+                segments, bursts, ..
+            } => {
+                vec![format!("udp-gso/{bursts}x{segments}")]
+            }
             CheckSpec::ConntrackExpiry { .. } => vec!["conntrack/expiry".into()],
             CheckSpec::Roaming { at, .. } => vec![format!("roaming/{at}")],
             CheckSpec::TunnelMtu { icmp_mtu: None } => vec!["tunnel-mtu/full-size".into()],
@@ -700,6 +726,22 @@ impl Scenario {
                 CheckSpec::ReloadUnderTraffic { reloads, .. } => *reloads == 0,
                 CheckSpec::Keepalive { idle } => !(1..=120).contains(idle),
                 CheckSpec::ConntrackExpiry { within } => !(1..=120).contains(within),
+                CheckSpec::UdpGso {
+                    segment,
+                    segments,
+                    bursts,
+                } => {
+                    if !(64..=1372).contains(segment)
+                        || !(1..=64).contains(segments)
+                        || segment * segments > 65000
+                        || !(1..=100).contains(bursts)
+                    {
+                        return Err(format!(
+                            "check udp-gso: segment {segment} x segments {segments} (bursts {bursts}): the kernel takes at most 64 segments and 65000 bytes per send, segments of 64-1372 bytes fit the tunnel, and bursts are 1-100"
+                        ));
+                    }
+                    false
+                }
                 CheckSpec::SameSourcePort { ports, .. } => ports.is_empty() || ports.contains(&0),
                 _ => false,
             };
