@@ -870,6 +870,20 @@ fn main() {
             false,
         )
     }));
+    trials.push(Trial::test("control::pmtu-router-link-not-small", || {
+        control_fails(
+            "pmtu-router",
+            "pmtu-router-link-not-small",
+            // The router's onward link takes full-size packets: no ICMP comes.
+            |s| {
+                for l in &mut s.topology.links {
+                    l.mtu = None;
+                }
+            },
+            &["tunnel-mtu/icmp-1400"],
+            false,
+        )
+    }));
     trials.push(Trial::test("control::behind-nat-no-keepalive", || {
         control_fails(
             "behind-nat",

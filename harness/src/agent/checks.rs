@@ -1505,13 +1505,14 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
             a.relay_wan
         ),
         Some(m) => format!(
-            "a {} byte packet (DF) through the tunnel draws an ICMP {} with MTU {m} from the relay",
+            "a {} byte packet (DF) through the tunnel draws an ICMP {} with MTU {m} (from the relay or a router beyond it), whose embedded header is the client's own packet ({} as source)",
             ctx.topo.tunnel_mtu(),
             if a.family == Family::Ipv6 {
                 "packet too big"
             } else {
                 "fragmentation needed"
-            }
+            },
+            a.tunnel_client
         ),
     };
     if let Err(why) = ensure_tunnel(ctx)? {
@@ -1525,6 +1526,7 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
         Ok(s)
     })?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let own_port = socket.local_addr()?.port();
     let tag = ctx.tag("mtu");
     let mut payload = tag.clone().into_bytes();
     payload.resize(size, b'.');
@@ -1567,8 +1569,16 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
             describe_seen(ctx.a(), &seen)
         ),
         (None, Some(icmp)) => format!(
-            "{} answered ICMP type {} code {} with MTU {}",
-            icmp.source, icmp.icmp_type, icmp.code, icmp.mtu
+            "{} answered ICMP type {} code {} with MTU {}, about a packet from {}",
+            icmp.source,
+            icmp.icmp_type,
+            icmp.code,
+            icmp.mtu,
+            match (icmp.inner_src, icmp.inner_sport) {
+                (Some(ip), Some(p)) => at(ip, p).to_string(),
+                (Some(ip), None) => ip.to_string(),
+                _ => "an unreadable header".into(),
+            }
         ),
         (None, None) => format!(
             "{}; no reply and no ICMP error within {} s{}",
@@ -1581,7 +1591,9 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
     };
     let ok = match icmp_mtu {
         None => reply.is_some() && seen.as_ref().map(|s| s.source) == Some(a.relay_wan),
-        Some(m) => too_big.as_ref().is_some_and(|i| i.mtu == m),
+        Some(m) => too_big.as_ref().is_some_and(|i| {
+            i.mtu == m && i.inner_src == Some(a.tunnel_client) && i.inner_sport == Some(own_port)
+        }),
     };
     Ok(Verdict::judge(ok, expected, observed))
 }

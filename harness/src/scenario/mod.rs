@@ -39,6 +39,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "policy-routing",
         include_str!("../../../scenarios/policy-routing.toml"),
     ),
+    (
+        "pmtu-router",
+        include_str!("../../../scenarios/pmtu-router.toml"),
+    ),
 ];
 
 /// A scenario as the user wrote it.
