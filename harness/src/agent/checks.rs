@@ -1816,20 +1816,6 @@ fn roaming(
     ))
 }
 
-/// Receive on `sock` for up to `wait`, collecting what arrived.
-fn collect(sock: &UdpSocket, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
-    let mut out = Vec::new();
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
-    let start = Instant::now();
-    let mut buf = [0u8; 2048];
-    while start.elapsed() < wait {
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            out.push((buf[..n].to_vec(), from));
-        }
-    }
-    out
-}
-
 /// Behaviour 2: client A (the client's address) and client B (a second
 /// address on the same link) send from one source port at the same moment,
 /// A to the listen port and B to the redirected `port`.
@@ -1870,12 +1856,22 @@ fn same_source_port(
             ))
         })?;
         let (tag_a, tag_b) = (ctx.tag("client-a"), ctx.tag("client-b"));
-        relay_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        relay_sock.set_read_timeout(Some(Duration::from_millis(10)))?;
+        sock_a.set_nonblocking(true)?;
+        sock_b.set_nonblocking(true)?;
         let start = Instant::now();
         let mut arrived: Vec<(String, SocketAddr)> = Vec::new();
+        let mut got_a: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        let mut got_b: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
         let mut last_send: Option<Instant> = None;
         let mut buf = [0u8; 256];
-        while start.elapsed() < EXCHANGE_TIMEOUT && arrived.len() < 2 {
+        let answered =
+            |got: &[(Vec<u8>, SocketAddr)], tag: &str| got.iter().any(|(p, _)| p == tag.as_bytes());
+        // Until both clients have their own reply (a crossed reply leaves
+        // one of them waiting, so it shows as a failure, not as a pass).
+        while start.elapsed() < EXCHANGE_TIMEOUT
+            && !(answered(&got_a, &tag_a) && answered(&got_b, &tag_b))
+        {
             // Resend now and then: the first datagrams may wait on ARP/ND.
             if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 if !arrived.iter().any(|(t, _)| *t == tag_a) {
@@ -1899,9 +1895,12 @@ fn same_source_port(
                     arrived.push((text, from));
                 }
             }
+            for (sock, got) in [(&sock_a, &mut got_a), (&sock_b, &mut got_b)] {
+                while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    got.push((buf[..n].to_vec(), from));
+                }
+            }
         }
-        let got_a = collect(&sock_a, Duration::from_millis(300));
-        let got_b = collect(&sock_b, Duration::from_millis(300));
         let from_of = |tag: &str| arrived.iter().find(|(t, _)| t == tag).map(|(_, f)| *f);
         let (src_a, src_b) = (from_of(&tag_a), from_of(&tag_b));
         let replied = |got: &[(Vec<u8>, SocketAddr)], tag: &str| {
@@ -1991,25 +1990,36 @@ fn port_shadow(ctx: &mut Context) -> Result<Verdict> {
             .with_context(|| format!("binding {} on the relay", at(a.relay_wan, port)))
     })?;
     let (from_relay, from_client) = (ctx.tag("shadow"), ctx.tag("shadowed-again"));
-    let mut relay_got = Vec::new();
-    let mut client_got = Vec::new();
-    for _ in 0..3 {
-        relay
-            .send_to(from_relay.as_bytes(), server)
-            .context("sending from the relay")?;
-        client
-            .send_to(from_client.as_bytes(), server)
-            .context("sending from the client")?;
-        relay_got.extend(collect(&relay, Duration::from_millis(300)));
-        client_got.extend(collect(&client, Duration::from_millis(300)));
-        let mine =
-            |got: &[(Vec<u8>, SocketAddr)], tag: &str| got.iter().any(|(p, _)| p == tag.as_bytes());
-        if mine(&relay_got, &from_relay) && mine(&client_got, &from_client) {
-            break;
-        }
-    }
+    let mut relay_got: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    let mut client_got: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let has =
         |got: &[(Vec<u8>, SocketAddr)], tag: &str| got.iter().any(|(p, _)| p == tag.as_bytes());
+    relay.set_nonblocking(true)?;
+    client.set_nonblocking(true)?;
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 2048];
+    // Until each side has its own reply (a crossed reply leaves one side
+    // waiting, so it shows as a failure), resending every 300 ms.
+    while start.elapsed() < EXCHANGE_TIMEOUT
+        && !(has(&relay_got, &from_relay) && has(&client_got, &from_client))
+    {
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
+            relay
+                .send_to(from_relay.as_bytes(), server)
+                .context("sending from the relay")?;
+            client
+                .send_to(from_client.as_bytes(), server)
+                .context("sending from the client")?;
+            last_send = Some(Instant::now());
+        }
+        for (sock, got) in [(&relay, &mut relay_got), (&client, &mut client_got)] {
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                got.push((buf[..n].to_vec(), from));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let relay_own = has(&relay_got, &from_relay);
     let client_own = has(&client_got, &from_client);
     let crossed = has(&relay_got, &from_client) || has(&client_got, &from_relay);
