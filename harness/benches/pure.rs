@@ -27,6 +27,7 @@ fn rules() -> NatRules {
                 .collect(),
             to_port: 51820,
         }],
+        dnat: vec![],
         families: vec![Family::Ipv4],
     }
 }

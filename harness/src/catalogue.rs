@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::agent::checks::{
     EXCHANGE_TIMEOUT, HANDSHAKE_TIMEOUT, KEEPALIVE_WAIT, NO_HANDSHAKE_WAIT, REDIRECT_ABSENT_WAIT,
-    TRANSFER_TIMEOUT,
+    REKEY_WAIT, TRANSFER_TIMEOUT,
 };
 use crate::scenario::CheckSpec;
 
@@ -195,6 +195,22 @@ pub const CHECKS: &[CheckInfo] = &[
         needs_wireguard: false,
     },
     CheckInfo {
+        kind: "rekey",
+        results: "rekey",
+        behaviours: "11",
+        description: "a UDP echo a second through the tunnel past WireGuard's REKEY_AFTER_TIME (120 s): a new handshake completes through the NATs and traffic goes on over the new keys",
+        timeout: REKEY_WAIT,
+        needs_wireguard: true,
+    },
+    CheckInfo {
+        kind: "port-forward",
+        results: "port-forward/PROTO-PORT",
+        behaviours: "3, 6",
+        description: "the internet host reaches the relay's PORT; a dnat rule forwards it through the tunnel to the client, which sees the internet host's own address, and the reply returns from the relay's PORT",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+    },
+    CheckInfo {
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
@@ -227,6 +243,8 @@ pub fn kind_of(spec: &CheckSpec) -> &'static str {
         CheckSpec::Roaming { .. } => "roaming",
         CheckSpec::SameSourcePort { .. } => "same-source-port",
         CheckSpec::PortShadow => "port-shadow",
+        CheckSpec::Rekey => "rekey",
+        CheckSpec::PortForward { .. } => "port-forward",
         CheckSpec::UdpGso { .. } => "udp-gso",
         CheckSpec::ConntrackExpiry { .. } => "conntrack-expiry",
     }
@@ -276,6 +294,9 @@ mod tests {
                 "conntrack-redirect" => "port = 53",
                 "forward" => "protocols = [\"udp\"]",
                 "roaming" => "at = \"client:eth0\"\nto = [\"192.0.2.3/24\"]",
+                "port-forward" => {
+                    "protocols = [\"udp\"]\nport = 8443\n[[nat]]\nin = \"relay\"\nkind = \"dnat\"\nin_interface = \"wan\"\nprotocol = \"udp\"\nports = [\"8443\"]\nto = \"10.99.0.2\""
+                }
                 "same-source-port" => {
                     "ports = [53]\nat = \"client:eth0\"\nsecond = [\"192.0.2.3/24\"]"
                 }

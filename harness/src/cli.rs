@@ -393,7 +393,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Scenarios(ScenariosCmd::List) => {
             for (name, _) in SHIPPED {
                 let s = Scenario::load(name).map_err(|e| usage(e.to_string()))?;
-                println!("{name:<20} {}", s.description);
+                let slow = if s.slow {
+                    " (slow: runs only when named)"
+                } else {
+                    ""
+                };
+                println!("{name:<20} {}{slow}", s.description);
             }
             Ok(exit::PASS)
         }
@@ -561,7 +566,10 @@ fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<Vec<KernelS
 /// The scenarios asked for, with their backends narrowed to --backend.
 fn load_scenarios(checks: &CheckArgs) -> Result<Vec<Scenario>> {
     let names: Vec<String> = if checks.scenarios.is_empty() {
-        SHIPPED.iter().map(|(n, _)| n.to_string()).collect()
+        crate::scenario::default_set()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     } else {
         checks.scenarios.clone()
     };

@@ -36,6 +36,11 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the relay keeps sending to an idle client before concluding
 /// that nothing reaches it.
 pub const KEEPALIVE_WAIT: Duration = Duration::from_secs(3);
+/// WireGuard's REKEY_AFTER_TIME: the initiator starts a new handshake when
+/// it sends on keys this old.
+pub const REKEY_AFTER: Duration = Duration::from_secs(120);
+/// How long the rekey check waits for the new handshake.
+pub const REKEY_WAIT: Duration = Duration::from_secs(150);
 
 /// An address and port as people write them ("192.0.2.1:53", "[2001:db8::1]:53").
 fn at(ip: IpAddr, port: u16) -> SocketAddr {
@@ -339,6 +344,12 @@ pub fn run_spec(
             }
         }
         CheckSpec::PortShadow => emit(ctx.run(scenario, &names[0], port_shadow)),
+        CheckSpec::Rekey => emit(ctx.run(scenario, &names[0], rekey)),
+        CheckSpec::PortForward { protocols, port } => {
+            for (proto, name) in protocols.iter().zip(&names) {
+                emit(ctx.run(scenario, name, |c| port_forward(c, *proto, *port)));
+            }
+        }
         CheckSpec::UdpGso {
             segment,
             segments,
@@ -2278,4 +2289,236 @@ fn udp_gso(ctx: &mut Context, segment: usize, segments: usize, bursts: u32) -> R
         expected,
         observed,
     ))
+}
+
+/// Behaviour 11, rekey: a fresh session, then one UDP echo a second through
+/// tunnel and NATs until the client's handshake time moves on (WireGuard
+/// rekeys once its keys are REKEY_AFTER_TIME old and it sends), and a few
+/// seconds more on the new keys.
+fn rekey(ctx: &mut Context) -> Result<Verdict> {
+    let a = *ctx.a();
+    let server = at(a.internet, probes::UDP_PORT);
+    let expected = format!(
+        "one UDP echo a second to {server} through the tunnel: a new handshake completes {}-{} s after the first, and the echoes go on over the new keys",
+        REKEY_AFTER.as_secs(),
+        REKEY_WAIT.as_secs()
+    );
+    if let Err(why) = ctx.topo.wg() {
+        return Ok(Verdict::unsupported(expected, why));
+    }
+    // A fresh session: its keys' age is known.
+    let listen = ctx.topo.listen_port;
+    let (sport, outcome) = attempt_handshake(ctx, listen, HANDSHAKE_TIMEOUT)?;
+    if !matches!(outcome, HandshakeOutcome::Completed { .. }) {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            describe(ctx.a(), &outcome, sport, listen),
+        ));
+    }
+    ctx.tunnel_up = Some(ctx.family);
+    let handshake_time = |ctx: &Context| -> Result<Option<std::time::SystemTime>> {
+        let (client, _) = ctx.topo.wg().map_err(anyhow::Error::msg)?;
+        Ok(client.peer_state()?.and_then(|p| p.last_handshake))
+    };
+    let first = handshake_time(ctx)?;
+    let sock = ctx.topo.client.run(|| {
+        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
+    })?;
+    let start = Instant::now();
+    let (mut sent, mut answered) = (0u32, 0u32);
+    let mut rekeyed: Option<Duration> = None;
+    let mut after = (0u32, 0u32);
+    let mut last_note = Instant::now();
+    while start.elapsed() < REKEY_WAIT {
+        let tick = Instant::now();
+        let tag = ctx.tag("rekey");
+        sent += 1;
+        let ok = probes::udp_echo_on(&sock, server, &tag, Duration::from_millis(800)).is_ok();
+        answered += u32::from(ok);
+        if rekeyed.is_some() {
+            after.0 += 1;
+            after.1 += u32::from(ok);
+            if after.0 >= 5 {
+                break;
+            }
+        } else if handshake_time(ctx)? != first {
+            rekeyed = Some(start.elapsed());
+        }
+        if last_note.elapsed() >= Duration::from_secs(30) {
+            // The host counts a silent guest as hung.
+            super::send(&crate::protocol::GuestMessage::Note {
+                message: format!(
+                    "rekey: {} s of up to {} s, {answered}/{sent} echoes answered",
+                    start.elapsed().as_secs(),
+                    REKEY_WAIT.as_secs()
+                ),
+            });
+            last_note = Instant::now();
+        }
+        if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    let observed = match rekeyed {
+        Some(t) => format!(
+            "a new handshake completed {:.0} s after the first; {answered} of {sent} echoes answered, {} of {} on the new keys{}",
+            t.as_secs_f32(),
+            after.1,
+            after.0,
+            relay_view(ctx)
+        ),
+        None => format!(
+            "no new handshake within {} s; {answered} of {sent} echoes answered{}",
+            REKEY_WAIT.as_secs(),
+            relay_view(ctx)
+        ),
+    };
+    // A lost echo or two before the rekey is noise under TCG; every echo
+    // on the new keys must be answered.
+    let ok = rekeyed.is_some_and(|t| t >= REKEY_AFTER - Duration::from_secs(5))
+        && after.0 >= 5
+        && after.1 == after.0
+        && answered + 3 >= sent;
+    Ok(Verdict::judge(ok, expected, observed))
+}
+
+/// Port forwarding: the internet host reaches relay_wan:`port`; the relay's
+/// dnat rule sends it through the tunnel to the client, which must see the
+/// internet host's own address (no source NAT); the reply must come back
+/// from relay_wan:`port`.
+fn port_forward(ctx: &mut Context, proto: Protocol, port: u16) -> Result<Verdict> {
+    use std::io::{Read, Write};
+    let a = *ctx.a();
+    let f = ctx.family;
+    let rule = ctx
+        .rules
+        .dnat
+        .iter()
+        .find(|d| {
+            d.protocol == proto && d.family() == f && d.ports.iter().any(|r| r.contains(port))
+        })
+        .cloned()
+        .with_context(|| format!("no dnat rule forwards {proto} port {port} over {f}"))?;
+    let target = SocketAddr::new(rule.to, rule.to_port.unwrap_or(port));
+    let public = at(a.relay_wan, port);
+    let expected = format!(
+        "{} from {} to {public} reaches the client at {target} from {} itself, and the reply returns from {public}",
+        proto.to_string().to_uppercase(),
+        a.internet,
+        a.internet
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let tag = ctx.tag("forwarded");
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    let any = ctx.any();
+    let (seen_from, reply_from, error): (Option<SocketAddr>, Option<SocketAddr>, Option<String>) =
+        match proto {
+            Protocol::Tcp => {
+                let listener = ctx.topo.client.run(|| {
+                    std::net::TcpListener::bind(target)
+                        .with_context(|| format!("listening on {target} on the client"))
+                })?;
+                listener.set_nonblocking(true)?;
+                let conn = ctx.topo.internet.run(|| {
+                    std::net::TcpStream::connect_timeout(&public, EXCHANGE_TIMEOUT)
+                        .with_context(|| format!("connecting to {public} from the internet host"))
+                });
+                match conn {
+                    Err(e) => (None, None, Some(format!("{e:#}"))),
+                    Ok(mut stream) => {
+                        let reply_from = stream.peer_addr().ok();
+                        let mut accepted = None;
+                        while accepted.is_none() && Instant::now() < deadline {
+                            match listener.accept() {
+                                Ok(x) => accepted = Some(x),
+                                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                            }
+                        }
+                        match accepted {
+                            None => (None, None, Some("the client accepted nothing".into())),
+                            Some((mut inside, from)) => {
+                                inside.set_nonblocking(false)?;
+                                inside.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+                                stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+                                stream.write_all(tag.as_bytes())?;
+                                let mut buf = vec![0u8; tag.len()];
+                                let echoed = inside
+                                    .read_exact(&mut buf)
+                                    .and_then(|()| inside.write_all(&buf))
+                                    .and_then(|()| {
+                                        let mut back = vec![0u8; tag.len()];
+                                        stream.read_exact(&mut back).map(|()| back)
+                                    });
+                                match echoed {
+                                    Ok(back) if back == tag.as_bytes() => {
+                                        (Some(from), reply_from, None)
+                                    }
+                                    Ok(_) => {
+                                        (Some(from), None, Some("the reply was garbled".into()))
+                                    }
+                                    Err(e) => {
+                                        (Some(from), None, Some(format!("exchanging data: {e}")))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let inside = ctx.topo.client.run(|| {
+                    UdpSocket::bind(target)
+                        .with_context(|| format!("binding {target} on the client"))
+                })?;
+                let outside = ctx.topo.internet.run(|| {
+                    UdpSocket::bind(any).context("binding a UDP socket on the internet host")
+                })?;
+                inside.set_read_timeout(Some(Duration::from_millis(20)))?;
+                outside.set_read_timeout(Some(Duration::from_millis(20)))?;
+                let mut buf = [0u8; 512];
+                let (mut seen, mut reply) = (None, None);
+                let mut last_send: Option<Instant> = None;
+                while reply.is_none() && Instant::now() < deadline {
+                    if seen.is_none()
+                        && last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+                    {
+                        outside
+                            .send_to(tag.as_bytes(), public)
+                            .context("sending from the internet host")?;
+                        last_send = Some(Instant::now());
+                    }
+                    if seen.is_none() {
+                        if let Ok((n, from)) = inside.recv_from(&mut buf) {
+                            if &buf[..n] == tag.as_bytes() {
+                                seen = Some(from);
+                                inside
+                                    .send_to(&buf[..n], from)
+                                    .context("replying from the client")?;
+                            }
+                        }
+                    }
+                    if let Ok((n, from)) = outside.recv_from(&mut buf) {
+                        if &buf[..n] == tag.as_bytes() {
+                            reply = Some(from);
+                        }
+                    }
+                }
+                let error = reply
+                    .is_none()
+                    .then(|| format!("no reply within {} s", EXCHANGE_TIMEOUT.as_secs()));
+                (seen, reply, error)
+            }
+        };
+    let show = |s: Option<SocketAddr>| s.map(|s| s.to_string()).unwrap_or_else(|| "nothing".into());
+    let observed = format!(
+        "the client received it from {}; the internet host's reply came from {}{}",
+        show(seen_from),
+        show(reply_from),
+        error.map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    let ok = seen_from.map(|s| s.ip()) == Some(a.internet) && reply_from == Some(public);
+    Ok(Verdict::judge(ok, expected, observed))
 }

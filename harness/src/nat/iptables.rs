@@ -121,6 +121,22 @@ fn render(rules: &NatRules) -> String {
             );
         }
     }
+    for d in &rules.dnat {
+        for chunk in chunk_ports(&d.ports, MULTIPORT_SLOTS) {
+            let ports: Vec<String> = chunk
+                .iter()
+                .map(|p| p.to_string().replace('-', ":"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "-A {PRE_CHAIN} -i {} -p {} -m multiport --dports {} -j DNAT --to-destination {}",
+                d.in_iface,
+                d.protocol,
+                ports.join(","),
+                d.target()
+            );
+        }
+    }
     for m in &rules.masquerade {
         if let Some(to) = m.to {
             let with_port = match to {
@@ -208,6 +224,23 @@ mod tests {
         assert!(
             v6.contains("-o wan -j SNAT --to-source 2001:db8:2::1\n"),
             "{v6}"
+        );
+    }
+
+    #[test]
+    fn dnat_forwards_ports_to_an_address() {
+        let mut rules = super::super::sample_rules();
+        rules.dnat.push(super::super::Dnat {
+            in_iface: "wan".into(),
+            protocol: crate::scenario::Protocol::Udp,
+            ports: vec!["8443".parse().unwrap(), "9000-9010".parse().unwrap()],
+            to: "10.99.0.2".parse().unwrap(),
+            to_port: None,
+        });
+        let text = Iptables::Legacy.render(&rules);
+        assert!(
+            text.contains("-A NATVET-PREROUTING -i wan -p udp -m multiport --dports 8443,9000:9010 -j DNAT --to-destination 10.99.0.2\n"),
+            "{text}"
         );
     }
 

@@ -229,11 +229,42 @@ pub struct Redirect {
     pub to_port: u16,
 }
 
-/// The relay's NAT, independent of the tool that configures it.
+/// Destination NAT: TCP or UDP arriving on `in_iface` for `ports` goes to
+/// `to` (and `to_port`, or the same port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dnat {
+    pub in_iface: String,
+    pub protocol: crate::scenario::Protocol,
+    pub ports: Vec<PortRange>,
+    pub to: IpAddr,
+    pub to_port: Option<u16>,
+}
+
+impl Dnat {
+    pub fn family(&self) -> Family {
+        match self.to {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// The target as the tools write it: "10.99.0.2", "10.99.0.2:8443",
+    /// "[fd99::2]:8443", "fd99::2".
+    pub fn target(&self) -> String {
+        match (self.to, self.to_port) {
+            (IpAddr::V4(a), Some(p)) => format!("{a}:{p}"),
+            (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+            (a, None) => a.to_string(),
+        }
+    }
+}
+
+/// The NAT of one namespace, independent of the tool that configures it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatRules {
     pub masquerade: Vec<Masquerade>,
     pub redirect_udp: Vec<Redirect>,
+    pub dnat: Vec<Dnat>,
     /// Families whose tables are installed even without rules (so that an
     /// empty ruleset replaces every family's rules).
     pub families: Vec<Family>,
@@ -253,6 +284,12 @@ impl NatRules {
                 .redirect_udp
                 .iter()
                 .filter(|r| r.family == f)
+                .cloned()
+                .collect(),
+            dnat: self
+                .dnat
+                .iter()
+                .filter(|d| d.family() == f)
                 .cloned()
                 .collect(),
             families: vec![f],
@@ -275,7 +312,8 @@ impl NatRules {
                 .masquerade
                 .iter()
                 .any(|m| m.source.family() == Family::Ipv6)
-            || self.redirect_udp.iter().any(|r| r.family == Family::Ipv6);
+            || self.redirect_udp.iter().any(|r| r.family == Family::Ipv6)
+            || self.dnat.iter().any(|d| d.family() == Family::Ipv6);
         if v6 {
             v.push(Family::Ipv6);
         }
@@ -355,6 +393,7 @@ pub(crate) fn sample_rules() -> NatRules {
             ports,
             to_port: 51820,
         }],
+        dnat: vec![],
         families: vec![Family::Ipv4],
     }
 }

@@ -77,6 +77,17 @@ fn render_table(family: Family, rules: &NatRules) -> String {
             r.to_port
         );
     }
+    for d in &rules.dnat {
+        let ports: Vec<String> = d.ports.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{}\" {} dport {{ {} }} counter dnat to {}",
+            d.in_iface,
+            d.protocol,
+            ports.join(", "),
+            d.target()
+        );
+    }
     let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "\tchain postrouting {{");
     let _ = writeln!(
@@ -162,6 +173,26 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dnat_forwards_ports_to_an_address() {
+        let mut rules = super::super::dual_stack_rules();
+        rules.dnat.push(super::super::Dnat {
+            in_iface: "wan".into(),
+            protocol: crate::scenario::Protocol::Tcp,
+            ports: vec!["8443".parse().unwrap()],
+            to: "fd99::2".parse().unwrap(),
+            to_port: Some(443),
+        });
+        let text = Nftables.render(&rules);
+        assert!(
+            text.contains("\t\tiifname \"wan\" tcp dport { 8443 } counter dnat to [fd99::2]:443\n"),
+            "{text}"
+        );
+        // In the ip6 table only.
+        let v6 = &text[text.find("table ip6 natvet {").unwrap()..];
+        assert!(v6.contains("dnat to"), "{text}");
     }
 
     #[test]

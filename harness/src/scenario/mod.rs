@@ -43,6 +43,11 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "pmtu-router",
         include_str!("../../../scenarios/pmtu-router.toml"),
     ),
+    (
+        "port-forward",
+        include_str!("../../../scenarios/port-forward.toml"),
+    ),
+    ("rekey", include_str!("../../../scenarios/rekey.toml")),
 ];
 
 /// A scenario as the user wrote it.
@@ -57,6 +62,10 @@ pub struct Scenario {
     #[serde(default = "default_backends")]
     pub backends: Vec<BackendKind>,
     pub relay: RelayConfig,
+    /// Takes minutes: runs only when named (`--scenario NAME`), not in the
+    /// default set of `vet`, `gate` and `verify`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slow: bool,
     /// The network: namespaces, links, routes, sysctls and the tunnel.
     /// Default: client ---- relay ---- internet (`natvet scenarios show`).
     #[serde(default)]
@@ -142,12 +151,26 @@ pub enum NatSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ports: Option<PortRange>,
     },
+    /// `protocol` traffic arriving on `in_interface` for `ports` goes to
+    /// `to` (port `to_port`, or the port it came to): port forwarding.
+    Dnat {
+        #[serde(rename = "in")]
+        ns: String,
+        in_interface: String,
+        protocol: Protocol,
+        ports: Vec<PortRange>,
+        to: std::net::IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_port: Option<u16>,
+    },
 }
 
 impl NatSpec {
     pub fn namespace(&self) -> &str {
         match self {
-            NatSpec::Masquerade { ns, .. } | NatSpec::Snat { ns, .. } => ns,
+            NatSpec::Masquerade { ns, .. }
+            | NatSpec::Snat { ns, .. }
+            | NatSpec::Dnat { ns, .. } => ns,
         }
     }
 }
@@ -299,6 +322,15 @@ pub enum CheckSpec {
         #[serde(default = "default_bursts")]
         bursts: u32,
     },
+    /// The internet host reaches the relay's wan address on `port`; the
+    /// relay's `[[nat]]` dnat rule forwards it through the tunnel to the
+    /// client, which sees the internet host's own address; the reply
+    /// returns from the relay's address and `port`.
+    PortForward { protocols: Vec<Protocol>, port: u16 },
+    /// The client keeps a flow through the tunnel going (one UDP echo a
+    /// second) past WireGuard's REKEY_AFTER_TIME (120 s): a new handshake
+    /// completes through the NATs and traffic goes on over the new keys.
+    Rekey,
     PortExhaustion {
         #[serde(default = "default_flows_beyond")]
         beyond: u32,
@@ -390,6 +422,11 @@ impl CheckSpec {
                 .map(|p| format!("same-source-port/{p}"))
                 .collect(),
             CheckSpec::PortShadow => vec!["nat-clash/port-shadow".into()],
+            CheckSpec::Rekey => vec!["rekey".into()],
+            CheckSpec::PortForward { protocols, port } => protocols
+                .iter()
+                .map(|p| format!("port-forward/{p}-{port}"))
+                .collect(),
             CheckSpec::UdpGso {
                 segments, bursts, ..
             } => {
@@ -522,6 +559,15 @@ pub enum ScenarioError {
     Parse { origin: String, message: String },
     #[error("scenario {origin}: {message}")]
     Invalid { origin: String, message: String },
+}
+
+/// The shipped scenarios a run takes when none is named: all but the slow ones.
+pub fn default_set() -> Vec<&'static str> {
+    SHIPPED
+        .iter()
+        .filter(|(name, _)| Scenario::load(name).map(|s| !s.slow).unwrap_or(true))
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// The line a validation message is most likely about: of the names,
@@ -671,7 +717,24 @@ impl Scenario {
             .map_err(|e| format!("topology: {e}"))?;
         for n in &self.nat {
             let ns = n.namespace();
-            let (NatSpec::Masquerade { out, source, .. } | NatSpec::Snat { out, source, .. }) = n;
+            let (out, source) = match n {
+                NatSpec::Masquerade { out, source, .. } | NatSpec::Snat { out, source, .. } => {
+                    (out, Some(source))
+                }
+                NatSpec::Dnat {
+                    in_interface,
+                    protocol,
+                    ports,
+                    ..
+                } => {
+                    if ports.is_empty() || *protocol == Protocol::Icmp {
+                        return Err(format!(
+                            "a [[nat]] dnat rule in {ns} needs `protocol` \"tcp\" or \"udp\" and at least one port in `ports`"
+                        ));
+                    }
+                    (in_interface, None)
+                }
+            };
             if !self.topology.namespace_names().contains(&ns) {
                 return Err(format!(
                     "a [[nat]] rule is in namespace '{ns}', which the topology does not define; defined: {}",
@@ -684,10 +747,10 @@ impl Scenario {
             };
             if !self.topology.interfaces().iter().any(|(r, _, _)| **r == at) {
                 return Err(format!(
-                    "a [[nat]] rule in {ns} goes out by {out}, which is not an interface of {ns}"
+                    "a [[nat]] rule in {ns} names interface {out}, which is not an interface of {ns}"
                 ));
             }
-            if let NatSpec::Snat { to, .. } = n {
+            if let (NatSpec::Snat { to, .. }, Some(source)) = (n, source) {
                 if to.is_ipv4() != source.addr.is_ipv4() {
                     return Err(format!(
                         "a [[nat]] snat rule in {ns} translates {source} to {to}, an address of the other family"
@@ -725,6 +788,7 @@ impl Scenario {
                 | CheckSpec::Redirect { ports }
                 | CheckSpec::NoRedirect { ports } => ports.is_empty(),
                 CheckSpec::Forward { protocols } => protocols.is_empty(),
+                CheckSpec::PortForward { protocols, port } => protocols.is_empty() || *port == 0,
                 CheckSpec::Transfer { bytes } => *bytes == 0,
                 CheckSpec::ManyFlows { flows } => *flows == 0,
                 CheckSpec::ReloadUnderTraffic { reloads, .. } => *reloads == 0,
@@ -759,6 +823,23 @@ impl Scenario {
             {
                 if ports.contains(&0) {
                     return Err("port 0 cannot carry UDP: use ports 1-65535".into());
+                }
+            }
+            if let CheckSpec::PortForward { protocols, port } = check {
+                let rules = self.nat_rules(topology::RELAY);
+                for f in &self.relay.families {
+                    for p in protocols {
+                        let covered = rules.dnat.iter().any(|d| {
+                            d.protocol == *p
+                                && d.family() == *f
+                                && d.ports.iter().any(|r| r.contains(*port))
+                        });
+                        if !covered || *p == Protocol::Icmp {
+                            return Err(format!(
+                                "check port-forward: no [[nat]] dnat rule in the relay forwards {p} port {port} over {f} (add one with in = \"relay\")"
+                            ));
+                        }
+                    }
                 }
             }
             if let CheckSpec::Roaming { at, to } = check {
@@ -897,6 +978,27 @@ impl Scenario {
             }
         }
         for n in self.nat.iter().filter(|n| n.namespace() == ns) {
+            if let NatSpec::Dnat {
+                in_interface,
+                protocol,
+                ports,
+                to,
+                to_port,
+                ..
+            } = n
+            {
+                let d = crate::nat::Dnat {
+                    in_iface: in_interface.clone(),
+                    protocol: *protocol,
+                    ports: ports.clone(),
+                    to: *to,
+                    to_port: *to_port,
+                };
+                if relay.families.contains(&d.family()) {
+                    rules.dnat.push(d);
+                }
+                continue;
+            }
             let (out, source, ports, to) = match n {
                 NatSpec::Masquerade {
                     out, source, ports, ..
@@ -908,6 +1010,7 @@ impl Scenario {
                     to,
                     ..
                 } => (out, source, ports, Some(*to)),
+                NatSpec::Dnat { .. } => continue,
             };
             if relay.families.contains(&source.family()) {
                 rules.masquerade.push(Masquerade {
@@ -1027,7 +1130,7 @@ mod tests {
                 "\"198.51.100.1/24\"",
                 "address 198.51.100.1 of internet:eth0 is already relay:wan's",
             ),
-            ("out = \"up\"", "out = \"uplink\"", "goes out by uplink"),
+            ("out = \"up\"", "out = \"uplink\"", "names interface uplink"),
         ] {
             let text = behind.replacen(from, to, 1);
             let msg = Scenario::parse(&text, "b.toml").unwrap_err().to_string();
