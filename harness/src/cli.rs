@@ -185,10 +185,10 @@ pub struct RunArgs {
 /// What every command that runs checks takes, in a VM or on the host.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: all shipped.
+    /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: every shipped scenario but the slow ones (rekey).
     #[arg(long = "scenario", value_name = "NAME|PATH")]
     pub scenarios: Vec<String>,
-    /// Restrict NAT backends (comma-separated): nftables, iptables-nft, iptables-legacy.
+    /// Restrict NAT backends (comma-separated): nftables (or nft), iptables-nft, iptables-legacy.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub backend: Vec<BackendKind>,
     /// Write all results as JSON (schema natvet-run/1).

@@ -62,6 +62,8 @@ impl fmt::Display for BackendKind {
 impl std::str::FromStr for BackendKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        // "nft" is how people say it.
+        let s = if s == "nft" { "nftables" } else { s };
         BackendKind::ALL
             .into_iter()
             .find(|b| b.name() == s)
@@ -419,6 +421,15 @@ pub(crate) fn dual_stack_rules() -> NatRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_names_parse_and_nft_is_nftables() {
+        for b in BackendKind::ALL {
+            assert_eq!(b.name().parse::<BackendKind>(), Ok(b));
+        }
+        assert_eq!("nft".parse::<BackendKind>(), Ok(BackendKind::Nftables));
+        assert!("pf".parse::<BackendKind>().is_err());
+    }
 
     #[test]
     fn every_backend_installs_both_families() {
