@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{chunk_ports, BackendKind, Invocation, NatBackend, NatRules};
+use super::{chunk_ports, with_port, BackendKind, Invocation, NatBackend, NatRules};
 use crate::scenario::Family;
 
 /// multiport matches at most 15 ports, a range counting as two.
@@ -138,39 +138,30 @@ fn render(rules: &NatRules) -> String {
         }
     }
     for m in &rules.masquerade {
-        if let Some(to) = m.to {
-            let with_port = match to {
-                std::net::IpAddr::V4(a) => a.to_string(),
-                std::net::IpAddr::V6(a) => format!("[{a}]"),
-            };
-            if let Some(ports) = m.ports {
-                for proto in ["tcp", "udp"] {
-                    let _ = writeln!(
-                        s,
-                        "-A {POST_CHAIN} -s {} -o {} -p {proto} -j SNAT --to-source {with_port}:{ports}",
-                        m.source, m.out_iface
-                    );
-                }
-            }
-            let _ = writeln!(
-                s,
-                "-A {POST_CHAIN} -s {} -o {} -j SNAT --to-source {to}",
-                m.source, m.out_iface
-            );
-            continue;
-        }
-        if let Some(ports) = m.ports {
+        // The target for all traffic, and for TCP/UDP limited to a port range.
+        let (all, ranged) = match m.to {
+            None => (
+                "MASQUERADE".to_string(),
+                m.ports.map(|p| format!("MASQUERADE --to-ports {p}")),
+            ),
+            Some(to) => (
+                format!("SNAT --to-source {to}"),
+                m.ports
+                    .map(|p| format!("SNAT --to-source {}:{p}", with_port(to))),
+            ),
+        };
+        if let Some(target) = ranged {
             for proto in ["tcp", "udp"] {
                 let _ = writeln!(
                     s,
-                    "-A {POST_CHAIN} -s {} -o {} -p {proto} -j MASQUERADE --to-ports {ports}",
+                    "-A {POST_CHAIN} -s {} -o {} -p {proto} -j {target}",
                     m.source, m.out_iface
                 );
             }
         }
         let _ = writeln!(
             s,
-            "-A {POST_CHAIN} -s {} -o {} -j MASQUERADE",
+            "-A {POST_CHAIN} -s {} -o {} -j {all}",
             m.source, m.out_iface
         );
     }

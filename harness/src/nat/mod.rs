@@ -253,11 +253,19 @@ impl Dnat {
     /// The target as the tools write it: "10.99.0.2", "10.99.0.2:8443",
     /// "[fd99::2]:8443", "fd99::2".
     pub fn target(&self) -> String {
-        match (self.to, self.to_port) {
-            (IpAddr::V4(a), Some(p)) => format!("{a}:{p}"),
-            (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-            (a, None) => a.to_string(),
+        match self.to_port {
+            Some(p) => format!("{}:{p}", with_port(self.to)),
+            None => self.to.to_string(),
         }
+    }
+}
+
+/// An address ready to be followed by ":PORT" in a NAT target
+/// ("10.99.0.2", "[fd99::2]").
+pub(crate) fn with_port(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{BackendKind, Invocation, NatBackend, NatRules, NFT_TABLE};
+use super::{with_port, BackendKind, Invocation, NatBackend, NatRules, NFT_TABLE};
 use crate::scenario::Family;
 
 pub struct Nftables;
@@ -95,35 +95,27 @@ fn render_table(family: Family, rules: &NatRules) -> String {
         "\t\ttype nat hook postrouting priority srcnat; policy accept;"
     );
     for m in &rules.masquerade {
-        if let Some(to) = m.to {
-            let with_port = match to {
-                std::net::IpAddr::V4(a) => a.to_string(),
-                std::net::IpAddr::V6(a) => format!("[{a}]"),
-            };
-            if let Some(ports) = m.ports {
-                let _ = writeln!(
-                    s,
-                    "\t\toifname \"{}\" {addr} saddr {} meta l4proto {{ tcp, udp }} counter snat to {with_port}:{ports}",
-                    m.out_iface, m.source
-                );
-            }
+        // The action for all traffic, and for TCP/UDP limited to a port range.
+        let (all, ranged) = match m.to {
+            None => (
+                "masquerade".to_string(),
+                m.ports.map(|p| format!("masquerade to :{p}")),
+            ),
+            Some(to) => (
+                format!("snat to {to}"),
+                m.ports.map(|p| format!("snat to {}:{p}", with_port(to))),
+            ),
+        };
+        if let Some(action) = ranged {
             let _ = writeln!(
                 s,
-                "\t\toifname \"{}\" {addr} saddr {} counter snat to {to}",
-                m.out_iface, m.source
-            );
-            continue;
-        }
-        if let Some(ports) = m.ports {
-            let _ = writeln!(
-                s,
-                "\t\toifname \"{}\" {addr} saddr {} meta l4proto {{ tcp, udp }} counter masquerade to :{ports}",
+                "\t\toifname \"{}\" {addr} saddr {} meta l4proto {{ tcp, udp }} counter {action}",
                 m.out_iface, m.source
             );
         }
         let _ = writeln!(
             s,
-            "\t\toifname \"{}\" {addr} saddr {} counter masquerade",
+            "\t\toifname \"{}\" {addr} saddr {} counter {all}",
             m.out_iface, m.source
         );
     }

@@ -529,19 +529,30 @@ impl Serialize for PortRange {
     }
 }
 
+/// A value written either as a number or as a string (`53` or `"53"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumOrText {
+    Num(i64),
+    Text(String),
+}
+
+impl NumOrText {
+    /// As text, however it was written.
+    pub(crate) fn into_text(self) -> String {
+        match self {
+            NumOrText::Num(n) => n.to_string(),
+            NumOrText::Text(t) => t,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(i64),
-            Text(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Num(n) => n.to_string(),
-            Raw::Text(t) => t,
-        };
-        text.parse().map_err(serde::de::Error::custom)
+        NumOrText::deserialize(d)?
+            .into_text()
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

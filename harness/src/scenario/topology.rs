@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Family;
+use super::{Family, NumOrText};
 use crate::nat::IpNet;
 
 /// The topology of a scenario without a `[topology]` table.
@@ -153,22 +153,16 @@ impl Serialize for TableRef {
 
 impl<'de> Deserialize<'de> for TableRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Text(t) if t == "main" => Ok(TableRef(MAIN_TABLE)),
-            Raw::Num(n) if (1..=i64::from(u32::MAX)).contains(&n) && n != 255 => {
+        match NumOrText::deserialize(d)? {
+            NumOrText::Text(t) if t == "main" => Ok(TableRef(MAIN_TABLE)),
+            NumOrText::Num(n) if (1..=i64::from(u32::MAX)).contains(&n) && n != 255 => {
                 Ok(TableRef(n as u32))
             }
             other => Err(serde::de::Error::custom(format!(
                 "table {}: write a table number from 1 to 4294967295 (not 255, the local table) or \"main\"",
                 match other {
-                    Raw::Num(n) => n.to_string(),
-                    Raw::Text(t) => format!("\"{t}\""),
+                    NumOrText::Num(n) => n.to_string(),
+                    NumOrText::Text(t) => format!("\"{t}\""),
                 }
             ))),
         }
@@ -196,16 +190,7 @@ impl Serialize for SysctlValue {
 
 impl<'de> Deserialize<'de> for SysctlValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(i64),
-            Text(String),
-        }
-        Ok(SysctlValue(match Raw::deserialize(d)? {
-            Raw::Num(n) => n.to_string(),
-            Raw::Text(t) => t,
-        }))
+        Ok(SysctlValue(NumOrText::deserialize(d)?.into_text()))
     }
 }
 
