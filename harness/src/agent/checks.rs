@@ -501,9 +501,18 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
 
 /// What happened when the client tried to reach the relay at one port.
 enum HandshakeOutcome {
-    Completed { after: Duration },
-    Refused { after: Duration, icmp: IcmpPacket },
-    Silent { waited: Duration },
+    /// `seen`: the client's endpoint as the relay learned it (through any NAT).
+    Completed {
+        after: Duration,
+        seen: Option<SocketAddr>,
+    },
+    Refused {
+        after: Duration,
+        icmp: IcmpPacket,
+    },
+    Silent {
+        waited: Duration,
+    },
 }
 
 /// Point the client at `relay_public:port` from a fresh source port, with a
@@ -545,12 +554,9 @@ fn attempt_handshake(
     loop {
         let state = client_wg.peer_state()?;
         if state.and_then(|s| s.last_handshake).is_some() {
-            return Ok((
-                sport,
-                HandshakeOutcome::Completed {
-                    after: start.elapsed(),
-                },
-            ));
+            let after = start.elapsed();
+            let seen = relay_wg.peer_state()?.and_then(|p| p.endpoint);
+            return Ok((sport, HandshakeOutcome::Completed { after, seen }));
         }
         // recv waits up to 20 ms, which paces this loop.
         if let Some(icmp) = icmp_sock.recv() {
@@ -586,10 +592,10 @@ fn describe(a: &Addrs, outcome: &HandshakeOutcome, sport: u16, port: u16) -> Str
         ..
     } = *a;
     match outcome {
-        HandshakeOutcome::Completed { after } => format!(
+        HandshakeOutcome::Completed { after, seen } => format!(
             "handshake completed after {} ms (client {} -> {})",
             after.as_millis(),
-            at(client_public, sport),
+            seen.unwrap_or_else(|| at(client_public, sport)),
             at(relay_public, port)
         ),
         HandshakeOutcome::Refused { after, icmp } => format!(
