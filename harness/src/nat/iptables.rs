@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::{chunk_ports, with_port, BackendKind, Invocation, NatBackend, NatRules};
-use crate::scenario::Family;
+use crate::scenario::{Family, PortRange};
 
 /// multiport matches at most 15 ports, a range counting as two.
 const MULTIPORT_SLOTS: usize = 15;
@@ -99,6 +99,22 @@ impl NatBackend for Iptables {
     }
 }
 
+/// Prerouting rules sending `proto` to `ports` arriving on `iface` to
+/// `target`, in as many multiport matches as the ports need.
+fn prerouting(s: &mut String, iface: &str, proto: &str, ports: &[PortRange], target: &str) {
+    for chunk in chunk_ports(ports, MULTIPORT_SLOTS) {
+        let ports: Vec<String> = chunk
+            .iter()
+            .map(|p| p.to_string().replace('-', ":"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "-A {PRE_CHAIN} -i {iface} -p {proto} -m multiport --dports {} -j {target}",
+            ports.join(",")
+        );
+    }
+}
+
 fn render(rules: &NatRules) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "*nat");
@@ -107,35 +123,18 @@ fn render(rules: &NatRules) -> String {
     let _ = writeln!(s, "-A PREROUTING -j {PRE_CHAIN}");
     let _ = writeln!(s, "-A POSTROUTING -j {POST_CHAIN}");
     for r in &rules.redirect_udp {
-        for chunk in chunk_ports(&r.ports, MULTIPORT_SLOTS) {
-            let ports: Vec<String> = chunk
-                .iter()
-                .map(|p| p.to_string().replace('-', ":"))
-                .collect();
-            let _ = writeln!(
-                s,
-                "-A {PRE_CHAIN} -i {} -p udp -m multiport --dports {} -j REDIRECT --to-ports {}",
-                r.in_iface,
-                ports.join(","),
-                r.to_port
-            );
-        }
+        let target = format!("REDIRECT --to-ports {}", r.to_port);
+        prerouting(&mut s, &r.in_iface, "udp", &r.ports, &target);
     }
     for d in &rules.dnat {
-        for chunk in chunk_ports(&d.ports, MULTIPORT_SLOTS) {
-            let ports: Vec<String> = chunk
-                .iter()
-                .map(|p| p.to_string().replace('-', ":"))
-                .collect();
-            let _ = writeln!(
-                s,
-                "-A {PRE_CHAIN} -i {} -p {} -m multiport --dports {} -j DNAT --to-destination {}",
-                d.in_iface,
-                d.protocol,
-                ports.join(","),
-                d.target()
-            );
-        }
+        let target = format!("DNAT --to-destination {}", d.target());
+        prerouting(
+            &mut s,
+            &d.in_iface,
+            &d.protocol.to_string(),
+            &d.ports,
+            &target,
+        );
     }
     for m in &rules.masquerade {
         // The target for all traffic, and for TCP/UDP limited to a port range.
