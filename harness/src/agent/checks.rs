@@ -131,6 +131,14 @@ impl<'a> Context<'a> {
         self.topo.addrs(self.family)
     }
 
+    /// A UDP socket on the client's tunnel address (current family), any port.
+    fn client_tunnel_socket(&self) -> Result<UdpSocket> {
+        let addr = self.a().tunnel_client;
+        self.topo
+            .client
+            .run(|| UdpSocket::bind((addr, 0)).context("binding a UDP socket on the client"))
+    }
+
     /// An unbound socket's address in the current family.
     fn any(&self) -> SocketAddr {
         match self.family {
@@ -708,6 +716,14 @@ fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String>> {
     }
 }
 
+/// How an exchange's reply went, for an observation.
+fn reply_text(reply: &Result<()>) -> String {
+    match reply {
+        Ok(()) => "the reply returned".to_string(),
+        Err(e) => format!("no reply ({e:#})"),
+    }
+}
+
 fn masq_expectation(a: &Addrs, what: &str) -> String {
     let Addrs {
         relay_wan,
@@ -793,10 +809,7 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
     };
     let seen = seen_source(ctx, &tag)?;
     let masqueraded = seen.as_ref().map(|s| s.source) == Some(relay_wan);
-    let reply_text = match &reply {
-        Ok(()) => "the reply returned".to_string(),
-        Err(e) => format!("no reply ({e:#})"),
-    };
+    let reply_text = reply_text(&reply);
     Ok(Verdict::judge(
         masqueraded && reply.is_ok(),
         expected,
@@ -1725,9 +1738,7 @@ fn keepalive(ctx: &mut Context, idle: u32) -> Result<Verdict> {
         return Ok(Verdict::judge(false, expected, why));
     }
     // The socket exists before the quiet time, so nothing needs sending after it.
-    let sock = ctx.topo.client.run(|| {
-        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
-    })?;
+    let sock = ctx.client_tunnel_socket()?;
     // The check is about time passing: there is no event to wait for instead.
     std::thread::sleep(Duration::from_secs(u64::from(idle)));
     let arrived = relay_to_client(ctx, &sock, KEEPALIVE_WAIT)?;
@@ -1817,10 +1828,7 @@ fn roaming(
     };
     let followed = after.as_ref().and_then(|p| p.endpoint).map(|e| e.ip()) == Some(new.addr);
     let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
-    let reply_text = match &reply {
-        Ok(()) => "the reply returned".to_string(),
-        Err(e) => format!("no reply ({e:#})"),
-    };
+    let reply_text = reply_text(&reply);
     Ok(Verdict::judge(
         reply.is_ok() && followed && masqueraded,
         expected,
@@ -1967,9 +1975,7 @@ fn port_shadow(ctx: &mut Context) -> Result<Verdict> {
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
-    let client = ctx.topo.client.run(|| {
-        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
-    })?;
+    let client = ctx.client_tunnel_socket()?;
     let first = ctx.tag("shadowed");
     if let Err(e) = probes::udp_echo_on(&client, server, &first, EXCHANGE_TIMEOUT) {
         return Ok(Verdict::judge(
@@ -2073,9 +2079,7 @@ fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
-    let sock = ctx.topo.client.run(|| {
-        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
-    })?;
+    let sock = ctx.client_tunnel_socket()?;
     let sport = sock.local_addr()?.port();
     let tag = ctx.tag("expiry");
     if let Err(e) = probes::udp_echo_on(&sock, server, &tag, EXCHANGE_TIMEOUT) {
@@ -2129,10 +2133,7 @@ fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
     let reply = probes::udp_echo_on(&sock, server, &again, EXCHANGE_TIMEOUT);
     let seen = seen_source(ctx, &again)?;
     let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
-    let reply_text = match &reply {
-        Ok(()) => "the reply returned".to_string(),
-        Err(e) => format!("no reply ({e:#})"),
-    };
+    let reply_text = reply_text(&reply);
     Ok(Verdict::judge(
         reply.is_ok() && masqueraded,
         expected,
@@ -2187,9 +2188,7 @@ fn udp_gso(ctx: &mut Context, segment: usize, segments: usize, bursts: u32) -> R
             .with_context(|| format!("binding {dest} in the internet namespace"))?;
         Ok(UdpSocket::from(s))
     })?;
-    let sender = ctx.topo.client.run(|| {
-        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
-    })?;
+    let sender = ctx.client_tunnel_socket()?;
     let gso = segment as i32;
     // SAFETY: setsockopt on a socket we own, with an int option of the right size.
     let rc = unsafe {
@@ -2328,9 +2327,7 @@ fn rekey(ctx: &mut Context) -> Result<Verdict> {
         Ok(client.peer_state()?.and_then(|p| p.last_handshake))
     };
     let first = handshake_time(ctx)?;
-    let sock = ctx.topo.client.run(|| {
-        UdpSocket::bind((a.tunnel_client, 0)).context("binding a UDP socket on the client")
-    })?;
+    let sock = ctx.client_tunnel_socket()?;
     let start = Instant::now();
     let (mut sent, mut answered) = (0u32, 0u32);
     let mut rekeyed: Option<Duration> = None;
