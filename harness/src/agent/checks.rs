@@ -420,59 +420,40 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
         UdpSocket::bind((client_public, sport))
             .with_context(|| format!("binding udp/{sport} on the client"))
     })?;
-    relay_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    client_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     icmp_sock.drain();
-    let tag = format!("natvet-redirect-{sport}");
     let wait = if expect {
         EXCHANGE_TIMEOUT
     } else {
         REDIRECT_ABSENT_WAIT
     };
-    let start = Instant::now();
-    let mut last_send: Option<Instant> = None;
-    let mut buf = [0u8; 1500];
-    let mut arrived: Option<(SocketAddr, Duration)> = None;
+    let flow = probes::Flow {
+        sender: &client_sock,
+        dest: at(relay_public, port),
+        tag: format!("natvet-redirect-{sport}"),
+    };
     let mut refused: Option<(IcmpPacket, Duration)> = None;
-    let mut reply: Option<SocketAddr> = None;
-    while start.elapsed() < wait {
-        // Resend now and then: the first datagram may wait on ARP.
-        if arrived.is_none() && last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            client_sock
-                .send_to(tag.as_bytes(), (relay_public, port))
-                .context("sending from the client")?;
-            last_send = Some(Instant::now());
-        }
-        if arrived.is_none() {
-            if let Ok((n, from)) = relay_sock.recv_from(&mut buf) {
-                if &buf[..n] == tag.as_bytes() {
-                    arrived = Some((from, start.elapsed()));
-                    relay_sock
-                        .send_to(&buf[..n], from)
-                        .context("replying from the relay")?;
+    // Resend every second: the first datagram may wait on ARP/ND. A refusal
+    // ends the wait only while nothing has arrived.
+    let seen = probes::echo_exchange(
+        std::slice::from_ref(&flow),
+        &relay_sock,
+        wait,
+        Duration::from_secs(1),
+        |seen, after| {
+            if let Some(icmp) = icmp_sock.recv() {
+                if icmp.is_unreachable()
+                    && icmp.inner_proto == Some(17)
+                    && icmp.inner_dport == Some(port)
+                {
+                    refused = Some((icmp, after));
                 }
             }
-        }
-        if arrived.is_some() {
-            if let Ok((n, from)) = client_sock.recv_from(&mut buf) {
-                if &buf[..n] == tag.as_bytes() {
-                    reply = Some(from);
-                    break;
-                }
-            }
-        }
-        if let Some(icmp) = icmp_sock.recv() {
-            if icmp.is_unreachable()
-                && icmp.inner_proto == Some(17)
-                && icmp.inner_dport == Some(port)
-            {
-                refused = Some((icmp, start.elapsed()));
-                if arrived.is_none() {
-                    break;
-                }
-            }
-        }
-    }
+            refused.is_some() && seen[0].sources.is_empty()
+        },
+    )?
+    .remove(0);
+    let arrived = seen.source().zip(seen.arrived_after);
+    let reply = seen.reply_from();
     let mut observed = match &arrived {
         Some((from, after)) => format!(
             "the relay's socket on :{listen} received it from {from} after {} ms",
@@ -497,14 +478,31 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
             wait.as_secs_f32()
         )),
     }
+    observed.push_str(&later_sources("its", &seen));
     let client = SocketAddr::new(client_seen, sport);
     let ok = if expect {
         arrived.as_ref().map(|(from, _)| *from) == Some(client)
+            && seen.sources.len() == 1
             && reply == Some(SocketAddr::new(relay_public, port))
     } else {
         arrived.is_none()
     };
     Ok(Verdict::judge(ok, expected, observed))
+}
+
+/// Resent copies of one datagram that reached the responder from another
+/// source than the first: the flow's translation changed between copies.
+fn later_sources(whose: &str, seen: &probes::Echoed) -> String {
+    match seen.sources.get(1..) {
+        Some(rest) if !rest.is_empty() => format!(
+            "; {whose} later copies came from {}",
+            rest.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    }
 }
 
 /// What happened when the client tried to reach the relay at one port.
@@ -1880,75 +1878,47 @@ fn same_source_port(
                 UdpSocket::bind((b_addr.addr, sport)).context("binding client B")?,
             ))
         })?;
-        let (tag_a, tag_b) = (ctx.tag("client-a"), ctx.tag("client-b"));
-        relay_sock.set_read_timeout(Some(Duration::from_millis(10)))?;
-        sock_a.set_nonblocking(true)?;
-        sock_b.set_nonblocking(true)?;
-        let start = Instant::now();
-        let mut arrived: Vec<(String, SocketAddr)> = Vec::new();
-        let mut got_a: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
-        let mut got_b: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
-        let mut last_send: Option<Instant> = None;
-        let mut buf = [0u8; 256];
-        let answered =
-            |got: &[(Vec<u8>, SocketAddr)], tag: &str| got.iter().any(|(p, _)| p == tag.as_bytes());
-        // Until both clients have their own reply (a crossed reply leaves
-        // one of them waiting, so it shows as a failure, not as a pass).
-        while start.elapsed() < EXCHANGE_TIMEOUT
-            && !(answered(&got_a, &tag_a) && answered(&got_b, &tag_b))
-        {
-            // Resend now and then: the first datagrams may wait on ARP/ND.
-            if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                if !arrived.iter().any(|(t, _)| *t == tag_a) {
-                    sock_a
-                        .send_to(tag_a.as_bytes(), to_a)
-                        .context("sending from A")?;
-                }
-                if !arrived.iter().any(|(t, _)| *t == tag_b) {
-                    sock_b
-                        .send_to(tag_b.as_bytes(), to_b)
-                        .context("sending from B")?;
-                }
-                last_send = Some(Instant::now());
-            }
-            if let Ok((n, from)) = relay_sock.recv_from(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if (text == tag_a || text == tag_b) && !arrived.iter().any(|(t, _)| *t == text) {
-                    relay_sock
-                        .send_to(&buf[..n], from)
-                        .context("replying from the relay")?;
-                    arrived.push((text, from));
-                }
-            }
-            for (sock, got) in [(&sock_a, &mut got_a), (&sock_b, &mut got_b)] {
-                while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    got.push((buf[..n].to_vec(), from));
-                }
-            }
-        }
-        let from_of = |tag: &str| arrived.iter().find(|(t, _)| t == tag).map(|(_, f)| *f);
-        let (src_a, src_b) = (from_of(&tag_a), from_of(&tag_b));
-        let replied = |got: &[(Vec<u8>, SocketAddr)], tag: &str| {
-            got.iter()
-                .find(|(p, _)| p == tag.as_bytes())
-                .map(|(_, from)| *from)
-        };
-        let (reply_a, reply_b) = (replied(&got_a, &tag_a), replied(&got_b, &tag_b));
-        let crossed = got_a.iter().any(|(p, _)| p == tag_b.as_bytes())
-            || got_b.iter().any(|(p, _)| p == tag_a.as_bytes());
+        // Both clients send at the same moment; each resends until its own
+        // reply is back (a crossed reply leaves one of them waiting, so it
+        // shows as a failure, not as a pass).
+        let flows = [
+            probes::Flow {
+                sender: &sock_a,
+                dest: to_a,
+                tag: ctx.tag("client-a"),
+            },
+            probes::Flow {
+                sender: &sock_b,
+                dest: to_b,
+                tag: ctx.tag("client-b"),
+            },
+        ];
+        let seen = probes::echo_exchange(
+            &flows,
+            &relay_sock,
+            EXCHANGE_TIMEOUT,
+            Duration::from_secs(1),
+            |_, _| false,
+        )?;
+        let (src_a, src_b) = (seen[0].source(), seen[1].source());
+        let (reply_a, reply_b) = (seen[0].reply_from(), seen[1].reply_from());
+        let crossed = seen.iter().any(|e| e.crossed);
         let show =
             |s: Option<SocketAddr>| s.map(|s| s.to_string()).unwrap_or_else(|| "nothing".into());
         let observed = format!(
-            "the relay's socket received A from {} and B from {}; A got its reply from {}, B from {}{}",
+            "the relay's socket received A from {} and B from {}; A got its reply from {}, B from {}{}{}{}",
             show(src_a),
             show(src_b),
             show(reply_a),
             show(reply_b),
-            if crossed { "; a reply reached the wrong client" } else { "" }
+            if crossed { "; a reply reached the wrong client" } else { "" },
+            later_sources("A's", &seen[0]),
+            later_sources("B's", &seen[1]),
         );
         let ok = src_a.is_some()
             && src_b.is_some()
             && src_a != src_b
+            && seen.iter().all(|e| e.sources.len() == 1)
             && reply_a == Some(to_a)
             && reply_b == Some(to_b)
             && !crossed;
@@ -2479,36 +2449,20 @@ fn port_forward(ctx: &mut Context, proto: Protocol, port: u16) -> Result<Verdict
                 let outside = ctx.topo.internet.run(|| {
                     UdpSocket::bind(any).context("binding a UDP socket on the internet host")
                 })?;
-                inside.set_read_timeout(Some(Duration::from_millis(20)))?;
-                outside.set_read_timeout(Some(Duration::from_millis(20)))?;
-                let mut buf = [0u8; 512];
-                let (mut seen, mut reply) = (None, None);
-                let mut last_send: Option<Instant> = None;
-                while reply.is_none() && Instant::now() < deadline {
-                    if seen.is_none()
-                        && last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
-                    {
-                        outside
-                            .send_to(tag.as_bytes(), public)
-                            .context("sending from the internet host")?;
-                        last_send = Some(Instant::now());
-                    }
-                    if seen.is_none() {
-                        if let Ok((n, from)) = inside.recv_from(&mut buf) {
-                            if &buf[..n] == tag.as_bytes() {
-                                seen = Some(from);
-                                inside
-                                    .send_to(&buf[..n], from)
-                                    .context("replying from the client")?;
-                            }
-                        }
-                    }
-                    if let Ok((n, from)) = outside.recv_from(&mut buf) {
-                        if &buf[..n] == tag.as_bytes() {
-                            reply = Some(from);
-                        }
-                    }
-                }
+                let flow = probes::Flow {
+                    sender: &outside,
+                    dest: public,
+                    tag: tag.clone(),
+                };
+                let seen = probes::echo_exchange(
+                    std::slice::from_ref(&flow),
+                    &inside,
+                    deadline.saturating_duration_since(Instant::now()),
+                    Duration::from_millis(500),
+                    |_, _| false,
+                )?
+                .remove(0);
+                let (seen, reply) = (seen.source(), seen.reply_from());
                 let error = reply
                     .is_none()
                     .then(|| format!("no reply within {} s", EXCHANGE_TIMEOUT.as_secs()));

@@ -447,6 +447,100 @@ impl IcmpSocket {
     }
 }
 
+/// One sender's side of an [`echo_exchange`].
+pub struct Flow<'a> {
+    pub sender: &'a UdpSocket,
+    pub dest: SocketAddr,
+    pub tag: String,
+}
+
+/// What one flow of an [`echo_exchange`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct Echoed {
+    /// Every distinct source the responder saw the tag come from, first
+    /// first (more than one means the flow's translation changed mid-way).
+    pub sources: Vec<SocketAddr>,
+    /// When the tag first reached the responder.
+    pub arrived_after: Option<Duration>,
+    /// Where the sender's own tag came back from, and when.
+    pub reply: Option<(SocketAddr, Duration)>,
+    /// The sender received another flow's tag.
+    pub crossed: bool,
+}
+
+impl Echoed {
+    pub fn source(&self) -> Option<SocketAddr> {
+        self.sources.first().copied()
+    }
+    pub fn reply_from(&self) -> Option<SocketAddr> {
+        self.reply.map(|(from, _)| from)
+    }
+}
+
+/// Request/echo between sockets the agent holds both ends of: each flow's
+/// sender sends its tag to its `dest` every `resend` until its own echo is
+/// back; the `responder` echoes every copy it receives to where it came
+/// from. A lost datagram in either direction is only a resend away, while
+/// a translation fault repeats on every copy and so still shows. Ends when
+/// every flow has its reply, at `timeout`, or when `stop` says so (it sees
+/// the flows so far; a caller watching something else, like ICMP errors,
+/// decides there).
+pub fn echo_exchange(
+    flows: &[Flow],
+    responder: &UdpSocket,
+    timeout: Duration,
+    resend: Duration,
+    mut stop: impl FnMut(&[Echoed], Duration) -> bool,
+) -> Result<Vec<Echoed>> {
+    responder.set_read_timeout(Some(Duration::from_millis(10)))?;
+    for f in flows {
+        f.sender.set_nonblocking(true)?;
+    }
+    let start = Instant::now();
+    let mut seen = vec![Echoed::default(); flows.len()];
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < timeout && seen.iter().any(|e| e.reply.is_none()) {
+        if last_send.is_none_or(|t| t.elapsed() >= resend) {
+            for (f, e) in flows.iter().zip(&seen) {
+                if e.reply.is_none() {
+                    f.sender
+                        .send_to(f.tag.as_bytes(), f.dest)
+                        .with_context(|| format!("sending to {}", f.dest))?;
+                }
+            }
+            last_send = Some(Instant::now());
+        }
+        if let Ok((n, from)) = responder.recv_from(&mut buf) {
+            if let Some(i) = flows.iter().position(|f| f.tag.as_bytes() == &buf[..n]) {
+                let e = &mut seen[i];
+                e.arrived_after.get_or_insert(start.elapsed());
+                if !e.sources.contains(&from) {
+                    e.sources.push(from);
+                }
+                responder
+                    .send_to(&buf[..n], from)
+                    .with_context(|| format!("echoing to {from}"))?;
+            }
+        }
+        for (i, f) in flows.iter().enumerate() {
+            while let Ok((n, from)) = f.sender.recv_from(&mut buf) {
+                match flows.iter().position(|g| g.tag.as_bytes() == &buf[..n]) {
+                    Some(j) if j == i => {
+                        seen[i].reply.get_or_insert((from, start.elapsed()));
+                    }
+                    Some(_) => seen[i].crossed = true,
+                    None => {}
+                }
+            }
+        }
+        if stop(&seen, start.elapsed()) {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
 /// A TCP exchange from the client: `ECHO tag`, answer must be the tag.
 pub fn tcp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> Result<()> {
     let mut stream = ns.run(|| {
