@@ -174,6 +174,10 @@ pub struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 384)]
     pub memory: u32,
+    /// Virtual CPUs per guest. Default: the host's cores shared among the
+    /// VMs that run at once (at least one each).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<usize>,
     /// Extra kernel command line arguments.
     #[arg(long, value_name = "ARGS", default_value = "")]
     pub kernel_cmdline: String,
@@ -191,6 +195,11 @@ pub struct CheckArgs {
     /// Restrict NAT backends (comma-separated): nftables (or nft), iptables-nft, iptables-legacy.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub backend: Vec<BackendKind>,
+    /// Scenario runs (one scenario with one backend) at once inside each
+    /// guest, each in namespaces of its own: one run's waits (idle timeouts,
+    /// keepalives) overlap another's work.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub parallel: usize,
     /// Write all results as JSON (schema natvet-run/1).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -599,11 +608,13 @@ fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> VetOptions {
         timeout: Duration::from_secs(checks.timeout),
         check_timeout: Duration::from_secs(checks.check_timeout),
         memory_mb: 0,
+        cpus: 1,
         out_dir: checks.out.clone(),
         cmdline_extra: String::new(),
         evidence_always: checks.evidence_always,
         capture: checks.capture,
         boot: vet::BootPreference::Auto,
+        parallel: checks.parallel,
     }
 }
 
@@ -612,6 +623,12 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
     let scenarios = load_scenarios(&run.checks)?;
     if run.jobs == Some(0) {
         return Err(usage("--jobs must be at least 1"));
+    }
+    if run.cpus == Some(0) {
+        return Err(usage("--cpus must be at least 1"));
+    }
+    if run.checks.parallel == 0 {
+        return Err(usage("--parallel must be at least 1"));
     }
     if run.memory < 128 {
         return Err(usage(
@@ -629,10 +646,17 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
             )));
         }
     }
+    // Kernels beyond --jobs wait their turn: only that many VMs share the
+    // cores (bisect names its kernels later, and may run --jobs of them).
+    let vms = match specs.len() {
+        0 => jobs,
+        n => jobs.min(n),
+    };
     Ok(VetOptions {
         kernels: specs,
         jobs,
         memory_mb: run.memory,
+        cpus: run.cpus.unwrap_or_else(|| vet::default_cpus(vms)),
         cmdline_extra: run.kernel_cmdline.clone(),
         boot: run.boot,
         ..check_options(&run.checks, scenarios)
@@ -693,6 +717,9 @@ fn verify_cmd(args: VerifyArgs) -> Result<i32> {
     if args.dry_run {
         print!("{}", crate::verify::plan(&scenarios));
         return Ok(exit::PASS);
+    }
+    if args.checks.parallel == 0 {
+        return Err(usage("--parallel must be at least 1"));
     }
     if let Some(why) = crate::verify::preflight() {
         return Err(usage(why));

@@ -36,6 +36,15 @@ pub struct Job {
     pub evidence_always: bool,
     #[serde(default)]
     pub capture: CaptureMode,
+    /// How many (scenario, backend) runs the agent keeps going at once, each
+    /// in namespaces of its own: while one waits (an idle timeout, a
+    /// keepalive), another uses the CPU.
+    #[serde(default = "one")]
+    pub parallel: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Outcome of one check. `Unsupported` and `Error` are never a NAT verdict.
@@ -154,10 +163,23 @@ pub enum GuestMessage {
     },
     /// A check finished.
     Check(Box<CheckResult>),
+    /// One scenario run (a scenario with one backend) ended.
+    RunDone(RunTiming),
     /// All scenarios ran; the guest powers off next.
     Done { elapsed_ms: u64 },
     /// The agent cannot go on (setup failed in a way no check can report).
     Fatal { error: String },
+}
+
+/// How long one scenario run took in the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTiming {
+    pub scenario: String,
+    pub backend: String,
+    /// Building the topology and applying the NAT rules.
+    pub setup_ms: u64,
+    /// From the start of setup to the end of teardown.
+    pub elapsed_ms: u64,
 }
 
 impl GuestMessage {

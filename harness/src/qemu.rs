@@ -26,6 +26,8 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub memory_mb: u32,
+    /// Virtual CPUs (each a host thread under multi-threaded TCG).
+    pub cpus: usize,
     /// Appended to natvet's own kernel command line.
     pub cmdline_extra: String,
     /// The whole VM, boot to power-off.
@@ -103,8 +105,6 @@ pub fn args(cfg: &VmConfig, results_fd: i32) -> Vec<String> {
         "tcg,thread=multi,tb-size=64",
         "-cpu",
         "max",
-        "-smp",
-        "1",
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -120,6 +120,8 @@ pub fn args(cfg: &VmConfig, results_fd: i32) -> Vec<String> {
     a.push(format!("socket,id=results,fd={results_fd}"));
     a.push("-serial".into());
     a.push("chardev:results".into());
+    a.push("-smp".into());
+    a.push(cfg.cpus.max(1).to_string());
     a.push("-m".into());
     a.push(cfg.memory_mb.to_string());
     a.push("-kernel".into());
@@ -509,6 +511,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd".into(),
             memory_mb: 384,
+            cpus: 2,
             cmdline_extra: "foo=1".into(),
             timeout: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(1),
@@ -517,6 +520,7 @@ mod tests {
         };
         let a = args(&cfg, 7).join(" ");
         assert!(a.contains("-accel tcg,thread=multi"));
+        assert!(a.contains("-smp 2 -m 384"));
         assert!(a.contains("-serial stdio"));
         assert!(a.contains("-chardev socket,id=results,fd=7 -serial chardev:results"));
         assert!(a.contains("-no-reboot"));

@@ -60,11 +60,15 @@ pub struct VetOptions {
     /// The longest one check may take, measured on the host.
     pub check_timeout: Duration,
     pub memory_mb: u32,
+    /// Virtual CPUs per guest.
+    pub cpus: usize,
     pub out_dir: PathBuf,
     pub cmdline_extra: String,
     pub evidence_always: bool,
     pub capture: crate::protocol::CaptureMode,
     pub boot: BootPreference,
+    /// Scenario runs at once inside each guest.
+    pub parallel: usize,
 }
 
 /// Which kernel image qemu boots.
@@ -118,6 +122,15 @@ pub fn default_jobs(memory_mb: u32) -> usize {
     let per_vm = u64::from(memory_mb) + 200;
     let avail = available_memory_mb().unwrap_or(per_vm);
     cores.min((avail / per_vm).max(1) as usize).max(1)
+}
+
+/// Virtual CPUs per guest when `vms` run at once: the host's cores shared
+/// among them, at least one each (more would only make them take turns).
+pub fn default_cpus(vms: usize) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (cores / vms.max(1)).max(1)
 }
 
 pub fn available_memory_mb() -> Option<u64> {
@@ -506,6 +519,7 @@ fn vet_kernel(
             },
             initrd,
             memory_mb: opts.memory_mb,
+            cpus: opts.cpus,
             cmdline_extra: opts.cmdline_extra.clone(),
             timeout: opts.timeout,
             stall_timeout: opts.check_timeout,
@@ -518,8 +532,10 @@ fn vet_kernel(
     let mut release = kernel.release.clone();
     let mut uptime = None;
     let mut fatal: Option<String> = None;
-    let mut running: Option<String> = None;
+    // Checks started and not yet reported (several, when scenario runs overlap).
+    let mut running: Vec<String> = Vec::new();
     let mut agent_ms = None;
+    let mut scenario_runs = Vec::new();
     let mut on_message = |msg: &GuestMessage| match msg {
         GuestMessage::Hello {
             kernel_release,
@@ -539,14 +555,16 @@ fn vet_kernel(
             backend,
             check,
         } => {
-            running = Some(format!("{scenario} [{backend}] {check}"));
+            running.push(format!("{scenario} [{backend}] {check}"));
             progress.check_started(check);
         }
         GuestMessage::Check(r) => {
-            running = None;
+            let name = format!("{} [{}] {}", r.scenario, r.backend, r.check);
+            running.retain(|c| *c != name);
             progress.check_done(r);
             results.push((**r).clone());
         }
+        GuestMessage::RunDone(t) => scenario_runs.push(t.clone()),
         GuestMessage::Done { elapsed_ms } => agent_ms = Some(*elapsed_ms),
         GuestMessage::Fatal { error } => fatal = Some(error.clone()),
     };
@@ -574,6 +592,7 @@ fn vet_kernel(
             initramfs_bytes,
             guest_uptime_ms: uptime,
             agent_ms,
+            scenario_runs,
             ..Timings::default()
         },
         console_log: Some(console_log.display().to_string()),
@@ -593,10 +612,11 @@ fn vet_kernel(
             for a in &o.alarms {
                 run.notes.push(format!("{CONSOLE_ALARM}{a}"));
             }
-            let during = running
-                .as_ref()
-                .map(|c| format!(" while running {c}"))
-                .unwrap_or_default();
+            let during = if running.is_empty() {
+                String::new()
+            } else {
+                format!(" while running {}", running.join(", "))
+            };
             let problem = match (&o.end, &fatal) {
                 (_, Some(err)) => Some(("agent", format!("the guest agent gave up{during}: {err}"))),
                 (VmEnd::Completed, None) => None,
@@ -653,6 +673,14 @@ fn vet_kernel(
             }
         }
     }
+    // Overlapping scenario runs report in any order: back to the job's.
+    let rank = |r: &CheckResult| {
+        expected
+            .iter()
+            .position(|(s, b, c)| *s == r.scenario && *b == r.backend && *c == r.check)
+            .unwrap_or(usize::MAX)
+    };
+    run.results.sort_by_key(rank);
     run.timings.total_ms = total.elapsed().as_millis() as u64;
     if let Err(e) = write_evidence(&opts.out_dir, &mut run) {
         run.notes.push(format!("could not write evidence: {e:#}"));
@@ -687,6 +715,7 @@ fn make_job(opts: &VetOptions, preload_modules: Vec<String>) -> Job {
         preload_modules,
         evidence_always: opts.evidence_always,
         capture: opts.capture,
+        parallel: opts.parallel,
     }
 }
 

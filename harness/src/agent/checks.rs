@@ -412,7 +412,7 @@ fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
     let topo = &ctx.topo;
     let icmp_sock = topo.client_icmp(ctx.family)?;
     let relay_sock = topo.relay.run(|| {
-        UdpSocket::bind(SocketAddr::new(any.ip(), listen)).with_context(|| {
+        probes::bind_udp_again(SocketAddr::new(any.ip(), listen)).with_context(|| {
             format!("binding udp/{listen} on the relay (is something else listening there?)")
         })
     })?;
@@ -1868,7 +1868,7 @@ fn same_source_port(
         wait_usable(&ns, b_addr.addr)?;
         let any = ctx.any();
         let relay_sock = ctx.topo.relay.run(|| {
-            UdpSocket::bind(SocketAddr::new(any.ip(), listen)).with_context(|| {
+            probes::bind_udp_again(SocketAddr::new(any.ip(), listen)).with_context(|| {
                 format!("binding udp/{listen} on the relay (is something else listening there?)")
             })
         })?;
@@ -1979,7 +1979,7 @@ fn port_shadow(ctx: &mut Context) -> Result<Verdict> {
         ));
     }
     let relay = ctx.topo.relay.run(|| {
-        UdpSocket::bind((a.relay_wan, port))
+        probes::bind_udp_again(SocketAddr::new(a.relay_wan, port))
             .with_context(|| format!("binding {} on the relay", at(a.relay_wan, port)))
     })?;
     let (from_relay, from_client) = (ctx.tag("shadow"), ctx.tag("shadowed-again"));
@@ -2391,7 +2391,7 @@ fn port_forward(ctx: &mut Context, proto: Protocol, port: u16) -> Result<Verdict
         match proto {
             Protocol::Tcp => {
                 let listener = ctx.topo.client.run(|| {
-                    std::net::TcpListener::bind(target)
+                    probes::listen_tcp_again(target)
                         .with_context(|| format!("listening on {target} on the client"))
                 })?;
                 listener.set_nonblocking(true)?;
@@ -2443,7 +2443,7 @@ fn port_forward(ctx: &mut Context, proto: Protocol, port: u16) -> Result<Verdict
             }
             _ => {
                 let inside = ctx.topo.client.run(|| {
-                    UdpSocket::bind(target)
+                    probes::bind_udp_again(target)
                         .with_context(|| format!("binding {target} on the client"))
                 })?;
                 let outside = ctx.topo.internet.run(|| {

@@ -25,7 +25,7 @@ use nix::mount::{mount, MsFlags};
 
 use crate::nat::NatBackend;
 use crate::protocol::{
-    CheckResult, GuestMessage, Job, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY,
+    CheckResult, GuestMessage, Job, RunTiming, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY,
 };
 use crate::scenario::Scenario;
 use topology::Tunnel;
@@ -232,19 +232,60 @@ fn run(start: Instant) -> Result<()> {
     Ok(())
 }
 
-fn run_job(job: &Job) {
-    for scenario in &job.scenarios {
-        for kind in &scenario.backends {
-            let backend = kind.backend();
-            run_scenario(scenario, backend.as_ref(), job);
+/// Overlapping scenario runs hold many sockets at once (reload-under-traffic
+/// opens a new flow every 10 ms): lift the open-file limit from the 1024
+/// that PID 1 starts with, as far as the kernel lets us.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const WANT: u64 = 65536;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        // Raising the hard limit needs privilege; without, the soft one goes to it.
+        if setrlimit(Resource::RLIMIT_NOFILE, WANT.max(soft), WANT.max(hard)).is_err() {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.max(soft), hard);
         }
     }
 }
 
+/// Every (scenario, backend) run of the job, `job.parallel` at a time. Each
+/// builds its own namespaces, so runs cannot see each other's links, rules
+/// or conntrack entries; results carry their scenario and backend, and the
+/// host puts them back in order.
+fn run_job(job: &Job) {
+    raise_open_file_limit();
+    let runs: Vec<(&Scenario, crate::nat::BackendKind)> = job
+        .scenarios
+        .iter()
+        .flat_map(|s| s.backends.iter().map(move |b| (s, *b)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some((scenario, kind)) = runs.get(i) else {
+            break;
+        };
+        let start = Instant::now();
+        let setup_ms = run_scenario(scenario, kind.backend().as_ref(), job);
+        send(&GuestMessage::RunDone(RunTiming {
+            scenario: scenario.name.clone(),
+            backend: kind.to_string(),
+            setup_ms,
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        }));
+    };
+    std::thread::scope(|s| {
+        for _ in 1..job.parallel.clamp(1, runs.len().max(1)) {
+            s.spawn(worker);
+        }
+        worker();
+    });
+}
+
 /// One scenario with one backend. Setup failures become results for every
 /// check (error, or unsupported when the kernel lacks the backend), so the
-/// host always learns the fate of each check by name.
-fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
+/// host always learns the fate of each check by name. Returns the time the
+/// setup (topology and NAT rules) took, in ms.
+fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) -> u64 {
+    let start = Instant::now();
     let mut kmsg = kmsg::Kmsg::open();
     let settle_all = |status: Status, why: String| {
         settle(scenario, backend, scenario.result_names(), status, &why)
@@ -259,23 +300,27 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
             } else {
                 Status::Error
             };
-            return settle_all(
+            settle_all(
                 status,
                 format!("building the topology failed: {msg}\n{}", lines.join("\n")),
             );
+            return start.elapsed().as_millis() as u64;
         }
     };
     match topo.apply_nat(backend, scenario) {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => {
             topo.stop();
-            return settle_all(Status::Unsupported, reason);
+            settle_all(Status::Unsupported, reason);
+            return start.elapsed().as_millis() as u64;
         }
         Err(e) => {
             topo.stop();
-            return settle_all(Status::Error, format!("{e:#}"));
+            settle_all(Status::Error, format!("{e:#}"));
+            return start.elapsed().as_millis() as u64;
         }
     }
+    let setup_ms = start.elapsed().as_millis() as u64;
     let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
     ctx.rules = scenario.nat_rules(crate::scenario::topology::RELAY);
     let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
@@ -304,7 +349,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
                 .collect();
             settle(scenario, backend, names, Status::Error, &why);
             ctx.topo.stop();
-            return;
+            return setup_ms;
         }
     }
     if scenario.relay.flowtable {
@@ -319,6 +364,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) {
         checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
     }
     ctx.topo.stop();
+    setup_ms
 }
 
 /// Report `names` as settled without running them (setup failed).

@@ -6,9 +6,55 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use nix::sched::{setns, unshare, CloneFlags};
+
+/// Scenario runs overlap, and a child process holds a copy of every open
+/// descriptor of the agent from fork until exec has closed them: a socket
+/// that one run has just closed can still hold its port for that while.
+/// Spawns hold this lock shared until the child has exec'd; taking a
+/// well-known port again ([`take_port`]) holds it exclusively, so no new
+/// copies appear, and waits out the last child's close-on-exec.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
+/// Held while a child is started (until it has exec'd).
+pub fn spawning() -> RwLockReadGuard<'static, ()> {
+    SPAWNING
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Take a port that a socket, now closed, may just have held (a relay's
+/// listen port, a forwarded port): `bind` runs with no child being started,
+/// and again while the port is in use, for up to two seconds. Exec closes
+/// the child's copies one by one after the parent has been told it
+/// succeeded, and on one CPU the parent often runs first. A port still
+/// taken after that is really taken.
+pub fn take_port<T>(mut bind: impl FnMut() -> Result<T>) -> Result<T> {
+    const WAIT: Duration = Duration::from_secs(2);
+    let _no_new_copies = SPAWNING
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let start = Instant::now();
+    loop {
+        match bind() {
+            Err(e) if in_use(&e) && start.elapsed() < WAIT => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            other => return other,
+        }
+    }
+}
+
+fn in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    }) || format!("{e:#}").contains("os error 98")
+}
 
 /// A network namespace, alive as long as this value (or a process in it) is.
 pub struct Netns {

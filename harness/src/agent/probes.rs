@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::netns::Netns;
+use super::netns::{take_port, Netns};
 
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 8081;
@@ -539,6 +539,52 @@ pub fn echo_exchange(
         }
     }
     Ok(seen)
+}
+
+/// Bind a UDP port that an earlier check's socket, now closed, held (the
+/// relay's listen port, a forwarded port): see [`take_port`]. Called on the
+/// namespace's thread: when the port stays taken, the error names the
+/// sockets that hold it.
+pub fn bind_udp_again(addr: SocketAddr) -> Result<UdpSocket> {
+    take_port(|| Ok(UdpSocket::bind(addr)?)).map_err(|e| {
+        let holders = port_holders("udp", addr.port());
+        e.context(format!("binding udp {addr}{holders}"))
+    })
+}
+
+/// [`bind_udp_again`] for a TCP listener.
+pub fn listen_tcp_again(addr: SocketAddr) -> Result<TcpListener> {
+    take_port(|| Ok(TcpListener::bind(addr)?)).map_err(|e| {
+        let holders = port_holders("tcp", addr.port());
+        e.context(format!("listening on tcp {addr}{holders}"))
+    })
+}
+
+/// Sockets of this thread's namespace bound to `port` (from
+/// /proc/thread-self/net/PROTO and PROTO6), for an error message.
+fn port_holders(proto: &str, port: u16) -> String {
+    let hex = format!(":{port:04X}");
+    let mut found = Vec::new();
+    for table in [proto.to_string(), format!("{proto}6")] {
+        let text =
+            std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(1).is_some_and(|local| local.ends_with(&hex)) {
+                found.push(format!(
+                    "{table} local {} remote {} inode {}",
+                    cols[1],
+                    cols.get(2).unwrap_or(&"?"),
+                    cols.get(9).unwrap_or(&"?")
+                ));
+            }
+        }
+    }
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" (held by: {})", found.join("; "))
+    }
 }
 
 /// A TCP exchange from the client: `ECHO tag`, answer must be the tag.

@@ -589,8 +589,8 @@ impl Topology {
 /// Run a command in a namespace; its stdout, or an error with its stderr.
 pub fn run_in(ns: &Netns, inv: &Invocation, stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
-    let mut child = ns
-        .command(inv.program)
+    let mut child = ns.command(inv.program);
+    child
         .args(&inv.args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -598,9 +598,13 @@ pub fn run_in(ns: &Netns, inv: &Invocation, stdin: Option<&str>) -> Result<Strin
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {inv}"))?;
+        .stderr(Stdio::piped());
+    // spawn() returns once the child has exec'd (or failed to).
+    let spawned = {
+        let _in_flight = super::netns::spawning();
+        child.spawn()
+    };
+    let mut child = spawned.with_context(|| format!("starting {inv}"))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .with_context(|| format!("writing to {inv}"))?;

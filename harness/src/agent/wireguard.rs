@@ -10,7 +10,7 @@ use wireguard_control::{
     Backend, Device, DeviceUpdate, InterfaceName, Key, KeyPair, PeerConfigBuilder,
 };
 
-use super::netns::Netns;
+use super::netns::{take_port, Netns};
 
 fn iface(name: &str) -> Result<InterfaceName> {
     name.parse()
@@ -50,10 +50,14 @@ impl WgInterface {
         if let Some(port) = listen_port {
             update = update.set_listen_port(port);
         }
-        ns.run(|| {
-            update
-                .apply(&ifname, Backend::Kernel)
-                .with_context(|| format!("creating WireGuard interface {name}"))
+        // A listen port that a check's socket just held: see take_port.
+        take_port(|| {
+            ns.run(|| {
+                update
+                    .clone()
+                    .apply(&ifname, Backend::Kernel)
+                    .with_context(|| format!("creating WireGuard interface {name}"))
+            })
         })?;
         Ok(WgInterface {
             ns,
@@ -91,11 +95,18 @@ impl WgInterface {
             update = update.set_listen_port(port);
         }
         let ifname = iface(&self.name)?;
-        self.ns.run(|| {
-            update
-                .apply(&ifname, Backend::Kernel)
-                .with_context(|| format!("configuring peer on {}", self.name))
-        })
+        let apply = || {
+            self.ns.run(|| {
+                update
+                    .clone()
+                    .apply(&ifname, Backend::Kernel)
+                    .with_context(|| format!("configuring peer on {}", self.name))
+            })
+        };
+        match listen_port {
+            Some(_) => take_port(apply),
+            None => apply(),
+        }
     }
 
     /// The state of the device's first (only) peer.

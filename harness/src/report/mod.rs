@@ -68,6 +68,10 @@ pub struct Timings {
     pub total_ms: u64,
     pub peak_rss_mb: Option<u64>,
     pub initramfs_bytes: u64,
+    /// Each scenario run (one scenario, one backend) in the guest: runs
+    /// overlap (--parallel), so these add up to more than `agent_ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenario_runs: Vec<crate::protocol::RunTiming>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
