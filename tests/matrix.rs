@@ -21,6 +21,14 @@ use serde_json::Value;
 /// The controls run on one kernel: they test natvet's checks, not the kernel.
 const CONTROL_KERNEL: &str = "debian:6.1";
 
+/// vCPUs per guest: the host's cores shared among the tests that run at
+/// once (each boots its own VM), as natvet itself shares them among its VMs.
+static GUEST_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn guest_cpus() -> &'static str {
+    GUEST_CPUS.get().map(String::as_str).unwrap_or("1")
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -106,7 +114,15 @@ fn explain(run: &Run) -> String {
 fn vet_passes(kernel: &str, scenario: &str) -> Result<(), Failed> {
     let run = natvet(
         &format!("vet-{kernel}-{scenario}"),
-        &["vet", "--kernel", kernel, "--scenario", scenario],
+        &[
+            "vet",
+            "--kernel",
+            kernel,
+            "--scenario",
+            scenario,
+            "--cpus",
+            guest_cpus(),
+        ],
     )?;
     let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
     let results = results(report);
@@ -123,6 +139,34 @@ fn vet_passes(kernel: &str, scenario: &str) -> Result<(), Failed> {
     settings.set_snapshot_path(repo().join("tests/snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.bind(|| insta::assert_snapshot!(scenario.to_string(), redacted(report)));
+    Ok(())
+}
+
+/// Every default scenario in one boot, all backends: every check passes,
+/// and each is reported once.
+fn every_scenario_passes(kernel: &str) -> Result<(), Failed> {
+    let run = natvet(
+        &format!("vet-{kernel}-every-scenario"),
+        &["vet", "--kernel", kernel, "--cpus", guest_cpus()],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let results = results(report);
+    let bad: Vec<_> = results.iter().filter(|(_, s)| s != "pass").collect();
+    if run.code != 0 || results.is_empty() || !bad.is_empty() {
+        return Err(format!("not every check passed: {bad:?}\n{}", explain(&run)).into());
+    }
+    let mut names: Vec<String> = report["kernels"][0]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{} {} {}", r["scenario"], r["backend"], r["check"]))
+        .collect();
+    let all = names.len();
+    names.sort();
+    names.dedup();
+    if names.len() != all {
+        return Err(format!("{} results reported twice", all - names.len()).into());
+    }
     Ok(())
 }
 
@@ -218,6 +262,8 @@ fn control_fails(
             &path,
             "--capture",
             if forensics { "failures" } else { "never" },
+            "--cpus",
+            guest_cpus(),
         ],
     )?;
     // Each named check fails in every family the scenario runs.
@@ -695,6 +741,12 @@ fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> 
 
 fn main() {
     let args = Arguments::from_args();
+    let threads = args.test_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let _ = GUEST_CPUS.set(natvet::vet::default_cpus(threads).to_string());
     let kernels: Vec<String> = match std::env::var("NATVET_KERNELS") {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
         _ => match natvet::vet::kernel_set("default") {
@@ -714,6 +766,19 @@ fn main() {
                 move || vet_passes(&k, scenario),
             ));
         }
+    }
+    // What `make vet` does on each kernel: every default scenario in one
+    // boot, their runs overlapping in the guest.
+    let together = kernels
+        .iter()
+        .find(|k| k.contains("6.12"))
+        .or(kernels.first())
+        .cloned();
+    if let Some(k) = together {
+        trials.push(Trial::test(
+            format!("vet::{k}::every-scenario-one-boot"),
+            move || every_scenario_passes(&k),
+        ));
     }
     // Slow scenarios (minutes each) on one kernel.
     for (scenario, _) in natvet::scenario::SHIPPED {

@@ -1,6 +1,8 @@
 //! Whole-run benchmark: boot time (vmlinux via PVH vs bzImage), time in the
 //! agent, time per kernel, peak qemu memory, initramfs size and build time,
-//! and the matrix's wall time at --jobs 1 vs the default.
+//! time per scenario run (scenario x backend), one kernel with runs one at a
+//! time on one vCPU vs the defaults, and the matrix's wall time at --jobs 1
+//! vs the default.
 //!
 //! `make bench` (or `cargo bench --profile dev --bench vm`). Figures go to
 //! stdout as a table and to target/natvet-bench/bench.json.
@@ -195,6 +197,64 @@ fn main() {
         check_rows.push(json!({"check": check, "median_ms": m}));
     }
 
+    // Each scenario run (scenario x backend) in the guest: its setup and its
+    // whole time, median over kernels and runs. Runs overlap (--parallel),
+    // so their sum exceeds the agent's time.
+    let mut per_run: std::collections::BTreeMap<(String, String), (Vec<f64>, Vec<f64>)> =
+        Default::default();
+    for dir in std::fs::read_dir(out_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !dir.file_name().to_string_lossy().contains("-auto-") {
+            continue;
+        }
+        let Some(report) = std::fs::read(dir.path().join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            continue;
+        };
+        for k in report["kernels"].as_array().into_iter().flatten() {
+            for r in k["timings"]["scenario_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let key = (
+                    r["scenario"].as_str().unwrap_or("?").to_string(),
+                    r["backend"].as_str().unwrap_or("?").to_string(),
+                );
+                let e = per_run.entry(key).or_default();
+                e.0.extend(r["setup_ms"].as_f64());
+                e.1.extend(r["elapsed_ms"].as_f64());
+            }
+        }
+    }
+    println!();
+    println!(
+        "{:<18} {:<16} {:>9} {:>9}",
+        "scenario", "backend", "setup ms", "total ms"
+    );
+    let mut run_rows = Vec::new();
+    for ((scenario, backend), (setup, total)) in per_run {
+        let (setup, total) = (median(setup), median(total));
+        println!("{scenario:<18} {backend:<16} {setup:>9.0} {total:>9.0}");
+        run_rows.push(
+            json!({"scenario": scenario, "backend": backend, "setup_ms": setup, "total_ms": total}),
+        );
+    }
+
+    // One kernel with the scenario runs one after another on one vCPU (how
+    // natvet ran before runs overlapped), against the defaults above.
+    let serial_kernel = vet(
+        std::slice::from_ref(&kernels[0]),
+        &["--parallel", "1", "--cpus", "1"],
+        "serial-runs",
+    )
+    .and_then(|(r, _)| field(&r, "total_ms").first().copied());
+
     // A cold cache: the first kernel fetched into an empty one.
     let cold_dir = out_root().join("cold-cache");
     let _ = std::fs::remove_dir_all(&cold_dir);
@@ -225,6 +285,13 @@ fn main() {
             s / p
         );
     }
+    if let Some(t) = serial_kernel {
+        println!(
+            "{} with scenario runs one at a time on one vCPU (--parallel 1 --cpus 1): {:.1} s",
+            kernels[0],
+            t / 1000.0
+        );
+    }
     let out = json!({
         "kernels": kernels,
         "runs": runs,
@@ -232,6 +299,8 @@ fn main() {
         "fetch_warm_s": fetch_s,
         "fetch_cold_first_kernel_s": cold_s,
         "per_check": check_rows,
+        "per_scenario_run": run_rows,
+        "serial_runs_first_kernel_ms": serial_kernel,
         "matrix_jobs1_s": serial,
         "matrix_default_s": parallel,
         "cores": jobs,
