@@ -195,11 +195,12 @@ pub struct CheckArgs {
     /// Restrict NAT backends (comma-separated): nftables (or nft), iptables-nft, iptables-legacy.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub backend: Vec<BackendKind>,
-    /// Scenario runs (one scenario with one backend) at once inside each
-    /// guest, each in namespaces of its own: one run's waits (idle timeouts,
-    /// keepalives) overlap another's work.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub parallel: usize,
+    /// Scenario runs (one scenario with one backend) at once, each in
+    /// namespaces of its own: one run's waits (idle timeouts, keepalives)
+    /// overlap another's work. Default: 3 in a VM; 1 with `verify`, to stay
+    /// light on a live server.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub parallel: Option<u16>,
     /// Write all results as JSON (schema natvet-run/1).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -614,7 +615,7 @@ fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> VetOptions {
         evidence_always: checks.evidence_always,
         capture: checks.capture,
         boot: vet::BootPreference::Auto,
-        parallel: checks.parallel,
+        parallel: usize::from(checks.parallel.unwrap_or(3)),
     }
 }
 
@@ -626,9 +627,6 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
     }
     if run.cpus == Some(0) {
         return Err(usage("--cpus must be at least 1"));
-    }
-    if run.checks.parallel == 0 {
-        return Err(usage("--parallel must be at least 1"));
     }
     if run.memory < 128 {
         return Err(usage(
@@ -718,13 +716,13 @@ fn verify_cmd(args: VerifyArgs) -> Result<i32> {
         print!("{}", crate::verify::plan(&scenarios));
         return Ok(exit::PASS);
     }
-    if args.checks.parallel == 0 {
-        return Err(usage("--parallel must be at least 1"));
-    }
     if let Some(why) = crate::verify::preflight() {
         return Err(usage(why));
     }
-    let opts = check_options(&args.checks, scenarios);
+    let opts = VetOptions {
+        parallel: usize::from(args.checks.parallel.unwrap_or(1)),
+        ..check_options(&args.checks, scenarios)
+    };
     let report = crate::verify::run(&opts, &Ui::new(args.checks.quiet));
     finish(&report, &args.checks)?;
     Ok(report.exit_code())
