@@ -898,6 +898,21 @@ fn main() {
             )
         },
     ));
+    trials.push(Trial::test(
+        "control::port-exhaustion-unexpected-drops",
+        || {
+            control_fails(
+                "port-exhaustion",
+                "port-exhaustion-unexpected-drops",
+                // 12 flows through a masquerade of 8 ports, but no
+                // port-exhaustion check to say so: the drops are unexpected,
+                // and kernel-health must see them in conntrack's statistics.
+                |s| s.checks = vec![CheckSpec::ManyFlows { flows: 12 }, CheckSpec::KernelHealth],
+                &["many-flows/12", "kernel-health"],
+                false,
+            )
+        },
+    ));
     trials.push(Trial::test("control::ruleset-reload-non-atomic", || {
         control_fails(
             "ruleset-reload",

@@ -214,7 +214,7 @@ pub const CHECKS: &[CheckInfo] = &[
         kind: "kernel-health",
         results: "kernel-health",
         behaviours: "17",
-        description: "no WARN, BUG, oops, soft lockup or RCU stall in the kernel log during the scenario (and none on the console)",
+        description: "no WARN, BUG, oops, soft lockup or RCU stall in the kernel log during the scenario (and none on the console); conntrack statistics in every namespace of the scenario count no failed insert, drop or early drop",
         timeout: Duration::ZERO,
         needs_wireguard: false,
     },

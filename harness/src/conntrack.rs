@@ -1,4 +1,5 @@
-//! Conntrack entries as `conntrack -L` prints them, parsed into tuples.
+//! Conntrack entries as `conntrack -L` prints them, parsed into tuples, and
+//! the statistics of `conntrack -S`.
 
 use std::net::IpAddr;
 
@@ -70,9 +71,46 @@ fn parse_line(line: &str) -> Option<Entry> {
     })
 }
 
+/// Statistics counters that mean conntrack lost packets or entries: a new
+/// entry that could not be inserted (an unresolved clash), a packet dropped
+/// because no entry could be made, an entry evicted to make room. Every
+/// kernel natvet supports has these three.
+pub const TROUBLE_COUNTERS: [&str; 3] = ["insert_failed", "drop", "early_drop"];
+
+/// `conntrack -S` summed over CPUs: counter name -> total. Which counters
+/// exist depends on the kernel (clash_resolve and chaintoolong are newer).
+pub fn parse_stats(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut totals = std::collections::BTreeMap::new();
+    for field in text.split_whitespace() {
+        let Some((name, value)) = field.split_once('=') else {
+            continue;
+        };
+        if name == "cpu" {
+            continue;
+        }
+        if let Ok(v) = value.parse::<u64>() {
+            *totals.entry(name.to_string()).or_insert(0) += v;
+        }
+    }
+    totals
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_statistics_over_cpus() {
+        let text = "cpu=0   \tfound=0 invalid=3 insert=0 insert_failed=1 drop=0 early_drop=0 error=2 search_restart=0 clash_resolve=4 chaintoolong=0 \n\
+                    cpu=1   \tfound=1 invalid=0 insert=0 insert_failed=2 drop=5 early_drop=0 error=0 search_restart=0 clash_resolve=0 chaintoolong=0 \n";
+        let s = parse_stats(text);
+        assert_eq!(s["insert_failed"], 3);
+        assert_eq!(s["drop"], 5);
+        assert_eq!(s["invalid"], 3);
+        assert_eq!(s["clash_resolve"], 4);
+        assert!(!s.contains_key("cpu"));
+        assert!(parse_stats("conntrack v1.4.7: no stats").is_empty());
+    }
 
     #[test]
     fn parses_a_redirected_udp_flow() {
