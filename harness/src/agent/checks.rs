@@ -1142,8 +1142,15 @@ type Flow = (String, UdpSocket);
 
 /// Open `n` UDP sockets on the client and send one tagged datagram from each
 /// to the internet host's echo server, resending the unanswered ones each
-/// second until `timeout`. Returns the sockets and which were answered.
-fn udp_flows(ctx: &mut Context, n: u32, timeout: Duration) -> Result<(Vec<Flow>, Vec<bool>)> {
+/// second until all are answered or `timeout`; with `enough`, also until
+/// that many are answered and one more resend round found no other.
+/// Returns the sockets and which were answered.
+fn udp_flows(
+    ctx: &mut Context,
+    n: u32,
+    timeout: Duration,
+    enough: Option<usize>,
+) -> Result<(Vec<Flow>, Vec<bool>)> {
     let Addrs { internet, .. } = *ctx.a();
     let any = ctx.any();
     let tags: Vec<String> = (0..n).map(|_| ctx.tag("flow")).collect();
@@ -1162,7 +1169,16 @@ fn udp_flows(ctx: &mut Context, n: u32, timeout: Duration) -> Result<(Vec<Flow>,
     let start = Instant::now();
     let mut last_send: Option<Instant> = None;
     let mut buf = [0u8; 256];
+    let mut enough_at: Option<Instant> = None;
     while start.elapsed() < timeout && answered.iter().any(|a| !a) {
+        if let Some(k) = enough {
+            if answered.iter().filter(|a| **a).count() >= k {
+                let at = *enough_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= Duration::from_millis(1100) {
+                    break;
+                }
+            }
+        }
         if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             for ((tag, s), done) in flows.iter().zip(&answered) {
                 if !done {
@@ -1208,7 +1224,7 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
-    let (flows, answered) = udp_flows(ctx, n, EXCHANGE_TIMEOUT)?;
+    let (flows, answered) = udp_flows(ctx, n, EXCHANGE_TIMEOUT, None)?;
     let tags: Vec<&str> = flows.iter().map(|(t, _)| t.as_str()).collect();
     let seen = translated_sources(ctx, &tags)?;
     let replies = answered.iter().filter(|a| **a).count();
@@ -1265,13 +1281,13 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
     }
     // Start from an empty range: earlier checks' flows may still hold ports.
     flush_conntrack(ctx)?;
-    // Flows in the range, then the ones that cannot fit: wait long enough for
-    // one resend (the answered ones take milliseconds), not for the whole
-    // transfer timeout. The packets of the flows that find no port are
+    // Flows in the range, then the ones that cannot fit: wait until the
+    // range's worth is answered (milliseconds, more on a busy guest), then
+    // one more resend round for any that should not be. The packets of the flows that find no port are
     // dropped by conntrack on purpose: kernel-health is told how many.
     let relay = ctx.topo.relay.clone();
     let before = conntrack_counters(&relay)?;
-    let (flows, answered) = udp_flows(ctx, total, Duration::from_millis(1600))?;
+    let (flows, answered) = udp_flows(ctx, total, EXCHANGE_TIMEOUT, Some(size as usize))?;
     let after = conntrack_counters(&relay)?;
     let deliberate = ctx.deliberate_losses.get_or_insert_with(BTreeMap::new);
     for name in crate::conntrack::TROUBLE_COUNTERS {
