@@ -50,6 +50,28 @@ fn vet(kernels: &[String], extra: &[&str], tag: &str) -> Option<(Value, f64)> {
     Some((report, wall))
 }
 
+/// Every kernel run of the PVH (`--boot auto`) samples written so far.
+fn pvh_kernel_runs() -> Vec<Value> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(out_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !dir.file_name().to_string_lossy().contains("-auto-") {
+            continue;
+        }
+        let Some(report) = std::fs::read(dir.path().join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            continue;
+        };
+        out.extend(report["kernels"].as_array().cloned().unwrap_or_default());
+    }
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -165,26 +187,10 @@ fn main() {
 
     // Time per check: the median over kernels and runs of the PVH samples.
     let mut per_check: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for dir in std::fs::read_dir(out_root())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        if !name.contains("-auto-") {
-            continue;
-        }
-        let Some(report) = std::fs::read(dir.path().join("report.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        else {
-            continue;
-        };
-        for k in report["kernels"].as_array().into_iter().flatten() {
-            for r in k["results"].as_array().into_iter().flatten() {
-                if let (Some(c), Some(ms)) = (r["check"].as_str(), r["duration_ms"].as_f64()) {
-                    per_check.entry(c.to_string()).or_default().push(ms);
-                }
+    for k in pvh_kernel_runs() {
+        for r in k["results"].as_array().into_iter().flatten() {
+            if let (Some(c), Some(ms)) = (r["check"].as_str(), r["duration_ms"].as_f64()) {
+                per_check.entry(c.to_string()).or_default().push(ms);
             }
         }
     }
@@ -202,34 +208,19 @@ fn main() {
     // so their sum exceeds the agent's time.
     let mut per_run: std::collections::BTreeMap<(String, String), (Vec<f64>, Vec<f64>)> =
         Default::default();
-    for dir in std::fs::read_dir(out_root())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if !dir.file_name().to_string_lossy().contains("-auto-") {
-            continue;
-        }
-        let Some(report) = std::fs::read(dir.path().join("report.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        else {
-            continue;
-        };
-        for k in report["kernels"].as_array().into_iter().flatten() {
-            for r in k["timings"]["scenario_runs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let key = (
-                    r["scenario"].as_str().unwrap_or("?").to_string(),
-                    r["backend"].as_str().unwrap_or("?").to_string(),
-                );
-                let e = per_run.entry(key).or_default();
-                e.0.extend(r["setup_ms"].as_f64());
-                e.1.extend(r["elapsed_ms"].as_f64());
-            }
+    for k in pvh_kernel_runs() {
+        for r in k["timings"]["scenario_runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let key = (
+                r["scenario"].as_str().unwrap_or("?").to_string(),
+                r["backend"].as_str().unwrap_or("?").to_string(),
+            );
+            let e = per_run.entry(key).or_default();
+            e.0.extend(r["setup_ms"].as_f64());
+            e.1.extend(r["elapsed_ms"].as_f64());
         }
     }
     println!();
