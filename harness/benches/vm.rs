@@ -261,9 +261,7 @@ fn main() {
 
     let serial = vet(&kernels, &["--jobs", "1"], "matrix-jobs1").map(|(_, w)| w);
     let parallel = vet(&kernels, &[], "matrix-default").map(|(_, w)| w);
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let jobs = natvet::vet::host_cores();
     println!();
     println!("warm fetch of {} kernels: {fetch_s:.1} s", kernels.len());
     if let Some(c) = cold_s {

@@ -511,11 +511,7 @@ fn kernels_build(
         source,
         fragment,
         patches,
-        jobs: jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        jobs: jobs.unwrap_or_else(vet::host_cores),
     };
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let progress = |line: &str| eprintln!("natvet: {line}");

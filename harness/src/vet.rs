@@ -114,11 +114,16 @@ pub fn kernel_set(name: &str) -> Result<Vec<String>> {
     }
 }
 
+/// The host's cores (1 if it cannot tell).
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// A sensible number of parallel VMs: one per core, as many as memory allows.
 pub fn default_jobs(memory_mb: u32) -> usize {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = host_cores();
     let per_vm = u64::from(memory_mb) + 200;
     let avail = available_memory_mb().unwrap_or(per_vm);
     cores.min((avail / per_vm).max(1) as usize).max(1)
@@ -127,10 +132,7 @@ pub fn default_jobs(memory_mb: u32) -> usize {
 /// Virtual CPUs per guest when `vms` run at once: the host's cores shared
 /// among them, at least one each (more would only make them take turns).
 pub fn default_cpus(vms: usize) -> usize {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    (cores / vms.max(1)).max(1)
+    (host_cores() / vms.max(1)).max(1)
 }
 
 pub fn available_memory_mb() -> Option<u64> {
