@@ -1283,8 +1283,9 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
     flush_conntrack(ctx)?;
     // Flows in the range, then the ones that cannot fit: wait until the
     // range's worth is answered (milliseconds, more on a busy guest), then
-    // one more resend round for any that should not be. The packets of the flows that find no port are
-    // dropped by conntrack on purpose: kernel-health is told how many.
+    // one more resend round for any that should not be. The packets of the
+    // flows that find no port are dropped by conntrack on purpose:
+    // kernel-health is told how many.
     let relay = ctx.topo.relay.clone();
     let before = conntrack_counters(&relay)?;
     let (flows, answered) = udp_flows(ctx, total, EXCHANGE_TIMEOUT, Some(size as usize))?;

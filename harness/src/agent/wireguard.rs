@@ -33,6 +33,22 @@ pub struct PeerState {
     pub tx_bytes: u64,
 }
 
+/// Apply `update` to `ifname` in `ns`, with `listen_port` if given: a port
+/// that a check's socket may just have held, so taken as
+/// [`take_port`] takes it.
+fn apply(
+    ns: &Netns,
+    ifname: &InterfaceName,
+    update: DeviceUpdate,
+    listen_port: Option<u16>,
+) -> Result<()> {
+    let Some(port) = listen_port else {
+        return ns.run(|| Ok(update.apply(ifname, Backend::Kernel)?));
+    };
+    let update = update.set_listen_port(port);
+    take_port(|| ns.run(|| Ok(update.clone().apply(ifname, Backend::Kernel)?)))
+}
+
 impl WgInterface {
     /// Create the link (via netlink; the kernel loads the module on demand) with fresh keys.
     pub fn create(
@@ -47,18 +63,8 @@ impl WgInterface {
         if let Some(mark) = fwmark {
             update = update.set_fwmark(mark);
         }
-        if let Some(port) = listen_port {
-            update = update.set_listen_port(port);
-        }
-        // A listen port that a check's socket just held: see take_port.
-        take_port(|| {
-            ns.run(|| {
-                update
-                    .clone()
-                    .apply(&ifname, Backend::Kernel)
-                    .with_context(|| format!("creating WireGuard interface {name}"))
-            })
-        })?;
+        apply(&ns, &ifname, update, listen_port)
+            .with_context(|| format!("creating WireGuard interface {name}"))?;
         Ok(WgInterface {
             ns,
             name: name.to_string(),
@@ -90,23 +96,9 @@ impl WgInterface {
         for (addr, cidr) in allowed {
             builder = builder.add_allowed_ip(*addr, *cidr);
         }
-        let mut update = DeviceUpdate::new().replace_peers().add_peer(builder);
-        if let Some(port) = listen_port {
-            update = update.set_listen_port(port);
-        }
-        let ifname = iface(&self.name)?;
-        let apply = || {
-            self.ns.run(|| {
-                update
-                    .clone()
-                    .apply(&ifname, Backend::Kernel)
-                    .with_context(|| format!("configuring peer on {}", self.name))
-            })
-        };
-        match listen_port {
-            Some(_) => take_port(apply),
-            None => apply(),
-        }
+        let update = DeviceUpdate::new().replace_peers().add_peer(builder);
+        apply(&self.ns, &iface(&self.name)?, update, listen_port)
+            .with_context(|| format!("configuring peer on {}", self.name))
     }
 
     /// The state of the device's first (only) peer.
