@@ -15,7 +15,8 @@ use std::process::Command;
 use libtest_mimic::{Arguments, Failed, Trial};
 use natvet::nat::BackendKind;
 use natvet::scenario::topology::RouteSpec;
-use natvet::scenario::{CheckSpec, NatSpec, PortRange, Scenario};
+use natvet::scenario::{CheckSpec, NatSpec, Scenario};
+use natvet::types::PortRange;
 use serde_json::Value;
 
 /// The controls run on one kernel: they test natvet's checks, not the kernel.

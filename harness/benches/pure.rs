@@ -3,9 +3,10 @@
 //! for every guest message (protocol parsing, conntrack parsing).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use natvet::nat::{BackendKind, IpNet, Masquerade, NatRules, Redirect};
+use natvet::nat::{BackendKind, Masquerade, NatRules, Redirect};
 use natvet::protocol::{CheckResult, Evidence, GuestMessage, Status};
-use natvet::scenario::{Family, Scenario};
+use natvet::scenario::Scenario;
+use natvet::types::{Family, IpNet};
 
 fn rules() -> NatRules {
     NatRules {

@@ -209,7 +209,7 @@ fn watch_console(stdout: impl Read, log: PathBuf, state: Arc<Mutex<Console>>) {
         let Ok(mut st) = state.lock() else { break };
         if text.contains("Kernel panic - not syncing") && st.panic.is_none() {
             st.panic = Some(text.clone());
-        } else if crate::agent::kmsg::is_unhealthy(&text) {
+        } else if crate::kernel_log::is_unhealthy(&text) {
             st.alarms.push(text.clone());
         }
         st.tail.push_back(text);

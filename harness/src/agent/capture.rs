@@ -196,7 +196,7 @@ pub struct LeakCount {
 }
 
 impl LeakWatch {
-    pub fn start(ns: &Netns, iface: &str, net: crate::nat::IpNet) -> Result<LeakWatch> {
+    pub fn start(ns: &Netns, iface: &str, net: crate::types::IpNet) -> Result<LeakWatch> {
         let fd = open_tap(ns, iface)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -267,7 +267,7 @@ fn ip_header(pkt: &[u8]) -> Option<(IpAddr, IpAddr, u8)> {
 }
 
 /// Is `addr` inside `net`?
-pub fn in_net(addr: IpAddr, net: crate::nat::IpNet) -> bool {
+pub fn in_net(addr: IpAddr, net: crate::types::IpNet) -> bool {
     let bits = |a: IpAddr| -> u128 {
         match a {
             IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn networks_contain_their_addresses_only() {
-        let net = |s: &str, p| crate::nat::IpNet {
+        let net = |s: &str, p| crate::types::IpNet {
             addr: s.parse().unwrap(),
             prefix: p,
         };

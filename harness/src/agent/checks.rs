@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::kmsg::{self, Kmsg};
+use super::kmsg::Kmsg;
 use super::probes::{self, IcmpPacket};
 use super::topology::{run_in, Topology};
 use crate::conntrack;
@@ -18,9 +18,9 @@ use base64::Engine as _;
 use super::capture::{Capture, LeakWatch};
 use super::netlink;
 use super::topology::wait_usable;
-use crate::nat::IpNet;
 use crate::protocol::{CaptureFile, CaptureMode, CheckResult, Evidence, Status};
-use crate::scenario::{human_bytes, CheckSpec, Family, PortRange, Protocol};
+use crate::scenario::CheckSpec;
+use crate::types::{human_bytes, Family, IpNet, PortRange, Protocol};
 
 /// How long a handshake that should happen may take: WireGuard retries an
 /// initiation after 5 s (REKEY_TIMEOUT), so this allows two retries.
@@ -924,7 +924,11 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
 fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
     let more = ctx.kmsg.drain();
     ctx.dmesg.extend(more);
-    let bad: Vec<&String> = ctx.dmesg.iter().filter(|l| kmsg::is_unhealthy(l)).collect();
+    let bad: Vec<&String> = ctx
+        .dmesg
+        .iter()
+        .filter(|l| crate::kernel_log::is_unhealthy(l))
+        .collect();
     let mut observed = if bad.is_empty() {
         format!(
             "{} kernel log lines during the scenario, none alarming",

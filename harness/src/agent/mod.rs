@@ -24,8 +24,9 @@ use anyhow::{Context as _, Result};
 use nix::mount::{mount, MsFlags};
 
 use crate::nat::NatBackend;
+use crate::protocol::job::{Job, JOB_PATH};
 use crate::protocol::{
-    CheckResult, GuestMessage, Job, RunTiming, Status, JOB_PATH, PROTOCOL_VERSION, RESULTS_TTY,
+    CheckResult, GuestMessage, RunTiming, Status, PROTOCOL_VERSION, RESULTS_TTY,
 };
 use crate::scenario::Scenario;
 use topology::Tunnel;

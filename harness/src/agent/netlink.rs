@@ -8,9 +8,8 @@ use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::netns::Netns;
-use crate::nat::IpNet;
 use crate::scenario::topology::{RuleSpec, MAIN_TABLE};
-use crate::scenario::Family;
+use crate::types::{Family, IpNet};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
 
 async fn connect() -> Result<Handle> {

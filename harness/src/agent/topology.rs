@@ -19,9 +19,10 @@ use super::netlink;
 use super::netns::Netns;
 use super::probes::{IcmpSocket, InternetHost};
 use super::wireguard::WgInterface;
-use crate::nat::{Invocation, IpNet, NatBackend};
+use crate::nat::{Invocation, NatBackend};
 use crate::scenario::topology::{self as spec, IfKind, TopologySpec, DEFAULT_TUNNEL_MTU};
-use crate::scenario::{Addrs, Family, Scenario};
+use crate::scenario::{Addrs, Scenario};
+use crate::types::{Family, IpNet};
 
 pub const STAND_IN_IF: &str = "tun0";
 /// The client's first WireGuard source port; each check takes a fresh one so

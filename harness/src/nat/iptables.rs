@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::{chunk_ports, with_port, BackendKind, Invocation, NatBackend, NatRules};
-use crate::scenario::{Family, PortRange};
+use crate::types::{Family, PortRange};
 
 /// multiport matches at most 15 ports, a range counting as two.
 const MULTIPORT_SLOTS: usize = 15;
@@ -222,7 +222,7 @@ mod tests {
         let mut rules = super::super::sample_rules();
         rules.dnat.push(super::super::Dnat {
             in_iface: "wan".into(),
-            protocol: crate::scenario::Protocol::Udp,
+            protocol: crate::types::Protocol::Udp,
             ports: vec!["8443".parse().unwrap(), "9000-9010".parse().unwrap()],
             to: "10.99.0.2".parse().unwrap(),
             to_port: None,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Family, PortRange};
+use crate::types::{Family, IpNet, PortRange};
 
 mod iptables;
 mod nftables;
@@ -73,143 +73,6 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// An IPv4 or IPv6 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl IpNet {
-    pub fn family(&self) -> Family {
-        match self.addr {
-            IpAddr::V4(_) => Family::Ipv4,
-            IpAddr::V6(_) => Family::Ipv6,
-        }
-    }
-}
-
-impl IpNet {
-    /// The network itself: host bits cleared ("192.0.2.1/24" -> "192.0.2.0/24").
-    pub fn network(&self) -> IpNet {
-        let addr = match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32u32.saturating_sub(u32::from(self.prefix)))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128u32.saturating_sub(u32::from(self.prefix)))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
-        IpNet {
-            addr,
-            prefix: self.prefix,
-        }
-    }
-
-    /// Whether `addr` lies in this network.
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        addr.is_ipv4() == self.addr.is_ipv4()
-            && IpNet {
-                addr,
-                prefix: self.prefix,
-            }
-            .network()
-                == self.network()
-    }
-
-    /// Whether the two networks share any address.
-    pub fn overlaps(&self, other: &IpNet) -> bool {
-        let shorter = self.prefix.min(other.prefix);
-        self.addr.is_ipv4() == other.addr.is_ipv4()
-            && IpNet {
-                addr: self.addr,
-                prefix: shorter,
-            }
-            .network()
-                == IpNet {
-                    addr: other.addr,
-                    prefix: shorter,
-                }
-                .network()
-    }
-
-    /// The whole address space of a family ("0.0.0.0/0", "::/0").
-    pub fn any(f: Family) -> IpNet {
-        match f {
-            Family::Ipv4 => IpNet {
-                addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                prefix: 0,
-            },
-            Family::Ipv6 => IpNet {
-                addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-                prefix: 0,
-            },
-        }
-    }
-
-    /// The address alone, as a network of one.
-    pub fn host(addr: IpAddr) -> IpNet {
-        IpNet {
-            addr,
-            prefix: if addr.is_ipv4() { 32 } else { 128 },
-        }
-    }
-}
-
-impl std::str::FromStr for IpNet {
-    type Err = String;
-    /// "192.0.2.1/24", "2001:db8::1/64", or an address alone (a host).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("'{s}' is not an address with prefix: expected e.g. \"192.0.2.1/24\" or \"2001:db8::1/64\"")
-        };
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| {
-                    format!("'{s}': the prefix length must be a number from 0 to {max}")
-                })?,
-            None => max,
-        };
-        Ok(IpNet { addr, prefix })
-    }
-}
-
-impl Serialize for IpNet {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for IpNet {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
 /// Rewrite the source of traffic from `source` leaving by `out_iface` to that
 /// interface's address; with `ports`, TCP and UDP source ports are taken from
 /// that range only (other protocols are masqueraded as usual).
@@ -236,7 +99,7 @@ pub struct Redirect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dnat {
     pub in_iface: String,
-    pub protocol: crate::scenario::Protocol,
+    pub protocol: crate::types::Protocol,
     pub ports: Vec<PortRange>,
     pub to: IpAddr,
     pub to_port: Option<u16>,

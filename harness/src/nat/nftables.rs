@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::{with_port, BackendKind, Invocation, NatBackend, NatRules, NFT_TABLE};
-use crate::scenario::Family;
+use crate::types::Family;
 
 pub struct Nftables;
 
@@ -172,7 +172,7 @@ mod tests {
         let mut rules = super::super::dual_stack_rules();
         rules.dnat.push(super::super::Dnat {
             in_iface: "wan".into(),
-            protocol: crate::scenario::Protocol::Tcp,
+            protocol: crate::types::Protocol::Tcp,
             ports: vec!["8443".parse().unwrap()],
             to: "fd99::2".parse().unwrap(),
             to_port: Some(443),

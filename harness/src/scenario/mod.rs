@@ -1,12 +1,12 @@
 //! Declarative scenarios: what the relay is configured to do, and which checks
 //! prove it. Parsed from TOML, validated once, before any VM boots.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::nat::{BackendKind, IpNet};
+use crate::nat::BackendKind;
+use crate::types::{human_bytes, Family, IpNet, PortRange, Protocol};
 
 pub mod topology;
 
@@ -179,34 +179,6 @@ fn default_families() -> Vec<Family> {
     vec![Family::Ipv4]
 }
 
-/// An address family: WireGuard over it, NAT for it, and traffic inside the
-/// tunnel in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    /// The prefix of this family's result names ("" for IPv4, so names stay short).
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "",
-            Family::Ipv6 => "ipv6/",
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        })
-    }
-}
-
 fn default_listen_port() -> u16 {
     51820
 }
@@ -369,24 +341,6 @@ fn default_transfer() -> u64 {
     1 << 20
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-        })
-    }
-}
-
 impl CheckSpec {
     /// The names of the results this check produces, in order.
     pub fn result_names(&self) -> Vec<String> {
@@ -460,99 +414,6 @@ impl CheckSpec {
                 | CheckSpec::NoRedirect { .. }
                 | CheckSpec::SameSourcePort { .. }
         )
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{}MiB", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{}KiB", n >> 10)
-    } else {
-        format!("{n}B")
-    }
-}
-
-/// An inclusive UDP/TCP port range, written "53" or "4000-33433".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}-{}", self.first, self.last)
-        }
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let port = |t: &str| -> Result<u16, String> {
-            match t.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!(
-                    "'{s}' is not a port or port range: expected a port 1-65535 or FIRST-LAST"
-                )),
-                Ok(p) => Ok(p),
-            }
-        };
-        let (first, last) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => {
-                let p = port(s)?;
-                (p, p)
-            }
-        };
-        if first > last {
-            return Err(format!(
-                "port range '{s}' runs backwards: write it as {last}-{first}"
-            ));
-        }
-        Ok(PortRange { first, last })
-    }
-}
-
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// A value written either as a number or as a string (`53` or `"53"`).
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum NumOrText {
-    Num(i64),
-    Text(String),
-}
-
-impl NumOrText {
-    /// As text, however it was written.
-    pub(crate) fn into_text(self) -> String {
-        match self {
-            NumOrText::Num(n) => n.to_string(),
-            NumOrText::Text(t) => t,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        NumOrText::deserialize(d)?
-            .into_text()
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -18,8 +18,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Family, NumOrText};
-use crate::nat::IpNet;
+use crate::types::{Family, IpNet, NumOrText};
 
 /// The topology of a scenario without a `[topology]` table.
 pub const DEFAULT: &str = r#"# client ---- relay ---- internet, with a WireGuard tunnel from client to relay.

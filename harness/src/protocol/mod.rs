@@ -1,51 +1,23 @@
 //! The typed protocol between the host (natvet) and the guest (the agent, PID 1).
 //!
-//! The host hands the guest one [`Job`] (a JSON file in the initramfs); the guest
+//! The host hands the guest one `job::Job` (a JSON file in the initramfs); the guest
 //! answers with a stream of [`GuestMessage`]s, one JSON object per line, on its
 //! second serial port. Results are data: nothing on the host reads console text
 //! to learn what happened.
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::Scenario;
+pub mod job;
 
 /// Bumped whenever a message changes shape; host and guest are the same binary,
 /// so a mismatch means a stale initramfs, never a supported combination.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-/// Where the job lives inside the initramfs.
-pub const JOB_PATH: &str = "natvet/job.json";
 
 /// The guest's serial port that carries [`GuestMessage`]s (ttyS0 is the console).
 pub const RESULTS_TTY: &str = "/dev/ttyS1";
 
 /// The longest line the host accepts from the guest. A longer one is a protocol error.
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
-
-/// What the host asks the guest to do.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Job {
-    pub version: u32,
-    /// Scenarios to run, in order, each against each of its backends.
-    pub scenarios: Vec<Scenario>,
-    /// Kernel modules (names or aliases) to load before anything else.
-    pub preload_modules: Vec<String>,
-    /// Capture evidence for passing checks too (normally only for failures).
-    #[serde(default)]
-    pub evidence_always: bool,
-    #[serde(default)]
-    pub capture: CaptureMode,
-    /// How many (scenario, backend) runs the agent keeps going at once, each
-    /// in namespaces of its own: while one waits (an idle timeout, a
-    /// keepalive), another uses the CPU.
-    #[serde(default = "one")]
-    pub parallel: usize,
-}
-
-fn one() -> usize {
-    1
-}
 
 /// Outcome of one check. `Unsupported` and `Error` are never a NAT verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
