@@ -13,9 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use natvet::checks::kernel_health::KernelHealth;
+use natvet::checks::many_flows::ManyFlows;
+use natvet::checks::CheckSpec;
 use natvet::nat::BackendKind;
+use natvet::scenario::setup::NatSpec;
 use natvet::scenario::topology::RouteSpec;
-use natvet::scenario::{CheckSpec, NatSpec, Scenario};
+use natvet::scenario::Scenario;
 use natvet::types::PortRange;
 use serde_json::Value;
 
@@ -229,18 +233,272 @@ fn mask(s: &str) -> String {
 }
 
 /// A negative control: the shipped scenario `base` with one thing removed or
-/// wrong (`spoil`), on nftables. It must fail exactly `must_fail`, and exit 1.
-/// Derived from the shipped file, so a check added there is covered here too.
-/// With `forensics`, every failure must also come with its evidence bundle
-/// (captures that hold packets, conntrack, ruleset, dmesg); without, the
-/// control runs with `--capture never`, which halves its time.
-fn control_fails(
-    base: &str,
-    name: &str,
+/// wrong (`spoil`), on nftables. It must fail exactly `must_fail` (in every
+/// family the scenario runs), and exit 1. Derived from the shipped file, so
+/// a check added there is covered here too. With `forensics`, every failure
+/// must also come with its evidence bundle (captures that hold packets,
+/// conntrack, ruleset, dmesg); without, the control runs with `--capture
+/// never`, which halves its time.
+#[derive(Clone, Copy)]
+struct Control {
+    base: &'static str,
+    /// The test is `control::NAME`.
+    name: &'static str,
     spoil: fn(&mut Scenario),
-    must_fail: &[&str],
+    must_fail: &'static [&'static str],
     forensics: bool,
-) -> Result<(), Failed> {
+}
+
+const REDIRECTED: &[&str] = &[
+    "redirect/53",
+    "redirect/4000",
+    "redirect/33433",
+    "redirect/33565",
+    "redirect/51819",
+    "redirect/52000",
+    "redirect/60000",
+    "handshake/53",
+    "handshake/4000",
+    "handshake/33433",
+    "handshake/33565",
+    "handshake/51819",
+    "handshake/52000",
+    "handshake/60000",
+    "conntrack/redirect-4000",
+    "same-source-port/53",
+    "same-source-port/4000",
+];
+const FORWARDED: &[&str] = &[
+    "forward/tcp",
+    "forward/udp",
+    "forward/icmp",
+    "transfer/1MiB",
+    "conntrack/masquerade",
+    "nat-clash/port-shadow",
+    "udp-gso/4x40",
+    "icmp-error/port-unreachable",
+    "many-flows/200",
+    "conntrack/flush",
+    "tunnel-mtu/full-size",
+];
+const OUTSIDE: &[&str] = &[
+    "no-redirect/33434",
+    "no-redirect/51821",
+    "no-handshake/33434",
+    "no-handshake/51821",
+];
+/// Everything that crosses the tunnel, and the handshakes that open it.
+const NO_TUNNEL: &[&str] = &[
+    "forward/tcp",
+    "forward/udp",
+    "forward/icmp",
+    "transfer/1MiB",
+    "conntrack/masquerade",
+    "handshake/51820",
+    "handshake/53",
+];
+
+/// Every negative control: what it spoils, and what must then fail.
+fn controls() -> Vec<Control> {
+    let on = |base, name, spoil, must_fail| Control {
+        base,
+        name,
+        spoil,
+        must_fail,
+        forensics: false,
+    };
+    vec![
+        Control {
+            forensics: true,
+            ..on(
+                "extended-ports",
+                "extended-ports-no-redirect",
+                |s| s.relay.redirect_udp.clear(),
+                REDIRECTED,
+            )
+        },
+        on(
+            "extended-ports",
+            "extended-ports-no-masquerade",
+            |s| s.relay.masquerade = false,
+            FORWARDED,
+        ),
+        on(
+            "extended-ports",
+            "extended-ports-redirect-too-wide",
+            |s| {
+                s.relay.redirect_udp = vec![
+                    PortRange {
+                        first: 53,
+                        last: 53,
+                    },
+                    PortRange {
+                        first: 4000,
+                        last: 60000,
+                    },
+                ]
+            },
+            OUTSIDE,
+        ),
+        on(
+            "port-exhaustion",
+            "port-exhaustion-range-too-wide",
+            // The check still expects 8 ports to fill, but the rule
+            // allows 16, which hold all 12 flows.
+            |s| {
+                for c in &mut s.checks {
+                    if let CheckSpec::PortExhaustion(c) = c {
+                        c.range = s.relay.masquerade_ports;
+                    }
+                }
+                s.relay.masquerade_ports = Some(PortRange {
+                    first: 40000,
+                    last: 40015,
+                });
+            },
+            &["port-exhaustion"],
+        ),
+        on(
+            "port-exhaustion",
+            "port-exhaustion-unexpected-drops",
+            // 12 flows through a masquerade of 8 ports, but no
+            // port-exhaustion check to say so: the drops are unexpected,
+            // and kernel-health must see them in conntrack's statistics.
+            |s| {
+                s.checks = vec![
+                    CheckSpec::ManyFlows(ManyFlows { flows: 12 }),
+                    CheckSpec::KernelHealth(KernelHealth {}),
+                ]
+            },
+            &["many-flows/12", "kernel-health"],
+        ),
+        on(
+            "ruleset-reload",
+            "ruleset-reload-non-atomic",
+            // Empty the ruleset for 100 ms before each re-apply.
+            |s| {
+                for c in &mut s.checks {
+                    if let CheckSpec::ReloadUnderTraffic(c) = c {
+                        c.atomic = false;
+                        c.reloads = 5;
+                    }
+                }
+            },
+            &["reload-under-traffic"],
+        ),
+        on(
+            "flowtable",
+            "flowtable-absent",
+            |s| s.relay.flowtable = false,
+            &["flowtable/offload"],
+        ),
+        on(
+            "extended-ports",
+            "extended-ports-small-uplink",
+            // A full-size tunnel packet no longer fits the relay's uplink.
+            |s| s.relay.wan_mtu = Some(1400),
+            &["tunnel-mtu/full-size"],
+        ),
+        on(
+            "pmtu",
+            "pmtu-uplink-not-small",
+            // The full-size packet fits: no ICMP comes.
+            |s| s.relay.wan_mtu = None,
+            &["tunnel-mtu/icmp-1400"],
+        ),
+        on(
+            "pmtu-router",
+            "pmtu-router-link-not-small",
+            // The router's onward link takes full-size packets: no ICMP comes.
+            |s| {
+                for l in &mut s.topology.links {
+                    l.mtu = None;
+                }
+            },
+            &["tunnel-mtu/icmp-1400"],
+        ),
+        on(
+            "port-forward",
+            "port-forward-wrong-interface",
+            // The dnat rules watch the public interface: nothing arriving
+            // on wan is forwarded.
+            |s| {
+                for n in &mut s.nat {
+                    if let NatSpec::Dnat { in_interface, .. } = n {
+                        *in_interface = "public".into();
+                    }
+                }
+            },
+            &["port-forward/tcp-8443", "port-forward/udp-8443"],
+        ),
+        on(
+            "behind-nat",
+            "behind-nat-no-keepalive",
+            // Without keepalives the home router's 2 s mapping expires.
+            |s| {
+                for w in &mut s.topology.wireguard {
+                    for p in &mut w.peers {
+                        p.keepalive = None;
+                    }
+                }
+            },
+            &["keepalive/idle-4s"],
+        ),
+        on(
+            "behind-nat",
+            "behind-nat-relay-udp-timeout-default",
+            // With the default 30 s UDP timeout the idle entry stays.
+            |s| {
+                for n in &mut s.topology.namespaces {
+                    if n.name == "relay" {
+                        n.sysctls.clear();
+                    }
+                }
+            },
+            &["conntrack/expiry"],
+        ),
+        on(
+            "behind-nat",
+            "behind-nat-no-way-back",
+            // The relay routes the home router's new address to a gateway
+            // that is not there: the roamed client's replies are lost.
+            |s| {
+                s.topology.routes.push(RouteSpec {
+                    ns: "relay".into(),
+                    to: "192.0.2.3/32".into(),
+                    via: "192.0.2.99".parse().ok(),
+                    dev: None,
+                    table: None,
+                })
+            },
+            &["roaming/home:up"],
+        ),
+        on(
+            "policy-routing",
+            "policy-routing-no-fwmark",
+            // WireGuard's own packets are routed into the tunnel (a loop
+            // WireGuard refuses), so no handshake completes and nothing is
+            // forwarded.
+            |s| {
+                for w in &mut s.topology.wireguard {
+                    w.fwmark = None;
+                }
+            },
+            NO_TUNNEL,
+        ),
+    ]
+}
+
+/// Run one control: derive its scenario, vet it on the control kernel, and
+/// check that exactly its checks failed (exit 1).
+fn control_fails(control: &Control) -> Result<(), Failed> {
+    let Control {
+        base,
+        name,
+        spoil,
+        must_fail,
+        forensics,
+    } = *control;
     let mut scenario =
         Scenario::load(base).map_err(|e| format!("loading the shipped scenario: {e}"))?;
     scenario.name = name.to_string();
@@ -792,278 +1050,11 @@ fn main() {
             move || vet_passes(&local, "extended-ports"),
         ));
     }
-    const REDIRECTED: &[&str] = &[
-        "redirect/53",
-        "redirect/4000",
-        "redirect/33433",
-        "redirect/33565",
-        "redirect/51819",
-        "redirect/52000",
-        "redirect/60000",
-        "handshake/53",
-        "handshake/4000",
-        "handshake/33433",
-        "handshake/33565",
-        "handshake/51819",
-        "handshake/52000",
-        "handshake/60000",
-        "conntrack/redirect-4000",
-        "same-source-port/53",
-        "same-source-port/4000",
-    ];
-    const FORWARDED: &[&str] = &[
-        "forward/tcp",
-        "forward/udp",
-        "forward/icmp",
-        "transfer/1MiB",
-        "conntrack/masquerade",
-        "nat-clash/port-shadow",
-        "udp-gso/4x40",
-        "icmp-error/port-unreachable",
-        "many-flows/200",
-        "conntrack/flush",
-        "tunnel-mtu/full-size",
-    ];
-    const OUTSIDE: &[&str] = &[
-        "no-redirect/33434",
-        "no-redirect/51821",
-        "no-handshake/33434",
-        "no-handshake/51821",
-    ];
-    trials.push(Trial::test("control::extended-ports-no-redirect", || {
-        control_fails(
-            "extended-ports",
-            "extended-ports-no-redirect",
-            |s| s.relay.redirect_udp.clear(),
-            REDIRECTED,
-            true,
-        )
-    }));
-    trials.push(Trial::test("control::extended-ports-no-masquerade", || {
-        control_fails(
-            "extended-ports",
-            "extended-ports-no-masquerade",
-            |s| s.relay.masquerade = false,
-            FORWARDED,
-            false,
-        )
-    }));
-    trials.push(Trial::test(
-        "control::extended-ports-redirect-too-wide",
-        || {
-            control_fails(
-                "extended-ports",
-                "extended-ports-redirect-too-wide",
-                |s| {
-                    s.relay.redirect_udp = vec![
-                        PortRange {
-                            first: 53,
-                            last: 53,
-                        },
-                        PortRange {
-                            first: 4000,
-                            last: 60000,
-                        },
-                    ]
-                },
-                OUTSIDE,
-                false,
-            )
-        },
-    ));
-    trials.push(Trial::test(
-        "control::port-exhaustion-range-too-wide",
-        || {
-            control_fails(
-                "port-exhaustion",
-                "port-exhaustion-range-too-wide",
-                // The check still expects 8 ports to fill, but the rule
-                // allows 16, which hold all 12 flows.
-                |s| {
-                    for c in &mut s.checks {
-                        if let CheckSpec::PortExhaustion { range, .. } = c {
-                            *range = s.relay.masquerade_ports;
-                        }
-                    }
-                    s.relay.masquerade_ports = Some(PortRange {
-                        first: 40000,
-                        last: 40015,
-                    });
-                },
-                &["port-exhaustion"],
-                false,
-            )
-        },
-    ));
-    trials.push(Trial::test(
-        "control::port-exhaustion-unexpected-drops",
-        || {
-            control_fails(
-                "port-exhaustion",
-                "port-exhaustion-unexpected-drops",
-                // 12 flows through a masquerade of 8 ports, but no
-                // port-exhaustion check to say so: the drops are unexpected,
-                // and kernel-health must see them in conntrack's statistics.
-                |s| s.checks = vec![CheckSpec::ManyFlows { flows: 12 }, CheckSpec::KernelHealth],
-                &["many-flows/12", "kernel-health"],
-                false,
-            )
-        },
-    ));
-    trials.push(Trial::test("control::ruleset-reload-non-atomic", || {
-        control_fails(
-            "ruleset-reload",
-            "ruleset-reload-non-atomic",
-            // Empty the ruleset for 100 ms before each re-apply.
-            |s| {
-                for c in &mut s.checks {
-                    if let CheckSpec::ReloadUnderTraffic { atomic, reloads } = c {
-                        *atomic = false;
-                        *reloads = 5;
-                    }
-                }
-            },
-            &["reload-under-traffic"],
-            false,
-        )
-    }));
-    trials.push(Trial::test("control::flowtable-absent", || {
-        control_fails(
-            "flowtable",
-            "flowtable-absent",
-            |s| s.relay.flowtable = false,
-            &["flowtable/offload"],
-            false,
-        )
-    }));
-    trials.push(Trial::test("control::extended-ports-small-uplink", || {
-        control_fails(
-            "extended-ports",
-            "extended-ports-small-uplink",
-            // A full-size tunnel packet no longer fits the relay's uplink.
-            |s| s.relay.wan_mtu = Some(1400),
-            &["tunnel-mtu/full-size"],
-            false,
-        )
-    }));
-    trials.push(Trial::test("control::pmtu-uplink-not-small", || {
-        control_fails(
-            "pmtu",
-            "pmtu-uplink-not-small",
-            // The full-size packet fits: no ICMP comes.
-            |s| s.relay.wan_mtu = None,
-            &["tunnel-mtu/icmp-1400"],
-            false,
-        )
-    }));
-    trials.push(Trial::test("control::pmtu-router-link-not-small", || {
-        control_fails(
-            "pmtu-router",
-            "pmtu-router-link-not-small",
-            // The router's onward link takes full-size packets: no ICMP comes.
-            |s| {
-                for l in &mut s.topology.links {
-                    l.mtu = None;
-                }
-            },
-            &["tunnel-mtu/icmp-1400"],
-            false,
-        )
-    }));
-    trials.push(Trial::test("control::port-forward-wrong-interface", || {
-        control_fails(
-            "port-forward",
-            "port-forward-wrong-interface",
-            // The dnat rules watch the public interface: nothing arriving
-            // on wan is forwarded.
-            |s| {
-                for n in &mut s.nat {
-                    if let NatSpec::Dnat { in_interface, .. } = n {
-                        *in_interface = "public".into();
-                    }
-                }
-            },
-            &["port-forward/tcp-8443", "port-forward/udp-8443"],
-            false,
-        )
-    }));
-    trials.push(Trial::test("control::behind-nat-no-keepalive", || {
-        control_fails(
-            "behind-nat",
-            "behind-nat-no-keepalive",
-            // Without keepalives the home router's 2 s mapping expires.
-            |s| {
-                for w in &mut s.topology.wireguard {
-                    for p in &mut w.peers {
-                        p.keepalive = None;
-                    }
-                }
-            },
-            &["keepalive/idle-4s"],
-            false,
-        )
-    }));
-    trials.push(Trial::test(
-        "control::behind-nat-relay-udp-timeout-default",
-        || {
-            control_fails(
-                "behind-nat",
-                "behind-nat-relay-udp-timeout-default",
-                // With the default 30 s UDP timeout the idle entry stays.
-                |s| {
-                    for n in &mut s.topology.namespaces {
-                        if n.name == "relay" {
-                            n.sysctls.clear();
-                        }
-                    }
-                },
-                &["conntrack/expiry"],
-                false,
-            )
-        },
-    ));
-    trials.push(Trial::test("control::behind-nat-no-way-back", || {
-        control_fails(
-            "behind-nat",
-            "behind-nat-no-way-back",
-            // The relay routes the home router's new address to a gateway
-            // that is not there: the roamed client's replies are lost.
-            |s| {
-                s.topology.routes.push(RouteSpec {
-                    ns: "relay".into(),
-                    to: "192.0.2.3/32".into(),
-                    via: "192.0.2.99".parse().ok(),
-                    dev: None,
-                    table: None,
-                })
-            },
-            &["roaming/home:up"],
-            false,
-        )
-    }));
-    const THROUGH_TUNNEL: &[&str] = &[
-        "forward/tcp",
-        "forward/udp",
-        "forward/icmp",
-        "transfer/1MiB",
-        "conntrack/masquerade",
-    ];
-    trials.push(Trial::test("control::policy-routing-no-fwmark", || {
-        control_fails(
-            "policy-routing",
-            "policy-routing-no-fwmark",
-            // WireGuard's own packets are routed into the tunnel (a loop
-            // WireGuard refuses), so no handshake completes and nothing is
-            // forwarded.
-            |s| {
-                for w in &mut s.topology.wireguard {
-                    w.fwmark = None;
-                }
-            },
-            &[THROUGH_TUNNEL, &["handshake/51820", "handshake/53"]].concat(),
-            false,
-        )
-    }));
+    for c in controls() {
+        trials.push(Trial::test(format!("control::{}", c.name), move || {
+            control_fails(&c)
+        }));
+    }
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
     trials.push(Trial::test(
         "teardown::sigkill-qemu-exits-3-leaves-nothing",

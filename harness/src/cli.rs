@@ -1167,6 +1167,6 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
     finish_bisect(&mut report, &reports, code)
 }
 
-fn natvet_default_topology() -> crate::scenario::TopologySpec {
-    crate::scenario::TopologySpec::default()
+fn natvet_default_topology() -> crate::scenario::topology::TopologySpec {
+    crate::scenario::topology::TopologySpec::default()
 }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bisect;
 pub mod catalogue;
+pub mod checks;
 pub mod cli;
 pub mod conntrack;
 pub mod cpio;

@@ -6,7 +6,7 @@
 //! socket inherited from natvet on the host).
 
 pub mod capture;
-pub mod checks;
+pub mod channel;
 pub mod kmsg;
 pub mod netlink;
 pub mod netns;
@@ -15,51 +15,22 @@ pub mod topology;
 pub mod wireguard;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use nix::mount::{mount, MsFlags};
 
+use crate::checks::context::Context;
+use crate::checks::Phase;
 use crate::nat::NatBackend;
 use crate::protocol::job::{Job, JOB_PATH};
 use crate::protocol::{
     CheckResult, GuestMessage, RunTiming, Status, PROTOCOL_VERSION, RESULTS_TTY,
 };
 use crate::scenario::Scenario;
+use channel::send;
 use topology::Tunnel;
-
-static RESULTS: OnceLock<Mutex<File>> = OnceLock::new();
-
-/// Send one message to the host. Messages are lines; a write error has nowhere to go.
-pub fn send(msg: &GuestMessage) {
-    let mut line = msg.to_line();
-    // A result whose captures would break the protocol's line limit goes
-    // without them: the verdict matters more than the packets.
-    if line.len() > crate::protocol::MAX_LINE {
-        if let GuestMessage::Check(r) = msg {
-            let mut r = r.clone();
-            if let Some(ev) = r.evidence.as_mut() {
-                ev.capture_note = format!(
-                    "captures left out: with them this result was {} bytes, over the protocol's {} byte limit; {}",
-                    line.len(),
-                    crate::protocol::MAX_LINE,
-                    ev.capture_note
-                );
-                ev.captures.clear();
-            }
-            line = GuestMessage::Check(r).to_line();
-        }
-    }
-    if let Some(port) = RESULTS.get() {
-        if let Ok(mut f) = port.lock() {
-            let _ = writeln!(f, "{line}");
-            let _ = f.flush();
-        }
-    }
-}
 
 /// PID 1's entry point: never returns, the VM ends.
 pub fn main_pid1() -> ! {
@@ -167,7 +138,7 @@ pub fn main_host(job: &Path, results_fd: i32) -> i32 {
     // SAFETY: natvet passed this descriptor to us for exactly this use, and
     // nothing else in this process owns it.
     let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(results_fd) };
-    let _ = RESULTS.set(Mutex::new(file));
+    channel::install(file);
     std::panic::set_hook(Box::new(|info| {
         send(&GuestMessage::Fatal {
             error: format!("the agent panicked: {info}"),
@@ -199,7 +170,7 @@ pub fn main_host(job: &Path, results_fd: i32) -> i32 {
 fn run(start: Instant) -> Result<()> {
     mount_basics()?;
     let port = open_results_port()?;
-    let _ = RESULTS.set(Mutex::new(port));
+    channel::install(port);
     let release = kernel_release();
     hello(&release);
     let job = read_job(&Path::new("/").join(JOB_PATH))?;
@@ -281,6 +252,47 @@ fn run_job(job: &Job) {
     });
 }
 
+/// Why a run's setup did not finish, as its checks will be reported.
+enum SetupFailure {
+    /// The kernel (or the host's tools) lacks what the setup needs.
+    Unsupported(String),
+    /// The setup went wrong: natvet could not run the checks.
+    Failed(String),
+}
+
+/// The topology of `scenario` with `backend`'s NAT rules applied. Whether a
+/// failure means "the kernel lacks this" comes from the error's kind (its
+/// errno, or the backend's capability probe), never from its text.
+fn set_up(
+    scenario: &Scenario,
+    backend: &dyn NatBackend,
+    kmsg: &mut kmsg::Kmsg,
+) -> Result<topology::Topology, SetupFailure> {
+    let setup = scenario.setup();
+    let topo = topology::Topology::build(&setup).map_err(|e| {
+        let why = format!(
+            "building the topology failed: {e:#}\n{}",
+            kmsg.drain().join("\n")
+        );
+        if topology::kernel_lacks(&e) {
+            SetupFailure::Unsupported(why)
+        } else {
+            SetupFailure::Failed(why)
+        }
+    })?;
+    match topo.apply_nat(backend, &setup) {
+        Ok(Ok(())) => Ok(topo),
+        Ok(Err(reason)) => {
+            topo.stop();
+            Err(SetupFailure::Unsupported(reason))
+        }
+        Err(e) => {
+            topo.stop();
+            Err(SetupFailure::Failed(format!("{e:#}")))
+        }
+    }
+}
+
 /// One scenario with one backend. Setup failures become results for every
 /// check (error, or unsupported when the kernel lacks the backend), so the
 /// host always learns the fate of each check by name. Returns the time the
@@ -288,50 +300,30 @@ fn run_job(job: &Job) {
 fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) -> u64 {
     let start = Instant::now();
     let mut kmsg = kmsg::Kmsg::open();
-    let settle_all = |status: Status, why: String| {
-        settle(scenario, backend, scenario.result_names(), status, &why)
-    };
-    let topo = match topology::Topology::build(scenario) {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = format!("{e:#}");
-            let lines = kmsg.drain();
-            let status = if topology::not_supported(&msg) {
-                Status::Unsupported
-            } else {
-                Status::Error
+    let topo = match set_up(scenario, backend, &mut kmsg) {
+        Ok(topo) => topo,
+        Err(failure) => {
+            let (status, why) = match failure {
+                SetupFailure::Unsupported(why) => (Status::Unsupported, why),
+                SetupFailure::Failed(why) => (Status::Error, why),
             };
-            settle_all(
-                status,
-                format!("building the topology failed: {msg}\n{}", lines.join("\n")),
-            );
+            settle(scenario, backend, scenario.result_names(), status, &why);
             return start.elapsed().as_millis() as u64;
         }
     };
-    match topo.apply_nat(backend, scenario) {
-        Ok(Ok(())) => {}
-        Ok(Err(reason)) => {
-            topo.stop();
-            settle_all(Status::Unsupported, reason);
-            return start.elapsed().as_millis() as u64;
-        }
-        Err(e) => {
-            topo.stop();
-            settle_all(Status::Error, format!("{e:#}"));
-            return start.elapsed().as_millis() as u64;
-        }
-    }
     let setup_ms = start.elapsed().as_millis() as u64;
-    let mut ctx = checks::Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
+    let mut ctx = Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
     ctx.rules = scenario.nat_rules(crate::scenario::topology::RELAY);
     let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
     // Plain-UDP redirect checks first, in each family: they need the listen
     // port that the tunnel takes over.
     let plan = scenario.plan();
-    let (early, late): (Vec<_>, Vec<_>) = plan.iter().partition(|(_, c)| c.before_tunnel());
+    let (early, late): (Vec<_>, Vec<_>) = plan
+        .iter()
+        .partition(|(_, c)| c.info().phase == Phase::BeforeTunnel);
     for (family, spec) in early {
         ctx.family = family;
-        checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
+        spec.run(&mut ctx, &scenario.name, &mut emit);
     }
     match ctx.topo.start_tunnel() {
         Ok(Tunnel::StandIn { why }) => send(&GuestMessage::Note {
@@ -362,7 +354,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) -> u64
     }
     for (family, spec) in late {
         ctx.family = family;
-        checks::run_spec(&mut ctx, &scenario.name, spec, &mut emit);
+        spec.run(&mut ctx, &scenario.name, &mut emit);
     }
     ctx.topo.stop();
     setup_ms

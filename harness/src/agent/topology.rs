@@ -20,8 +20,9 @@ use super::netns::Netns;
 use super::probes::{IcmpSocket, InternetHost};
 use super::wireguard::WgInterface;
 use crate::nat::{Invocation, NatBackend};
+use crate::scenario::setup::Setup;
+use crate::scenario::topology::Addrs;
 use crate::scenario::topology::{self as spec, IfKind, TopologySpec, DEFAULT_TUNNEL_MTU};
-use crate::scenario::{Addrs, Scenario};
 use crate::types::{Family, IpNet};
 
 pub const STAND_IN_IF: &str = "tun0";
@@ -78,22 +79,28 @@ pub fn wait_usable(ns: &Netns, addr: IpAddr) -> Result<()> {
     })
 }
 
-/// Does this error (its whole chain, as text) say the kernel does not
-/// support what was asked (EOPNOTSUPP), rather than natvet getting it wrong?
-pub fn not_supported(text: &str) -> bool {
-    text.contains("Operation not supported") || text.contains("Not supported")
+/// The errno behind an error: that of the first OS or netlink error in its
+/// chain of causes.
+pub fn errno(e: &anyhow::Error) -> Option<i32> {
+    e.chain().find_map(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        if let Some(rtnetlink::Error::NetlinkError(m)) = cause.downcast_ref::<rtnetlink::Error>() {
+            return m.to_io().raw_os_error();
+        }
+        cause.downcast_ref::<nix::errno::Errno>().map(|n| *n as i32)
+    })
 }
 
-/// Did setting up the flowtable fail because the kernel lacks it? nft says
-/// ENOENT for an object type the kernel does not know.
-fn lacks_feature(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    not_supported(&text) || text.contains("No such file or directory")
-}
-
-/// Did creating a WireGuard link fail because the kernel lacks WireGuard?
-fn lacks_wireguard(e: &anyhow::Error) -> bool {
-    not_supported(&format!("{e:#}"))
+/// Does the error say that the kernel lacks what was asked (it answered
+/// EOPNOTSUPP, or does not know the protocol or address family), rather
+/// than that natvet asked for it wrongly?
+pub fn kernel_lacks(e: &anyhow::Error) -> bool {
+    matches!(
+        errno(e),
+        Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
+    )
 }
 
 /// Everything a check can touch. Dropping it removes all of it: the
@@ -125,9 +132,9 @@ pub struct Topology {
 impl Topology {
     /// Namespaces, links, addresses, sysctls and routes of the scenario's
     /// topology, for its families; no tunnel and no NAT yet.
-    pub fn build(scenario: &Scenario) -> Result<Topology> {
-        let spec = scenario.topology.clone();
-        let relay_cfg = &scenario.relay;
+    pub fn build(setup: &Setup) -> Result<Topology> {
+        let spec = setup.topology.clone();
+        let relay_cfg = setup.relay;
         let mut namespaces = Vec::new();
         for n in &spec.namespaces {
             namespaces.push(Arc::new(Netns::create(&n.name)?));
@@ -230,7 +237,7 @@ impl Topology {
         let addrs = relay_cfg
             .families
             .iter()
-            .map(|f| scenario.addrs(*f).map_err(anyhow::Error::msg))
+            .map(|f| setup.addrs(*f).map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()?;
         if addrs.is_empty() {
             bail!("the scenario names no address family");
@@ -348,13 +355,27 @@ impl Topology {
             program: nft,
             args: vec!["-f", "-"],
         };
-        match self.relay_run(&inv, Some(&script)) {
-            Ok(_) => Ok(Ok(())),
-            Err(e) if lacks_feature(&e) => {
-                Ok(Err(format!("the kernel cannot set up a flowtable: {e:#}")))
-            }
-            Err(e) => Err(e).context("setting up the flowtable"),
+        // Capability probe: a flowtable alone, on the same devices, in a
+        // table of its own. The kernel either can make one or cannot; only
+        // if it can is a failure of the real setup natvet's fault.
+        let probe = format!(
+            "table inet natvet_probe {{
+\tflowtable ft {{
+\t\thook ingress priority 0; devices = {{ \"{}\", \"{}\" }};
+\t}}
+}}
+",
+            tunnel.iface(spec::RELAY),
+            self.wan_if
+        );
+        if let Err(e) = self.relay_run(&inv, Some(&probe)) {
+            return Ok(Err(format!("the kernel cannot set up a flowtable: {e:#}")));
         }
+        self.relay_run(&inv, Some("delete table inet natvet_probe\n"))
+            .context("removing the flowtable probe")?;
+        self.relay_run(&inv, Some(&script))
+            .context("setting up the flowtable")?;
+        Ok(Ok(()))
     }
 
     /// Why family `f` cannot be used, if it cannot.
@@ -385,7 +406,7 @@ impl Topology {
     pub fn start_tunnel(&mut self) -> Result<&Tunnel> {
         let tunnel = match self.wireguard() {
             Ok(t) => t,
-            Err(e) if lacks_wireguard(&e) => {
+            Err(e) if kernel_lacks(&e) => {
                 netlink::veth_pair(&self.relay, STAND_IN_IF, &self.client, STAND_IN_IF)?;
                 Tunnel::StandIn {
                     why: format!("the kernel has no WireGuard ({e:#})"),
@@ -550,7 +571,7 @@ impl Topology {
     pub fn apply_nat(
         &self,
         backend: &dyn NatBackend,
-        scenario: &Scenario,
+        setup: &Setup,
     ) -> Result<std::result::Result<(), String>> {
         for tool in backend.tools() {
             if !std::path::Path::new(tool).exists() {
@@ -566,9 +587,9 @@ impl Topology {
                 backend.kind()
             )));
         }
-        for name in scenario.nat_namespaces() {
+        for name in setup.nat_namespaces() {
             let ns = self.ns(&name)?;
-            for (inv, script) in backend.scripts(&scenario.nat_rules(&name)) {
+            for (inv, script) in backend.scripts(&setup.nat_rules(&name)) {
                 run_in(ns, &inv, Some(&script)).with_context(|| {
                     format!(
                         "applying the {} ruleset in {name} with {inv}",

@@ -1,0 +1,155 @@
+//! Behaviour 12, expiry: an idle entry goes within the relay's UDP timeout,
+//! and the flow then works again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::check::{Check, Info, Phase};
+use super::common::{
+    at, describe_seen, ensure_tunnel, host, reply_text, seen_source, EXCHANGE_TIMEOUT,
+};
+use super::context::Context;
+use super::verdict::Verdict;
+use crate::agent::probes::{self};
+use crate::conntrack;
+use crate::scenario::setup::Setup;
+
+/// A masqueraded UDP flow goes idle: its conntrack entry on the relay is
+/// gone within `within` seconds (the relay's UDP timeouts, set in its
+/// sysctls), and the same socket then works again with a fresh entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackExpiry {
+    #[serde(default = "default_within")]
+    pub within: u32,
+}
+
+fn default_within() -> u32 {
+    5
+}
+
+impl Check for ConntrackExpiry {
+    const INFO: Info = Info {
+        results: "conntrack/expiry",
+        behaviours: "12",
+        description: "an idle masqueraded UDP flow's conntrack entry is gone within N s (the relay's UDP timeouts), and the same socket then works again",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+        phase: Phase::AfterTunnel,
+        per_family: true,
+        example: "",
+    };
+    type Case = ();
+
+    fn cases(&self) -> Vec<(String, ())> {
+        vec![("conntrack/expiry".into(), ())]
+    }
+
+    fn validate(&self, _: &Setup) -> Result<(), String> {
+        if !(1..=120).contains(&self.within) {
+            return Err(format!(
+                "check conntrack-expiry: within {} is outside 1-120 seconds",
+                self.within
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut Context, _: &()) -> Result<Verdict> {
+        conntrack_expiry(ctx, self.within)
+    }
+}
+
+/// Behaviour 12, expiry: a masqueraded UDP flow goes idle; its conntrack
+/// entry on the relay must go within `within` seconds, and the same socket
+/// must then work again (a new entry, masqueraded).
+fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
+    let a = *ctx.a();
+    let server = at(a.internet, probes::UDP_PORT);
+    let expected = format!(
+        "an idle UDP flow {} -> {server}: its conntrack entry on the relay is gone within {within} s, and the same socket then reaches {server} from {} again",
+        host(a.tunnel_client),
+        a.relay_wan
+    );
+    if let Err(why) = ensure_tunnel(ctx)? {
+        return Ok(Verdict::judge(false, expected, why));
+    }
+    let sock = ctx.client_tunnel_socket()?;
+    let sport = sock.local_addr()?.port();
+    let tag = ctx.tag("expiry");
+    if let Err(e) = probes::udp_echo_on(&sock, server, &tag, EXCHANGE_TIMEOUT) {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!("the flow did not work at first: {e:#}"),
+        ));
+    }
+    let ours = |ctx: &Context| -> Result<Option<String>> {
+        let table = ctx.conntrack_text()?;
+        Ok(conntrack::parse(&table)
+            .into_iter()
+            .find(|e| {
+                e.protocol == "udp"
+                    && e.original.src == a.tunnel_client
+                    && e.original.sport == Some(sport)
+                    && e.original.dst == a.internet
+            })
+            .map(|e| e.line))
+    };
+    let Some(entry) = ours(ctx)? else {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            "the working flow had no conntrack entry on the relay".to_string(),
+        ));
+    };
+    // Poll for the entry to go: its disappearance is the event.
+    let start = Instant::now();
+    let limit = Duration::from_secs(u64::from(within));
+    let mut gone = None;
+    while start.elapsed() < limit {
+        if ours(ctx)?.is_none() {
+            gone = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let Some(after) = gone else {
+        return Ok(Verdict::judge(
+            false,
+            expected,
+            format!(
+                "the entry was still there after {within} s: {}",
+                ours(ctx)?.unwrap_or(entry)
+            ),
+        ));
+    };
+    let again = ctx.tag("expiry-again");
+    let reply = probes::udp_echo_on(&sock, server, &again, EXCHANGE_TIMEOUT);
+    let seen = seen_source(ctx, &again)?;
+    let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
+    let reply_text = reply_text(&reply);
+    Ok(Verdict::judge(
+        reply.is_ok() && masqueraded,
+        expected,
+        format!(
+            "the entry was gone after {:.1} s; then {}; {reply_text}",
+            after.as_secs_f32(),
+            describe_seen(ctx.a(), &seen)
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::checks::tests::scenario_with;
+
+    #[test]
+    fn within_is_bounded() {
+        let s = scenario_with("kind = \"conntrack-expiry\"").unwrap();
+        assert_eq!(s.checks[0].result_names(), ["conntrack/expiry"]);
+        assert!(scenario_with("kind = \"conntrack-expiry\"\nwithin = 0").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! Behaviour 1 without WireGuard: a plain UDP datagram to each redirected
+//! port reaches a socket on the relay's listen port with the client's
+//! source intact, and its reply returns from the port it was sent to.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::check::{ports_given, Check, Info, Phase};
+use super::common::{at, later_sources, EXCHANGE_TIMEOUT};
+use super::context::Context;
+use super::verdict::Verdict;
+use crate::agent::probes::{self, IcmpPacket};
+use crate::scenario::setup::Setup;
+use crate::scenario::topology::Addrs;
+
+/// A plain UDP datagram to each port reaches a socket on the listen port
+/// (source intact) and its reply returns from that port. Runs before the
+/// tunnel is up, so it needs no WireGuard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    pub ports: Vec<u16>,
+}
+
+impl Check for Redirect {
+    const INFO: Info = Info {
+        results: "redirect/PORT",
+        behaviours: "1",
+        description: "a plain UDP datagram to the relay's PORT reaches a socket on the listen port with the client's address intact, and the reply returns from PORT",
+        timeout: EXCHANGE_TIMEOUT,
+        needs_wireguard: false,
+        phase: Phase::BeforeTunnel,
+        per_family: true,
+        example: "ports = [53]",
+    };
+    type Case = u16;
+
+    fn cases(&self) -> Vec<(String, u16)> {
+        self.ports
+            .iter()
+            .map(|p| (format!("redirect/{p}"), *p))
+            .collect()
+    }
+
+    fn validate(&self, _: &Setup) -> Result<(), String> {
+        ports_given("redirect", &self.ports)
+    }
+
+    fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {
+        udp_redirect(ctx, *port, true)
+    }
+}
+
+/// How long to wait for a datagram that should not arrive, when the relay
+/// does not tell us sooner with an ICMP error.
+pub const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
+
+/// A plain UDP datagram from the client to the relay's public `port`: with
+/// `expect`, it must reach a socket on the relay's listen port with the
+/// client's source intact, and the reply must return from `port` (the
+/// redirect's reverse translation); without, it must not reach that socket.
+/// Runs before the tunnel exists, when the listen port is free to bind.
+pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
+    let Addrs {
+        client_public,
+        client_seen,
+        relay_public,
+        ..
+    } = *ctx.a();
+    let listen = ctx.topo.listen_port;
+    let sport = ctx.topo.fresh_client_port();
+    let expected = if expect {
+        format!(
+            "a UDP datagram to {} reaches the relay's socket on :{listen} from {}, and the reply returns from {}",
+            at(relay_public, port),
+            at(client_seen, sport),
+            at(relay_public, port)
+        )
+    } else {
+        format!(
+            "a UDP datagram to {} does not reach the relay's socket on :{listen}",
+            at(relay_public, port)
+        )
+    };
+    let any = ctx.any();
+    let topo = &ctx.topo;
+    let icmp_sock = topo.client_icmp(ctx.family)?;
+    let relay_sock = topo.relay.run(|| {
+        probes::bind_udp_again(SocketAddr::new(any.ip(), listen)).with_context(|| {
+            format!("binding udp/{listen} on the relay (is something else listening there?)")
+        })
+    })?;
+    let client_sock = topo.client.run(|| {
+        UdpSocket::bind((client_public, sport))
+            .with_context(|| format!("binding udp/{sport} on the client"))
+    })?;
+    icmp_sock.drain();
+    let wait = if expect {
+        EXCHANGE_TIMEOUT
+    } else {
+        REDIRECT_ABSENT_WAIT
+    };
+    let flow = probes::Flow {
+        sender: &client_sock,
+        dest: at(relay_public, port),
+        tag: format!("natvet-redirect-{sport}"),
+    };
+    let mut refused: Option<(IcmpPacket, Duration)> = None;
+    // Resend every second: the first datagram may wait on ARP/ND. A refusal
+    // ends the wait only while nothing has arrived.
+    let seen = probes::echo_exchange(
+        std::slice::from_ref(&flow),
+        &relay_sock,
+        wait,
+        Duration::from_secs(1),
+        |seen, after| {
+            if let Some(icmp) = icmp_sock.recv() {
+                if icmp.is_unreachable()
+                    && icmp.inner_proto == Some(17)
+                    && icmp.inner_dport == Some(port)
+                {
+                    refused = Some((icmp, after));
+                }
+            }
+            refused.is_some() && seen[0].sources.is_empty()
+        },
+    )?
+    .remove(0);
+    let arrived = seen.source().zip(seen.arrived_after);
+    let reply = seen.reply_from();
+    let mut observed = match &arrived {
+        Some((from, after)) => format!(
+            "the relay's socket on :{listen} received it from {from} after {} ms",
+            after.as_millis()
+        ),
+        None => format!("the relay's socket on :{listen} received nothing"),
+    };
+    match (&reply, &refused) {
+        (Some(from), _) => observed.push_str(&format!("; the reply came back from {from}")),
+        (None, _) if arrived.is_some() => observed.push_str(&format!(
+            "; no reply reached the client within {:.1} s",
+            wait.as_secs_f32()
+        )),
+        (None, Some((icmp, after))) => observed.push_str(&format!(
+            "; {} answered ICMP destination unreachable (code {}) for udp/{port} after {} ms",
+            icmp.source,
+            icmp.code,
+            after.as_millis()
+        )),
+        (None, None) => observed.push_str(&format!(
+            " and no ICMP error came within {:.1} s",
+            wait.as_secs_f32()
+        )),
+    }
+    observed.push_str(&later_sources("its", &seen));
+    let client = SocketAddr::new(client_seen, sport);
+    let ok = if expect {
+        arrived.as_ref().map(|(from, _)| *from) == Some(client)
+            && seen.sources.len() == 1
+            && reply == Some(SocketAddr::new(relay_public, port))
+    } else {
+        arrived.is_none()
+    };
+    Ok(Verdict::judge(ok, expected, observed))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::checks::tests::scenario_with;
+
+    #[test]
+    fn one_result_per_port_and_ports_must_be_given() {
+        let s = scenario_with("kind = \"redirect\"\nports = [53, 4000]").unwrap();
+        assert_eq!(s.checks[0].result_names(), ["redirect/53", "redirect/4000"]);
+        assert!(scenario_with("kind = \"redirect\"\nports = []")
+            .unwrap_err()
+            .contains("at least one port"));
+        assert!(scenario_with("kind = \"redirect\"\nports = [0]")
+            .unwrap_err()
+            .contains("port 0"));
+    }
+
+    #[test]
+    fn runs_before_the_tunnel_takes_the_listen_port() {
+        // Written after a check that needs the tunnel, it still runs first.
+        let s = crate::scenario::Scenario::parse(
+            "name = \"t\"\n[relay]\n[[check]]\nkind = \"forward\"\nprotocols = [\"udp\"]\n[[check]]\nkind = \"redirect\"\nports = [53]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.result_names(), ["redirect/53", "forward/udp"]);
+    }
+}
