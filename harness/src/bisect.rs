@@ -1228,7 +1228,7 @@ mod tests {
 
     fn infra() -> KernelState {
         KernelState::InfraError {
-            stage: "boot".into(),
+            stage: crate::report::InfraStage::Boot,
             reason: "no agent".into(),
             console_tail: vec![],
         }

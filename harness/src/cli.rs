@@ -396,7 +396,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Report(ReportCmd::Render { input, outputs }) => {
             let report = read_report(&input)?;
-            print!("{}", report.render_table());
+            print!("{}", crate::report::render::table(&report));
             write_outputs(&report, &outputs)?;
             Ok(report.exit_code())
         }
@@ -815,7 +815,7 @@ fn gate_cmd(args: GateArgs) -> Result<i32> {
     let (Some(baseline), Some(candidate)) = (report.kernels.first(), report.kernels.get(1)) else {
         anyhow::bail!("the gate needs both kernels' results");
     };
-    let gate = crate::gate::compare(baseline, candidate);
+    let gate = crate::report::gate::compare(baseline, candidate);
     let code = gate.exit_code(baseline, candidate);
     print!("{}", gate.render());
     for k in &report.kernels {
@@ -867,7 +867,7 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> Result<()> {
 }
 
 fn finish(report: &RunReport, run: &CheckArgs) -> Result<()> {
-    print!("{}", report.render_table());
+    print!("{}", crate::report::render::table(report));
     if let Some(path) = &run.json {
         write_json(report, path)?;
     }

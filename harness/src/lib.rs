@@ -12,7 +12,6 @@ pub mod cli;
 pub mod conntrack;
 pub mod cpio;
 pub mod elfdeps;
-pub mod gate;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_log;

@@ -15,7 +15,7 @@ use crate::nat::BackendKind;
 use crate::protocol::job::{Job, JOB_PATH};
 use crate::protocol::{CheckResult, GuestMessage, Status, PROTOCOL_VERSION};
 use crate::qemu::{self, VmConfig, VmEnd};
-use crate::report::{self, KernelRun, KernelState, RunReport, Timings};
+use crate::report::{self, InfraStage, KernelRun, KernelState, RunReport, Timings};
 use crate::scenario::Scenario;
 use crate::ui::Ui;
 
@@ -241,7 +241,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                 };
                 if qemu::cancelled() {
                     let why = "natvet was interrupted before this kernel ran".to_string();
-                    let run = infra_run(&spec, None, "interrupted", why, vec![]);
+                    let run = infra_run(&spec, None, InfraStage::Interrupted, why, vec![]);
                     if let Ok(mut r) = results.lock() {
                         r.push((i, run));
                     }
@@ -261,7 +261,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                             _ => first,
                         }
                     }
-                    Err(reason) => infra_run(&spec, None, "fetch", reason, vec![]),
+                    Err(reason) => infra_run(&spec, None, InfraStage::Fetch, reason, vec![]),
                 };
                 if let Ok(mut r) = results.lock() {
                     r.push((i, run));
@@ -292,14 +292,16 @@ fn retry_reason(run: &KernelRun) -> Option<String> {
         return None;
     }
     match &run.state {
-        KernelState::InfraError { stage, .. }
-            if matches!(
-                stage.as_str(),
-                "initramfs" | "output" | "interrupted" | "fetch" | "kernel panic" | "qemu killed"
-            ) =>
-        {
-            None
-        }
+        KernelState::InfraError {
+            stage:
+                InfraStage::Initramfs
+                | InfraStage::Output
+                | InfraStage::Interrupted
+                | InfraStage::Fetch
+                | InfraStage::KernelPanic
+                | InfraStage::QemuKilled,
+            ..
+        } => None,
         KernelState::InfraError { stage, reason, .. } => Some(format!("{stage} error: {reason}")),
         KernelState::Completed => run
             .results
@@ -337,7 +339,7 @@ fn merge_retry(first: KernelRun, mut second: KernelRun) -> KernelRun {
 fn infra_run(
     spec: &str,
     kernel: Option<&Kernel>,
-    stage: &str,
+    stage: InfraStage,
     reason: String,
     tail: Vec<String>,
 ) -> KernelRun {
@@ -348,7 +350,7 @@ fn infra_run(
         package: kernel.and_then(|k| k.package.clone()),
         boot: None,
         state: KernelState::InfraError {
-            stage: stage.into(),
+            stage,
             reason,
             console_tail: tail,
         },
@@ -451,7 +453,7 @@ fn vet_kernel(
         return infra_run(
             &kernel.spec,
             Some(kernel),
-            "output",
+            InfraStage::Output,
             format!("cannot create {}: {e}", kdir.display()),
             vec![],
         );
@@ -462,7 +464,7 @@ fn vet_kernel(
             return infra_run(
                 &kernel.spec,
                 Some(kernel),
-                "output",
+                InfraStage::Output,
                 format!("cannot create a temporary folder: {e}"),
                 vec![],
             )
@@ -482,7 +484,7 @@ fn vet_kernel(
             return infra_run(
                 &kernel.spec,
                 Some(kernel),
-                "output",
+                InfraStage::Output,
                 format!("cannot write the agent's job {}: {e:#}", job.display()),
                 vec![],
             );
@@ -507,7 +509,7 @@ fn vet_kernel(
                 return infra_run(
                     &kernel.spec,
                     Some(kernel),
-                    "initramfs",
+                    InfraStage::Initramfs,
                     format!("{e:#}"),
                     vec![],
                 )
@@ -603,7 +605,7 @@ fn vet_kernel(
     match outcome {
         Err(e) => {
             run.state = KernelState::InfraError {
-                stage: "qemu".into(),
+                stage: InfraStage::Qemu,
                 reason: e.to_string(),
                 console_tail: vec![],
             }
@@ -621,33 +623,33 @@ fn vet_kernel(
                 format!(" while running {}", running.join(", "))
             };
             let problem = match (&o.end, &fatal) {
-                (_, Some(err)) => Some(("agent", format!("the guest agent gave up{during}: {err}"))),
+                (_, Some(err)) => Some((InfraStage::Agent, format!("the guest agent gave up{during}: {err}"))),
                 (VmEnd::Completed, None) => None,
-                (VmEnd::Panic(line), None) => Some(("kernel panic", format!("the kernel panicked{during}: {line}"))),
+                (VmEnd::Panic(line), None) => Some((InfraStage::KernelPanic, format!("the kernel panicked{during}: {line}"))),
                 (VmEnd::NoAgent(t), None) => Some((
-                    "boot",
+                    InfraStage::Boot,
                     format!(
                         "the kernel did not start natvet's agent within {} s (no message on the results port)",
                         t.as_secs()
                     ),
                 )),
                 (VmEnd::Stalled(t), None) => Some((
-                    "check timeout",
+                    InfraStage::CheckTimeout,
                     format!(
                         "the guest sent nothing for {} s{during}; raise --check-timeout if the kernel is just slow",
                         t.as_secs()
                     ),
                 )),
-                (VmEnd::Timeout(t), None) => Some(("timeout", format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
+                (VmEnd::Timeout(t), None) => Some((InfraStage::Timeout, format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
                 (VmEnd::Killed(sig), None) => Some((
-                    "qemu killed",
+                    InfraStage::QemuKilled,
                     format!("qemu was killed by signal {sig} from outside natvet{during}"),
                 )),
                 (VmEnd::Died(why), None) if qemu::cancelled() => {
-                    Some(("interrupted", format!("{why}{during}")))
+                    Some((InfraStage::Interrupted, format!("{why}{during}")))
                 }
-                (VmEnd::Died(why), None) => Some(("qemu", format!("{why}{during}"))),
-                (VmEnd::Protocol(why), None) => Some(("protocol", why.clone())),
+                (VmEnd::Died(why), None) => Some((InfraStage::Qemu, format!("{why}{during}"))),
+                (VmEnd::Protocol(why), None) => Some((InfraStage::Protocol, why.clone())),
             };
             let missing: Vec<String> = expected
                 .iter()
@@ -660,13 +662,13 @@ fn vet_kernel(
                 .collect();
             if let Some((stage, reason)) = problem {
                 run.state = KernelState::InfraError {
-                    stage: stage.into(),
+                    stage,
                     reason,
                     console_tail: o.console_tail.clone(),
                 };
             } else if !missing.is_empty() {
                 run.state = KernelState::InfraError {
-                    stage: "protocol".into(),
+                    stage: InfraStage::Protocol,
                     reason: format!(
                         "the guest finished without reporting: {}",
                         missing.join(", ")
