@@ -327,7 +327,7 @@ fn handle_signals() -> Arc<AtomicI32> {
                     std::process::exit(128 + sig);
                 }
                 eprintln!("natvet: interrupted, stopping the VMs (again to quit at once)");
-                crate::qemu::cancel_all();
+                crate::launcher::cancel_all();
             }
         });
     }
@@ -741,7 +741,7 @@ fn soak_cmd(args: SoakArgs) -> Result<i32> {
     let mut reports = Vec::new();
     let start = std::time::Instant::now();
     for run in 1..=args.runs {
-        if crate::qemu::cancelled() {
+        if crate::launcher::cancelled() {
             break;
         }
         let report = vet::run(&opts, resolved.clone(), &ui);
@@ -1082,7 +1082,7 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
     );
     report.steps.extend([good_step, bad_step]);
     reports.push(ends);
-    if crate::qemu::cancelled() {
+    if crate::launcher::cancelled() {
         report.answer = Some(Answer::Interrupted);
         return finish_bisect(&mut report, &reports, exit::INFRA);
     }
@@ -1137,7 +1137,7 @@ fn bisect_cmd(args: BisectArgs) -> Result<i32> {
             }
             Err(e) => not_run(format!("natvet could not get this kernel: {e:#}")),
         };
-        if crate::qemu::cancelled() {
+        if crate::launcher::cancelled() {
             println!("step {no}/{total}: {} ... interrupted", c.release);
             report.steps.push(s);
             report.bisection_steps = search.steps();

@@ -15,6 +15,7 @@ pub mod elfdeps;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_log;
+pub mod launcher;
 pub mod modules;
 pub mod nat;
 pub mod protocol;

@@ -10,11 +10,12 @@ use base64::Engine as _;
 
 use crate::initramfs::{InitramfsSpec, ModulesSpec};
 use crate::kernel::{self, Cache, Kernel, KernelSpec};
+use crate::launcher::{self, End};
 use crate::modules::{ModuleIndex, Resolved};
 use crate::nat::BackendKind;
 use crate::protocol::job::{Job, JOB_PATH};
 use crate::protocol::{CheckResult, GuestMessage, Status, PROTOCOL_VERSION};
-use crate::qemu::{self, VmConfig, VmEnd};
+use crate::qemu::{self, VmConfig};
 use crate::report::{self, InfraStage, KernelRun, KernelState, RunReport, Timings};
 use crate::scenario::Scenario;
 use crate::ui::Ui;
@@ -239,7 +240,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                 let Some((i, (spec, resolved))) = next else {
                     break;
                 };
-                if qemu::cancelled() {
+                if launcher::cancelled() {
                     let why = "natvet was interrupted before this kernel ran".to_string();
                     let run = infra_run(&spec, None, InfraStage::Interrupted, why, vec![]);
                     if let Ok(mut r) = results.lock() {
@@ -251,7 +252,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
                     Ok((kernel, resolve_ms)) => {
                         let first = vet_kernel(opts, &kernel, ids[i].as_deref(), resolve_ms, ui);
                         match retry_reason(&first) {
-                            Some(why) if !qemu::cancelled() => {
+                            Some(why) if !launcher::cancelled() => {
                                 ui.println(&format!("[{}] {why}; retrying once", first.label()));
                                 merge_retry(
                                     first,
@@ -380,18 +381,6 @@ fn guest_tools(scenarios: &[Scenario]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (bins, dirs)
 }
 
-/// The running natvet binary, which becomes the guest's /init. /proc/self/exe
-/// stays readable even when the file was replaced (a rebuild during a long
-/// soak), where the path current_exe() names would not.
-pub(crate) fn own_binary() -> PathBuf {
-    let proc_exe = PathBuf::from("/proc/self/exe");
-    if proc_exe.exists() {
-        proc_exe
-    } else {
-        std::env::current_exe().unwrap_or(proc_exe)
-    }
-}
-
 /// Check that the host has every tool the guest needs, before any VM boots.
 pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
     if !qemu::available() {
@@ -413,7 +402,7 @@ pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
             missing.join(", ")
         );
     }
-    let exe = own_binary();
+    let exe = launcher::own_binary();
     let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
     if !crate::elfdeps::is_static_elf(&bytes) {
         bail!(
@@ -491,7 +480,7 @@ fn vet_kernel(
         }
         Launch::Host {
             job,
-            watch: qemu::Watch {
+            watch: launcher::Watch {
                 program: "the agent",
                 timeout: opts.timeout,
                 stall_timeout: opts.check_timeout,
@@ -574,8 +563,10 @@ fn vet_kernel(
         GuestMessage::Fatal { error } => fatal = Some(error.clone()),
     };
     let outcome = match &launch {
-        Launch::Vm(cfg) => qemu::run(cfg, &mut on_message),
-        Launch::Host { job, watch } => crate::verify::run_agent(job, watch, &mut on_message),
+        Launch::Vm(cfg) => qemu::run(cfg, &mut on_message).map_err(|e| e.to_string()),
+        Launch::Host { job, watch } => {
+            launcher::run_agent(job, watch, &mut on_message).map_err(|e| e.to_string())
+        }
     };
 
     let mut run = KernelRun {
@@ -606,7 +597,7 @@ fn vet_kernel(
         Err(e) => {
             run.state = KernelState::InfraError {
                 stage: InfraStage::Qemu,
-                reason: e.to_string(),
+                reason: e,
                 console_tail: vec![],
             }
         }
@@ -624,32 +615,32 @@ fn vet_kernel(
             };
             let problem = match (&o.end, &fatal) {
                 (_, Some(err)) => Some((InfraStage::Agent, format!("the guest agent gave up{during}: {err}"))),
-                (VmEnd::Completed, None) => None,
-                (VmEnd::Panic(line), None) => Some((InfraStage::KernelPanic, format!("the kernel panicked{during}: {line}"))),
-                (VmEnd::NoAgent(t), None) => Some((
+                (End::Completed, None) => None,
+                (End::Panic(line), None) => Some((InfraStage::KernelPanic, format!("the kernel panicked{during}: {line}"))),
+                (End::NoAgent(t), None) => Some((
                     InfraStage::Boot,
                     format!(
                         "the kernel did not start natvet's agent within {} s (no message on the results port)",
                         t.as_secs()
                     ),
                 )),
-                (VmEnd::Stalled(t), None) => Some((
+                (End::Stalled(t), None) => Some((
                     InfraStage::CheckTimeout,
                     format!(
                         "the guest sent nothing for {} s{during}; raise --check-timeout if the kernel is just slow",
                         t.as_secs()
                     ),
                 )),
-                (VmEnd::Timeout(t), None) => Some((InfraStage::Timeout, format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
-                (VmEnd::Killed(sig), None) => Some((
+                (End::Timeout(t), None) => Some((InfraStage::Timeout, format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
+                (End::Killed(sig), None) => Some((
                     InfraStage::QemuKilled,
                     format!("qemu was killed by signal {sig} from outside natvet{during}"),
                 )),
-                (VmEnd::Died(why), None) if qemu::cancelled() => {
+                (End::Died(why), None) if launcher::cancelled() => {
                     Some((InfraStage::Interrupted, format!("{why}{during}")))
                 }
-                (VmEnd::Died(why), None) => Some((InfraStage::Qemu, format!("{why}{during}"))),
-                (VmEnd::Protocol(why), None) => Some((InfraStage::Protocol, why.clone())),
+                (End::Died(why), None) => Some((InfraStage::Qemu, format!("{why}{during}"))),
+                (End::Protocol(why), None) => Some((InfraStage::Protocol, why.clone())),
             };
             let missing: Vec<String> = expected
                 .iter()
@@ -710,7 +701,10 @@ fn vet_kernel(
 /// How one kernel runs: booted in qemu, or the host's own (`natvet verify`).
 enum Launch {
     Vm(VmConfig),
-    Host { job: PathBuf, watch: qemu::Watch },
+    Host {
+        job: PathBuf,
+        watch: launcher::Watch,
+    },
 }
 
 fn make_job(opts: &VetOptions, preload_modules: Vec<String>) -> Job {
@@ -729,7 +723,7 @@ fn build_initramfs(
     kernel: &Kernel,
     out: &Path,
 ) -> Result<crate::initramfs::InitramfsStats> {
-    let exe = own_binary();
+    let exe = launcher::own_binary();
     // Preload what this kernel has as modules; names it builds in or lacks are left
     // to the kernel (a lacking feature then shows up as "unsupported").
     let preload: Vec<String> = match &kernel.modules_dir {
