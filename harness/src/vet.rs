@@ -10,15 +10,15 @@ use base64::Engine as _;
 
 use crate::initramfs::{InitramfsSpec, ModulesSpec};
 use crate::kernel::{self, Cache, Kernel, KernelSpec};
-use crate::launcher::{self, End};
+use crate::launcher::{self, End, Outcome};
 use crate::modules::{ModuleIndex, Resolved};
 use crate::nat::BackendKind;
 use crate::protocol::job::{Job, JOB_PATH};
-use crate::protocol::{CheckResult, GuestMessage, Status, PROTOCOL_VERSION};
+use crate::protocol::{CheckResult, GuestMessage, RunTiming, Status, PROTOCOL_VERSION};
 use crate::qemu::{self, VmConfig};
 use crate::report::{self, InfraStage, KernelRun, KernelState, RunReport, Timings};
 use crate::scenario::Scenario;
-use crate::ui::Ui;
+use crate::ui::{KernelProgress, Ui};
 
 /// The default kernel sets, shipped with natvet.
 pub const KERNEL_SETS: &str = include_str!("../../vm-images/matrix.toml");
@@ -413,6 +413,10 @@ pub fn check_host(scenarios: &[Scenario]) -> Result<()> {
     Ok(())
 }
 
+/// One kernel's run, in four steps: `launch` (its output folder, then the
+/// agent's job or the initramfs, and how to start it), `collect` (the guest's
+/// messages until the run ends), `judge` (what the end and the reports add up
+/// to) and `finish` (results in the job's order, evidence, the progress line).
 fn vet_kernel(
     opts: &VetOptions,
     kernel: &Kernel,
@@ -425,8 +429,25 @@ fn vet_kernel(
         .map(str::to_string)
         .or_else(|| kernel.release.clone())
         .unwrap_or_else(|| kernel.spec.clone());
-    let expected: Vec<(String, String, String)> = opts
-        .scenarios
+    let expected = expected_results(&opts.scenarios);
+    let mut progress = ui.kernel(&label, expected.len());
+    let launched = match launch(opts, kernel, &label, &progress) {
+        Ok(l) => l,
+        Err((stage, reason)) => {
+            return infra_run(&kernel.spec, Some(kernel), stage, reason, vec![])
+        }
+    };
+    let mut collected = Collected::new(kernel);
+    let outcome = collect(&launched, &mut collected, id, &mut progress);
+    let run = judge(
+        opts, kernel, id, resolve_ms, &launched, collected, outcome, &expected,
+    );
+    finish(opts, run, &expected, total, &progress)
+}
+
+/// (scenario, backend, check) of every result the job must produce, in the job's order.
+fn expected_results(scenarios: &[Scenario]) -> Vec<(String, String, String)> {
+    scenarios
         .iter()
         .flat_map(|s| {
             s.backends.iter().flat_map(move |b| {
@@ -435,28 +456,51 @@ fn vet_kernel(
                     .map(move |c| (s.name.clone(), b.to_string(), c))
             })
         })
-        .collect();
-    let mut progress = ui.kernel(&label, expected.len());
-    let kdir = opts.out_dir.join(report::sanitize(&label));
+        .collect()
+}
+
+/// How one kernel runs: booted in qemu, or the host's own (`natvet verify`).
+enum Launch {
+    Vm(VmConfig),
+    Host {
+        job: PathBuf,
+        watch: launcher::Watch,
+    },
+}
+
+/// A kernel ready to start: how, and what it took to get there.
+struct Launched {
+    launch: Launch,
+    /// Holds the initramfs or the agent's job until the run ends.
+    _work: tempfile::TempDir,
+    console_log: PathBuf,
+    initramfs_ms: u64,
+    initramfs_bytes: u64,
+}
+
+/// Step 1: the kernel's output folder, a temporary folder, and the agent's
+/// job (on the host) or the initramfs (in a VM). Failing here is natvet's own
+/// trouble: the stage and why.
+fn launch(
+    opts: &VetOptions,
+    kernel: &Kernel,
+    label: &str,
+    progress: &KernelProgress,
+) -> std::result::Result<Launched, (InfraStage, String)> {
+    let kdir = opts.out_dir.join(report::sanitize(label));
     if let Err(e) = std::fs::create_dir_all(&kdir) {
-        return infra_run(
-            &kernel.spec,
-            Some(kernel),
+        return Err((
             InfraStage::Output,
             format!("cannot create {}: {e}", kdir.display()),
-            vec![],
-        );
+        ));
     }
     let work = match tempfile::Builder::new().prefix(&work_prefix()).tempdir() {
         Ok(w) => w,
         Err(e) => {
-            return infra_run(
-                &kernel.spec,
-                Some(kernel),
+            return Err((
                 InfraStage::Output,
                 format!("cannot create a temporary folder: {e}"),
-                vec![],
-            )
+            ))
         }
     };
 
@@ -470,13 +514,10 @@ fn vet_kernel(
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(std::fs::write(&job, bytes)?))
         {
-            return infra_run(
-                &kernel.spec,
-                Some(kernel),
+            return Err((
                 InfraStage::Output,
                 format!("cannot write the agent's job {}: {e:#}", job.display()),
-                vec![],
-            );
+            ));
         }
         Launch::Host {
             job,
@@ -494,15 +535,7 @@ fn vet_kernel(
         let t = Instant::now();
         match build_initramfs(opts, kernel, &initrd) {
             Ok(stats) => initramfs_bytes = stats.bytes,
-            Err(e) => {
-                return infra_run(
-                    &kernel.spec,
-                    Some(kernel),
-                    InfraStage::Initramfs,
-                    format!("{e:#}"),
-                    vec![],
-                )
-            }
+            Err(e) => return Err((InfraStage::Initramfs, format!("{e:#}"))),
         };
         initramfs_ms = t.elapsed().as_millis() as u64;
         progress.stage("booting");
@@ -521,57 +554,111 @@ fn vet_kernel(
             console_log: console_log.clone(),
         })
     };
-    let mut results: Vec<CheckResult> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-    let mut release = kernel.release.clone();
-    let mut uptime = None;
-    let mut fatal: Option<String> = None;
-    // Checks started and not yet reported (several, when scenario runs overlap).
-    let mut running: Vec<String> = Vec::new();
-    let mut agent_ms = None;
-    let mut scenario_runs = Vec::new();
-    let mut on_message = |msg: &GuestMessage| match msg {
-        GuestMessage::Hello {
-            kernel_release,
-            uptime_ms,
-            ..
-        } => {
-            release = Some(kernel_release.clone());
-            uptime = Some(*uptime_ms);
-            if id.is_none() {
-                progress.rename(kernel_release);
+    Ok(Launched {
+        launch,
+        _work: work,
+        console_log,
+        initramfs_ms,
+        initramfs_bytes,
+    })
+}
+
+/// What the guest reported over its run.
+struct Collected {
+    results: Vec<CheckResult>,
+    notes: Vec<String>,
+    release: Option<String>,
+    uptime: Option<u64>,
+    fatal: Option<String>,
+    /// Checks started and not yet reported (several, when scenario runs overlap).
+    running: Vec<String>,
+    agent_ms: Option<u64>,
+    scenario_runs: Vec<RunTiming>,
+}
+
+impl Collected {
+    fn new(kernel: &Kernel) -> Collected {
+        Collected {
+            results: Vec::new(),
+            notes: Vec::new(),
+            release: kernel.release.clone(),
+            uptime: None,
+            fatal: None,
+            running: Vec::new(),
+            agent_ms: None,
+            scenario_runs: Vec::new(),
+        }
+    }
+
+    fn on_message(&mut self, msg: &GuestMessage, id: Option<&str>, progress: &mut KernelProgress) {
+        match msg {
+            GuestMessage::Hello {
+                kernel_release,
+                uptime_ms,
+                ..
+            } => {
+                self.release = Some(kernel_release.clone());
+                self.uptime = Some(*uptime_ms);
+                if id.is_none() {
+                    progress.rename(kernel_release);
+                }
+                progress.stage("running checks");
             }
-            progress.stage("running checks");
+            GuestMessage::Note { message } => self.notes.push(message.clone()),
+            GuestMessage::CheckStarted {
+                scenario,
+                backend,
+                check,
+            } => {
+                self.running.push(format!("{scenario} [{backend}] {check}"));
+                progress.check_started(check);
+            }
+            GuestMessage::Check(r) => {
+                let name = format!("{} [{}] {}", r.scenario, r.backend, r.check);
+                self.running.retain(|c| *c != name);
+                progress.check_done(r);
+                self.results.push((**r).clone());
+            }
+            GuestMessage::RunDone(t) => self.scenario_runs.push(t.clone()),
+            GuestMessage::Done { elapsed_ms } => self.agent_ms = Some(*elapsed_ms),
+            GuestMessage::Fatal { error } => self.fatal = Some(error.clone()),
         }
-        GuestMessage::Note { message } => notes.push(message.clone()),
-        GuestMessage::CheckStarted {
-            scenario,
-            backend,
-            check,
-        } => {
-            running.push(format!("{scenario} [{backend}] {check}"));
-            progress.check_started(check);
-        }
-        GuestMessage::Check(r) => {
-            let name = format!("{} [{}] {}", r.scenario, r.backend, r.check);
-            running.retain(|c| *c != name);
-            progress.check_done(r);
-            results.push((**r).clone());
-        }
-        GuestMessage::RunDone(t) => scenario_runs.push(t.clone()),
-        GuestMessage::Done { elapsed_ms } => agent_ms = Some(*elapsed_ms),
-        GuestMessage::Fatal { error } => fatal = Some(error.clone()),
-    };
-    let outcome = match &launch {
+    }
+}
+
+/// Step 2: start the kernel and take in its messages until the run ends.
+fn collect(
+    launched: &Launched,
+    collected: &mut Collected,
+    id: Option<&str>,
+    progress: &mut KernelProgress,
+) -> std::result::Result<Outcome, String> {
+    let mut on_message = |msg: &GuestMessage| collected.on_message(msg, id, progress);
+    match &launched.launch {
         Launch::Vm(cfg) => qemu::run(cfg, &mut on_message).map_err(|e| e.to_string()),
         Launch::Host { job, watch } => {
             launcher::run_agent(job, watch, &mut on_message).map_err(|e| e.to_string())
         }
-    };
+    }
+}
 
+/// Step 3: the kernel's run as the guest reported it, and whether natvet
+/// could test it: how the run ended, whether the agent gave up, and whether
+/// every expected result came.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    opts: &VetOptions,
+    kernel: &Kernel,
+    id: Option<&str>,
+    resolve_ms: u64,
+    launched: &Launched,
+    collected: Collected,
+    outcome: std::result::Result<Outcome, String>,
+    expected: &[(String, String, String)],
+) -> KernelRun {
     let mut run = KernelRun {
         spec: kernel.spec.clone(),
-        release,
+        release: collected.release,
         id: id.map(str::to_string),
         package: kernel.package.clone(),
         boot: Some(match (opts.boot, &kernel.bzimage) {
@@ -579,97 +666,114 @@ fn vet_kernel(
             _ => format!("{:?}", kernel.boot_kind).to_lowercase(),
         }),
         state: KernelState::Completed,
-        results,
-        notes,
+        results: collected.results,
+        notes: collected.notes,
         attempts: 1,
         timings: Timings {
             resolve_ms,
-            initramfs_ms,
-            initramfs_bytes,
-            guest_uptime_ms: uptime,
-            agent_ms,
-            scenario_runs,
+            initramfs_ms: launched.initramfs_ms,
+            initramfs_bytes: launched.initramfs_bytes,
+            guest_uptime_ms: collected.uptime,
+            agent_ms: collected.agent_ms,
+            scenario_runs: collected.scenario_runs,
             ..Timings::default()
         },
-        console_log: Some(console_log.display().to_string()),
+        console_log: Some(launched.console_log.display().to_string()),
     };
-    match outcome {
+    let o = match outcome {
         Err(e) => {
             run.state = KernelState::InfraError {
                 stage: InfraStage::Qemu,
                 reason: e,
                 console_tail: vec![],
-            }
-        }
-        Ok(o) => {
-            run.timings.boot_ms = o.boot.map(|d| d.as_millis() as u64);
-            run.timings.vm_ms = o.wall.as_millis() as u64;
-            run.timings.peak_rss_mb = o.peak_rss_kb.map(|k| k / 1024);
-            for a in &o.alarms {
-                run.notes.push(format!("{CONSOLE_ALARM}{a}"));
-            }
-            let during = if running.is_empty() {
-                String::new()
-            } else {
-                format!(" while running {}", running.join(", "))
             };
-            let problem = match (&o.end, &fatal) {
-                (_, Some(err)) => Some((InfraStage::Agent, format!("the guest agent gave up{during}: {err}"))),
-                (End::Completed, None) => None,
-                (End::Panic(line), None) => Some((InfraStage::KernelPanic, format!("the kernel panicked{during}: {line}"))),
-                (End::NoAgent(t), None) => Some((
-                    InfraStage::Boot,
-                    format!(
-                        "the kernel did not start natvet's agent within {} s (no message on the results port)",
-                        t.as_secs()
-                    ),
-                )),
-                (End::Stalled(t), None) => Some((
-                    InfraStage::CheckTimeout,
-                    format!(
-                        "the guest sent nothing for {} s{during}; raise --check-timeout if the kernel is just slow",
-                        t.as_secs()
-                    ),
-                )),
-                (End::Timeout(t), None) => Some((InfraStage::Timeout, format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
-                (End::Killed(sig), None) => Some((
-                    InfraStage::QemuKilled,
-                    format!("qemu was killed by signal {sig} from outside natvet{during}"),
-                )),
-                (End::Died(why), None) if launcher::cancelled() => {
-                    Some((InfraStage::Interrupted, format!("{why}{during}")))
-                }
-                (End::Died(why), None) => Some((InfraStage::Qemu, format!("{why}{during}"))),
-                (End::Protocol(why), None) => Some((InfraStage::Protocol, why.clone())),
-            };
-            let missing: Vec<String> = expected
-                .iter()
-                .filter(|(s, b, c)| {
-                    !run.results
-                        .iter()
-                        .any(|r| &r.scenario == s && &r.backend == b && &r.check == c)
-                })
-                .map(|(s, b, c)| format!("{s} [{b}] {c}"))
-                .collect();
-            if let Some((stage, reason)) = problem {
-                run.state = KernelState::InfraError {
-                    stage,
-                    reason,
-                    console_tail: o.console_tail.clone(),
-                };
-            } else if !missing.is_empty() {
-                run.state = KernelState::InfraError {
-                    stage: InfraStage::Protocol,
-                    reason: format!(
-                        "the guest finished without reporting: {}",
-                        missing.join(", ")
-                    ),
-                    console_tail: o.console_tail.clone(),
-                };
-            }
+            return run;
         }
+        Ok(o) => o,
+    };
+    run.timings.boot_ms = o.boot.map(|d| d.as_millis() as u64);
+    run.timings.vm_ms = o.wall.as_millis() as u64;
+    run.timings.peak_rss_mb = o.peak_rss_kb.map(|k| k / 1024);
+    for a in &o.alarms {
+        run.notes.push(format!("{CONSOLE_ALARM}{a}"));
     }
-    // Overlapping scenario runs report in any order: back to the job's.
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(s, b, c)| {
+            !run.results
+                .iter()
+                .any(|r| &r.scenario == s && &r.backend == b && &r.check == c)
+        })
+        .map(|(s, b, c)| format!("{s} [{b}] {c}"))
+        .collect();
+    if let Some((stage, reason)) = breakdown(&o.end, collected.fatal.as_deref(), &collected.running)
+    {
+        run.state = KernelState::InfraError {
+            stage,
+            reason,
+            console_tail: o.console_tail,
+        };
+    } else if !missing.is_empty() {
+        run.state = KernelState::InfraError {
+            stage: InfraStage::Protocol,
+            reason: format!(
+                "the guest finished without reporting: {}",
+                missing.join(", ")
+            ),
+            console_tail: o.console_tail,
+        };
+    }
+    run
+}
+
+/// Where and why a run broke down, if it did: the agent giving up outranks
+/// how the child ended. `running` names the checks under way at the end.
+fn breakdown(end: &End, fatal: Option<&str>, running: &[String]) -> Option<(InfraStage, String)> {
+    let during = if running.is_empty() {
+        String::new()
+    } else {
+        format!(" while running {}", running.join(", "))
+    };
+    match (end, fatal) {
+        (_, Some(err)) => Some((InfraStage::Agent, format!("the guest agent gave up{during}: {err}"))),
+        (End::Completed, None) => None,
+        (End::Panic(line), None) => Some((InfraStage::KernelPanic, format!("the kernel panicked{during}: {line}"))),
+        (End::NoAgent(t), None) => Some((
+            InfraStage::Boot,
+            format!(
+                "the kernel did not start natvet's agent within {} s (no message on the results port)",
+                t.as_secs()
+            ),
+        )),
+        (End::Stalled(t), None) => Some((
+            InfraStage::CheckTimeout,
+            format!(
+                "the guest sent nothing for {} s{during}; raise --check-timeout if the kernel is just slow",
+                t.as_secs()
+            ),
+        )),
+        (End::Timeout(t), None) => Some((InfraStage::Timeout, format!("the VM did not finish within {} s{during}; raise --timeout if the kernel is just slow", t.as_secs()))),
+        (End::Killed(sig), None) => Some((
+            InfraStage::QemuKilled,
+            format!("qemu was killed by signal {sig} from outside natvet{during}"),
+        )),
+        (End::Died(why), None) if launcher::cancelled() => {
+            Some((InfraStage::Interrupted, format!("{why}{during}")))
+        }
+        (End::Died(why), None) => Some((InfraStage::Qemu, format!("{why}{during}"))),
+        (End::Protocol(why), None) => Some((InfraStage::Protocol, why.clone())),
+    }
+}
+
+/// Step 4: results back in the job's order (overlapping scenario runs report
+/// in any order), the total time, evidence files, and the progress line.
+fn finish(
+    opts: &VetOptions,
+    mut run: KernelRun,
+    expected: &[(String, String, String)],
+    total: Instant,
+    progress: &KernelProgress,
+) -> KernelRun {
     let rank = |r: &CheckResult| {
         expected
             .iter()
@@ -696,15 +800,6 @@ fn vet_kernel(
         KernelState::InfraError { stage, .. } => format!("not tested: {stage} error"),
     });
     run
-}
-
-/// How one kernel runs: booted in qemu, or the host's own (`natvet verify`).
-enum Launch {
-    Vm(VmConfig),
-    Host {
-        job: PathBuf,
-        watch: launcher::Watch,
-    },
 }
 
 fn make_job(opts: &VetOptions, preload_modules: Vec<String>) -> Job {
