@@ -465,11 +465,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
             let ui = Ui::new(false);
             // A set's name stands for its kernels.
-            let sets = vet::kernel_set_names()?;
+            let sets = crate::kernel_sets::kernel_set_names()?;
             let mut expanded = Vec::new();
             for s in specs {
                 if sets.contains(&s) {
-                    expanded.extend(vet::kernel_set(&s)?);
+                    expanded.extend(crate::kernel_sets::kernel_set(&s)?);
                 } else {
                     expanded.push(s);
                 }
@@ -511,7 +511,7 @@ fn kernels_build(
         source,
         fragment,
         patches,
-        jobs: jobs.unwrap_or_else(vet::host_cores),
+        jobs: jobs.unwrap_or_else(crate::host::cores),
     };
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let progress = |line: &str| eprintln!("natvet: {line}");
@@ -534,9 +534,9 @@ fn kernels_build(
 fn kernels_list(all: bool) -> Result<i32> {
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let quiet = |_: &str| {};
-    for set in vet::kernel_set_names()? {
+    for set in crate::kernel_sets::kernel_set_names()? {
         println!("set {set}:");
-        for entry in vet::kernel_set(&set)? {
+        for entry in crate::kernel_sets::kernel_set(&set)? {
             let spec = KernelSpec::parse(&entry, None).map_err(|e| usage(e.to_string()))?;
             let (release, cached) =
                 crate::kernel::lookup(&spec, &cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -629,9 +629,11 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
             "--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs",
         ));
     }
-    vet::check_host(&scenarios)?;
-    let jobs = run.jobs.unwrap_or_else(|| vet::default_jobs(run.memory));
-    if let Some(avail) = vet::available_memory_mb() {
+    crate::provision::check_host(&scenarios)?;
+    let jobs = run
+        .jobs
+        .unwrap_or_else(|| crate::host::default_jobs(run.memory));
+    if let Some(avail) = crate::host::available_memory_mb() {
         let need = jobs as u64 * (u64::from(run.memory) + 200);
         if need > avail {
             return Err(usage(format!(
@@ -650,7 +652,7 @@ fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
         kernels: specs,
         jobs,
         memory_mb: run.memory,
-        cpus: run.cpus.unwrap_or_else(|| vet::default_cpus(vms)),
+        cpus: run.cpus.unwrap_or_else(|| crate::host::default_cpus(vms)),
         cmdline_extra: run.kernel_cmdline.clone(),
         boot: run.boot,
         ..check_options(&run.checks, scenarios)
@@ -687,7 +689,7 @@ fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
     let kernel_strings = if !args.kernels.is_empty() {
         args.kernels.clone()
     } else {
-        vet::kernel_set(args.set.as_deref().unwrap_or("default"))
+        crate::kernel_sets::kernel_set(args.set.as_deref().unwrap_or("default"))
             .map_err(|e| usage(format!("{e:#}")))?
     };
     parse_specs(&kernel_strings, args.modules.clone())
