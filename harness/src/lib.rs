@@ -8,7 +8,7 @@
 pub mod agent;
 pub mod bisect;
 pub mod catalogue;
-pub mod cli;
+pub mod commands;
 pub mod conntrack;
 pub mod cpio;
 pub mod elfdeps;

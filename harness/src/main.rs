@@ -15,5 +15,5 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    std::process::exit(natvet::cli::main());
+    std::process::exit(natvet::commands::main());
 }
