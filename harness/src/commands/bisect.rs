@@ -1,11 +1,11 @@
 //! `natvet bisect`: the first failing Debian kernel package of one line.
 //! The search itself is `crate::bisect`; this runs each kernel as `vet` does.
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 
+use super::error::{usage, Result};
 use super::options::{parse_specs, prepare, validate_checks, RunArgs};
 use super::output::write_outputs;
-use super::usage;
 use super::vet::execute;
 use crate::kernel::{Cache, KernelSpec};
 use crate::report::{exit, RunReport};
@@ -62,7 +62,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
         if e.is_user_error() {
             usage(e.to_string())
         } else {
-            anyhow::anyhow!("{e}")
+            anyhow::anyhow!("{e}").into()
         }
     })?;
     let good = b::debian_endpoint(&index, good_q).map_err(|e| usage(e.to_string()))?;
@@ -75,7 +75,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
                 if e.is_user_error() {
                     usage(e.to_string())
                 } else {
-                    anyhow::anyhow!("{e}")
+                    anyhow::anyhow!("{e}").into()
                 }
             })?;
             let release = k.release.ok_or_else(|| {
@@ -119,7 +119,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
             report.elapsed_ms = t0.elapsed().as_millis() as u64;
             print!("{}", b::render_summary(report));
             if let Some(path) = &args.run.checks.json {
-                let text = serde_json::to_string_pretty(report)?;
+                let text = serde_json::to_string_pretty(report).map_err(anyhow::Error::from)?;
                 std::fs::write(path, text)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -140,7 +140,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
         args.run.checks.quiet,
     )?;
     let (Some(good_run), Some(bad_run)) = (ends.kernels.first(), ends.kernels.get(1)) else {
-        anyhow::bail!("natvet lost the endpoints' results");
+        return Err(anyhow::anyhow!("natvet lost the endpoints' results").into());
     };
     let good_step = step(
         good_run,

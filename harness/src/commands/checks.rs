@@ -1,8 +1,8 @@
 //! `natvet checks`: the check catalogue.
 
-use anyhow::Result;
 use clap::Subcommand;
 
+use super::error::Result;
 use crate::report::exit;
 
 #[derive(Subcommand, Debug)]

@@ -1,8 +1,7 @@
 //! `natvet gate`: a baseline kernel and a candidate side by side, every
 //! check classified (`report::gate`), exit 1 only when something regressed.
 
-use anyhow::Result;
-
+use super::error::Result;
 use super::options::{parse_specs, prepare, RunArgs};
 use super::output::{write_json, write_outputs};
 use super::vet::execute;
@@ -24,7 +23,7 @@ pub fn exec(args: GateArgs) -> Result<i32> {
     let opts = prepare(&args.run, specs)?;
     let mut report = execute(&opts, args.run.checks.quiet)?;
     let (Some(baseline), Some(candidate)) = (report.kernels.first(), report.kernels.get(1)) else {
-        anyhow::bail!("the gate needs both kernels' results");
+        return Err(anyhow::anyhow!("the gate needs both kernels' results").into());
     };
     let gate = crate::report::gate::compare(baseline, candidate);
     let code = gate.exit_code(baseline, candidate);

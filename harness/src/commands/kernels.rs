@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
 use clap::Subcommand;
 
+use super::error::{usage, Result};
 use super::options::parse_specs;
-use super::usage;
 use crate::kernel::{Cache, KernelSpec};
 use crate::report::exit;
 use crate::ui::Ui;
@@ -90,7 +89,7 @@ fn kernels_build(
             Ok(exit::PASS)
         }
         Err(e) if e.is_user_error() => Err(usage(e.to_string())),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => Err(anyhow::anyhow!("{e}").into()),
     }
 }
 

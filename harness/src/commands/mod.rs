@@ -7,16 +7,14 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::report::exit;
-
 mod agent;
 mod bisect;
 mod checks;
+mod error;
 mod gate;
 mod kernels;
 mod options;
@@ -26,6 +24,9 @@ mod scenarios;
 mod soak;
 mod verify;
 mod vet;
+
+pub use error::CliError;
+use error::Result;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,11 +94,6 @@ pub enum Command {
     Bisect(bisect::BisectArgs),
 }
 
-/// A user error: exit 2 with this message.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 /// On the first SIGINT/SIGTERM stop every VM and let the run wind down (its
 /// temporary files are removed, a partial report is printed); on the second, exit at once.
 fn handle_signals() -> Arc<AtomicI32> {
@@ -141,18 +137,10 @@ fn run(cli: Cli) -> i32 {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("natvet: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                exit::USAGE
-            } else {
-                exit::INFRA
-            }
+            eprintln!("natvet: {e}");
+            e.exit_code()
         }
     }
-}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    UsageError(msg.into()).into()
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {

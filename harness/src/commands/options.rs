@@ -6,9 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
-
-use super::usage;
+use super::error::{usage, Result};
 use crate::kernel::KernelSpec;
 use crate::nat::BackendKind;
 use crate::scenario::Scenario;

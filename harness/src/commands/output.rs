@@ -2,10 +2,10 @@
 //! renderings asked for with --junit, --markdown and --html; and reading a
 //! JSON report back.
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 
+use super::error::{usage, Result};
 use super::options::{CheckArgs, Outputs};
-use super::usage;
 use crate::report::RunReport;
 
 pub(super) fn read_report(path: &std::path::Path) -> Result<RunReport> {
@@ -19,12 +19,12 @@ pub(super) fn read_report(path: &std::path::Path) -> Result<RunReport> {
     })
 }
 
-pub(super) fn write_json(report: &RunReport, path: &std::path::Path) -> Result<()> {
+pub(super) fn write_json(report: &RunReport, path: &std::path::Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-pub(super) fn write_outputs(report: &RunReport, outputs: &Outputs) -> Result<()> {
+pub(super) fn write_outputs(report: &RunReport, outputs: &Outputs) -> anyhow::Result<()> {
     use crate::report::render;
     if let Some(path) = &outputs.junit {
         std::fs::write(path, render::junit(report))
@@ -43,7 +43,7 @@ pub(super) fn write_outputs(report: &RunReport, outputs: &Outputs) -> Result<()>
     Ok(())
 }
 
-pub(super) fn finish(report: &RunReport, run: &CheckArgs) -> Result<()> {
+pub(super) fn finish(report: &RunReport, run: &CheckArgs) -> anyhow::Result<()> {
     print!("{}", crate::report::render::table(report));
     if let Some(path) = &run.json {
         write_json(report, path)?;

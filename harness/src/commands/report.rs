@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
 use clap::Subcommand;
 
+use super::error::{usage, Result};
 use super::options::Outputs;
 use super::output::{read_report, write_json, write_outputs};
-use super::usage;
 use crate::report::{exit, RunReport};
 
 #[derive(Subcommand, Debug)]

@@ -1,9 +1,8 @@
 //! `natvet scenarios`: list the shipped scenarios, show one, or validate a file.
 
-use anyhow::Result;
 use clap::Subcommand;
 
-use super::usage;
+use super::error::{usage, Result};
 use crate::report::exit;
 use crate::scenario::{Scenario, SHIPPED};
 

@@ -1,11 +1,9 @@
 //! `natvet soak`: the same kernels and scenarios N times; any verdict that
 //! differs between runs is reported.
 
-use anyhow::Result;
-
+use super::error::{usage, Result};
 use super::options::{kernel_specs, prepare, VetArgs};
 use super::output::{write_json, write_outputs};
-use super::usage;
 use crate::kernel::Cache;
 use crate::report::{exit, RunReport};
 use crate::ui::Ui;

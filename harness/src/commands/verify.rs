@@ -1,10 +1,8 @@
 //! `natvet verify`: the checks on this machine's running kernel, no VM.
 
-use anyhow::Result;
-
+use super::error::{usage, Result};
 use super::options::{check_options, load_scenarios, CheckArgs};
 use super::output::finish;
-use super::usage;
 use crate::report::exit;
 use crate::ui::Ui;
 use crate::vet::VetOptions;

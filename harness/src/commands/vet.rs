@@ -2,11 +2,9 @@
 //! reports; with --bisect-exit-codes, answer in `git bisect run`'s codes.
 //! `execute` runs kernels exactly as `vet` does, for `gate` and `bisect` too.
 
-use anyhow::Result;
-
+use super::error::{usage, CliError, Result};
 use super::options::{kernel_specs, prepare, validate_checks, VetArgs};
 use super::output::finish;
-use super::usage;
 use crate::kernel::Cache;
 use crate::report::RunReport;
 use crate::ui::Ui;
@@ -41,8 +39,8 @@ pub fn exec(cmd: VetCmd) -> Result<i32> {
 /// `natvet vet --bisect-exit-codes`: the same run, answered in `git bisect run`'s codes.
 fn vet_for_git_bisect(args: &VetArgs, checks: &[String]) -> i32 {
     use crate::bisect::git_exit;
-    let give_up = |e: anyhow::Error, code: i32, why: &str| {
-        eprintln!("natvet: {e:#}");
+    let give_up = |e: CliError, code: i32, why: &str| {
+        eprintln!("natvet: {e}");
         eprintln!("natvet: exit {code} for git bisect: {why}");
         code
     };
@@ -79,7 +77,7 @@ fn vet_for_git_bisect(args: &VetArgs, checks: &[String]) -> i32 {
 }
 
 /// Refuse to start fetching kernels into a nearly full disk.
-fn check_disk(cache: &Cache) -> Result<()> {
+fn check_disk(cache: &Cache) -> anyhow::Result<()> {
     const NEED_MB: u64 = 2048;
     let _ = std::fs::create_dir_all(cache.root());
     if let Ok(st) = nix::sys::statvfs::statvfs(cache.root()) {
