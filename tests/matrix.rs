@@ -1000,11 +1000,11 @@ fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> 
 
 fn main() {
     let args = Arguments::from_args();
-    let threads = args.test_threads.unwrap_or_else(natvet::vet::host_cores);
-    let _ = GUEST_CPUS.set(natvet::vet::default_cpus(threads).to_string());
+    let threads = args.test_threads.unwrap_or_else(natvet::host::cores);
+    let _ = GUEST_CPUS.set(natvet::host::default_cpus(threads).to_string());
     let kernels: Vec<String> = match std::env::var("NATVET_KERNELS") {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => match natvet::vet::kernel_set("default") {
+        _ => match natvet::kernel_sets::kernel_set("default") {
             Ok(k) => k,
             Err(e) => {
                 eprintln!("vm-images/matrix.toml: {e:#}");

@@ -97,7 +97,7 @@ fn main() {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect(),
-        Err(_) => natvet::vet::kernel_set("default").unwrap_or_default(),
+        Err(_) => natvet::kernel_sets::kernel_set("default").unwrap_or_default(),
     };
     let runs: usize = std::env::var("NATVET_BENCH_RUNS")
         .ok()
@@ -261,7 +261,7 @@ fn main() {
 
     let serial = vet(&kernels, &["--jobs", "1"], "matrix-jobs1").map(|(_, w)| w);
     let parallel = vet(&kernels, &[], "matrix-default").map(|(_, w)| w);
-    let jobs = natvet::vet::host_cores();
+    let jobs = natvet::host::cores();
     println!();
     println!("warm fetch of {} kernels: {fetch_s:.1} s", kernels.len());
     if let Some(c) = cold_s {

@@ -3,7 +3,7 @@
 //! lie between the endpoints, the search (a midpoint bisection that steps
 //! around kernels it cannot test, like `git bisect skip`), how one kernel's
 //! results become good / bad / skip, and the exit codes `git bisect run`
-//! expects. `cli.rs` runs the kernels.
+//! expects. `commands/bisect.rs` runs the kernels.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -1228,7 +1228,7 @@ mod tests {
 
     fn infra() -> KernelState {
         KernelState::InfraError {
-            stage: "boot".into(),
+            stage: crate::report::InfraStage::Boot,
             reason: "no agent".into(),
             console_tail: vec![],
         }

@@ -5,7 +5,7 @@ fn main() {
     let argv0 = std::env::args().next().unwrap_or_default();
     if argv0.ends_with("modprobe") {
         let args: Vec<String> = std::env::args().collect();
-        std::process::exit(natvet::modules::modprobe_main(&args));
+        std::process::exit(natvet::modules::modprobe::main(&args));
     }
     if std::process::id() == 1 {
         natvet::agent::main_pid1();
@@ -15,5 +15,5 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    std::process::exit(natvet::cli::main());
+    std::process::exit(natvet::commands::main());
 }

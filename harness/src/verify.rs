@@ -5,12 +5,7 @@
 //! rulesets, sysctls and conntrack table are never touched, and everything the
 //! agent made disappears with it, even when it is killed.
 
-use std::path::Path;
-use std::process::Command;
-
 use crate::kernel::Kernel;
-use crate::protocol::GuestMessage;
-use crate::qemu::{self, Channel, QemuError, VmOutcome, Watch};
 use crate::report::RunReport;
 use crate::scenario::Scenario;
 use crate::ui::Ui;
@@ -31,22 +26,6 @@ pub fn preflight() -> Option<String> {
 pub fn run(opts: &VetOptions, ui: &Ui) -> RunReport {
     let kernel = Kernel::running();
     vet::run(opts, vec![(kernel.spec.clone(), Ok((kernel, 0)))], ui)
-}
-
-/// Start `natvet agent` with `job` and stream its messages, exactly as from a VM.
-pub fn run_agent(
-    job: &Path,
-    watch: &Watch,
-    on_message: &mut dyn FnMut(&GuestMessage),
-) -> Result<VmOutcome, QemuError> {
-    let channel = Channel::new()?;
-    let mut cmd = Command::new(vet::own_binary());
-    cmd.arg("agent")
-        .arg("--job")
-        .arg(job)
-        .arg("--results-fd")
-        .arg(channel.child_fd().to_string());
-    qemu::supervise(cmd, channel, watch, on_message)
 }
 
 /// What a run would create, for `--dry-run`.

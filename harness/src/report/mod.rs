@@ -1,29 +1,24 @@
 //! Results of a run as data (JSON), and their renderings. Exit codes live here
 //! too, so every command that runs checks answers the same way.
+//!
+//! `kernel_run` holds one kernel's results, `gate` the comparison of two
+//! kernels, `render` every rendering (table, JUnit, Markdown, HTML) of a
+//! [`RunReport`], the whole run, defined here.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::PackageInfo;
+pub mod exit;
+pub mod gate;
+mod kernel_run;
 pub mod render;
+
+pub use kernel_run::{InfraStage, KernelRun, KernelState, Timings};
 
 use crate::protocol::{CheckResult, Status};
 
 pub const SCHEMA: &str = "natvet-run/1";
-
-/// Exit codes a script can trust.
-pub mod exit {
-    /// Every check passed (unsupported ones aside).
-    pub const PASS: i32 = 0;
-    /// At least one check failed: the kernel does not do what it should.
-    pub const FAIL: i32 = 1;
-    /// The user's input was wrong: nothing ran.
-    pub const USAGE: i32 = 2;
-    /// natvet could not test (download, boot, timeout, panic): no verdict.
-    pub const INFRA: i32 = 3;
-}
 
 /// A whole run: every kernel, every result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,83 +30,7 @@ pub struct RunReport {
     pub kernels: Vec<KernelRun>,
     /// For `natvet gate`: every check classified against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate: Option<crate::gate::Gate>,
-}
-
-/// Did natvet manage to run the kernel's checks?
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum KernelState {
-    /// The guest ran every scenario and reported every check.
-    Completed,
-    /// natvet could not get (all) the verdicts: never a NAT verdict.
-    InfraError {
-        stage: String,
-        reason: String,
-        #[serde(default)]
-        console_tail: Vec<String>,
-    },
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Timings {
-    pub resolve_ms: u64,
-    pub initramfs_ms: u64,
-    /// Host clock from qemu start to the agent's first message.
-    pub boot_ms: Option<u64>,
-    /// The guest's uptime when the agent started.
-    pub guest_uptime_ms: Option<u64>,
-    /// The agent's own time, from its start to its last result.
-    #[serde(default)]
-    pub agent_ms: Option<u64>,
-    pub vm_ms: u64,
-    pub total_ms: u64,
-    pub peak_rss_mb: Option<u64>,
-    pub initramfs_bytes: u64,
-    /// Each scenario run (one scenario, one backend) in the guest: runs
-    /// overlap (--parallel), so these add up to more than `agent_ms`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scenario_runs: Vec<crate::protocol::RunTiming>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct KernelRun {
-    /// What the user asked for ("debian:6.12", a path).
-    pub spec: String,
-    /// `uname -r` as the guest reported it (or as resolved, if it never booted).
-    pub release: Option<String>,
-    /// The kernel's name in this run when its release alone is ambiguous
-    /// (two builds of one release): "RELEASE [N]", N its position.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub package: Option<PackageInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot: Option<String>,
-    pub state: KernelState,
-    pub results: Vec<CheckResult>,
-    #[serde(default)]
-    pub notes: Vec<String>,
-    /// How many times natvet ran this kernel (a harness error is retried once).
-    #[serde(default = "one")]
-    pub attempts: u32,
-    pub timings: Timings,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub console_log: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl KernelRun {
-    /// A short column label.
-    pub fn label(&self) -> String {
-        self.id
-            .clone()
-            .or_else(|| self.release.clone())
-            .unwrap_or_else(|| self.spec.clone())
-    }
+    pub gate: Option<gate::Gate>,
 }
 
 impl RunReport {
@@ -137,139 +56,6 @@ impl RunReport {
             *m.entry(r.status).or_insert(0) += 1;
         }
         m
-    }
-
-    /// The kernel x check table, then every failure with its evidence, then a summary line.
-    pub fn render_table(&self) -> String {
-        let mut out = String::new();
-        let rows = render::rows(self);
-        let labels: Vec<String> = self.kernels.iter().map(|k| k.label()).collect();
-        let first_w = rows
-            .iter()
-            .map(|r| r.2.len() + 2)
-            .chain(["kernel state".len()])
-            .max()
-            .unwrap_or(10);
-        let states: Vec<String> = self
-            .kernels
-            .iter()
-            .map(|k| match &k.state {
-                KernelState::Completed if k.attempts > 1 => {
-                    format!("ok {:.1}s (retried)", k.timings.total_ms as f64 / 1000.0)
-                }
-                KernelState::Completed => format!("ok {:.1}s", k.timings.total_ms as f64 / 1000.0),
-                KernelState::InfraError { stage, .. } => format!("ERROR ({stage})"),
-            })
-            .collect();
-        let col_w: Vec<usize> = labels
-            .iter()
-            .zip(&states)
-            .map(|(l, s)| l.len().max(s.len()).max(11))
-            .collect();
-
-        let _ = write!(out, "{:first_w$}", "check");
-        for (l, w) in labels.iter().zip(&col_w) {
-            let _ = write!(out, "  {l:w$}");
-        }
-        out.push('\n');
-        let mut group = (String::new(), String::new());
-        for (scenario, backend, check) in &rows {
-            if group != (scenario.clone(), backend.clone()) {
-                group = (scenario.clone(), backend.clone());
-                let _ = writeln!(out, "{scenario} [{backend}]");
-            }
-            let _ = write!(out, "{:first_w$}", format!("  {check}"));
-            for (k, w) in self.kernels.iter().zip(&col_w) {
-                let cell = k
-                    .results
-                    .iter()
-                    .find(|r| &r.scenario == scenario && &r.backend == backend && &r.check == check)
-                    .map(|r| r.status.label())
-                    .unwrap_or("-");
-                let _ = write!(out, "  {cell:w$}");
-            }
-            out.push('\n');
-        }
-        let _ = write!(out, "{:first_w$}", "kernel state");
-        for (cell, w) in states.iter().zip(&col_w) {
-            let _ = write!(out, "  {cell:w$}");
-        }
-        out.push('\n');
-
-        for k in &self.kernels {
-            if let KernelState::InfraError {
-                stage,
-                reason,
-                console_tail,
-            } = &k.state
-            {
-                let _ = writeln!(
-                    out,
-                    "\n{}: natvet could not test this kernel ({stage}): {reason}",
-                    k.label()
-                );
-                if !console_tail.is_empty() {
-                    let _ = writeln!(out, "  last console lines:");
-                    for l in console_tail {
-                        let _ = writeln!(out, "  | {l}");
-                    }
-                }
-                if let Some(log) = &k.console_log {
-                    let _ = writeln!(out, "  console log: {log}");
-                }
-            }
-            if k.attempts > 1 {
-                let _ = writeln!(out, "\n{}: retried after a harness error", k.label());
-                for n in &k.notes {
-                    let _ = writeln!(out, "  {n}");
-                }
-            }
-            for r in k
-                .results
-                .iter()
-                .filter(|r| matches!(r.status, Status::Fail | Status::Error))
-            {
-                let _ = writeln!(
-                    out,
-                    "\n{} {}: {} [{}] {}",
-                    r.status.label(),
-                    k.label(),
-                    r.scenario,
-                    r.backend,
-                    r.check
-                );
-                let _ = writeln!(out, "  expected: {}", r.expected);
-                let _ = writeln!(
-                    out,
-                    "  observed: {}",
-                    r.observed.replace('\n', "\n            ")
-                );
-                if let Some(dir) = evidence_dir_hint(k, r) {
-                    let _ = writeln!(out, "  evidence: {dir}");
-                }
-            }
-        }
-        // Padding leaves trailing blanks on the last column.
-        let mut out: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
-        let counts = self.counts();
-        let n = |s| counts.get(&s).copied().unwrap_or(0);
-        let infra = self
-            .kernels
-            .iter()
-            .filter(|k| k.state != KernelState::Completed)
-            .count();
-        let _ = writeln!(
-            out,
-            "\n{} kernel(s): {} passed, {} failed, {} unsupported, {} errors, {} flaky, {} kernel(s) not tested",
-            self.kernels.len(),
-            n(Status::Pass),
-            n(Status::Fail),
-            n(Status::Unsupported),
-            n(Status::Error),
-            n(Status::Flaky),
-            infra
-        );
-        out
     }
 }
 
@@ -416,7 +202,7 @@ mod tests {
             "y",
             vec![],
             KernelState::InfraError {
-                stage: "boot".into(),
+                stage: InfraStage::Boot,
                 reason: "panic".into(),
                 console_tail: vec![],
             },
@@ -458,6 +244,6 @@ mod tests {
             ],
             KernelState::Completed,
         );
-        insta::assert_snapshot!(report(vec![a, b]).render_table());
+        insta::assert_snapshot!(render::table(&report(vec![a, b])));
     }
 }

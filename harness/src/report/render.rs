@@ -1,10 +1,145 @@
-//! Renderings of a run for machines and people: JUnit XML for CI systems, a
-//! Markdown summary for a CI job page, and one self-contained HTML page.
+//! Renderings of a run for machines and people: the terminal table, JUnit XML
+//! for CI systems, a Markdown summary for a CI job page, and one
+//! self-contained HTML page. Each is a function of the [`RunReport`] alone.
 
 use std::fmt::Write;
 
-use super::{KernelState, RunReport};
+use super::gate::Change;
+use super::{KernelRun, KernelState, RunReport};
 use crate::protocol::{CheckResult, Status};
+
+/// The kernel x check table, then every failure with its evidence, then a summary line.
+pub fn table(report: &RunReport) -> String {
+    let mut out = String::new();
+    let rows = rows(report);
+    let labels: Vec<String> = report.kernels.iter().map(|k| k.label()).collect();
+    let first_w = rows
+        .iter()
+        .map(|r| r.2.len() + 2)
+        .chain(["kernel state".len()])
+        .max()
+        .unwrap_or(10);
+    let states: Vec<String> = report
+        .kernels
+        .iter()
+        .map(|k| match &k.state {
+            KernelState::Completed if k.attempts > 1 => {
+                format!("ok {:.1}s (retried)", k.timings.total_ms as f64 / 1000.0)
+            }
+            KernelState::Completed => format!("ok {:.1}s", k.timings.total_ms as f64 / 1000.0),
+            KernelState::InfraError { stage, .. } => format!("ERROR ({stage})"),
+        })
+        .collect();
+    let col_w: Vec<usize> = labels
+        .iter()
+        .zip(&states)
+        .map(|(l, s)| l.len().max(s.len()).max(11))
+        .collect();
+
+    let _ = write!(out, "{:first_w$}", "check");
+    for (l, w) in labels.iter().zip(&col_w) {
+        let _ = write!(out, "  {l:w$}");
+    }
+    out.push('\n');
+    let mut group = (String::new(), String::new());
+    for (scenario, backend, check) in &rows {
+        if group != (scenario.clone(), backend.clone()) {
+            group = (scenario.clone(), backend.clone());
+            let _ = writeln!(out, "{scenario} [{backend}]");
+        }
+        let _ = write!(out, "{:first_w$}", format!("  {check}"));
+        for (k, w) in report.kernels.iter().zip(&col_w) {
+            let cell = k
+                .results
+                .iter()
+                .find(|r| &r.scenario == scenario && &r.backend == backend && &r.check == check)
+                .map(|r| r.status.label())
+                .unwrap_or("-");
+            let _ = write!(out, "  {cell:w$}");
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "{:first_w$}", "kernel state");
+    for (cell, w) in states.iter().zip(&col_w) {
+        let _ = write!(out, "  {cell:w$}");
+    }
+    out.push('\n');
+
+    for k in &report.kernels {
+        if let KernelState::InfraError {
+            stage,
+            reason,
+            console_tail,
+        } = &k.state
+        {
+            let _ = writeln!(
+                out,
+                "\n{}: natvet could not test this kernel ({stage}): {reason}",
+                k.label()
+            );
+            if !console_tail.is_empty() {
+                let _ = writeln!(out, "  last console lines:");
+                for l in console_tail {
+                    let _ = writeln!(out, "  | {l}");
+                }
+            }
+            if let Some(log) = &k.console_log {
+                let _ = writeln!(out, "  console log: {log}");
+            }
+        }
+        if k.attempts > 1 {
+            let _ = writeln!(out, "\n{}: retried after a harness error", k.label());
+            for n in &k.notes {
+                let _ = writeln!(out, "  {n}");
+            }
+        }
+        for r in k
+            .results
+            .iter()
+            .filter(|r| matches!(r.status, Status::Fail | Status::Error))
+        {
+            let _ = writeln!(
+                out,
+                "\n{} {}: {} [{}] {}",
+                r.status.label(),
+                k.label(),
+                r.scenario,
+                r.backend,
+                r.check
+            );
+            let _ = writeln!(out, "  expected: {}", r.expected);
+            let _ = writeln!(
+                out,
+                "  observed: {}",
+                r.observed.replace('\n', "\n            ")
+            );
+            if let Some(dir) = super::evidence_dir_hint(k, r) {
+                let _ = writeln!(out, "  evidence: {dir}");
+            }
+        }
+    }
+    // Padding leaves trailing blanks on the last column.
+    let mut out: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
+    let counts = report.counts();
+    let n = |s| counts.get(&s).copied().unwrap_or(0);
+    let infra = report
+        .kernels
+        .iter()
+        .filter(|k| k.state != KernelState::Completed)
+        .count();
+    let _ = writeln!(
+        out,
+        "\n{} kernel(s): {} passed, {} failed, {} unsupported, {} errors, {} flaky, {} kernel(s) not tested",
+        report.kernels.len(),
+        n(Status::Pass),
+        n(Status::Fail),
+        n(Status::Unsupported),
+        n(Status::Error),
+        n(Status::Flaky),
+        infra
+    );
+    out
+}
 
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -84,7 +219,7 @@ pub fn junit(report: &RunReport) -> String {
                 "    <testcase classname=\"natvet.{label}\" name=\"kernel\" time=\"{}\">\n      <error message=\"{}\" type=\"{}\">{}</error>\n    </testcase>",
                 secs(k.timings.total_ms),
                 xml_escape(reason),
-                xml_escape(stage),
+                xml_escape(stage.label()),
                 xml_escape(&console_tail.join("\n"))
             );
         }
@@ -161,7 +296,7 @@ pub fn rows(report: &RunReport) -> Vec<(String, String, String)> {
     rows
 }
 
-fn cell<'a>(k: &'a super::KernelRun, row: &(String, String, String)) -> Option<&'a CheckResult> {
+fn cell<'a>(k: &'a KernelRun, row: &(String, String, String)) -> Option<&'a CheckResult> {
     k.results
         .iter()
         .find(|r| r.scenario == row.0 && r.backend == row.1 && r.check == row.2)
@@ -236,7 +371,7 @@ fn html_escape(s: &str) -> String {
     xml_escape(s)
 }
 
-fn anchor(k: &super::KernelRun, r: &CheckResult) -> String {
+fn anchor(k: &KernelRun, r: &CheckResult) -> String {
     super::sanitize(&format!(
         "{}-{}-{}-{}",
         k.label(),
@@ -283,12 +418,12 @@ pub fn html(report: &RunReport) -> String {
         for row in gate
             .rows
             .iter()
-            .filter(|r| r.change != crate::gate::Change::UnchangedPass)
+            .filter(|r| r.change != Change::UnchangedPass)
         {
             let class = match row.change {
-                crate::gate::Change::Regressed => "fail",
-                crate::gate::Change::Fixed => "pass",
-                crate::gate::Change::Unsupported => "unsupported",
+                Change::Regressed => "fail",
+                Change::Fixed => "pass",
+                Change::Unsupported => "unsupported",
                 _ => "error",
             };
             let st = |s: Option<Status>| s.map(|s| s.label()).unwrap_or("-");
@@ -306,7 +441,7 @@ pub fn html(report: &RunReport) -> String {
         let same = gate
             .rows
             .iter()
-            .filter(|r| r.change == crate::gate::Change::UnchangedPass)
+            .filter(|r| r.change == Change::UnchangedPass)
             .count();
         let _ = writeln!(out, "</table><p>{same} checks pass on both kernels.</p>");
     }
@@ -371,7 +506,7 @@ pub fn html(report: &RunReport) -> String {
                 let _ = write!(
                     out,
                     "<td class=\"error\">not tested ({})</td>",
-                    html_escape(stage)
+                    html_escape(stage.label())
                 );
             }
         }
@@ -389,7 +524,7 @@ pub fn html(report: &RunReport) -> String {
                 out,
                 "<h2>{}: not tested ({})</h2><p>{}</p><pre>{}</pre>",
                 html_escape(&k.label()),
-                html_escape(stage),
+                html_escape(stage.label()),
                 html_escape(reason),
                 html_escape(&console_tail.join("\n"))
             );

@@ -1,6 +1,8 @@
 //! Kernel module index (modules.dep / modules.alias / modules.builtin /
 //! modules.softdep), used on the host to choose which modules go into the
-//! initramfs and in the guest to load them (`init_module(2)`), including a
+//! initramfs and in the guest to load them. By job: this file reads the index
+//! and resolves names; `closure` orders a module's dependencies; `load` (the
+//! guest) loads modules with `init_module(2)`; `modprobe` (the guest) is the
 //! minimal `modprobe` for the kernel's on-demand `request_module()`.
 //!
 //! Lookup follows kmod's order: a module name from modules.dep, then
@@ -9,10 +11,15 @@
 //! `_` as equal; aliases do too, except inside `[...]` classes.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+
+mod closure;
+mod load;
+pub mod modprobe;
+
+pub use load::{init_module, load_modules, LoadReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -434,81 +441,6 @@ impl ModuleIndex {
         }
         Resolved::Unknown
     }
-
-    /// Dependency closure of the named modules / aliases as relative paths,
-    /// dependencies first, each once. Soft dependencies (`pre:` before,
-    /// `post:` after the module) are included when they resolve; unresolvable
-    /// soft dependencies are ignored. Built-in names contribute nothing.
-    pub fn load_order(&self, names: &[&str]) -> Result<Vec<String>, ModuleError> {
-        let mut roots = Vec::new();
-        let mut unknown = Vec::new();
-        for n in names {
-            let c = self.candidates(n);
-            if !c.is_empty() {
-                roots.extend(c);
-            } else if self.resolve(n) != Resolved::Builtin {
-                unknown.push(n.to_string());
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(ModuleError::Unknown(unknown));
-        }
-        let mut out = Vec::new();
-        let mut state: HashSet<String> = HashSet::new();
-        for r in &roots {
-            self.visit(r, &mut state, &mut out);
-        }
-        Ok(out)
-    }
-
-    /// Names in the hard (modules.dep only) closure of `roots`.
-    fn hard_closure(&self, roots: &[String]) -> HashSet<String> {
-        let mut seen = HashSet::new();
-        let mut stack: Vec<String> = roots.to_vec();
-        while let Some(n) = stack.pop() {
-            if !seen.insert(n.clone()) {
-                continue;
-            }
-            if let Some(e) = self.modules.get(&n) {
-                stack.extend(e.deps.iter().map(|d| name_from_path(d)));
-            }
-        }
-        seen
-    }
-
-    fn visit(&self, name: &str, state: &mut HashSet<String>, out: &mut Vec<String>) {
-        if !state.insert(name.to_string()) {
-            return;
-        }
-        let Some(entry) = self.modules.get(name) else {
-            return;
-        };
-        let sd = self.softdeps.get(name);
-        if let Some(sd) = sd {
-            for p in &sd.pre {
-                for m in self.candidates(p) {
-                    self.visit(&m, state, out);
-                }
-            }
-        }
-        for d in &entry.deps {
-            let dn = name_from_path(d);
-            if self.modules.contains_key(&dn) {
-                self.visit(&dn, state, out);
-            } else if state.insert(dn) {
-                // Inconsistent modules.dep: keep the path anyway.
-                out.push(d.clone());
-            }
-        }
-        out.push(entry.path.clone());
-        if let Some(sd) = sd {
-            for p in &sd.post {
-                for m in self.candidates(p) {
-                    self.visit(&m, state, out);
-                }
-            }
-        }
-    }
 }
 
 /// Reads a module file and decompresses it if it is xz, zstd or gzip
@@ -534,236 +466,8 @@ pub fn decompress_bytes(raw: Vec<u8>) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// What [`load_modules`] did. Names are module names.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LoadReport {
-    pub loaded: Vec<String>,
-    /// Already loaded (EEXIST or present in /sys/module) or built in.
-    pub already: Vec<String>,
-    /// (module or requested name, reason).
-    pub failed: Vec<(String, String)>,
-    /// Soft dependencies (modules.softdep) that failed to load, e.g.
-    /// `crc32c_intel` on a CPU without SSE4.2: (module, reason). Not fatal.
-    pub soft_failed: Vec<(String, String)>,
-}
-
-impl LoadReport {
-    pub fn ok(&self) -> bool {
-        self.failed.is_empty()
-    }
-}
-
-/// `init_module(2)` on a module image.
-pub fn init_module(image: &[u8], params: &str) -> io::Result<()> {
-    let params = CString::new(params)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module parameters"))?;
-    // SAFETY: image and params outlive the call; the kernel copies both.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_init_module,
-            image.as_ptr(),
-            image.len() as libc::c_ulong,
-            params.as_ptr(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn is_loaded(name: &str) -> bool {
-    Path::new("/sys/module")
-        .join(name)
-        .join("initstate")
-        .exists()
-}
-
-/// Guest side: loads the named modules (names or aliases) with their
-/// dependency closure, in order. Unknown names are reported in `failed`;
-/// the other modules are still loaded.
-pub fn load_modules(modules_dir: &Path, names: &[&str]) -> Result<LoadReport, ModuleError> {
-    let index = ModuleIndex::load(modules_dir)?;
-    load_with_index(&index, names, "")
-}
-
-fn load_with_index(
-    index: &ModuleIndex,
-    names: &[&str],
-    params: &str,
-) -> Result<LoadReport, ModuleError> {
-    let mut report = LoadReport::default();
-    let mut known = Vec::new();
-    for n in names {
-        match index.resolve(n) {
-            Resolved::Module(_) => known.push(*n),
-            Resolved::Builtin => report.already.push(n.to_string()),
-            Resolved::Unknown => report
-                .failed
-                .push((n.to_string(), "unknown module".to_string())),
-        }
-    }
-    let order = index.load_order(&known)?;
-    let roots: Vec<String> = known.iter().flat_map(|n| index.candidates(n)).collect();
-    let hard = index.hard_closure(&roots);
-    // Parameters apply to the requested modules only, not their deps.
-    let requested: HashSet<String> = roots.into_iter().collect();
-    for rel in order {
-        let name = name_from_path(&rel);
-        if is_loaded(&name) {
-            report.already.push(name);
-            continue;
-        }
-        let path = index.dir.join(&rel);
-        let image = match decompress_module(&path) {
-            Ok(i) => i,
-            Err(e) => {
-                let list = if hard.contains(&name) {
-                    &mut report.failed
-                } else {
-                    &mut report.soft_failed
-                };
-                list.push((name, e.to_string()));
-                continue;
-            }
-        };
-        let p = if requested.contains(&name) {
-            params
-        } else {
-            ""
-        };
-        match init_module(&image, p) {
-            Ok(()) => report.loaded.push(name),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => report.already.push(name),
-            Err(e) => {
-                let list = if hard.contains(&name) {
-                    &mut report.failed
-                } else {
-                    &mut report.soft_failed
-                };
-                list.push((name, format!("init_module: {e}")));
-            }
-        }
-    }
-    Ok(report)
-}
-
-/// `/lib/modules/$(uname -r)` (falling back to `/usr/lib/modules/...`).
-pub fn running_modules_dir() -> PathBuf {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let lib = Path::new("/lib/modules").join(&release);
-    if lib.join("modules.dep").exists() {
-        return lib;
-    }
-    let usr = Path::new("/usr/lib/modules").join(&release);
-    if usr.join("modules.dep").exists() {
-        usr
-    } else {
-        lib
-    }
-}
-
-fn kmsg(msg: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = writeln!(f, "<4>natvet-modprobe: {msg}");
-    }
-}
-
-/// Minimal `modprobe` as called by the kernel's `request_module()`
-/// (`/sbin/modprobe -q -- NAME`). `args` is the full argv, argv[0]
-/// included. Accepts `-q`, `-v`, `-b`, `-s`, `--`; the first operand is the
-/// module name or alias, further operands are module parameters. Exit code 0
-/// when the module (and its closure) is loaded or already present or built
-/// in (for an alias matching several modules: at least one of them), 1
-/// otherwise. Soft dependencies that fail do not count. Failed loads (not unknown names) are logged to
-/// /dev/kmsg.
-pub fn modprobe_main(args: &[String]) -> i32 {
-    modprobe_in(&running_modules_dir(), args, true)
-}
-
-fn modprobe_in(dir: &Path, args: &[String], log_kmsg: bool) -> i32 {
-    let mut quiet = false;
-    let mut verbose = false;
-    let mut operands: Vec<&str> = Vec::new();
-    let mut opts_done = false;
-    for a in args.iter().skip(1) {
-        if opts_done || !a.starts_with('-') || a == "-" {
-            operands.push(a);
-            continue;
-        }
-        match a.as_str() {
-            "--" => opts_done = true,
-            "--quiet" => quiet = true,
-            "--verbose" => verbose = true,
-            "--use-blacklist" | "--syslog" => {}
-            s if !s.starts_with("--") && s[1..].chars().all(|c| "qvbs".contains(c)) => {
-                quiet |= s.contains('q');
-                verbose |= s.contains('v');
-            }
-            other => {
-                if !quiet {
-                    eprintln!("modprobe: unsupported option {other}");
-                }
-                return 1;
-            }
-        }
-    }
-    let Some((name, params)) = operands.split_first() else {
-        if !quiet {
-            eprintln!("modprobe: missing module name");
-        }
-        return 1;
-    };
-    let index = match ModuleIndex::load(dir) {
-        Ok(i) => i,
-        Err(e) => {
-            if !quiet {
-                eprintln!("modprobe: {e}");
-            }
-            return 1;
-        }
-    };
-    let params = params.join(" ");
-    match load_with_index(&index, &[name], &params) {
-        Ok(r) => {
-            if verbose {
-                for m in &r.loaded {
-                    eprintln!("insmod {m}");
-                }
-            }
-            for (m, why) in &r.failed {
-                if log_kmsg && why != "unknown module" {
-                    kmsg(&format!("{name}: {m}: {why}"));
-                }
-                if !quiet {
-                    eprintln!("modprobe: {m}: {why}");
-                }
-            }
-            // Served when the name is built in or at least one module it
-            // stands for is present (an alias may match several modules).
-            let cands = index.candidates(name);
-            let served = r
-                .already
-                .iter()
-                .chain(&r.loaded)
-                .any(|m| m == name || cands.contains(m));
-            i32::from(!served)
-        }
-        Err(e) => {
-            if !quiet {
-                eprintln!("modprobe: {e}");
-            }
-            1
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const DEP: &str = "\
@@ -799,7 +503,8 @@ softdep cifs ccm
 softdep 9p post: fs-nothing
 ";
 
-    fn index() -> (tempfile::TempDir, ModuleIndex) {
+    /// A module tree of ten modules with aliases, built-ins and soft dependencies.
+    pub(in crate::modules) fn index() -> (tempfile::TempDir, ModuleIndex) {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("modules.dep"), DEP).unwrap();
         fs::write(d.path().join("modules.alias"), ALIAS).unwrap();
@@ -868,36 +573,6 @@ softdep 9p post: fs-nothing
     }
 
     #[test]
-    fn load_order_closure() {
-        let (_d, i) = index();
-        let o = i
-            .load_order(&["nft-chain-2-nat", "nf_conntrack", "ext4"])
-            .unwrap();
-        assert_eq!(
-            o,
-            [
-                "kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko.xz",
-                "kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko.xz",
-                "kernel/crypto/crc32c_generic.ko.xz",
-                "kernel/lib/libcrc32c.ko.xz",
-                "kernel/net/netfilter/nf_conntrack.ko.xz",
-                "kernel/net/netfilter/nf_nat.ko.xz",
-                "kernel/net/netfilter/nft_chain_nat.ko.xz",
-            ]
-        );
-        // post softdep that does not resolve is ignored
-        assert_eq!(
-            i.load_order(&["fs-9p"]).unwrap(),
-            ["kernel/net/9p/9pnet.ko.xz", "kernel/fs/9p/9p.ko.xz"]
-        );
-        match i.load_order(&["nf_nat", "bogus", "fs-nothing"]) {
-            Err(ModuleError::Unknown(u)) => assert_eq!(u, ["bogus", "fs-nothing"]),
-            other => panic!("{other:?}"),
-        }
-        assert!(i.load_order(&["nfnetlink"]).unwrap().is_empty());
-    }
-
-    #[test]
     fn decompress() {
         let d = tempfile::tempdir().unwrap();
         let elf = b"\x7fELF fake module".to_vec();
@@ -926,80 +601,5 @@ softdep 9p post: fs-nothing
         // Truncated xz is an error, not garbage.
         fs::write(d.path().join("bad.ko.xz"), &xz[..xz.len() / 2]).unwrap();
         assert!(decompress_module(&d.path().join("bad.ko.xz")).is_err());
-    }
-
-    #[test]
-    fn modprobe_args() {
-        let (d, _i) = index();
-        let argv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        // Built in: success without loading anything.
-        assert_eq!(
-            modprobe_in(d.path(), &argv(&["modprobe", "-q", "--", "fs-ext4"]), false),
-            0
-        );
-        assert_eq!(
-            modprobe_in(
-                d.path(),
-                &argv(&["/sbin/modprobe", "-qb", "nfnetlink"]),
-                false
-            ),
-            0
-        );
-        // Unknown: failure.
-        assert_eq!(
-            modprobe_in(
-                d.path(),
-                &argv(&["modprobe", "-q", "--", "net-pf-99"]),
-                false
-            ),
-            1
-        );
-        assert_eq!(modprobe_in(d.path(), &argv(&["modprobe", "-q"]), false), 1);
-        assert_eq!(
-            modprobe_in(d.path(), &argv(&["modprobe", "-q", "-Z", "x"]), false),
-            1
-        );
-    }
-
-    #[test]
-    fn load_report_for_unknown_and_builtin() {
-        let (d, _i) = index();
-        let r = load_modules(d.path(), &["ext4", "nope"]).unwrap();
-        assert_eq!(r.already, ["ext4"]);
-        assert_eq!(
-            r.failed,
-            [("nope".to_string(), "unknown module".to_string())]
-        );
-        assert!(r.loaded.is_empty());
-    }
-
-    #[test]
-    fn soft_dependency_failures_are_not_fatal() {
-        // Garbage images: init_module fails (ENOEXEC/EINVAL, or EPERM when
-        // not root) without touching the host kernel's state.
-        let d = tempfile::tempdir().unwrap();
-        fs::write(
-            d.path().join("modules.dep"),
-            "natvet_fake_main.ko: natvet_fake_dep.ko\nnatvet_fake_dep.ko:\nnatvet_fake_soft.ko:\n",
-        )
-        .unwrap();
-        fs::write(
-            d.path().join("modules.softdep"),
-            "softdep natvet_fake_main pre: natvet-fake-soft\n",
-        )
-        .unwrap();
-        for m in ["natvet_fake_main", "natvet_fake_dep", "natvet_fake_soft"] {
-            fs::write(d.path().join(format!("{m}.ko")), b"not a module").unwrap();
-        }
-        let r = load_modules(d.path(), &["natvet-fake-main"]).unwrap();
-        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&r.soft_failed), ["natvet_fake_soft"]);
-        assert_eq!(names(&r.failed), ["natvet_fake_dep", "natvet_fake_main"]);
-        assert!(r.loaded.is_empty());
-        let argv: Vec<String> = ["modprobe", "-q", "--", "natvet_fake_main"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(modprobe_in(d.path(), &argv, false), 1);
     }
 }

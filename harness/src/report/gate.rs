@@ -1,13 +1,15 @@
-//! `natvet gate`: run a baseline kernel (what production runs) and a candidate
-//! side by side and classify every check, so the one question before a rollout
-//! — did anything regress? — has a one-line answer and an exit code.
+//! The comparison behind `natvet gate`: a baseline kernel (what production
+//! runs) and a candidate, run side by side, every check classified, so the one
+//! question before a rollout — did anything regress? — has a one-line answer
+//! and an exit code.
 
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+use super::exit;
+use super::kernel_run::{KernelRun, KernelState};
 use crate::protocol::Status;
-use crate::report::{exit, KernelRun, KernelState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,0 +1,157 @@
+//! `natvet kernels`: list the kernel sets and the cache, fetch kernels, or
+//! build one from Debian's source package.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::error::{usage, Result};
+use super::options::parse_specs;
+use crate::kernel::{Cache, KernelSpec};
+use crate::report::exit;
+use crate::ui::Ui;
+use crate::vet;
+
+#[derive(Subcommand, Debug)]
+pub enum KernelsCmd {
+    /// Show what each kernel set's entries resolve to today, and what is cached.
+    List {
+        /// Also list every generic amd64 kernel release in Debian's archive.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Fetch kernels into the cache (specs, or the name of a set in vm-images/matrix.toml).
+    Fetch {
+        #[arg(required = true)]
+        specs: Vec<String>,
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+    },
+    /// Build a kernel from Debian's source package with a config fragment (and
+    /// patches); the last line printed is the build:PATH spec to vet it with.
+    ///
+    /// Exit codes: 0 built (or already built), 2 bad input (unknown source
+    /// package, missing fragment/patch, a patch that does not apply, fragment
+    /// settings the kernel did not take), 3 download or build failure.
+    Build {
+        /// Source package: debian:linux-source-X.Y (e.g. debian:linux-source-6.12).
+        #[arg(long, value_name = "debian:linux-source-X.Y")]
+        source: String,
+        /// Kconfig fragment merged on top of tinyconfig (e.g. vm-images/minimal-nat.config).
+        #[arg(long, value_name = "FRAGMENT")]
+        config: PathBuf,
+        /// Patch applied with `patch -p1` before building. Repeatable, applied in order.
+        #[arg(long = "patch", value_name = "FILE")]
+        patches: Vec<PathBuf>,
+        /// Parallel compile jobs (make -jN). Default: the number of cores.
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+    },
+}
+
+pub fn exec(cmd: KernelsCmd) -> Result<i32> {
+    match cmd {
+        KernelsCmd::List { all } => kernels_list(all),
+        KernelsCmd::Build {
+            source,
+            config,
+            patches,
+            jobs,
+        } => kernels_build(source, config, patches, jobs),
+        KernelsCmd::Fetch { specs, modules } => kernels_fetch(specs, modules),
+    }
+}
+
+fn kernels_build(
+    source: String,
+    fragment: PathBuf,
+    patches: Vec<PathBuf>,
+    jobs: Option<usize>,
+) -> Result<i32> {
+    use crate::kernel::build::{self, BuildRequest};
+    let req = BuildRequest {
+        source,
+        fragment,
+        patches,
+        jobs: jobs.unwrap_or_else(crate::host::cores),
+    };
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let progress = |line: &str| eprintln!("natvet: {line}");
+    let t0 = std::time::Instant::now();
+    match build::build(&req, &cache, &progress) {
+        Ok(dir) => {
+            eprintln!(
+                "natvet: done in {:.0} s; vet it with: natvet vet --kernel build:{}",
+                t0.elapsed().as_secs_f64(),
+                dir.display()
+            );
+            println!("build:{}", dir.display());
+            Ok(exit::PASS)
+        }
+        Err(e) if e.is_user_error() => Err(usage(e.to_string())),
+        Err(e) => Err(anyhow::anyhow!("{e}").into()),
+    }
+}
+
+fn kernels_list(all: bool) -> Result<i32> {
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let quiet = |_: &str| {};
+    for set in crate::kernel_sets::kernel_set_names()? {
+        println!("set {set}:");
+        for entry in crate::kernel_sets::kernel_set(&set)? {
+            let spec = KernelSpec::parse(&entry, None).map_err(|e| usage(e.to_string()))?;
+            let (release, cached) =
+                crate::kernel::lookup(&spec, &cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "  {entry:<24} -> {:<28} {}",
+                release.as_deref().unwrap_or("(not in the archive)"),
+                if cached { "cached" } else { "not cached" }
+            );
+        }
+    }
+    if all {
+        println!("Debian's archive (generic amd64 kernels, newest first):");
+        for (release, p) in
+            crate::kernel::list_debian(&cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            println!("  {release:<28} {} {} ({})", p.name, p.version, p.suite);
+        }
+    }
+    println!("cache: {}", cache.root().display());
+    Ok(exit::PASS)
+}
+
+fn kernels_fetch(specs: Vec<String>, modules: Option<PathBuf>) -> Result<i32> {
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = Ui::new(false);
+    // A set's name stands for its kernels.
+    let sets = crate::kernel_sets::kernel_set_names()?;
+    let mut expanded = Vec::new();
+    for s in specs {
+        if sets.contains(&s) {
+            expanded.extend(crate::kernel_sets::kernel_set(&s)?);
+        } else {
+            expanded.push(s);
+        }
+    }
+    let specs = parse_specs(&expanded, modules)?;
+    for (spec, r) in vet::resolve_all(&specs, &cache, &ui).map_err(|e| usage(e.to_string()))? {
+        match r {
+            Ok((k, ms)) => println!(
+                "{spec}: release {} boot {:?} image {} modules {} ({ms} ms)",
+                k.release.as_deref().unwrap_or("?"),
+                k.boot_kind,
+                k.boot_image.display(),
+                k.modules_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|| "none".into())
+            ),
+            Err(e) => {
+                eprintln!("{spec}: {e}");
+                return Ok(exit::INFRA);
+            }
+        }
+    }
+    Ok(exit::PASS)
+}

@@ -1,0 +1,244 @@
+//! The option groups several commands share (VetArgs, RunArgs, CheckArgs,
+//! Outputs), and what they become once validated: kernel specs, scenarios and
+//! the `VetOptions` of a run. Everything is checked here, before anything
+//! touches the network or boots.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::{usage, Result};
+use crate::kernel::KernelSpec;
+use crate::nat::BackendKind;
+use crate::scenario::Scenario;
+use crate::vet::{self, VetOptions};
+
+#[derive(clap::Args, Debug)]
+pub struct VetArgs {
+    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), debian:SUITE[:LINE] (sid, trixie:6.12), a path to a bzImage/vmlinux, or build:PATH (a kernel build tree). Repeatable. Default: the `default` set in vm-images/matrix.toml.
+    #[arg(long = "kernel", value_name = "SPEC")]
+    pub kernels: Vec<String>,
+    /// Kernel set from vm-images/matrix.toml (instead of --kernel).
+    #[arg(long, value_name = "NAME", conflicts_with = "kernels")]
+    pub set: Option<String>,
+    /// Module tree for a local kernel (lib/modules/RELEASE, or a root holding it).
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What every command that runs checks in VMs takes.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub checks: CheckArgs,
+    /// VMs at once. Default: one per core, as memory allows.
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 384)]
+    pub memory: u32,
+    /// Virtual CPUs per guest. Default: the host's cores shared among the
+    /// VMs that run at once (at least one each).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<usize>,
+    /// Extra kernel command line arguments.
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    pub kernel_cmdline: String,
+    /// Kernel image to boot: auto (vmlinux via PVH where possible) or bzimage.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub boot: vet::BootPreference,
+}
+
+/// What every command that runs checks takes, in a VM or on the host.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: every shipped scenario but the slow ones (rekey).
+    #[arg(long = "scenario", value_name = "NAME|PATH")]
+    pub scenarios: Vec<String>,
+    /// Restrict NAT backends (comma-separated): nftables (or nft), iptables-nft, iptables-legacy.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub backend: Vec<BackendKind>,
+    /// Scenario runs (one scenario with one backend) at once, each in
+    /// namespaces of its own: one run's waits (idle timeouts, keepalives)
+    /// overlap another's work. Default: 3 in a VM; 1 with `verify`, to stay
+    /// light on a live server.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub parallel: Option<u16>,
+    /// Write all results as JSON (schema natvet-run/1).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub outputs: Outputs,
+    /// Folder for console logs and evidence.
+    #[arg(long, value_name = "DIR", default_value = "natvet-out")]
+    pub out: PathBuf,
+    /// Seconds one kernel's run may take from start to end.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Seconds one check may take before the run is stopped as hung.
+    #[arg(long, default_value_t = 120)]
+    pub check_timeout: u64,
+    /// Keep evidence for passing checks too.
+    #[arg(long)]
+    pub evidence_always: bool,
+    /// Packet captures: kept for failing checks (default), always, or never taken.
+    #[arg(long, value_enum, default_value = "failures")]
+    pub capture: crate::protocol::CaptureMode,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Where a finished run's renderings go.
+#[derive(clap::Args, Debug)]
+pub struct Outputs {
+    /// Write JUnit XML (one testcase per kernel x scenario x backend x check).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write a Markdown summary (for a CI job page).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Write a self-contained HTML report (DIR/index.html).
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
+}
+
+pub(super) fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<Vec<KernelSpec>> {
+    if modules.is_some() && specs.len() != 1 {
+        return Err(usage("--modules goes with exactly one --kernel PATH"));
+    }
+    specs
+        .iter()
+        .map(|s| KernelSpec::parse(s, modules.clone()).map_err(|e| usage(e.to_string())))
+        .collect()
+}
+
+/// The kernels named with --kernel, or the set named with --set (default: `default`).
+pub(super) fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
+    let kernel_strings = if !args.kernels.is_empty() {
+        args.kernels.clone()
+    } else {
+        crate::kernel_sets::kernel_set(args.set.as_deref().unwrap_or("default"))
+            .map_err(|e| usage(format!("{e:#}")))?
+    };
+    parse_specs(&kernel_strings, args.modules.clone())
+}
+
+/// The scenarios asked for, with their backends narrowed to --backend.
+pub(super) fn load_scenarios(checks: &CheckArgs) -> Result<Vec<Scenario>> {
+    let names: Vec<String> = if checks.scenarios.is_empty() {
+        crate::scenario::default_set()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    } else {
+        checks.scenarios.clone()
+    };
+    let mut scenarios = Vec::new();
+    for n in &names {
+        let mut s = Scenario::load(n).map_err(|e| usage(e.to_string()))?;
+        if !checks.backend.is_empty() {
+            s.backends.retain(|b| checks.backend.contains(b));
+            if s.backends.is_empty() {
+                return Err(usage(format!(
+                    "scenario '{}' allows none of the backends given with --backend",
+                    s.name
+                )));
+            }
+        }
+        scenarios.push(s);
+    }
+    Ok(scenarios)
+}
+
+/// Options for a run of `scenarios` on one or more kernels.
+pub(super) fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> VetOptions {
+    VetOptions {
+        kernels: vec![],
+        scenarios,
+        jobs: 1,
+        timeout: Duration::from_secs(checks.timeout),
+        check_timeout: Duration::from_secs(checks.check_timeout),
+        memory_mb: 0,
+        cpus: 1,
+        out_dir: checks.out.clone(),
+        cmdline_extra: String::new(),
+        evidence_always: checks.evidence_always,
+        capture: checks.capture,
+        boot: vet::BootPreference::Auto,
+        parallel: usize::from(checks.parallel.unwrap_or(3)),
+    }
+}
+
+/// Scenarios and options common to vet and gate, validated before anything runs.
+pub(super) fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
+    let scenarios = load_scenarios(&run.checks)?;
+    if run.jobs == Some(0) {
+        return Err(usage("--jobs must be at least 1"));
+    }
+    if run.cpus == Some(0) {
+        return Err(usage("--cpus must be at least 1"));
+    }
+    if run.memory < 128 {
+        return Err(usage(
+            "--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs",
+        ));
+    }
+    crate::provision::check_host(&scenarios)?;
+    let jobs = run
+        .jobs
+        .unwrap_or_else(|| crate::host::default_jobs(run.memory));
+    if let Some(avail) = crate::host::available_memory_mb() {
+        let need = jobs as u64 * (u64::from(run.memory) + 200);
+        if need > avail {
+            return Err(usage(format!(
+                "{jobs} VM(s) of {} MiB need about {need} MiB, but only {avail} MiB are available: lower --jobs or --memory",
+                run.memory
+            )));
+        }
+    }
+    // Kernels beyond --jobs wait their turn: only that many VMs share the
+    // cores (bisect names its kernels later, and may run --jobs of them).
+    let vms = match specs.len() {
+        0 => jobs,
+        n => jobs.min(n),
+    };
+    Ok(VetOptions {
+        kernels: specs,
+        jobs,
+        memory_mb: run.memory,
+        cpus: run.cpus.unwrap_or_else(|| crate::host::default_cpus(vms)),
+        cmdline_extra: run.kernel_cmdline.clone(),
+        boot: run.boot,
+        ..check_options(&run.checks, scenarios)
+    })
+}
+
+/// Every --check pattern must name a check of the chosen scenarios.
+pub(super) fn validate_checks(opts: &VetOptions, checks: &[String]) -> Result<()> {
+    let names: Vec<String> = opts
+        .scenarios
+        .iter()
+        .flat_map(|s| s.result_names())
+        .collect();
+    for c in checks {
+        if !names.iter().any(|n| crate::bisect::check_matches(c, n)) {
+            let mut families: Vec<String> = Vec::new();
+            for n in &names {
+                let f = match n.split_once('/') {
+                    Some((f, _)) => format!("{f}/"),
+                    None => n.clone(),
+                };
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+            return Err(usage(format!(
+                "--check {c} matches none of the checks of the chosen scenarios; give a check name (e.g. handshake/53) or a family: {}",
+                families.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! `natvet verify`: the checks on this machine's running kernel, no VM.
+
+use super::error::{usage, Result};
+use super::options::{check_options, load_scenarios, CheckArgs};
+use super::output::finish;
+use crate::report::exit;
+use crate::ui::Ui;
+use crate::vet::VetOptions;
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub checks: CheckArgs,
+    /// Print what would be created (namespaces, links, addresses, rulesets, checks) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn exec(args: VerifyArgs) -> Result<i32> {
+    let scenarios = load_scenarios(&args.checks)?;
+    if args.dry_run {
+        print!("{}", crate::verify::plan(&scenarios));
+        return Ok(exit::PASS);
+    }
+    if let Some(why) = crate::verify::preflight() {
+        return Err(usage(why));
+    }
+    let opts = VetOptions {
+        parallel: usize::from(args.checks.parallel.unwrap_or(1)),
+        ..check_options(&args.checks, scenarios)
+    };
+    let report = crate::verify::run(&opts, &Ui::new(args.checks.quiet));
+    finish(&report, &args.checks)?;
+    Ok(report.exit_code())
+}
