@@ -283,13 +283,19 @@ fn sized_files(boot_kind: BootKind, modules_release: Option<&str>) -> Vec<String
     files
 }
 
+/// The file of a complete `kernels/RELEASE/` entry, written last.
+const MARKER: &str = "complete.json";
+
 fn kernel_dir(cache: &Cache, release: &str) -> PathBuf {
     cache.root().join("kernels").join(release)
 }
 
 fn load_complete(cache: &Cache, release: &str, spec: &str) -> Option<Kernel> {
-    let dir = kernel_dir(cache, release);
-    let marker: Marker = serde_json::from_slice(&fs::read(dir.join("complete.json")).ok()?).ok()?;
+    load_dir(&kernel_dir(cache, release), spec)
+}
+
+fn load_dir(dir: &Path, spec: &str) -> Option<Kernel> {
+    let marker: Marker = serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()?;
     let bzimage = dir.join("vmlinuz");
     let boot_image = match marker.boot_kind {
         BootKind::Pvh => dir.join("vmlinux"),
@@ -373,20 +379,11 @@ fn resolve_debian(
         }
     };
     let image = debian::select_exact(&index, &release).ok_or_else(not_found)?;
-    if let Some(k) = load_complete(cache, &release, spec) {
-        return Ok(k);
-    }
-    let kernels = cache.dir("kernels")?;
-    let _lock = cache::lock(&kernels.join(format!("{release}.lock")))?;
-    if let Some(k) = load_complete(cache, &release, spec) {
-        return Ok(k);
-    }
-    install(cache, &index, &release, image, progress)?;
-    load_complete(cache, &release, spec).ok_or_else(|| KernelError::Extract {
-        what: release.clone(),
-        reason: "the installed kernel is incomplete".into(),
-        cache_hint: kernel_dir(cache, &release),
-    })
+    cache::Entry::new(cache.dir("kernels")?, release.clone()).load_or_publish(
+        |dir| load_dir(dir, spec),
+        |staging| install(staging, cache, &index, &release, image, progress),
+        progress,
+    )
 }
 
 fn newest_cached_of_line(cache: &Cache, line: &[u64], spec: &str) -> Option<Kernel> {
@@ -406,34 +403,15 @@ fn newest_cached_of_line(cache: &Cache, line: &[u64], spec: &str) -> Option<Kern
         })
 }
 
-/// Download, extract, depmod and mark complete; runs under the kernel's lock.
+/// Download and extract into `staging`, depmod; the marker to publish.
 fn install(
+    staging: &cache::Staging,
     cache: &Cache,
     index: &debian::Index,
     release: &str,
     image: &debian::Stanza,
     progress: &dyn Fn(&str),
-) -> Result<(), KernelError> {
-    let kernels = cache.dir("kernels")?;
-    let final_dir = kernel_dir(cache, release);
-    // We hold this release's lock: any half-unpacked copy of it was left by a
-    // run that was killed mid-way.
-    let stale_prefix = format!(".tmp-{release}-");
-    if let Ok(entries) = fs::read_dir(&kernels) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&stale_prefix) {
-                progress(&format!(
-                    "removing {} left by an interrupted run",
-                    e.path().display()
-                ));
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix(&stale_prefix)
-        .tempdir_in(&kernels)
-        .map_err(|e| KernelError::io(format!("creating a folder in {}", kernels.display()), e))?;
+) -> Result<cache::MarkerFile, KernelError> {
     let extract_err = |what: &str, reason: String| KernelError::Extract {
         what: what.to_string(),
         reason,
@@ -443,7 +421,7 @@ fn install(
     let mut parts = vec![image.clone()];
     let deb = debian::download(cache, image, progress)?;
     let t0 = Instant::now();
-    let mut ex = deb::extract(&deb, tmp.path()).map_err(|e| extract_err(&image.package, e))?;
+    let mut ex = deb::extract(&deb, staging.path()).map_err(|e| extract_err(&image.package, e))?;
     if !ex.vmlinuz {
         // 6.19+: linux-image-X is a metapackage over linux-binary-X and linux-modules-X.
         for dep in image.depends_names() {
@@ -460,7 +438,8 @@ fn install(
                 },
             )?;
             let deb = debian::download(cache, st, progress)?;
-            let more = deb::extract(&deb, tmp.path()).map_err(|e| extract_err(&st.package, e))?;
+            let more =
+                deb::extract(&deb, staging.path()).map_err(|e| extract_err(&st.package, e))?;
             ex.vmlinuz |= more.vmlinuz;
             ex.files += more.files;
             ex.bytes += more.bytes;
@@ -492,11 +471,11 @@ fn install(
     };
     if let Some(m) = &modules_release {
         let t = Instant::now();
-        depmod(&tmp.path().join("root"), m)?;
+        staging.depmod(m)?;
         progress(&format!("depmod {m}: {:.1} s", t.elapsed().as_secs_f64()));
     }
 
-    let vmlinuz_path = tmp.path().join("vmlinuz");
+    let vmlinuz_path = staging.path().join("vmlinuz");
     let bz = fs::read(&vmlinuz_path)
         .map_err(|e| KernelError::io(format!("reading {}", vmlinuz_path.display()), e))?;
     let uname = vmlinux::bzimage_release(&bz)
@@ -505,7 +484,7 @@ fn install(
     let t = Instant::now();
     let boot_kind = match vmlinux::extract_vmlinux(&bz) {
         Ok(elf) if vmlinux::has_pvh_note(&elf) => {
-            fs::write(tmp.path().join("vmlinux"), &elf)
+            fs::write(staging.path().join("vmlinux"), &elf)
                 .map_err(|e| KernelError::io("writing vmlinux".into(), e))?;
             progress(&format!(
                 "vmlinux with PVH note: {:.1} MB (from {:.1} MB bzImage) in {:.1} s",
@@ -529,7 +508,7 @@ fn install(
 
     let sizes = sized_files(boot_kind, modules_release.as_deref())
         .into_iter()
-        .filter_map(|f| Some((f.clone(), fs::metadata(tmp.path().join(&f)).ok()?.len())))
+        .filter_map(|f| Some((f.clone(), fs::metadata(staging.path().join(&f)).ok()?.len())))
         .collect();
     let marker = Marker {
         release: uname,
@@ -539,44 +518,14 @@ fn install(
         modules_release,
         sizes,
     };
-    let json = serde_json::to_vec_pretty(&marker).expect("marker serialises");
-    cache::write_atomic(&tmp.path().join("complete.json"), &json)?;
-
-    if final_dir.exists() {
-        // A leftover without a valid marker (we hold the lock).
-        fs::remove_dir_all(&final_dir)
-            .map_err(|e| KernelError::io(format!("removing stale {}", final_dir.display()), e))?;
-    }
-    cache::make_readable(tmp.path(), true)
-        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
-    let tmp_path = tmp.keep();
-    fs::rename(&tmp_path, &final_dir).map_err(|e| {
-        let _ = fs::remove_dir_all(&tmp_path);
-        KernelError::io(format!("moving kernel into {}", final_dir.display()), e)
-    })?;
-    Ok(())
-}
-
-/// Run the host's `depmod -b ROOT RELEASE`.
-fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
-    for exe in ["depmod", "/usr/sbin/depmod", "/sbin/depmod"] {
-        match Command::new(exe).arg("-b").arg(root).arg(release).output() {
-            Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => {
-                return Err(KernelError::Depmod {
-                    root: root.to_path_buf(),
-                    reason: format!(
-                        "{} ({})",
-                        String::from_utf8_lossy(&out.stderr).trim(),
-                        out.status
-                    ),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(KernelError::io(format!("running {exe}"), e)),
-        }
-    }
-    Err(KernelError::NoDepmod)
+    Ok(cache::MarkerFile {
+        name: MARKER,
+        contents: serde_json::to_vec_pretty(&marker).map_err(|e| KernelError::Extract {
+            what: release.to_string(),
+            reason: format!("cannot write its marker: {e}"),
+            cache_hint: cache.root().join("kernels"),
+        })?,
+    })
 }
 
 // ---------------------------------------------------------------- local
@@ -760,59 +709,41 @@ fn install_build_modules(
 ) -> Result<PathBuf, KernelError> {
     let sha = cache::sha256_file(bzimage)
         .map_err(|e| KernelError::io(format!("reading {}", bzimage.display()), e))?;
-    let local = cache.dir("local")?;
-    let name = format!("build-modules-{}", &sha[..32]);
-    let final_dir = local.join(&name);
-    let root = final_dir.join("root");
-    let done = |d: &Path| d.join("complete").is_file();
-    if done(&final_dir) {
-        return Ok(root);
-    }
-    let _lock = cache::lock(&local.join(format!("{name}.lock")))?;
-    if done(&final_dir) {
-        return Ok(root);
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-build-modules-")
-        .tempdir_in(&local)
-        .map_err(|e| KernelError::io(format!("creating a folder in {}", local.display()), e))?;
-    progress(&format!("installing the modules of {}", tree.display()));
-    let mut install_path = std::ffi::OsString::from("INSTALL_MOD_PATH=");
-    install_path.push(tmp.path().join("root"));
-    let out = Command::new("nice")
-        .args(["-n", "19", "make", "-s", "-C"])
-        .arg(tree)
-        .arg("modules_install")
-        .arg(install_path)
-        .arg("INSTALL_MOD_STRIP=1")
-        .output()
-        .map_err(|e| KernelError::ModulesInstall {
-            tree: tree.to_path_buf(),
-            reason: format!("cannot run make ({e}); run `apt-get install -y make`"),
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        return Err(KernelError::ModulesInstall {
-            tree: tree.to_path_buf(),
-            reason: format!(
-                "make modules_install: {}: {}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ),
-        });
-    }
-    fs::write(tmp.path().join("complete"), b"")
-        .map_err(|e| KernelError::io("writing marker".into(), e))?;
-    if final_dir.exists() {
-        let _ = fs::remove_dir_all(&final_dir);
-    }
-    cache::make_readable(tmp.path(), true)
-        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
-    let tmp_path = tmp.keep();
-    fs::rename(&tmp_path, &final_dir)
-        .map_err(|e| KernelError::io(format!("moving into {}", final_dir.display()), e))?;
-    Ok(root)
+    let entry = cache::Entry::new(cache.dir("local")?, format!("build-modules-{}", &sha[..32]));
+    let done = |d: &Path| d.join("complete").is_file().then(|| d.join("root"));
+    entry.load_or_publish(
+        done,
+        |staging| {
+            progress(&format!("installing the modules of {}", tree.display()));
+            let mut install_path = std::ffi::OsString::from("INSTALL_MOD_PATH=");
+            install_path.push(staging.path().join("root"));
+            let out = Command::new("nice")
+                .args(["-n", "19", "make", "-s", "-C"])
+                .arg(tree)
+                .arg("modules_install")
+                .arg(install_path)
+                .arg("INSTALL_MOD_STRIP=1")
+                .output()
+                .map_err(|e| KernelError::ModulesInstall {
+                    tree: tree.to_path_buf(),
+                    reason: format!("cannot run make ({e}); run `apt-get install -y make`"),
+                })?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = err.lines().rev().take(15).collect();
+                return Err(KernelError::ModulesInstall {
+                    tree: tree.to_path_buf(),
+                    reason: format!(
+                        "make modules_install: {}: {}",
+                        out.status,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ),
+                });
+            }
+            Ok(cache::MarkerFile::empty("complete"))
+        },
+        progress,
+    )
 }
 
 fn looks_like_module_dir(d: &Path) -> bool {
@@ -899,40 +830,23 @@ fn local_modules(
             format!("{}\0{stamp}", mdir.display()).as_bytes(),
         ))
     };
-    let local = cache.dir("local")?;
-    let final_dir = local.join(format!("modules-{}", &key[..32]));
-    let result = final_dir.join("root/lib/modules").join(&name);
-    let done = |d: &Path| d.join("complete").is_file();
-    if done(&final_dir) {
-        return Ok(result);
-    }
-    let _lock = cache::lock(&local.join(format!("modules-{}.lock", &key[..32])))?;
-    if done(&final_dir) {
-        return Ok(result);
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-modules-")
-        .tempdir_in(&local)
-        .map_err(|e| KernelError::io(format!("creating a folder in {}", local.display()), e))?;
-    let target = tmp.path().join("root/lib/modules").join(&name);
-    symlink_tree(&mdir, &target)
-        .map_err(|e| KernelError::io(format!("mirroring {}", mdir.display()), e))?;
-    progress(&format!(
-        "running depmod on a private copy of {} (it has no modules.dep)",
-        mdir.display()
-    ));
-    depmod(&tmp.path().join("root"), &name)?;
-    fs::write(tmp.path().join("complete"), b"")
-        .map_err(|e| KernelError::io("writing marker".into(), e))?;
-    if final_dir.exists() {
-        let _ = fs::remove_dir_all(&final_dir);
-    }
-    cache::make_readable(tmp.path(), true)
-        .map_err(|e| KernelError::io(format!("chmod {}", tmp.path().display()), e))?;
-    let tmp_path = tmp.keep();
-    fs::rename(&tmp_path, &final_dir)
-        .map_err(|e| KernelError::io(format!("moving into {}", final_dir.display()), e))?;
-    Ok(result)
+    let entry = cache::Entry::new(cache.dir("local")?, format!("modules-{}", &key[..32]));
+    let in_entry = PathBuf::from("root/lib/modules").join(&name);
+    let done = |d: &Path| d.join("complete").is_file().then(|| d.join(&in_entry));
+    entry.load_or_publish(
+        done,
+        |staging| {
+            symlink_tree(&mdir, &staging.path().join(&in_entry))
+                .map_err(|e| KernelError::io(format!("mirroring {}", mdir.display()), e))?;
+            progress(&format!(
+                "running depmod on a private copy of {} (it has no modules.dep)",
+                mdir.display()
+            ));
+            staging.depmod(&name)?;
+            Ok::<_, KernelError>(cache::MarkerFile::empty("complete"))
+        },
+        progress,
+    )
 }
 
 fn symlink_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
