@@ -1,6 +1,7 @@
-//! `natvet bisect`: find the first Debian kernel package of one line that
-//! breaks what a good one did. This module is the pure part: which packages
-//! lie between the endpoints ([`plan`]), the search ([`search`]: a midpoint
+//! `natvet bisect`: find the first kernel package of one line that breaks
+//! what a good one did, over the packages of a source whose order natvet
+//! knows (Debian's, today). This module is the pure part: which packages
+//! lie between the endpoints ([`mod@plan`]), the search ([`search`]: a midpoint
 //! bisection that steps around kernels it cannot test, like `git bisect
 //! skip`), how one kernel's results become good / bad / skip (here), the
 //! report ([`report`]) and the exit codes `git bisect run` expects. `cli.rs`
@@ -16,8 +17,7 @@ use crate::protocol::Status;
 use crate::report::{KernelRun, KernelState};
 
 pub use plan::{
-    candidates, debian_endpoint, early_check, fmt_line, generic_releases, line_of, plan, BadEnd,
-    Candidate, Plan, PlanError, Upper,
+    candidates, endpoints, fmt_line, line_of, plan, BadEnd, Endpoints, Plan, PlanError, Upper,
 };
 pub use report::{failing, render_summary, Answer, BisectReport, Failing, Role, Step, SCHEMA};
 pub use search::{estimate, run, Outcome, Point, Search};

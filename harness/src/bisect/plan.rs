@@ -1,60 +1,21 @@
-//! What to bisect: the packages of one line between the endpoints, and the
-//! endpoints checked against each other.
+//! What to bisect: the endpoints checked against each other, and the
+//! candidates of one line between them. The candidates come from the good
+//! end's source ([`Candidates`]): only a source whose kernels have an order
+//! natvet knows can give them (Debian's packages, by version).
 
 use std::cmp::Ordering;
 
-use serde::{Deserialize, Serialize};
-
 use super::search::{estimate, Point};
-use crate::kernel::debian::{self, Index};
-use crate::kernel::{version, PackageInfo};
-
-/// A Debian kernel package between the endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Candidate {
-    /// `uname -r`, e.g. `6.12.73+deb12-amd64`.
-    pub release: String,
-    pub package: PackageInfo,
-}
-
-impl Candidate {
-    pub fn spec(&self) -> String {
-        format!("debian:{}", self.release)
-    }
-}
+use crate::kernel::sources::{self, Candidate, Candidates, Lineup};
+use crate::kernel::version::{self, line_matches, release_components};
+use crate::kernel::{Cache, KernelError, KernelSpec};
 
 /// The version line (major.minor) of a release: `6.12.95+deb12-amd64` → [6, 12].
 pub fn line_of(release: &str) -> Option<[u64; 2]> {
-    match debian::release_components(release)[..] {
+    match release_components(release)[..] {
         [a, b, ..] => Some([a, b]),
         _ => None,
     }
-}
-
-/// Every generic amd64 image release in the index, one entry per release
-/// (its highest package version), in package version order, oldest first.
-pub fn generic_releases(index: &Index) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = Vec::new();
-    for s in &index.stanzas {
-        let Some(r) = debian::image_release(&s.package).filter(|r| debian::is_generic_amd64(r))
-        else {
-            continue;
-        };
-        if out.iter().any(|c| c.release == r) {
-            continue;
-        }
-        if let Some(best) = debian::select_exact(index, r) {
-            out.push(Candidate {
-                release: r.to_string(),
-                package: best.info(),
-            });
-        }
-    }
-    out.sort_by(|a, b| {
-        version::compare(&a.package.version, &b.package.version)
-            .then_with(|| a.release.cmp(&b.release))
-    });
-    out
 }
 
 /// The newer end of the range.
@@ -77,15 +38,13 @@ pub fn candidates(
 ) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = releases
         .iter()
-        .filter(|c| debian::line_matches(&c.release, &line))
+        .filter(|c| line_matches(&c.release, &line))
         .filter(|c| version::compare(&c.package.version, good_version) == Ordering::Greater)
         .filter(|c| match upper {
             Upper::Package { version: v } => {
                 version::compare(&c.package.version, v) == Ordering::Less
             }
-            Upper::Build { upstream } => {
-                debian::release_components(&c.release).as_slice() <= *upstream
-            }
+            Upper::Build { upstream } => release_components(&c.release).as_slice() <= *upstream,
         })
         .cloned()
         .collect();
@@ -152,56 +111,59 @@ pub enum PlanError {
     },
     #[error("cannot tell the version line of {spec} from its release '{release}': natvet bisects within one line such as 6.12")]
     UnknownLine { spec: String, release: String },
-    #[error("{0}")]
-    NoPackage(String),
+    #[error("--good {good} is not a kernel package natvet can order: natvet bisects over packaged kernels, whose order it knows; give the passing package as {forms} (your own kernel may be --bad)")]
+    NotOrdered { good: String, forms: String },
 }
 
 pub fn fmt_line(l: &[u64; 2]) -> String {
     format!("{}.{}", l[0], l[1])
 }
 
-/// Reject endpoints of two lines before the index is even read, when both
-/// are exact Debian releases (`6.1.0-50-amd64`, `6.12.43+deb12-amd64`).
-pub fn early_check(good_query: &str, bad_query: Option<&str>) -> Result<(), PlanError> {
-    let exact = |q: &str| match debian::parse_query(q) {
-        Ok(debian::Query::Exact(r)) => line_of(&r).map(|l| (r, l)),
-        _ => None,
+/// The endpoints as the user gave them, checked before anything is fetched.
+pub struct Endpoints<'a> {
+    good: &'a KernelSpec,
+    bad: &'a KernelSpec,
+    source: &'a dyn Candidates,
+}
+
+/// Check the endpoints before anything is fetched: `good` must be of a
+/// source with candidates, and two exact releases (`debian:6.1.0-50-amd64`,
+/// `debian:6.12.43+deb12-amd64`) must be of one line.
+pub fn endpoints<'a>(
+    good: &'a KernelSpec,
+    bad: &'a KernelSpec,
+) -> Result<Endpoints<'a>, PlanError> {
+    let Some(source) = good.candidates() else {
+        return Err(PlanError::NotOrdered {
+            good: good.to_string(),
+            forms: sources::endpoint_forms().join(" or "),
+        });
     };
-    if let (Some((g, gl)), Some((b, bl))) = (exact(good_query), bad_query.and_then(exact)) {
+    let exact = |s: &KernelSpec| {
+        let c = s.candidates()?;
+        let r = c.exact_release(s)?;
+        line_of(&r).map(|l| (c.candidate_spec(&r), l))
+    };
+    if let (Some((g, gl)), Some((b, bl))) = (exact(good), exact(bad)) {
         if gl != bl {
             return Err(PlanError::DifferentLines {
-                good: format!("debian:{g}"),
+                good: g,
                 good_line: gl,
-                bad: format!("debian:{b}"),
+                bad: b,
                 bad_line: bl,
             });
         }
     }
-    Ok(())
+    Ok(Endpoints { good, bad, source })
 }
 
-/// The Debian package a `debian:` query names today (an exact release, the
-/// newest of a line, the newest of a suite).
-pub fn debian_endpoint(index: &Index, query: &str) -> Result<Candidate, PlanError> {
-    let none = |why: String| PlanError::NoPackage(why);
-    let release =
-        match debian::parse_query(query).map_err(|e| none(format!("debian:{query}: {e}")))? {
-            debian::Query::Exact(r) => r,
-            debian::Query::Line(l) => debian::select_line(index, &l).unwrap_or_default(),
-            debian::Query::Suite { suite, line } => {
-                debian::select_suite(index, &suite, line.as_deref()).unwrap_or_default()
-            }
-        };
-    let stanza = debian::select_exact(index, &release).ok_or_else(|| {
-        none(format!(
-            "no Debian kernel package matches 'debian:{query}'; known lines: {} (`natvet kernels list --all` shows the releases on offer)",
-            debian::known_lines(index).join(", ")
-        ))
-    })?;
-    Ok(Candidate {
-        release,
-        package: stanza.info(),
-    })
+impl Endpoints<'_> {
+    /// What the endpoints name today (the bad end too when it is of the
+    /// good end's source) and every candidate of that source.
+    pub fn lineup(&self, cache: &Cache, progress: &dyn Fn(&str)) -> Result<Lineup, KernelError> {
+        let bad = self.good.same_source(self.bad).then_some(self.bad);
+        self.source.lineup(self.good, bad, cache, progress)
+    }
 }
 
 /// Check the endpoints against each other and list the packages between them.
@@ -228,7 +190,7 @@ pub fn plan(releases: &[Candidate], good: Candidate, bad: BadEnd) -> Result<Plan
         bad: bad.spec(),
         bad_version,
     };
-    let upstream = debian::release_components(bad.release());
+    let upstream = release_components(bad.release());
     let upper = match &bad {
         BadEnd::Package(b) => {
             if version::compare(&good.package.version, &b.package.version) != Ordering::Less {
@@ -239,7 +201,7 @@ pub fn plan(releases: &[Candidate], good: Candidate, bad: BadEnd) -> Result<Plan
             }
         }
         BadEnd::Own { release, .. } => {
-            if debian::release_components(&good.release) > upstream {
+            if release_components(&good.release) > upstream {
                 return Err(not_older(format!("release {release}")));
             }
             Upper::Build {
@@ -253,8 +215,7 @@ pub fn plan(releases: &[Candidate], good: Candidate, bad: BadEnd) -> Result<Plan
         BadEnd::Own { .. } => releases
             .iter()
             .filter(|c| {
-                debian::line_matches(&c.release, &good_line)
-                    && debian::release_components(&c.release) > upstream
+                line_matches(&c.release, &good_line) && release_components(&c.release) > upstream
             })
             .cloned()
             .collect(),
@@ -310,18 +271,20 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::bisect::{Answer, Outcome};
+    use crate::kernel::PackageInfo;
 
     fn pkg(release: &str, version: &str, suite: &str) -> Candidate {
-        Candidate {
-            release: release.into(),
-            package: PackageInfo {
+        Candidate::new(
+            format!("debian:{release}"),
+            release.into(),
+            PackageInfo {
                 name: format!("linux-image-{release}"),
                 version: version.into(),
                 suite: suite.into(),
                 sha256: String::new(),
                 filename: String::new(),
             },
-        }
+        )
     }
 
     fn six_twelve() -> Vec<Candidate> {
@@ -425,21 +388,6 @@ mod tests {
     }
 
     #[test]
-    fn generic_releases_from_an_index() {
-        let text = "Package: linux-image-6.12.57+deb12-amd64\nVersion: 6.12.57-1~bpo12+1\nFilename: a.deb\nSHA256: 1\n\n\
-                    Package: linux-image-6.12.57+deb12-amd64-unsigned\nVersion: 6.12.57-1~bpo12+1\nFilename: b.deb\nSHA256: 2\n\n\
-                    Package: linux-image-6.12.57+deb12-cloud-amd64\nVersion: 6.12.57-1~bpo12+1\nFilename: c.deb\nSHA256: 3\n\n\
-                    Package: linux-image-6.12.43+deb12-amd64\nVersion: 6.12.43-1~bpo12+1\nFilename: d.deb\nSHA256: 4\n";
-        let index = Index {
-            stanzas: debian::parse_packages(text.as_bytes(), "bookworm-backports").unwrap(),
-            failures: vec![],
-        };
-        let r = generic_releases(&index);
-        assert_eq!(names(&r), ["6.12.43+deb12-amd64", "6.12.57+deb12-amd64"]);
-        assert_eq!(r[1].package.name, "linux-image-6.12.57+deb12-amd64");
-    }
-
-    #[test]
     fn lines() {
         assert_eq!(line_of("6.12.95+deb12-amd64"), Some([6, 12]));
         assert_eq!(line_of("6.12.117"), Some([6, 12]));
@@ -539,9 +487,36 @@ mod tests {
 
     #[test]
     fn early_line_check() {
-        assert!(early_check("6.1.0-40-amd64", Some("6.12.43+deb12-amd64")).is_err());
-        assert!(early_check("6.12.43+deb12-amd64", Some("6.12.95+deb12-amd64")).is_ok());
-        assert!(early_check("6.12.43+deb12-amd64", Some("sid")).is_ok());
-        assert!(early_check("6.12.43+deb12-amd64", None).is_ok());
+        let check = |good: &str, bad: &str| {
+            let good = KernelSpec::parse(good, None).unwrap();
+            let bad = KernelSpec::parse(bad, None).unwrap();
+            endpoints(&good, &bad).map(|_| ())
+        };
+        let e = check("debian:6.1.0-40-amd64", "debian:6.12.43+deb12-amd64").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--good debian:6.1.0-40-amd64 is of the 6.1 line but --bad debian:6.12.43+deb12-amd64 is of the 6.12 line: natvet bisects within one line; pick both from one line (`natvet kernels list --all` shows the releases)"
+        );
+        // Named as the candidates are, however the release was written.
+        let e = check(
+            "debian:linux-image-6.1.0-40-amd64",
+            "debian:6.12.43+deb12-amd64",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--good debian:6.1.0-40-amd64 "),
+            "{e}"
+        );
+        assert!(check("debian:6.12.43+deb12-amd64", "debian:6.12.95+deb12-amd64").is_ok());
+        assert!(check("debian:6.12.43+deb12-amd64", "debian:sid").is_ok());
+        assert!(check("debian:6.12.43+deb12-amd64", "/x/bzImage").is_ok());
+        assert!(check("debian:6.1", "build:/x").is_ok());
+        let e = check("./x", "debian:6.1").unwrap_err();
+        assert!(matches!(e, PlanError::NotOrdered { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "--good ./x is not a kernel package natvet can order: natvet bisects over packaged kernels, whose order it knows; give the passing package as debian:RELEASE (your own kernel may be --bad)"
+        );
+        assert!(check("build:/b", "debian:6.1").is_err());
     }
 }

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::archive::{self, ArchiveError};
 use super::cache::{self, Cache};
-use super::{config_has_modules, deb, debian, version, KernelError, BUILD_BZIMAGE};
+use super::sources::{config_has_modules, BUILD_BZIMAGE};
+use super::{deb, version, KernelError};
 
 /// The packages kbuild needs on a Debian host.
 pub const BUILD_DEPS_INSTALL: &str =
@@ -261,7 +263,7 @@ pub fn build(
     check_tools(!patches.is_empty())?;
 
     // The newest source package of that name in any suite.
-    let index = debian::load_index(cache, progress)?;
+    let index = archive::load_index(cache, progress)?;
     let Some(pkg) = index
         .stanzas
         .iter()
@@ -269,10 +271,10 @@ pub fn build(
         .max_by(|a, b| version::compare(&a.version, &b.version))
     else {
         if !index.failures.is_empty() {
-            return Err(KernelError::Download {
+            return Err(KernelError::from(ArchiveError::Download {
                 what: format!("the package indexes of {}", index.failures.join(", ")),
                 reason: format!("could not check them for {package}"),
-            }
+            })
             .into());
         }
         let mut known: Vec<&str> = index
@@ -471,7 +473,7 @@ pub fn build(
 /// The pristine source tree of `pkg`, downloaded and unpacked once.
 fn ensure_source(
     cache: &Cache,
-    pkg: &debian::Stanza,
+    pkg: &archive::Stanza,
     progress: &dyn Fn(&str),
 ) -> Result<PathBuf, BuildError> {
     let name = format!("{}_{}", pkg.package, pkg.version);
@@ -483,7 +485,7 @@ fn ensure_source(
     entry.load_or_publish(
         done,
         |staging| {
-            let deb_path = debian::download(cache, pkg, progress)?;
+            let deb_path = archive::download(cache, pkg, progress)?;
             let member = format!("usr/src/{}.tar.xz", pkg.package);
             let tarball = staging.path().join(format!("{}.tar.xz", pkg.package));
             let extract_err = |reason: String| {

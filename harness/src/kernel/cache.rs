@@ -12,6 +12,10 @@
 //!   — `make modules_install` of a `build:PATH` tree (SHA of its bzImage)
 //! - `src/`, `builds/` — Debian kernel sources and `natvet kernels build`
 //!   output (see [`super::build`])
+//!
+//! Folders written once and then only read (kernels, module copies,
+//! sources) are published with `Entry`: staged beside their place, marked
+//! complete last, renamed into place.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

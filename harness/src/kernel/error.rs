@@ -1,6 +1,11 @@
 //! Why a kernel could not be had. Every message says what was wrong and
 //! what to do; every kind of error says whose move it is ([`ErrorClass`]),
 //! which decides natvet's exit code.
+//!
+//! The errors here belong to no source: spec syntax, paths, module trees,
+//! the cache, depmod. A source's own errors (a Debian package that does not
+//! exist, a build tree without an image) live in its file, worded for it,
+//! and reach callers as [`KernelError::Source`].
 
 use std::path::PathBuf;
 
@@ -15,48 +20,42 @@ pub enum ErrorClass {
     Infrastructure,
 }
 
+/// An error of one kernel source, in that source's words.
+pub trait SourceError: std::error::Error + Send + Sync + 'static {
+    /// Whose move it is.
+    fn class(&self) -> ErrorClass;
+}
+
 /// Errors resolving a kernel. Every message says what went wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("malformed kernel spec '{spec}': {reason}; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), build:PATH (a kernel build tree) or a path to a bzImage/vmlinux")]
-    MalformedSpec { spec: String, reason: String },
+    /// `forms`: how the sources' specs are written (from the sources).
+    #[error("malformed kernel spec '{spec}': {reason}; use {forms}")]
+    MalformedSpec {
+        spec: String,
+        reason: String,
+        forms: String,
+    },
 
-    #[error("unknown kernel source '{scheme}:' in '{spec}'; use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), build:PATH (a kernel build tree) or a path to a bzImage/vmlinux (write ./{spec} for a file of that name)")]
-    UnknownScheme { spec: String, scheme: String },
+    #[error("unknown kernel source '{scheme}:' in '{spec}'; use {forms} (write ./{spec} for a file of that name)")]
+    UnknownScheme {
+        spec: String,
+        scheme: String,
+        forms: String,
+    },
 
-    #[error("no Debian kernel package matches '{query}'; known lines: {} — give one of those (e.g. debian:{}) or an exact release such as debian:6.1.0-50-amd64 (`natvet kernels list --all` shows the releases on offer)", .known.join(", "), .known.last().map(String::as_str).unwrap_or("6.12"))]
-    NoSuchPackage { query: String, known: Vec<String> },
+    /// An error of one source (see [`SourceError`]).
+    #[error("{0}")]
+    Source(Box<dyn SourceError>),
 
     #[error("{what} not found: {} — check the path", .path.display())]
     LocalFileMissing { what: &'static str, path: PathBuf },
-
-    #[error("cannot boot {}: {reason}", .path.display())]
-    NotBootable { path: PathBuf, reason: String },
-
-    #[error("{} is not a finished kernel build tree: {reason}", .path.display())]
-    BadBuildTree { path: PathBuf, reason: String },
-
-    #[error("installing the modules of {} failed: {reason}", .tree.display())]
-    ModulesInstall { tree: PathBuf, reason: String },
 
     #[error("{} is not a kernel module tree: {reason}; pass the lib/modules/RELEASE folder or a root folder containing lib/modules/RELEASE", .path.display())]
     BadModules { path: PathBuf, reason: String },
 
     #[error("no cache folder: none of NATVET_CACHE, XDG_CACHE_HOME, HOME is set; set NATVET_CACHE=/some/dir")]
     NoCacheDir,
-
-    #[error("no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; set NATVET_DEBIAN_MIRROR=http://MIRROR/debian")]
-    NoMirror,
-
-    #[error("download of {what} failed: {reason}; check the network / mirror (NATVET_DEBIAN_MIRROR) and retry")]
-    Download { what: String, reason: String },
-
-    #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}; the mirror may be mid-sync, retry later or set NATVET_DEBIAN_MIRROR to another mirror")]
-    Checksum {
-        file: String,
-        expected: String,
-        actual: String,
-    },
 
     #[error("extracting {what} failed: {reason}; delete {} and retry, or report a bug if it persists", .cache_hint.display())]
     Extract {
@@ -81,6 +80,12 @@ pub enum KernelError {
     },
 }
 
+impl<E: SourceError> From<E> for KernelError {
+    fn from(e: E) -> KernelError {
+        KernelError::Source(Box::new(e))
+    }
+}
+
 impl KernelError {
     pub(crate) fn io(context: String, source: std::io::Error) -> KernelError {
         KernelError::Io { context, source }
@@ -91,17 +96,11 @@ impl KernelError {
         match self {
             KernelError::MalformedSpec { .. }
             | KernelError::UnknownScheme { .. }
-            | KernelError::NoSuchPackage { .. }
             | KernelError::LocalFileMissing { .. }
-            | KernelError::NotBootable { .. }
-            | KernelError::BadBuildTree { .. }
             | KernelError::BadModules { .. }
-            | KernelError::NoCacheDir
-            | KernelError::NoMirror => ErrorClass::BadInput,
-            KernelError::ModulesInstall { .. }
-            | KernelError::Download { .. }
-            | KernelError::Checksum { .. }
-            | KernelError::Extract { .. }
+            | KernelError::NoCacheDir => ErrorClass::BadInput,
+            KernelError::Source(e) => e.class(),
+            KernelError::Extract { .. }
             | KernelError::NoDepmod
             | KernelError::Depmod { .. }
             | KernelError::Io { .. } => ErrorClass::Infrastructure,
