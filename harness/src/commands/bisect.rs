@@ -42,34 +42,21 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let good_spec = KernelSpec::parse(&args.good, None).map_err(|e| usage(e.to_string()))?;
     let bad_spec = KernelSpec::parse(&args.bad, None).map_err(|e| usage(e.to_string()))?;
-    let KernelSpec::Debian { query: good_q } = &good_spec else {
-        return Err(usage(format!(
-            "--good {} is not a Debian package: natvet bisects over Debian's packages, whose order it knows; give the passing package as debian:RELEASE (your own kernel may be --bad)",
-            args.good
-        )));
-    };
-    let bad_q = match &bad_spec {
-        KernelSpec::Debian { query } => Some(query.as_str()),
-        _ => None,
-    };
-    b::early_check(good_q, bad_q).map_err(|e| usage(e.to_string()))?;
+    let ends = b::endpoints(&good_spec, &bad_spec).map_err(|e| usage(e.to_string()))?;
     let opts = prepare(&args.run, vec![])?;
     validate_checks(&opts, &args.checks)?;
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let ui = Ui::new(args.run.checks.quiet);
     let progress = |m: &str| ui.println(m);
-    let index = crate::kernel::debian::load_index(&cache, &progress).map_err(|e| {
+    let lineup = ends.lineup(&cache, &progress).map_err(|e| {
         if e.is_user_error() {
             usage(e.to_string())
         } else {
             anyhow::anyhow!("{e}").into()
         }
     })?;
-    let good = b::debian_endpoint(&index, good_q).map_err(|e| usage(e.to_string()))?;
-    let bad = match bad_q {
-        Some(q) => {
-            BadEnd::Package(b::debian_endpoint(&index, q).map_err(|e| usage(e.to_string()))?)
-        }
+    let bad = match lineup.bad {
+        Some(c) => BadEnd::Package(c),
         None => {
             let k = crate::kernel::resolve(&bad_spec, &cache, &progress).map_err(|e| {
                 if e.is_user_error() {
@@ -90,8 +77,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
             }
         }
     };
-    let plan =
-        b::plan(&b::generic_releases(&index), good, bad).map_err(|e| usage(e.to_string()))?;
+    let plan = b::plan(&lineup.releases, lineup.good, bad).map_err(|e| usage(e.to_string()))?;
     let n = plan.candidates.len();
     let mut report = plan.report(&args.checks, started.to_rfc3339());
     print!("{}", plan.header());

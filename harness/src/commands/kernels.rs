@@ -110,11 +110,8 @@ fn kernels_list(all: bool) -> Result<i32> {
         }
     }
     if all {
-        println!("Debian's archive (generic amd64 kernels, newest first):");
-        for (release, p) in
-            crate::kernel::list_debian(&cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?
-        {
-            println!("  {release:<28} {} {} ({})", p.name, p.version, p.suite);
+        for c in crate::kernel::catalogues(&cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))? {
+            print!("{c}");
         }
     }
     println!("cache: {}", cache.root().display());

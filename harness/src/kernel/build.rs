@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::archive::{self, ArchiveError};
 use super::cache::{self, Cache};
-use super::{config_has_modules, deb, debian, version, KernelError, BUILD_BZIMAGE};
+use super::sources::{config_has_modules, BUILD_BZIMAGE};
+use super::{deb, version, KernelError};
 
 /// The packages kbuild needs on a Debian host.
 pub const BUILD_DEPS_INSTALL: &str =
@@ -261,7 +263,7 @@ pub fn build(
     check_tools(!patches.is_empty())?;
 
     // The newest source package of that name in any suite.
-    let index = debian::load_index(cache, progress)?;
+    let index = archive::load_index(cache, progress)?;
     let Some(pkg) = index
         .stanzas
         .iter()
@@ -269,10 +271,10 @@ pub fn build(
         .max_by(|a, b| version::compare(&a.version, &b.version))
     else {
         if !index.failures.is_empty() {
-            return Err(KernelError::Download {
+            return Err(KernelError::from(ArchiveError::Download {
                 what: format!("the package indexes of {}", index.failures.join(", ")),
                 reason: format!("could not check them for {package}"),
-            }
+            })
             .into());
         }
         let mut known: Vec<&str> = index
@@ -471,76 +473,57 @@ pub fn build(
 /// The pristine source tree of `pkg`, downloaded and unpacked once.
 fn ensure_source(
     cache: &Cache,
-    pkg: &debian::Stanza,
+    pkg: &archive::Stanza,
     progress: &dyn Fn(&str),
 ) -> Result<PathBuf, BuildError> {
-    let srcs = cache.dir("src")?;
     let name = format!("{}_{}", pkg.package, pkg.version);
-    let final_dir = srcs.join(&name);
-    let tree = final_dir.join(&pkg.package);
-    let done = || final_dir.join("complete").is_file() && tree.is_dir();
-    if done() {
-        return Ok(tree);
-    }
-    let _lock = cache::lock(&srcs.join(format!("{name}.lock")))?;
-    if done() {
-        return Ok(tree);
-    }
-    let deb_path = debian::download(cache, pkg, progress)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-src-")
-        .tempdir_in(&srcs)
-        .map_err(io(format!("creating a folder in {}", srcs.display())))?;
-    let member = format!("usr/src/{}.tar.xz", pkg.package);
-    let tarball = tmp.path().join(format!("{}.tar.xz", pkg.package));
-    let extract_err = |reason: String| {
-        BuildError::Kernel(KernelError::Extract {
-            what: name.clone(),
-            reason,
-            cache_hint: deb_path.clone(),
-        })
+    let entry = cache::Entry::new(cache.dir("src")?, name.clone());
+    let done = |d: &Path| {
+        let tree = d.join(&pkg.package);
+        (d.join("complete").is_file() && tree.is_dir()).then_some(tree)
     };
-    progress(&format!("extracting {member} from {}", deb_path.display()));
-    deb::extract_member(&deb_path, &member, &tarball).map_err(extract_err)?;
-    progress(&format!("unpacking {member} (tar -xf)"));
-    let t = Instant::now();
-    let st = Command::new("nice")
-        .args(["-n", "19", "tar", "-xf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(tmp.path())
-        .status()
-        .map_err(|e| extract_err(format!("cannot run tar: {e}")))?;
-    if !st.success() {
-        return Err(extract_err(format!("tar -xf {member}: {st}")));
-    }
-    fs::remove_file(&tarball).map_err(io(format!("removing {}", tarball.display())))?;
-    if !tmp.path().join(&pkg.package).is_dir() {
-        return Err(extract_err(format!(
-            "{member} has no top folder {}/",
-            pkg.package
-        )));
-    }
-    progress(&format!(
-        "unpacked the source in {:.0} s",
-        t.elapsed().as_secs_f64()
-    ));
-    fs::write(tmp.path().join("complete"), b"").map_err(io("writing the source marker".into()))?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)
-            .map_err(io(format!("removing stale {}", final_dir.display())))?;
-    }
-    cache::make_readable(tmp.path(), true)
-        .map_err(io(format!("chmod {}", tmp.path().display())))?;
-    let tmp_path = tmp.keep();
-    fs::rename(&tmp_path, &final_dir).map_err(|e| {
-        let _ = fs::remove_dir_all(&tmp_path);
-        BuildError::Kernel(KernelError::io(
-            format!("moving the source into {}", final_dir.display()),
-            e,
-        ))
-    })?;
-    Ok(tree)
+    entry.load_or_publish(
+        done,
+        |staging| {
+            let deb_path = archive::download(cache, pkg, progress)?;
+            let member = format!("usr/src/{}.tar.xz", pkg.package);
+            let tarball = staging.path().join(format!("{}.tar.xz", pkg.package));
+            let extract_err = |reason: String| {
+                BuildError::Kernel(KernelError::Extract {
+                    what: name.clone(),
+                    reason,
+                    cache_hint: deb_path.clone(),
+                })
+            };
+            progress(&format!("extracting {member} from {}", deb_path.display()));
+            deb::extract_member(&deb_path, &member, &tarball).map_err(extract_err)?;
+            progress(&format!("unpacking {member} (tar -xf)"));
+            let t = Instant::now();
+            let st = Command::new("nice")
+                .args(["-n", "19", "tar", "-xf"])
+                .arg(&tarball)
+                .arg("-C")
+                .arg(staging.path())
+                .status()
+                .map_err(|e| extract_err(format!("cannot run tar: {e}")))?;
+            if !st.success() {
+                return Err(extract_err(format!("tar -xf {member}: {st}")));
+            }
+            fs::remove_file(&tarball).map_err(io(format!("removing {}", tarball.display())))?;
+            if !staging.path().join(&pkg.package).is_dir() {
+                return Err(extract_err(format!(
+                    "{member} has no top folder {}/",
+                    pkg.package
+                )));
+            }
+            progress(&format!(
+                "unpacked the source in {:.0} s",
+                t.elapsed().as_secs_f64()
+            ));
+            Ok(cache::MarkerFile::empty("complete"))
+        },
+        progress,
+    )
 }
 
 /// Run `cmd` with stdout and stderr appended to `log`; with `progress`,

@@ -12,6 +12,10 @@
 //!   — `make modules_install` of a `build:PATH` tree (SHA of its bzImage)
 //! - `src/`, `builds/` — Debian kernel sources and `natvet kernels build`
 //!   output (see [`super::build`])
+//!
+//! Folders written once and then only read (kernels, module copies,
+//! sources) are published with `Entry`: staged beside their place, marked
+//! complete last, renamed into place.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -105,4 +109,213 @@ pub(crate) fn make_readable(path: &Path, dir: bool) -> std::io::Result<()> {
         path,
         fs::Permissions::from_mode(if dir { 0o755 } else { 0o644 }),
     )
+}
+
+// ---------------------------------------------------------------- entries
+
+/// A folder of the cache that is written once and then only read
+/// (`kernels/RELEASE/`, `local/modules-KEY/`, `src/PACKAGE_VERSION/`): it is
+/// filled in a temp folder beside it, under the lock `PARENT/NAME.lock`,
+/// marked complete last and renamed into place, so a reader sees all of it
+/// or nothing. Whoever comes first builds it; the others wait on the lock
+/// and find it done.
+pub(crate) struct Entry {
+    parent: PathBuf,
+    name: String,
+}
+
+/// The file that marks an entry complete, written last (atomically).
+pub(crate) struct MarkerFile {
+    pub name: &'static str,
+    pub contents: Vec<u8>,
+}
+
+impl MarkerFile {
+    /// An empty marker: the entry's files say everything.
+    pub fn empty(name: &'static str) -> MarkerFile {
+        MarkerFile {
+            name,
+            contents: Vec::new(),
+        }
+    }
+}
+
+/// An entry being written: a temp folder in the entry's parent.
+pub(crate) struct Staging {
+    dir: tempfile::TempDir,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Index the module tree `root/lib/modules/RELEASE` of the entry with
+    /// the host's depmod (Debian's packages ship no modules.dep).
+    pub fn depmod(&self, release: &str) -> Result<(), KernelError> {
+        depmod(&self.path().join("root"), release)
+    }
+}
+
+impl Entry {
+    pub fn new(parent: PathBuf, name: impl Into<String>) -> Entry {
+        Entry {
+            parent,
+            name: name.into(),
+        }
+    }
+
+    /// Where the entry lives once complete.
+    pub fn path(&self) -> PathBuf {
+        self.parent.join(&self.name)
+    }
+
+    /// The entry as `load` reads it; if `load` finds nothing usable, build it
+    /// first: `build` fills a staging folder and says what marks it
+    /// complete; the marker is written last and the folder renamed into
+    /// place (replacing an incomplete leftover).
+    pub fn load_or_publish<T, E: From<KernelError>>(
+        &self,
+        load: impl Fn(&Path) -> Option<T>,
+        build: impl FnOnce(&Staging) -> Result<MarkerFile, E>,
+        progress: &dyn Fn(&str),
+    ) -> Result<T, E> {
+        let final_dir = self.path();
+        if let Some(t) = load(&final_dir) {
+            return Ok(t);
+        }
+        let _lock = lock(&self.parent.join(format!("{}.lock", self.name)))?;
+        if let Some(t) = load(&final_dir) {
+            return Ok(t);
+        }
+        let staging = self.stage(progress)?;
+        let marker = build(&staging)?;
+        self.publish(staging, &marker)?;
+        load(&final_dir).ok_or_else(|| {
+            KernelError::Extract {
+                what: self.name.clone(),
+                reason: "the entry is incomplete right after it was written".into(),
+                cache_hint: final_dir.clone(),
+            }
+            .into()
+        })
+    }
+
+    /// A fresh staging folder, after removing those that interrupted runs
+    /// left (we hold the entry's lock, so nobody else is writing one).
+    fn stage(&self, progress: &dyn Fn(&str)) -> Result<Staging, KernelError> {
+        let prefix = format!(".tmp-{}-", self.name);
+        if let Ok(entries) = fs::read_dir(&self.parent) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let leftover = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .is_some_and(
+                        // tempfile's random suffix; anything else is another entry's.
+                        |rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()),
+                    );
+                if leftover {
+                    progress(&format!(
+                        "removing {} left by an interrupted run",
+                        e.path().display()
+                    ));
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir_in(&self.parent)
+            .map_err(|e| {
+                KernelError::io(format!("creating a folder in {}", self.parent.display()), e)
+            })?;
+        Ok(Staging { dir })
+    }
+
+    fn publish(&self, staging: Staging, marker: &MarkerFile) -> Result<(), KernelError> {
+        write_atomic(&staging.path().join(marker.name), &marker.contents)?;
+        let final_dir = self.path();
+        if final_dir.exists() {
+            // A leftover without a valid marker (we hold the lock).
+            fs::remove_dir_all(&final_dir).map_err(|e| {
+                KernelError::io(format!("removing stale {}", final_dir.display()), e)
+            })?;
+        }
+        make_readable(staging.path(), true)
+            .map_err(|e| KernelError::io(format!("chmod {}", staging.path().display()), e))?;
+        let tmp_path = staging.dir.keep();
+        fs::rename(&tmp_path, &final_dir).map_err(|e| {
+            let _ = fs::remove_dir_all(&tmp_path);
+            KernelError::io(format!("moving into {}", final_dir.display()), e)
+        })
+    }
+}
+
+/// Run the host's `depmod -b ROOT RELEASE`.
+pub(crate) fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
+    for exe in ["depmod", "/usr/sbin/depmod", "/sbin/depmod"] {
+        match std::process::Command::new(exe)
+            .arg("-b")
+            .arg(root)
+            .arg(release)
+            .output()
+        {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                return Err(KernelError::Depmod {
+                    root: root.to_path_buf(),
+                    reason: format!(
+                        "{} ({})",
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        out.status
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(KernelError::io(format!("running {exe}"), e)),
+        }
+    }
+    Err(KernelError::NoDepmod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_built_once_and_leftovers_go() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().to_path_buf();
+        // Left by a killed run, and a neighbour whose name starts alike.
+        fs::create_dir(parent.join(".tmp-e-AbC123")).unwrap();
+        fs::create_dir(parent.join(".tmp-e-x-AbC123")).unwrap();
+        let entry = Entry::new(parent.clone(), "e");
+        let load = |d: &Path| d.join("complete").is_file().then(|| d.join("f"));
+        let built = std::cell::Cell::new(0);
+        let build = |s: &Staging| {
+            built.set(built.get() + 1);
+            fs::write(s.path().join("f"), b"x").map_err(|e| KernelError::io("f".into(), e))?;
+            Ok::<_, KernelError>(MarkerFile::empty("complete"))
+        };
+        let f = entry.load_or_publish(load, build, &|_| {}).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"x");
+        let again = entry
+            .load_or_publish(
+                load,
+                |_| -> Result<MarkerFile, KernelError> { panic!("rebuilt") },
+                &|_| {},
+            )
+            .unwrap();
+        assert_eq!(again, f);
+        assert_eq!(built.get(), 1);
+        assert!(!parent.join(".tmp-e-AbC123").exists());
+        assert!(parent.join(".tmp-e-x-AbC123").exists());
+        // An incomplete leftover in the entry's place is replaced.
+        let other = Entry::new(parent.clone(), "o");
+        fs::create_dir(other.path()).unwrap();
+        fs::write(other.path().join("junk"), b"").unwrap();
+        other.load_or_publish(load, build, &|_| {}).unwrap();
+        assert!(!other.path().join("junk").exists());
+    }
 }

@@ -5,6 +5,7 @@
 //!     cargo test --release --lib kernel::live_tests -- --ignored --nocapture
 //! ```
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -110,10 +111,7 @@ fn resolve_local_live() {
         (kdir.join("vmlinuz"), user.path().to_path_buf()),
         (kdir.join("vmlinux"), user_mods.clone()),
     ] {
-        let spec = KernelSpec::Local {
-            image: image.clone(),
-            modules: Some(modules),
-        };
+        let spec = KernelSpec::parse(&image.display().to_string(), Some(modules)).unwrap();
         for round in 0..2 {
             let t = Instant::now();
             let k = resolve(&spec, &cache, &|m| eprintln!("  [{}] {m}", image.display())).unwrap();
@@ -136,10 +134,7 @@ fn resolve_local_live() {
     }
     // Monolithic: no modules at all.
     let k = resolve(
-        &KernelSpec::Local {
-            image: kdir.join("vmlinuz"),
-            modules: None,
-        },
+        &KernelSpec::parse(&kdir.join("vmlinuz").display().to_string(), None).unwrap(),
         &cache,
         &|_| {},
     )

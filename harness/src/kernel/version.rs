@@ -2,7 +2,8 @@
 //! deb-version(7): `[epoch:]upstream[-revision]`, compared part by part;
 //! within a part, alternating non-digit and digit runs, where `~` sorts
 //! before everything (even the end of the string) and letters sort before
-//! other characters.
+//! other characters. Also the numeric parts of a kernel release
+//! (`6.12.95+deb12-amd64` → 6.12.95) and its version line.
 
 use std::cmp::Ordering;
 
@@ -101,6 +102,19 @@ fn compare_part(a: &str, b: &str) -> Ordering {
         }
     }
     Ordering::Equal
+}
+
+// ---------------------------------------------------------------- releases
+
+/// Numeric upstream components of a release: 6.12.95+deb12-amd64 → [6, 12, 95].
+pub fn release_components(release: &str) -> Vec<u64> {
+    let head = release.split(['-', '+', '~']).next().unwrap_or("");
+    head.split('.').map_while(|c| c.parse().ok()).collect()
+}
+
+/// True when `release` is of `line` (`6.12.95+deb12-amd64` is of `[6, 12]` and `[6]`).
+pub fn line_matches(release: &str, line: &[u64]) -> bool {
+    release_components(release).starts_with(line)
 }
 
 #[cfg(test)]

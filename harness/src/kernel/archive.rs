@@ -1,8 +1,8 @@
-//! A small client of the Debian archive: mirror discovery, the per-suite
-//! `Packages.xz` index (cached), kernel package selection and verified
-//! `.deb` downloads.
+//! A small client of Debian's archive: mirror discovery, the per-suite
+//! `Packages.xz` index (cached) and verified `.deb` downloads. Which
+//! packages make a kernel, and which kernel a `debian:` spec names, is the
+//! `debian:` source's business (`sources/debian.rs`).
 
-use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::cache::{self, Cache};
-use super::version;
-use super::{KernelError, PackageInfo};
+use super::error::{ErrorClass, KernelError, SourceError};
+use super::PackageInfo;
 
 /// Suites searched, oldest first.
 pub const SUITES: &[&str] = &[
@@ -28,6 +28,34 @@ pub const SUITES: &[&str] = &[
 
 /// How long a downloaded index is used before it is fetched again.
 pub const INDEX_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+
+/// What went wrong talking to the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list; set NATVET_DEBIAN_MIRROR=http://MIRROR/debian")]
+    NoMirror,
+
+    #[error("download of {what} failed: {reason}; check the network / mirror (NATVET_DEBIAN_MIRROR) and retry")]
+    Download { what: String, reason: String },
+
+    #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}; the mirror may be mid-sync, retry later or set NATVET_DEBIAN_MIRROR to another mirror")]
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl SourceError for ArchiveError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ArchiveError::NoMirror => ErrorClass::BadInput,
+            ArchiveError::Download { .. } | ArchiveError::Checksum { .. } => {
+                ErrorClass::Infrastructure
+            }
+        }
+    }
+}
 
 // ---------------------------------------------------------------- mirror
 
@@ -63,7 +91,7 @@ pub fn mirror() -> Result<String, KernelError> {
             }
         }
     }
-    Err(KernelError::NoMirror)
+    Err(ArchiveError::NoMirror.into())
 }
 
 fn usable_uri(uri: &str) -> Option<String> {
@@ -400,185 +428,12 @@ pub fn load_index(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Index, Kerne
         progress(&format!("read the package indexes in {secs:.1} s"));
     }
     if index.stanzas.is_empty() && !errors.is_empty() {
-        return Err(KernelError::Download {
+        return Err(KernelError::from(ArchiveError::Download {
             what: "the Debian package indexes".into(),
             reason: errors.join("; "),
-        });
+        }));
     }
     Ok(index)
-}
-
-// ---------------------------------------------------------------- selection
-
-/// What a `debian:` query asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Query {
-    /// A full release as `uname -r` prints it.
-    Exact(String),
-    /// A version line such as `6.12` (numeric components).
-    Line(Vec<u64>),
-    /// The newest kernel of one suite (`sid`), optionally of one line (`sid:7.2`).
-    Suite {
-        suite: String,
-        line: Option<Vec<u64>>,
-    },
-}
-
-fn parse_line(q: &str) -> Option<Vec<u64>> {
-    if q.is_empty() || !q.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
-        return None;
-    }
-    q.split('.').map(|c| c.parse().ok()).collect()
-}
-
-/// Parse the part after `debian:`.
-pub fn parse_query(q: &str) -> Result<Query, String> {
-    let q = q.trim();
-    let q = q.strip_prefix("linux-image-").unwrap_or(q);
-    let q = q.strip_suffix("-unsigned").unwrap_or(q);
-    if q.is_empty() {
-        return Err("nothing after `debian:`".into());
-    }
-    let (head, tail) = match q.split_once(':') {
-        Some((h, t)) => (h, Some(t)),
-        None => (q, None),
-    };
-    if SUITES.contains(&head) {
-        let line =
-            match tail {
-                None => None,
-                Some(t) => Some(parse_line(t).ok_or_else(|| {
-                    format!("`{t}` after `{head}:` is not a version line like 7.2")
-                })?),
-            };
-        return Ok(Query::Suite {
-            suite: head.to_string(),
-            line,
-        });
-    }
-    if tail.is_some() {
-        return Err(format!(
-            "`{head}` is not a suite natvet searches ({})",
-            SUITES.join(", ")
-        ));
-    }
-    if q.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
-        let comps: Result<Vec<u64>, _> = q.split('.').map(str::parse).collect();
-        return match comps {
-            Ok(c) if !c.is_empty() => Ok(Query::Line(c)),
-            _ => Err(format!("`{q}` is not a version line like 6.12")),
-        };
-    }
-    let ok_chars = q
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || b".+-~_".contains(&c));
-    if !q.as_bytes()[0].is_ascii_digit() || !ok_chars || !q.contains('-') {
-        return Err(format!(
-            "`{q}` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-amd64)"
-        ));
-    }
-    Ok(Query::Exact(q.to_string()))
-}
-
-/// Release named by an image package (`linux-image-X[-unsigned]`).
-pub fn image_release(pkg: &str) -> Option<&str> {
-    let r = pkg.strip_prefix("linux-image-")?;
-    if r.ends_with("-dbg") || !r.starts_with(|c: char| c.is_ascii_digit()) {
-        return None;
-    }
-    Some(r.strip_suffix("-unsigned").unwrap_or(r))
-}
-
-/// True for the plain `-amd64` flavour (not -cloud-, -rt-).
-pub fn is_generic_amd64(release: &str) -> bool {
-    let Some(base) = release.strip_suffix("-amd64") else {
-        return false;
-    };
-    base.replace("+deb", "")
-        .bytes()
-        .all(|c| c.is_ascii_digit() || c == b'.' || c == b'-')
-}
-
-/// Numeric upstream components of a release: 6.12.95+deb12-amd64 → [6, 12, 95].
-pub fn release_components(release: &str) -> Vec<u64> {
-    let head = release.split(['-', '+', '~']).next().unwrap_or("");
-    head.split('.').map_while(|c| c.parse().ok()).collect()
-}
-
-pub fn line_matches(release: &str, line: &[u64]) -> bool {
-    release_components(release).starts_with(line)
-}
-
-/// Known version lines (major.minor) of generic amd64 kernels.
-pub fn known_lines(index: &Index) -> Vec<String> {
-    let mut lines: BTreeSet<(u64, u64)> = BTreeSet::new();
-    for s in &index.stanzas {
-        if let Some(r) = image_release(&s.package).filter(|r| is_generic_amd64(r)) {
-            if let [a, b, ..] = release_components(r)[..] {
-                lines.insert((a, b));
-            }
-        }
-    }
-    lines.into_iter().map(|(a, b)| format!("{a}.{b}")).collect()
-}
-
-/// Pick the image stanza for a release: highest Version; on a tie the plain
-/// name over `-unsigned`, then the older suite.
-pub fn select_exact<'a>(index: &'a Index, release: &str) -> Option<&'a Stanza> {
-    let plain = format!("linux-image-{release}");
-    let unsigned = format!("{plain}-unsigned");
-    let suite_pos = |s: &str| SUITES.iter().position(|x| *x == s).unwrap_or(usize::MAX);
-    index
-        .stanzas
-        .iter()
-        .filter(|s| s.package == plain || s.package == unsigned)
-        .max_by(|a, b| {
-            version::compare(&a.version, &b.version)
-                .then_with(|| (a.package == plain).cmp(&(b.package == plain)))
-                .then_with(|| suite_pos(&b.suite).cmp(&suite_pos(&a.suite)))
-        })
-}
-
-/// Newest generic amd64 release of a version line, by package Version.
-pub fn select_line(index: &Index, line: &[u64]) -> Option<String> {
-    index
-        .stanzas
-        .iter()
-        .filter_map(|s| image_release(&s.package).map(|r| (r, s)))
-        .filter(|(r, _)| is_generic_amd64(r) && line_matches(r, line))
-        .max_by(|(_, a), (_, b)| version::compare(&a.version, &b.version))
-        .map(|(r, _)| r.to_string())
-}
-
-/// Newest generic amd64 release in one suite (of one line, if given).
-pub fn select_suite(index: &Index, suite: &str, line: Option<&[u64]>) -> Option<String> {
-    index
-        .stanzas
-        .iter()
-        .filter(|s| s.suite == suite)
-        .filter_map(|s| image_release(&s.package).map(|r| (r, s)))
-        .filter(|(r, _)| is_generic_amd64(r) && line.is_none_or(|l| line_matches(r, l)))
-        .max_by(|(_, a), (_, b)| version::compare(&a.version, &b.version))
-        .map(|(r, _)| r.to_string())
-}
-
-/// The package called `name`, preferring `suite` and `version`.
-pub fn find_package<'a>(
-    index: &'a Index,
-    name: &str,
-    suite: &str,
-    version: &str,
-) -> Option<&'a Stanza> {
-    index
-        .stanzas
-        .iter()
-        .filter(|s| s.package == name)
-        .max_by(|a, b| {
-            let score = |s: &Stanza| (s.version == version, s.suite == suite);
-            score(a)
-                .cmp(&score(b))
-                .then_with(|| version::compare(&a.version, &b.version))
-        })
 }
 
 // ---------------------------------------------------------------- download
@@ -630,16 +485,20 @@ pub fn download(
             }
         }
     }
-    Err(last_err.unwrap_or_else(|| KernelError::Download {
-        what: base.to_string(),
-        reason: "no download was attempted".into(),
+    Err(last_err.unwrap_or_else(|| {
+        KernelError::from(ArchiveError::Download {
+            what: base.to_string(),
+            reason: "no download was attempted".into(),
+        })
     }))
 }
 
 fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64, KernelError> {
-    let dl_err = |reason: String| KernelError::Download {
-        what: url.to_string(),
-        reason,
+    let dl_err = |reason: String| {
+        KernelError::from(ArchiveError::Download {
+            what: url.to_string(),
+            reason,
+        })
     };
     let resp = agent().get(url).call().map_err(|e| dl_err(e.to_string()))?;
     let mut tmp = tempfile::Builder::new()
@@ -663,11 +522,11 @@ fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64
     let got = hex::encode(hasher.finalize());
     if got != pkg.sha256 {
         // The temp file is deleted when dropped.
-        return Err(KernelError::Checksum {
+        return Err(KernelError::from(ArchiveError::Checksum {
             file: url.to_string(),
             expected: pkg.sha256.clone(),
             actual: got,
-        });
+        }));
     }
     cache::make_readable(tmp.path(), false)
         .map_err(|e| KernelError::io(format!("storing {}", dest.display()), e))?;
@@ -677,10 +536,11 @@ fn download_once(url: &str, dir: &Path, dest: &Path, pkg: &Stanza) -> Result<u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SAMPLE: &str = "\
+    /// A Packages file with kernels of several kinds (and one other package).
+    pub(crate) const SAMPLE: &str = "\
 Package: linux-image-6.1.0-50-amd64
 Source: linux-signed-amd64 (6.1.170+1)
 Version: 6.1.170-1
@@ -718,26 +578,6 @@ Filename: pool/z.deb
 SHA256: eeee
 ";
 
-    fn sample_index() -> Index {
-        let mut st = parse_packages(SAMPLE.as_bytes(), "bookworm").unwrap();
-        st.extend(
-            parse_packages(
-                "Package: linux-image-7.2.13+deb14-amd64\nVersion: 7.2.13-1\n\
-                 Depends: dracut | initramfs-tools (>= 0.120+deb8u2), linux-binary-7.2.13+deb14-amd64 (= 7.2.13-1), linux-modules-7.2.13+deb14-amd64 (= 7.2.13-1)\n\
-                 Filename: a.deb\nSHA256: 11\n\n\
-                 Package: linux-image-7.3-amd64\nVersion: 7.3~rc7-1~exp1\nFilename: b.deb\nSHA256: 22\n\n\
-                 Package: linux-image-7.2.9+deb14-amd64-unsigned\nVersion: 7.2.9-1\nFilename: c.deb\nSHA256: 33\n"
-                    .as_bytes(),
-                "sid",
-            )
-            .unwrap(),
-        );
-        Index {
-            stanzas: st,
-            failures: vec![],
-        }
-    }
-
     #[test]
     fn parses_only_kernel_stanzas() {
         let st = parse_packages(SAMPLE.as_bytes(), "bookworm").unwrap();
@@ -757,93 +597,6 @@ SHA256: eeee
         assert_eq!(st[0].size, 69000000);
         assert_eq!(st[0].suite, "bookworm");
         assert!(st[0].depends.starts_with("kmod, linux-base"));
-    }
-
-    #[test]
-    fn selects_newest_generic_of_a_line() {
-        let idx = sample_index();
-        assert_eq!(
-            select_line(&idx, &[6, 1]).as_deref(),
-            Some("6.1.0-50-amd64")
-        );
-        assert_eq!(select_line(&idx, &[6, 12]).as_deref(), Some("6.12.9-amd64"));
-        assert_eq!(select_line(&idx, &[7]).as_deref(), Some("7.3-amd64"));
-        assert_eq!(
-            select_line(&idx, &[7, 2]).as_deref(),
-            Some("7.2.13+deb14-amd64")
-        );
-        assert_eq!(select_line(&idx, &[9, 9, 9]), None);
-        assert_eq!(known_lines(&idx), ["6.1", "6.12", "7.2", "7.3"]);
-    }
-
-    #[test]
-    fn selects_exact_and_unsigned() {
-        let idx = sample_index();
-        let s = select_exact(&idx, "6.1.0-50-amd64").unwrap();
-        assert_eq!(s.package, "linux-image-6.1.0-50-amd64");
-        let s = select_exact(&idx, "7.2.9+deb14-amd64").unwrap();
-        assert_eq!(s.package, "linux-image-7.2.9+deb14-amd64-unsigned");
-        assert!(select_exact(&idx, "6.1.0-51-amd64").is_none());
-        let meta = select_exact(&idx, "7.2.13+deb14-amd64").unwrap();
-        let deps = meta.depends_names();
-        assert!(deps.contains(&"linux-binary-7.2.13+deb14-amd64".to_string()));
-        assert!(deps.contains(&"linux-modules-7.2.13+deb14-amd64".to_string()));
-    }
-
-    #[test]
-    fn release_helpers() {
-        assert!(is_generic_amd64("6.1.0-50-amd64"));
-        assert!(is_generic_amd64("6.12.95+deb12-amd64"));
-        assert!(is_generic_amd64("7.3-amd64"));
-        assert!(!is_generic_amd64("6.1.0-50-cloud-amd64"));
-        assert!(!is_generic_amd64("6.12.95+deb12-rt-amd64"));
-        assert_eq!(release_components("6.12.95+deb12-amd64"), [6, 12, 95]);
-        assert_eq!(release_components("5.10.0-32-amd64"), [5, 10, 0]);
-        assert!(line_matches("6.1.0-50-amd64", &[6, 1]));
-        assert!(!line_matches("6.12.95+deb12-amd64", &[6, 1]));
-        assert_eq!(image_release("linux-image-amd64"), None);
-        assert_eq!(
-            image_release("linux-image-5.10.0-32-amd64-unsigned"),
-            Some("5.10.0-32-amd64")
-        );
-    }
-
-    #[test]
-    fn query_parsing() {
-        assert_eq!(parse_query("6.12"), Ok(Query::Line(vec![6, 12])));
-        assert_eq!(
-            parse_query("sid"),
-            Ok(Query::Suite {
-                suite: "sid".into(),
-                line: None
-            })
-        );
-        assert_eq!(
-            parse_query("experimental:7.3"),
-            Ok(Query::Suite {
-                suite: "experimental".into(),
-                line: Some(vec![7, 3])
-            })
-        );
-        assert!(parse_query("stretch:4.9").is_err());
-        assert!(parse_query("sid:x").is_err());
-        assert_eq!(parse_query("5.10"), Ok(Query::Line(vec![5, 10])));
-        assert_eq!(
-            parse_query("6.1.0-50-amd64"),
-            Ok(Query::Exact("6.1.0-50-amd64".into()))
-        );
-        assert_eq!(
-            parse_query("linux-image-5.10.0-32-amd64-unsigned"),
-            Ok(Query::Exact("5.10.0-32-amd64".into()))
-        );
-        assert_eq!(
-            parse_query("7.2.13+deb14-amd64"),
-            Ok(Query::Exact("7.2.13+deb14-amd64".into()))
-        );
-        assert!(parse_query("").is_err());
-        assert!(parse_query("latest").is_err());
-        assert!(parse_query("6..1").is_err());
-        assert!(parse_query("6.1/../x").is_err());
     }
 
     #[test]
