@@ -58,6 +58,7 @@ fn benches(c: &mut Criterion) {
             ..Evidence::default()
         }),
         evidence_dir: None,
+        series: None,
     }))
     .to_line();
     let mut g = c.benchmark_group("protocol");

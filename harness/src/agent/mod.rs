@@ -379,6 +379,7 @@ fn settle(
             duration_ms: 0,
             evidence: None,
             evidence_dir: None,
+            series: None,
         })));
     }
 }

@@ -252,6 +252,7 @@ mod tests {
             duration_ms: 1,
             evidence: None,
             evidence_dir: None,
+            series: None,
         }
     }
 

@@ -190,6 +190,7 @@ impl<'a> Context<'a> {
             duration_ms,
             evidence,
             evidence_dir: None,
+            series: None,
         }
     }
 

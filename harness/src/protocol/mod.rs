@@ -63,6 +63,22 @@ pub struct CheckResult {
     /// Where the host wrote the evidence as files (set by the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_dir: Option<String>,
+    /// What the check measured over time, step by step (sessions, soaks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
+}
+
+/// A check's traffic over time: in each step of `step_ms`, how many probes
+/// it sent and how many were answered. A person reads it as a plot (the
+/// HTML report draws one); `stopped_at_ms` is the start of the first step
+/// in which something sent was not answered, if any.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub step_ms: u64,
+    pub sent: Vec<u32>,
+    pub answered: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_ms: Option<u64>,
 }
 
 /// What an engineer needs to see why a packet did not get through.
@@ -202,6 +218,7 @@ mod tests {
             duration_ms: 12,
             evidence: Some(Evidence::default()),
             evidence_dir: None,
+            series: None,
         }));
         let line = msg.to_line();
         assert!(!line.contains('\n'));
@@ -283,6 +300,7 @@ mod fuzz {
                 duration_ms: 1,
                 evidence: None,
                 evidence_dir: None,
+                series: None,
             }))
             .to_line();
             let cut = cut.min(line.len() - 1);
@@ -301,6 +319,7 @@ mod fuzz {
                 duration_ms: ms,
                 evidence: Some(Evidence::default()),
                 evidence_dir: None,
+                series: None,
             }));
             let line = msg.to_line();
             prop_assert!(!line.contains('\n'));

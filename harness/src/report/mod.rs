@@ -151,6 +151,7 @@ mod tests {
             duration_ms: 5,
             evidence: None,
             evidence_dir: None,
+            series: None,
         }
     }
 
