@@ -29,6 +29,7 @@ fn rules() -> NatRules {
             to_port: 51820,
         }],
         dnat: vec![],
+        firewall: vec![],
         families: vec![Family::Ipv4],
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod channel;
+pub mod clients;
 pub mod kmsg;
 pub mod netlink;
 pub mod netns;

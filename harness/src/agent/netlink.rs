@@ -220,3 +220,64 @@ pub fn set_mtu(ns: &Netns, name: &str, mtu: u32) -> Result<()> {
             .with_context(|| format!("setting mtu {mtu} on {name}"))
     })
 }
+
+/// The rule "from `from` lookup `table`" at `priority`, as a message (for
+/// adding and for deleting the same rule).
+async fn source_rule(
+    handle: &Handle,
+    from: IpNet,
+    table: u32,
+    priority: u32,
+) -> netlink_packet_route::rule::RuleMessage {
+    let req = handle
+        .rule()
+        .add()
+        .table_id(table)
+        .priority(priority)
+        .action(RuleAction::ToTable);
+    match from.addr {
+        IpAddr::V4(a) => req.v4().source_prefix(a, from.prefix).message_mut().clone(),
+        IpAddr::V6(a) => req.v6().source_prefix(a, from.prefix).message_mut().clone(),
+    }
+}
+
+/// Route what leaves from `from` by `table` (a policy rule at `priority`).
+pub fn add_source_rule(ns: &Netns, from: IpNet, table: u32, priority: u32) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let message = source_rule(&handle, from, table, priority).await;
+        let mut add = handle.rule().add();
+        *add.message_mut() = message;
+        add.execute()
+            .await
+            .with_context(|| format!("adding rule from {from} lookup {table} in {}", ns.name))
+    })
+}
+
+/// Remove the rule `add_source_rule` added.
+pub fn del_source_rule(ns: &Netns, from: IpNet, table: u32, priority: u32) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let message = source_rule(&handle, from, table, priority).await;
+        handle
+            .rule()
+            .del(message)
+            .execute()
+            .await
+            .with_context(|| format!("removing rule from {from} lookup {table} in {}", ns.name))
+    })
+}
+
+/// Delete a link (its addresses and routes go with it).
+pub fn del_link(ns: &Netns, name: &str) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let index = index_of(&handle, name).await?;
+        handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {name} in {}", ns.name))
+    })
+}

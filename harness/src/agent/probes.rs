@@ -104,7 +104,8 @@ fn tcp_server(listener: TcpListener, ledger: Ledger, stop: Arc<AtomicBool>) {
 }
 
 /// One line of command, then: `ECHO tag` echoes the tag; `SINK tag N` reads N
-/// bytes and answers their SHA-256 in hex.
+/// bytes and answers their SHA-256 in hex; `LOOP tag` echoes every line that
+/// follows until the client closes (a long session's TCP connection).
 fn tcp_session(stream: TcpStream, peer: SocketAddr, ledger: &Ledger) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -121,6 +122,17 @@ fn tcp_session(stream: TcpStream, peer: SocketAddr, ledger: &Ledger) -> Result<(
         ["ECHO", tag] => {
             record(ledger, tag, seen);
             out.write_all(format!("{tag}\n").as_bytes())?;
+        }
+        ["LOOP", tag] => {
+            record(ledger, tag, seen);
+            out.write_all(format!("{tag}\n").as_bytes())?;
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    break;
+                }
+                out.write_all(line.as_bytes())?;
+            }
         }
         ["SINK", tag, n] => {
             record(ledger, tag, seen);
@@ -398,6 +410,17 @@ impl IcmpSocket {
     pub fn open(ns: &Netns, v6: bool) -> Result<IcmpSocket> {
         ns.run(|| {
             let s = raw_icmp(v6)?;
+            s.set_read_timeout(Some(Duration::from_millis(20)))?;
+            Ok(IcmpSocket(s))
+        })
+    }
+
+    /// A raw ICMP socket that sends from `addr` and sees only what comes to it.
+    pub fn open_bound(ns: &Netns, addr: IpAddr) -> Result<IcmpSocket> {
+        ns.run(|| {
+            let s = raw_icmp(addr.is_ipv6())?;
+            s.bind(&SocketAddr::new(addr, 0).into())
+                .with_context(|| format!("binding a raw ICMP socket to {addr}"))?;
             s.set_read_timeout(Some(Duration::from_millis(20)))?;
             Ok(IcmpSocket(s))
         })

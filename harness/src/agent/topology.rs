@@ -127,6 +127,7 @@ pub struct Topology {
     client_icmp: Vec<(Family, IcmpSocket)>,
     pub listen_port: u16,
     next_port: u16,
+    next_client: u32,
 }
 
 impl Topology {
@@ -268,6 +269,7 @@ impl Topology {
             client_icmp,
             listen_port: relay_cfg.listen_port,
             next_port: CLIENT_FIRST_PORT,
+            next_client: 0,
         })
     }
 
@@ -546,6 +548,14 @@ impl Topology {
             ),
             None => "the tunnel was not up\n".into(),
         }
+    }
+
+    /// An extra client's index (`agent::clients`) no recent check has used,
+    /// so that its tunnel address carries no earlier client's flows.
+    pub fn fresh_client_index(&mut self) -> u32 {
+        let i = self.next_client;
+        self.next_client = (i + 1) % super::clients::MAX_CLIENTS;
+        i
     }
 
     /// A client source port no earlier check has used.

@@ -49,6 +49,15 @@ fn apply(
     take_port(|| ns.run(|| Ok(update.clone().apply(ifname, Backend::Kernel)?)))
 }
 
+fn state_of(p: &wireguard_control::PeerInfo) -> PeerState {
+    PeerState {
+        endpoint: p.config.endpoint,
+        last_handshake: p.stats.last_handshake_time,
+        rx_bytes: p.stats.rx_bytes,
+        tx_bytes: p.stats.tx_bytes,
+    }
+}
+
 impl WgInterface {
     /// Create the link (via netlink; the kernel loads the module on demand) with fresh keys.
     pub fn create(
@@ -104,12 +113,52 @@ impl WgInterface {
     /// The state of the device's first (only) peer.
     pub fn peer_state(&self) -> Result<Option<PeerState>> {
         let device = self.device()?;
-        Ok(device.peers.first().map(|p| PeerState {
-            endpoint: p.config.endpoint,
-            last_handshake: p.stats.last_handshake_time,
-            rx_bytes: p.stats.rx_bytes,
-            tx_bytes: p.stats.tx_bytes,
-        }))
+        Ok(device.peers.first().map(state_of))
+    }
+
+    /// Add a peer beside the ones there are (a session's, a churned one's):
+    /// it may send from `allowed`, and gets what is routed to them.
+    pub fn add_peer(
+        &self,
+        peer: &Key,
+        allowed: &[(IpAddr, u8)],
+        keepalive: Option<u16>,
+    ) -> Result<()> {
+        let mut builder = PeerConfigBuilder::new(peer);
+        if let Some(k) = keepalive {
+            builder = builder.set_persistent_keepalive_interval(k);
+        }
+        for (addr, cidr) in allowed {
+            builder = builder.add_allowed_ip(*addr, *cidr);
+        }
+        apply(
+            &self.ns,
+            &iface(&self.name)?,
+            DeviceUpdate::new().add_peer(builder),
+            None,
+        )
+        .with_context(|| format!("adding a peer to {}", self.name))
+    }
+
+    /// Remove one peer; the others stay.
+    pub fn remove_peer(&self, peer: &Key) -> Result<()> {
+        apply(
+            &self.ns,
+            &iface(&self.name)?,
+            DeviceUpdate::new().remove_peer_by_key(peer),
+            None,
+        )
+        .with_context(|| format!("removing a peer from {}", self.name))
+    }
+
+    /// Every peer's state, by public key.
+    pub fn peer_states(&self) -> Result<Vec<(Key, PeerState)>> {
+        let device = self.device()?;
+        Ok(device
+            .peers
+            .iter()
+            .map(|p| (p.config.public_key.clone(), state_of(p)))
+            .collect())
     }
 
     fn device(&self) -> Result<Device> {

@@ -58,6 +58,20 @@ pub trait Check {
     /// arrived. An `Err` is natvet failing to run it (an `error` result),
     /// never a verdict about the kernel.
     fn run(&self, ctx: &mut Context, case: &Self::Case) -> anyhow::Result<Verdict>;
+
+    /// Whether its cases run side by side, in one `run_together`, rather
+    /// than one after another: sessions through every redirected range
+    /// overlap in time, so a kernel pays for their length once.
+    const TOGETHER: bool = false;
+
+    /// Run all cases at once and judge each, in order (for `TOGETHER`).
+    fn run_together(
+        &self,
+        ctx: &mut Context,
+        cases: &[Self::Case],
+    ) -> anyhow::Result<Vec<Verdict>> {
+        cases.iter().map(|c| self.run(ctx, c)).collect()
+    }
 }
 
 /// The ports of a check that names ports: at least one, none of them 0.

@@ -106,92 +106,136 @@ impl<'a> Context<'a> {
         )
     }
 
-    fn judge(&mut self, f: &impl Fn(&mut Self) -> Result<Verdict>) -> Verdict {
+    /// The verdicts of a batch of `n` results: unsupported all when the
+    /// kernel cannot do the family, an error for all when natvet could not
+    /// run them.
+    fn judge(&mut self, n: usize, f: &impl Fn(&mut Self) -> Result<Vec<Verdict>>) -> Vec<Verdict> {
         if let Some(why) = self.topo.lacks(self.family) {
-            return Verdict::unsupported(format!("the check runs over {}", self.family), why);
+            let v = Verdict::unsupported(format!("the check runs over {}", self.family), why);
+            return vec![v; n];
         }
-        f(self).unwrap_or_else(|e| Verdict {
-            status: Status::Error,
-            expected: "the check runs".into(),
-            observed: format!("natvet could not run it: {e:#}"),
-        })
+        match f(self) {
+            Ok(v) if v.len() == n => v,
+            Ok(v) => vec![
+                Verdict::error(&anyhow::anyhow!(
+                    "natvet's check judged {} results where it names {n}",
+                    v.len()
+                ));
+                n
+            ],
+            Err(e) => vec![Verdict::error(&e); n],
+        }
     }
 
     /// Run one named check and wrap its verdict in a result.
-    ///
-    /// Captures cost little per packet but a lot under TCG, so by default
-    /// (`--capture failures`) a check runs without them, and only a check that
-    /// did not pass runs once more with every interface captured; its verdict
-    /// stays the first run's, and the evidence says what the re-run showed.
     pub fn run(
         &mut self,
         scenario: &str,
         name: &str,
         f: impl Fn(&mut Self) -> Result<Verdict>,
     ) -> CheckResult {
-        send(&crate::protocol::GuestMessage::CheckStarted {
-            scenario: scenario.to_string(),
-            backend: self.backend.kind().to_string(),
-            check: name.to_string(),
-        });
+        let mut results = self.run_batch(scenario, &[name.to_string()], |ctx| Ok(vec![f(ctx)?]));
+        results.remove(0)
+    }
+
+    /// Run the results `names` together (one call of `f` judges them all,
+    /// in order) and wrap each verdict in a result.
+    ///
+    /// Captures cost little per packet but a lot under TCG, so by default
+    /// (`--capture failures`) a check runs without them, and only a batch
+    /// in which one did not pass runs once more with every interface
+    /// captured; the verdicts stay the first run's, and the evidence of each
+    /// that did not pass says what the re-run showed.
+    pub fn run_batch(
+        &mut self,
+        scenario: &str,
+        names: &[String],
+        f: impl Fn(&mut Self) -> Result<Vec<Verdict>>,
+    ) -> Vec<CheckResult> {
+        for name in names {
+            send(&crate::protocol::GuestMessage::CheckStarted {
+                scenario: scenario.to_string(),
+                backend: self.backend.kind().to_string(),
+                check: name.to_string(),
+            });
+        }
         let always = self.capture == CaptureMode::Always;
         let capture = always.then(|| self.start_capture());
         let start = Instant::now();
-        let verdict = self.judge(&f);
+        let verdicts = self.judge(names.len(), &f);
         let duration_ms = start.elapsed().as_millis() as u64;
         let mut lines = self.kmsg.drain();
         self.dmesg.extend(lines.iter().cloned());
         // An unsupported check has nothing to show: the kernel lacks what it needs.
-        let failed = matches!(verdict.status, Status::Fail | Status::Error);
-        let mut capture_note = String::new();
+        let failed = |v: &Verdict| matches!(v.status, Status::Fail | Status::Error);
         let mut captures = capture.map(|c| c.finish(true)).unwrap_or_default();
-        if failed && self.capture == CaptureMode::Failures {
+        let mut again: Vec<Option<Verdict>> = vec![None; names.len()];
+        if verdicts.iter().any(failed) && self.capture == CaptureMode::Failures {
+            let which: Vec<&str> = names
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| failed(v))
+                .map(|(n, _)| n.as_str())
+                .collect();
             // Tell the host, which counts silence as a hung check.
             send(&crate::protocol::GuestMessage::Note {
                 message: format!(
-                    "{scenario} [{}] {name}: running it again with packet capture",
-                    self.backend.kind()
+                    "{scenario} [{}] {}: running it again with packet capture",
+                    self.backend.kind(),
+                    which.join(", ")
                 ),
             });
             let c = self.start_capture();
-            let again = self.judge(&f);
+            again = self.judge(names.len(), &f).into_iter().map(Some).collect();
             captures = c.finish(true);
             let more = self.kmsg.drain();
             self.dmesg.extend(more.iter().cloned());
             lines.extend(more);
-            capture_note = format!(
-                "packets captured while the check ran a second time, which gave: {} ({})",
-                again.status.label(),
-                again.observed
-            );
         }
-        let evidence = (failed || self.evidence_always || !captures.is_empty()).then(|| {
-            let mut ev = self.evidence(lines);
-            ev.capture_note = capture_note;
-            ev.captures = captures
-                .into_iter()
-                .map(|p| CaptureFile {
-                    namespace: p.namespace,
-                    interface: p.interface,
-                    packets: p.packets,
-                    not_kept: p.not_kept,
-                    pcap_base64: base64::engine::general_purpose::STANDARD.encode(p.bytes),
-                })
-                .collect();
-            ev
-        });
-        CheckResult {
-            scenario: scenario.to_string(),
-            backend: self.backend.kind().to_string(),
-            check: name.to_string(),
-            status: verdict.status,
-            expected: verdict.expected,
-            observed: verdict.observed,
-            duration_ms,
-            evidence,
-            evidence_dir: None,
-            series: None,
-        }
+        let files: Vec<CaptureFile> = captures
+            .into_iter()
+            .map(|p| CaptureFile {
+                namespace: p.namespace,
+                interface: p.interface,
+                packets: p.packets,
+                not_kept: p.not_kept,
+                pcap_base64: base64::engine::general_purpose::STANDARD.encode(p.bytes),
+            })
+            .collect();
+        names
+            .iter()
+            .zip(verdicts)
+            .zip(again)
+            .map(|((name, verdict), again)| {
+                let show = failed(&verdict) || always;
+                let evidence = (show || self.evidence_always).then(|| {
+                    let mut ev = self.evidence(lines.clone());
+                    if let Some(again) = &again {
+                        ev.capture_note = format!(
+                            "packets captured while the check ran a second time, which gave: {} ({})",
+                            again.status.label(),
+                            again.observed
+                        );
+                    }
+                    if show {
+                        ev.captures = files.clone();
+                    }
+                    ev
+                });
+                CheckResult {
+                    scenario: scenario.to_string(),
+                    backend: self.backend.kind().to_string(),
+                    check: name.to_string(),
+                    status: verdict.status,
+                    expected: verdict.expected,
+                    observed: verdict.observed,
+                    duration_ms,
+                    evidence,
+                    evidence_dir: None,
+                    series: verdict.series,
+                }
+            })
+            .collect()
     }
 
     fn evidence(&self, dmesg: Vec<String>) -> Evidence {

@@ -61,6 +61,7 @@ fn flowtable_offload(ctx: &mut Context) -> Result<Verdict> {
             status: *status,
             expected,
             observed: why.clone(),
+            series: None,
         });
     }
     if let Err(why) = ensure_tunnel(ctx)? {

@@ -108,6 +108,7 @@ registry! {
     "udp-gso" => udp_gso::UdpGso,
     "rekey" => rekey::Rekey,
     "port-forward" => port_forward::PortForward,
+    "session" => session::Session,
     "kernel-health" => kernel_health::KernelHealth,
 }
 
@@ -121,16 +122,27 @@ impl CheckSpec {
     }
 }
 
-/// Run each case of `check` as one named result.
+/// Run each case of `check` as one named result: one after another, or
+/// all at once for a check whose cases run together.
 fn run_cases<C: Check>(
     check: &C,
     ctx: &mut Context,
     scenario: &str,
     emit: &mut dyn FnMut(CheckResult),
 ) {
-    for (name, case) in check.cases() {
-        let name = format!("{}{name}", ctx.family.prefix());
-        emit(ctx.run(scenario, &name, |ctx| check.run(ctx, &case)));
+    let (names, cases): (Vec<String>, Vec<C::Case>) = check
+        .cases()
+        .into_iter()
+        .map(|(name, case)| (format!("{}{name}", ctx.family.prefix()), case))
+        .unzip();
+    if C::TOGETHER {
+        for r in ctx.run_batch(scenario, &names, |ctx| check.run_together(ctx, &cases)) {
+            emit(r);
+        }
+        return;
+    }
+    for (name, case) in names.iter().zip(&cases) {
+        emit(ctx.run(scenario, name, |ctx| check.run(ctx, case)));
     }
 }
 

@@ -12,6 +12,8 @@ const MULTIPORT_SLOTS: usize = 15;
 /// Our own chains, jumped to from the built-in ones, so teardown touches only what we own.
 const PRE_CHAIN: &str = "NATVET-PREROUTING";
 const POST_CHAIN: &str = "NATVET-POSTROUTING";
+/// The stateful firewall's chain in the filter table, from INPUT and FORWARD.
+const FIREWALL_CHAIN: &str = "NATVET-FIREWALL";
 
 pub enum Iptables {
     Nft,
@@ -165,6 +167,30 @@ fn render(rules: &NatRules) -> String {
         );
     }
     let _ = writeln!(s, "COMMIT");
+    if !rules.firewall.is_empty() {
+        let v6 = rules.families.contains(&Family::Ipv6);
+        let _ = writeln!(s, "*filter");
+        let _ = writeln!(s, ":{FIREWALL_CHAIN} - [0:0]");
+        let _ = writeln!(s, "-A INPUT -j {FIREWALL_CHAIN}");
+        let _ = writeln!(s, "-A FORWARD -j {FIREWALL_CHAIN}");
+        for fw in &rules.firewall {
+            let iface = &fw.iface;
+            let _ = writeln!(
+                s,
+                "-A {FIREWALL_CHAIN} -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+            );
+            if v6 {
+                for t in ["neighbour-solicitation", "neighbour-advertisement"] {
+                    let _ = writeln!(
+                        s,
+                        "-A {FIREWALL_CHAIN} -i {iface} -p ipv6-icmp --icmpv6-type {t} -j ACCEPT"
+                    );
+                }
+            }
+            let _ = writeln!(s, "-A {FIREWALL_CHAIN} -i {iface} -j DROP");
+        }
+        let _ = writeln!(s, "COMMIT");
+    }
     s
 }
 

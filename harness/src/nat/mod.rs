@@ -132,12 +132,23 @@ pub(crate) fn with_port(addr: IpAddr) -> String {
     }
 }
 
+/// A stateful firewall on `iface`: of what arrives there, for the namespace
+/// itself or to be forwarded, only replies to what left by it and ICMP
+/// errors about those (conntrack's established and related), and IPv6
+/// neighbour discovery, pass; the rest is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firewall {
+    pub iface: String,
+}
+
 /// The NAT of one namespace, independent of the tool that configures it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatRules {
     pub masquerade: Vec<Masquerade>,
     pub redirect_udp: Vec<Redirect>,
     pub dnat: Vec<Dnat>,
+    /// Applies to every family installed.
+    pub firewall: Vec<Firewall>,
     /// Families whose tables are installed even without rules (so that an
     /// empty ruleset replaces every family's rules).
     pub families: Vec<Family>,
@@ -165,6 +176,7 @@ impl NatRules {
                 .filter(|d| d.family() == f)
                 .cloned()
                 .collect(),
+            firewall: self.firewall.clone(),
             families: vec![f],
         }
     }
@@ -267,6 +279,7 @@ pub(crate) fn sample_rules() -> NatRules {
             to_port: 51820,
         }],
         dnat: vec![],
+        firewall: vec![],
         families: vec![Family::Ipv4],
     }
 }
@@ -300,6 +313,45 @@ mod tests {
         }
         assert_eq!("nft".parse::<BackendKind>(), Ok(BackendKind::Nftables));
         assert!("pf".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn a_firewall_passes_replies_and_drops_the_rest_in_every_backend() {
+        let rules = NatRules {
+            firewall: vec![Firewall {
+                iface: "eth0".into(),
+            }],
+            families: vec![Family::Ipv4, Family::Ipv6],
+            ..NatRules::default()
+        };
+        let nft = Nftables.render(&rules);
+        for table in ["table ip natvet {", "table ip6 natvet {"] {
+            let t = &nft[nft.find(table).unwrap()..];
+            let t = &t[..t.find("\n}\n").unwrap()];
+            for hook in ["input", "forward"] {
+                assert!(t.contains(&format!(
+                    "chain firewall_{hook} {{\n\t\ttype filter hook {hook} priority filter; policy accept;\n\t\tiifname \"eth0\" ct state established,related counter accept\n"
+                )), "{t}");
+            }
+            assert!(t.contains("iifname \"eth0\" counter drop"));
+            assert_eq!(t.contains("nd-neighbor-solicit"), table.contains("ip6"));
+        }
+        for b in [Iptables::Nft, Iptables::Legacy] {
+            let scripts = b.scripts(&rules);
+            assert_eq!(scripts.len(), 2);
+            for (i, (_, text)) in scripts.iter().enumerate() {
+                let filter = &text[text.find("*filter\n").unwrap()..];
+                assert!(filter.contains("-A INPUT -j NATVET-FIREWALL\n-A FORWARD -j NATVET-FIREWALL\n-A NATVET-FIREWALL -i eth0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n"), "{filter}");
+                assert!(
+                    filter.ends_with("-A NATVET-FIREWALL -i eth0 -j DROP\nCOMMIT\n"),
+                    "{filter}"
+                );
+                assert_eq!(filter.contains("neighbour-solicitation"), i == 1);
+            }
+        }
+        // Without a firewall nothing of it is rendered.
+        assert!(!Nftables.render(&sample_rules()).contains("firewall"));
+        assert!(!Iptables::Legacy.render(&sample_rules()).contains("*filter"));
     }
 
     #[test]

@@ -120,6 +120,32 @@ fn render_table(family: Family, rules: &NatRules) -> String {
         );
     }
     let _ = writeln!(s, "\t}}");
+    if !rules.firewall.is_empty() {
+        // What arrives on a firewalled interface, for this host or to be
+        // forwarded: replies and their ICMP errors pass, the rest is dropped.
+        for hook in ["input", "forward"] {
+            let _ = writeln!(s, "\tchain firewall_{hook} {{");
+            let _ = writeln!(
+                s,
+                "\t\ttype filter hook {hook} priority filter; policy accept;"
+            );
+            for fw in &rules.firewall {
+                let iface = &fw.iface;
+                let _ = writeln!(
+                    s,
+                    "\t\tiifname \"{iface}\" ct state established,related counter accept"
+                );
+                if family == Family::Ipv6 {
+                    let _ = writeln!(
+                        s,
+                        "\t\tiifname \"{iface}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept"
+                    );
+                }
+                let _ = writeln!(s, "\t\tiifname \"{iface}\" counter drop");
+            }
+            let _ = writeln!(s, "\t}}");
+        }
+    }
     let _ = writeln!(s, "}}");
     s
 }

@@ -256,9 +256,15 @@ impl Setup<'_> {
     /// The namespaces that get NAT rules: the relay first, then routers.
     pub fn nat_namespaces(&self) -> Vec<String> {
         let mut out = vec![topology::RELAY.to_string()];
-        for n in self.nat {
-            if !out.iter().any(|o| o == n.namespace()) {
-                out.push(n.namespace().to_string());
+        let firewalled = self
+            .topology
+            .namespaces
+            .iter()
+            .filter(|n| n.firewall.is_some())
+            .map(|n| n.name.as_str());
+        for ns in self.nat.iter().map(|n| n.namespace()).chain(firewalled) {
+            if !out.iter().any(|o| o == ns) {
+                out.push(ns.to_string());
             }
         }
         out
@@ -274,6 +280,13 @@ impl Setup<'_> {
             families: relay.families.clone(),
             ..NatRules::default()
         };
+        if let Some(n) = self.topology.namespaces.iter().find(|n| n.name == ns) {
+            rules
+                .firewall
+                .extend(n.firewall.iter().map(|iface| crate::nat::Firewall {
+                    iface: iface.clone(),
+                }));
+        }
         if ns == topology::RELAY {
             for f in &relay.families {
                 let Ok(a) = self.addrs(*f) else { continue };

@@ -175,6 +175,13 @@ pub struct NamespaceSpec {
     /// Per-namespace sysctls (`net.*` only), set before any link exists.
     #[serde(default)]
     pub sysctls: BTreeMap<String, SysctlValue>,
+    /// A stateful firewall on this interface of the namespace, as hotel,
+    /// corporate and carrier networks have: of what arrives there, only
+    /// replies to what left by it (from exactly the address and port it was
+    /// sent to) and ICMP errors about it pass; everything else is dropped.
+    /// Rendered by the backend under test, like the namespace's NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<String>,
 }
 
 /// A sysctl value, written as a string or a number.
@@ -483,6 +490,23 @@ impl TopologySpec {
                         n.name
                     ));
                 }
+            }
+        }
+        for n in &self.namespaces {
+            let Some(iface) = &n.firewall else { continue };
+            let at = IfRef {
+                ns: n.name.clone(),
+                iface: iface.clone(),
+            };
+            let on_a_link = self
+                .interfaces()
+                .iter()
+                .any(|(r, k, _)| **r == at && *k == IfKind::Veth);
+            if !on_a_link {
+                return Err(format!(
+                    "namespace '{}' puts its firewall on {iface}, which is not one of its link ends: name the interface of a [[topology.link]] end in {}",
+                    n.name, n.name
+                ));
             }
         }
         for role in [CLIENT, RELAY, INTERNET] {

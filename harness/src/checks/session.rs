@@ -1,0 +1,873 @@
+//! Behaviour 18: a client on a restrictive network (a stateful firewall or
+//! NAT in front of it that lets in only replies from exactly where it sent)
+//! keeps a WireGuard session through each redirected port, for longer than
+//! conntrack's state changes, through quiet periods bridged by keepalives;
+//! and WireGuard's endpoint stays the port the client chose.
+//!
+//! One session per port, all at once: each is a client of its own
+//! (`agent::clients`) with a UDP flow, an ICMP echo stream and a TCP
+//! connection through its tunnel to the internet host, masqueraded by the
+//! relay. A reply from any other port than the chosen one never reaches
+//! the client (its firewall drops it) or moves WireGuard's endpoint: both
+//! fail the session.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::check::{ports_given, Check, Info, Phase};
+use super::common::{at, HANDSHAKE_TIMEOUT};
+use super::context::Context;
+use super::verdict::Verdict;
+use crate::agent::clients::{self, Client, MAX_CLIENTS};
+use crate::agent::netns::Netns;
+use crate::agent::probes::{self, IcmpSocket, InternetHost};
+use crate::agent::wireguard::WgInterface;
+use crate::protocol::Series;
+use crate::scenario::setup::Setup;
+use crate::scenario::topology::Addrs;
+
+/// Sessions through each of `ports` of the relay, side by side: each keeps
+/// UDP, ICMP and TCP going through its tunnel for `duration` seconds, in
+/// stretches of `active` seconds (longer than the 2 s after which conntrack
+/// promotes a UDP flow to a stream) separated by `idle` seconds of quiet in
+/// which only WireGuard's keepalives (every `keepalive` seconds) cross.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    pub ports: Vec<u16>,
+    #[serde(default = "default_duration")]
+    pub duration: u32,
+    #[serde(default = "default_active")]
+    pub active: u32,
+    #[serde(default = "default_idle")]
+    pub idle: u32,
+    /// 0: no keepalive (a negative control: quiet periods then break it).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: u16,
+}
+
+fn default_duration() -> u32 {
+    10
+}
+fn default_active() -> u32 {
+    4
+}
+fn default_idle() -> u32 {
+    3
+}
+fn default_keepalive() -> u16 {
+    1
+}
+
+/// Probes go out twice a second in active stretches.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// An unanswered UDP or ICMP probe is sent again after this (a datagram
+/// lost on a busy guest is not a broken session)...
+const RESEND_AFTER: Duration = Duration::from_millis(1000);
+/// ...at most this many times...
+const RESENDS: u32 = 2;
+/// ...and counts as lost once this old.
+const LOST_AFTER: Duration = Duration::from_millis(3500);
+/// How long the relay tries to reach the client after a quiet period.
+const REACH_WAIT: Duration = Duration::from_secs(3);
+/// The series' step.
+const STEP: Duration = Duration::from_secs(1);
+/// A long session tells the host it is alive this often.
+const NOTE_EVERY: Duration = Duration::from_secs(30);
+
+impl Check for Session {
+    const INFO: Info = Info {
+        results: "session/PORT",
+        behaviours: "18",
+        description: "a client behind a stateful firewall keeps a tunnel session through the relay's PORT (all ports at once) for `duration` s: UDP, ICMP and TCP through it are masqueraded and answered, quiet periods longer than the firewall's UDP timeout are bridged by keepalives (the relay reaches the client after each), and the client's WireGuard endpoint stays PORT",
+        timeout: Duration::from_secs(10 + 12 + 4),
+        needs_wireguard: true,
+        phase: Phase::AfterTunnel,
+        per_family: true,
+        example: "ports = [53]",
+    };
+    const TOGETHER: bool = true;
+    type Case = u16;
+
+    fn cases(&self) -> Vec<(String, u16)> {
+        self.ports
+            .iter()
+            .map(|p| (format!("session/{p}"), *p))
+            .collect()
+    }
+
+    fn validate(&self, _: &Setup) -> Result<(), String> {
+        ports_given("session", &self.ports)?;
+        if self.ports.len() > MAX_CLIENTS as usize {
+            return Err(format!(
+                "check session: {} ports, but at most {MAX_CLIENTS} sessions run at once (each is a client of its own in the tunnel's network)",
+                self.ports.len()
+            ));
+        }
+        if !(3..=3600).contains(&self.active) {
+            return Err(format!(
+                "check session: active {} s is outside 3-3600: a stretch of traffic must outlast conntrack's 2 s before a UDP flow becomes a stream",
+                self.active
+            ));
+        }
+        if self.idle > 600 || self.keepalive > 600 {
+            return Err("check session: idle and keepalive are at most 600 seconds".into());
+        }
+        if !(self.active..=86_400).contains(&self.duration) {
+            return Err(format!(
+                "check session: duration {} s must be at least one active stretch ({} s) and at most a day",
+                self.duration, self.active
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {
+        let mut v = self.run_together(ctx, std::slice::from_ref(port))?;
+        Ok(v.remove(0))
+    }
+
+    fn run_together(&self, ctx: &mut Context, ports: &[u16]) -> Result<Vec<Verdict>> {
+        let a = *ctx.a();
+        let expected: Vec<String> = ports.iter().map(|p| self.expectation(&a, *p)).collect();
+        if let Err(why) = ctx.topo.wg() {
+            return Ok(expected
+                .into_iter()
+                .map(|e| Verdict::unsupported(e, why.clone()))
+                .collect());
+        }
+        let keepalive = (self.keepalive > 0).then_some(self.keepalive);
+        let mut made: Vec<Client> = Vec::new();
+        let mut setup = || -> Result<()> {
+            for port in ports {
+                let index = ctx.topo.fresh_client_index();
+                let source = ctx.topo.fresh_client_port();
+                let endpoint = SocketAddr::new(a.relay_public, *port);
+                made.push(clients::add(&ctx.topo, index, endpoint, source, keepalive)?);
+            }
+            Ok(())
+        };
+        let set_up = setup();
+        let tags: Vec<String> = ports
+            .iter()
+            .map(|p| ctx.tag(&format!("session-{p}")))
+            .collect();
+        let logs = set_up.and_then(|()| {
+            let topo = &ctx.topo;
+            let (_, relay_wg) = topo.wg().map_err(anyhow::Error::msg)?;
+            let host = topo.internet_host()?;
+            let plan = Plan {
+                duration: Duration::from_secs(u64::from(self.duration)),
+                active: Duration::from_secs(u64::from(self.active)),
+                idle: Duration::from_secs(u64::from(self.idle)),
+            };
+            let plan = &plan;
+            std::thread::scope(|s| {
+                let runs: Vec<_> = made
+                    .iter()
+                    .zip(&tags)
+                    .map(|(c, tag)| {
+                        let ends = Ends {
+                            client_ns: &topo.client,
+                            relay_ns: &topo.relay,
+                            relay_wg,
+                            host,
+                            a: &a,
+                        };
+                        s.spawn(move || run_session(c, tag, &ends, plan))
+                    })
+                    .collect();
+                runs.into_iter()
+                    .map(|r| {
+                        r.join()
+                            .map_err(|_| anyhow::anyhow!("a session's thread panicked"))?
+                    })
+                    .collect::<Result<Vec<Log>>>()
+            })
+        });
+        let mut removal = Ok(());
+        for c in &made {
+            if let Err(e) = clients::remove(&ctx.topo, c) {
+                removal = removal.and(Err(e));
+            }
+            clients::forget(&ctx.topo, c);
+        }
+        let logs = logs?;
+        removal?;
+        Ok(ports
+            .iter()
+            .zip(expected)
+            .zip(logs)
+            .map(|((port, expected), log)| {
+                let ep = at(a.relay_public, *port);
+                let (ok, observed) = log.judge(ep, &a, self);
+                Verdict::judge(ok, expected, observed).with_series(log.series())
+            })
+            .collect())
+    }
+}
+
+impl Session {
+    fn expectation(&self, a: &Addrs, port: u16) -> String {
+        let ep = at(a.relay_public, port);
+        let bridged = match self.keepalive {
+            0 => "with no keepalive".to_string(),
+            k => format!("bridged by keepalives every {k} s"),
+        };
+        format!(
+            "a client behind its network's stateful firewall keeps a tunnel session through {ep} for {} s: UDP, ICMP and TCP through the tunnel reach {} from {} and are answered, across quiet periods of {} s {bridged} after which the relay reaches the client, and its WireGuard endpoint stays {ep}",
+            self.duration, a.internet, a.relay_wan, self.idle
+        )
+    }
+}
+
+/// How a session's time is spent.
+struct Plan {
+    duration: Duration,
+    active: Duration,
+    idle: Duration,
+}
+
+/// What a session talks to.
+struct Ends<'a> {
+    client_ns: &'a Netns,
+    relay_ns: &'a Netns,
+    relay_wg: &'a WgInterface,
+    host: &'a InternetHost,
+    a: &'a Addrs,
+}
+
+/// The three kinds of probe a session sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Udp,
+    Icmp,
+    Tcp,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Udp => "UDP",
+            Kind::Icmp => "ICMP",
+            Kind::Tcp => "TCP",
+        }
+    }
+}
+
+/// One probe in flight.
+struct Probe {
+    kind: Kind,
+    seq: u32,
+    first_sent: Duration,
+    last_sent: Duration,
+    resends: u32,
+    answered: bool,
+}
+
+/// What happened in one session, as it happened.
+#[derive(Default)]
+struct Log {
+    handshake: Option<Duration>,
+    /// The first thing that went wrong, and when (from the session's start).
+    failure: Option<(Duration, String)>,
+    probes: Vec<Probe>,
+    quiet_periods: u32,
+    /// The longest the relay took to reach the client after a quiet period.
+    slowest_reach: Option<Duration>,
+    endpoint_samples: u32,
+    /// The relay's view of the client, as first seen.
+    relay_saw: Option<SocketAddr>,
+    /// Where the internet host saw the session's UDP and TCP come from.
+    seen_udp: Option<IpAddr>,
+    seen_tcp: Option<IpAddr>,
+    length: Duration,
+}
+
+impl Log {
+    fn fail(&mut self, at: Duration, what: String) {
+        if self.failure.is_none() {
+            self.failure = Some((at, what));
+        }
+    }
+
+    fn counts(&self) -> BTreeMap<Kind, (u32, u32)> {
+        let mut m = BTreeMap::new();
+        for p in &self.probes {
+            let e = m.entry(p.kind).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += u32::from(p.answered);
+        }
+        m
+    }
+
+    /// Probes sent and answered per step, and the first step that lost one.
+    fn series(&self) -> Series {
+        let steps = (self.length.as_millis() / STEP.as_millis()) as usize + 1;
+        let mut sent = vec![0u32; steps];
+        let mut answered = vec![0u32; steps];
+        for p in &self.probes {
+            let k = ((p.first_sent.as_millis() / STEP.as_millis()) as usize).min(steps - 1);
+            sent[k] += 1;
+            answered[k] += u32::from(p.answered);
+        }
+        let stopped_at_ms = sent
+            .iter()
+            .zip(&answered)
+            .position(|(s, a)| a < s)
+            .map(|k| k as u64 * STEP.as_millis() as u64);
+        Series {
+            step_ms: STEP.as_millis() as u64,
+            sent,
+            answered,
+            stopped_at_ms,
+        }
+    }
+
+    /// The verdict and its observation.
+    fn judge(&self, endpoint: SocketAddr, a: &Addrs, check: &Session) -> (bool, String) {
+        let Some(handshake) = self.handshake else {
+            let why = self
+                .failure
+                .as_ref()
+                .map(|(_, w)| w.clone())
+                .unwrap_or_else(|| "no handshake".into());
+            return (false, why);
+        };
+        let counts = self.counts();
+        let all_answered = counts.values().all(|(s, n)| s == n) && !counts.is_empty();
+        let masqueraded = self.seen_udp == Some(a.relay_wan) && self.seen_tcp == Some(a.relay_wan);
+        let mut observed = format!(
+            "handshake via {endpoint} after {} ms; in {:.0} s, {} answered",
+            handshake.as_millis(),
+            self.length.as_secs_f32(),
+            counts
+                .iter()
+                .map(|(k, (s, n))| format!("{} {n}/{s}", k.label()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let show = |s: Option<IpAddr>| s.map(|s| s.to_string()).unwrap_or_else(|| "nowhere".into());
+        observed.push_str(&format!(
+            ", reaching {} from {} (UDP) and {} (TCP)",
+            a.internet,
+            show(self.seen_udp),
+            show(self.seen_tcp)
+        ));
+        if check.idle > 0 {
+            observed.push_str(&format!(
+                "; after {} quiet periods of {} s the relay reached the client{}",
+                self.quiet_periods,
+                check.idle,
+                self.slowest_reach
+                    .map(|d| format!(" (in {} ms at most)", d.as_millis()))
+                    .unwrap_or_default()
+            ));
+        }
+        observed.push_str(&format!(
+            "; the client's endpoint stayed {endpoint} ({} samples), the relay saw the client at {}",
+            self.endpoint_samples,
+            self.relay_saw
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no address".into())
+        ));
+        if let Some((t, what)) = &self.failure {
+            observed.push_str(&format!("; at {:.1} s: {what}", t.as_secs_f32()));
+        }
+        let ok = self.failure.is_none() && all_answered && masqueraded;
+        (ok, observed)
+    }
+}
+
+/// The sockets of one session, all bound to its tunnel address.
+struct Sockets {
+    udp: UdpSocket,
+    icmp: IcmpSocket,
+    tcp: TcpStream,
+    tcp_buf: Vec<u8>,
+    icmp_id: u16,
+}
+
+/// One session, start to end. Failures of the session are in the log; an
+/// `Err` is natvet failing to run it.
+fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
+    let a = ends.a;
+    let addr = c
+        .addr(a.family)
+        .with_context(|| format!("session client {} has no {} address", c.wg.name, a.family))?;
+    let mut log = Log::default();
+    let start = Instant::now();
+    let udp_dest = SocketAddr::new(a.internet, probes::UDP_PORT);
+    let udp = ends.client_ns.run(|| {
+        let s = UdpSocket::bind((addr, 0)).context("binding the session's UDP socket")?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })?;
+    // Any packet into the tunnel makes WireGuard initiate the handshake.
+    let first = format!("{tag}-u0");
+    let _ = udp.send_to(first.as_bytes(), udp_dest);
+    while c.wg.peer_state()?.and_then(|p| p.last_handshake).is_none() {
+        if start.elapsed() >= HANDSHAKE_TIMEOUT {
+            log.fail(
+                start.elapsed(),
+                format!(
+                    "no handshake via {} within {} s (the client sent from port {}){}",
+                    c.endpoint,
+                    HANDSHAKE_TIMEOUT.as_secs(),
+                    c.listen_port,
+                    endpoint_of(c)
+                ),
+            );
+            return Ok(log);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log.handshake = Some(start.elapsed());
+    let tcp_tag = format!("{tag}-t");
+    let tcp = connect_loop(ends.client_ns, addr, a.internet, &tcp_tag)?;
+    let mut s = Sockets {
+        udp,
+        icmp: IcmpSocket::open_bound(ends.client_ns, addr)?,
+        tcp,
+        tcp_buf: Vec::new(),
+        icmp_id: rand::random(),
+    };
+    // The session's clock starts with the tunnel up.
+    let t0 = Instant::now();
+    let mut seq = 1u32;
+    let mut last_note = Instant::now();
+    loop {
+        let stretch_end = (t0.elapsed() + plan.active).min(plan.duration);
+        let mut next_probe = t0.elapsed();
+        while t0.elapsed() < stretch_end {
+            if t0.elapsed() >= next_probe {
+                for kind in [Kind::Udp, Kind::Icmp, Kind::Tcp] {
+                    send_probe(&mut s, tag, kind, seq, &udp_dest, a.internet)?;
+                    log.probes.push(Probe {
+                        kind,
+                        seq,
+                        first_sent: t0.elapsed(),
+                        last_sent: t0.elapsed(),
+                        resends: 0,
+                        answered: false,
+                    });
+                }
+                seq += 1;
+                next_probe += PROBE_EVERY;
+            }
+            tend(&mut s, &mut log, tag, &t0, &udp_dest, a.internet)?;
+            sample_endpoints(c, ends, &mut log, &t0)?;
+            if last_note.elapsed() >= NOTE_EVERY {
+                note_progress(c, &log, &t0);
+                last_note = Instant::now();
+            }
+        }
+        // Let the stretch's last probes be answered (or lost).
+        let settle = Instant::now();
+        while log
+            .probes
+            .iter()
+            .any(|p| !p.answered && t0.elapsed() < p.first_sent + LOST_AFTER)
+            && settle.elapsed() < LOST_AFTER
+        {
+            tend(&mut s, &mut log, tag, &t0, &udp_dest, a.internet)?;
+        }
+        tend(&mut s, &mut log, tag, &t0, &udp_dest, a.internet)?;
+        let left = plan.duration.saturating_sub(t0.elapsed());
+        if plan.idle.is_zero() || left < plan.idle + Duration::from_secs(1) {
+            break;
+        }
+        // Quiet: nothing but WireGuard's keepalives (and our reading of its state).
+        let quiet = Instant::now();
+        while quiet.elapsed() < plan.idle {
+            std::thread::sleep(Duration::from_millis(250));
+            sample_endpoints(c, ends, &mut log, &t0)?;
+        }
+        log.quiet_periods += 1;
+        match reach_client(ends, a, &s.udp, tag, log.quiet_periods)? {
+            Some(after) => {
+                log.slowest_reach = Some(log.slowest_reach.map_or(after, |d| d.max(after)));
+            }
+            None => log.fail(
+                t0.elapsed(),
+                format!(
+                    "after {} s quiet, nothing the relay sent reached the client within {} s (its network's firewall no longer let the session in)",
+                    plan.idle.as_secs(),
+                    REACH_WAIT.as_secs()
+                ),
+            ),
+        }
+        if t0.elapsed() >= plan.duration {
+            break;
+        }
+    }
+    log.length = t0.elapsed();
+    log.seen_udp = ends.host.seen(&first).map(|s| s.source);
+    log.seen_tcp = ends.host.seen(&tcp_tag).map(|s| s.source);
+    let _ = s.tcp.shutdown(std::net::Shutdown::Both);
+    Ok(log)
+}
+
+/// The client's WireGuard endpoint, for an observation.
+fn endpoint_of(c: &Client) -> String {
+    match c.wg.peer_state() {
+        Ok(Some(p)) => format!(
+            "; its endpoint was {}",
+            p.endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "none".into())
+        ),
+        _ => String::new(),
+    }
+}
+
+/// A TCP connection from `addr` to the internet host's probe server, which
+/// then echoes every line: the session's long-lived TCP flow.
+fn connect_loop(ns: &Netns, addr: IpAddr, internet: IpAddr, tag: &str) -> Result<TcpStream> {
+    let dest = SocketAddr::new(internet, probes::TCP_PORT);
+    let mut stream = ns.run(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(dest),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .context("creating the session's TCP socket")?;
+        s.bind(&SocketAddr::new(addr, 0).into())
+            .with_context(|| format!("binding the session's TCP socket to {addr}"))?;
+        s.connect_timeout(&dest.into(), super::common::EXCHANGE_TIMEOUT)
+            .with_context(|| format!("connecting to {dest} through the session's tunnel"))?;
+        Ok(TcpStream::from(s))
+    })?;
+    stream.set_read_timeout(Some(super::common::EXCHANGE_TIMEOUT))?;
+    stream.write_all(format!("LOOP {tag}\n").as_bytes())?;
+    let mut greeting = vec![0u8; tag.len() + 1];
+    stream
+        .read_exact(&mut greeting)
+        .context("reading the probe server's greeting")?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+fn send_probe(
+    s: &mut Sockets,
+    tag: &str,
+    kind: Kind,
+    seq: u32,
+    udp_dest: &SocketAddr,
+    internet: IpAddr,
+) -> Result<()> {
+    match kind {
+        // A full socket buffer only delays a datagram to its resend.
+        Kind::Udp => {
+            let _ = s.udp.send_to(format!("{tag}-u{seq}").as_bytes(), udp_dest);
+        }
+        Kind::Icmp => {
+            let _ = s.icmp.send_echo(internet, s.icmp_id, seq as u16);
+        }
+        Kind::Tcp => {
+            // TCP resends by itself; a write that fails means the connection broke.
+            s.tcp
+                .write_all(format!("t{seq}\n").as_bytes())
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .context("writing to the session's TCP connection")?;
+        }
+    }
+    Ok(())
+}
+
+/// Read every reply there is, resend what waits too long, and give up on
+/// what is lost. Waits a little when there was nothing to read.
+fn tend(
+    s: &mut Sockets,
+    log: &mut Log,
+    tag: &str,
+    t0: &Instant,
+    udp_dest: &SocketAddr,
+    internet: IpAddr,
+) -> Result<()> {
+    let mut got = false;
+    let mut buf = [0u8; 512];
+    let udp_prefix = format!("{tag}-u");
+    while let Ok((n, _)) = s.udp.recv_from(&mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if let Some(seq) = text
+            .strip_prefix(&udp_prefix)
+            .and_then(|x| x.parse::<u32>().ok())
+        {
+            mark(log, Kind::Udp, seq);
+            got = true;
+        }
+    }
+    while let Some(p) = s.icmp.recv() {
+        if p.is_echo_reply() && p.id == s.icmp_id {
+            // ICMP sequence numbers wrap at 16 bits; the newest matching one counts.
+            if let Some(probe) = log
+                .probes
+                .iter_mut()
+                .rev()
+                .find(|q| q.kind == Kind::Icmp && q.seq as u16 == p.seq)
+            {
+                probe.answered = true;
+            }
+            got = true;
+        }
+    }
+    loop {
+        match s.tcp.read(&mut buf) {
+            Ok(0) => {
+                log.fail(
+                    t0.elapsed(),
+                    "the session's TCP connection was closed".into(),
+                );
+                break;
+            }
+            Ok(n) => {
+                s.tcp_buf.extend_from_slice(&buf[..n]);
+                got = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                log.fail(
+                    t0.elapsed(),
+                    format!("the session's TCP connection broke: {e}"),
+                );
+                break;
+            }
+        }
+    }
+    while let Some(nl) = s.tcp_buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = s.tcp_buf.drain(..=nl).collect();
+        let text = String::from_utf8_lossy(&line);
+        if let Some(seq) = text
+            .trim()
+            .strip_prefix('t')
+            .and_then(|x| x.parse::<u32>().ok())
+        {
+            mark(log, Kind::Tcp, seq);
+        }
+    }
+    let now = t0.elapsed();
+    let mut resend = Vec::new();
+    let mut lost = None;
+    for p in log.probes.iter_mut().filter(|p| !p.answered) {
+        if now >= p.first_sent + LOST_AFTER {
+            lost.get_or_insert((p.first_sent, p.kind));
+        } else if p.kind != Kind::Tcp && p.resends < RESENDS && now >= p.last_sent + RESEND_AFTER {
+            p.resends += 1;
+            p.last_sent = now;
+            resend.push((p.kind, p.seq));
+        }
+    }
+    for (kind, seq) in resend {
+        send_probe(s, tag, kind, seq, udp_dest, internet)?;
+    }
+    if let Some((sent, kind)) = lost {
+        log.fail(
+            sent,
+            format!(
+                "a {} probe sent then went unanswered for {:.1} s",
+                kind.label(),
+                LOST_AFTER.as_secs_f32()
+            ),
+        );
+    }
+    if !got {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn mark(log: &mut Log, kind: Kind, seq: u32) {
+    if let Some(p) = log
+        .probes
+        .iter_mut()
+        .find(|p| p.kind == kind && p.seq == seq)
+    {
+        p.answered = true;
+    }
+}
+
+/// Read WireGuard's endpoints twice a second: the client's view of the
+/// relay must stay the port it chose, the relay's view of the client must
+/// not move.
+fn sample_endpoints(c: &Client, ends: &Ends, log: &mut Log, t0: &Instant) -> Result<()> {
+    let due = Duration::from_millis(500) * log.endpoint_samples;
+    if t0.elapsed() < due {
+        return Ok(());
+    }
+    log.endpoint_samples += 1;
+    let client_view = c.wg.peer_state()?.and_then(|p| p.endpoint);
+    if client_view != Some(c.endpoint) {
+        log.fail(
+            t0.elapsed(),
+            format!(
+                "the client's WireGuard endpoint moved from {} to {}",
+                c.endpoint,
+                client_view
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "none".into())
+            ),
+        );
+    }
+    let key = c.wg.public_key();
+    let relay_view = ends
+        .relay_wg
+        .peer_states()?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, p)| p.endpoint);
+    match (log.relay_saw, relay_view) {
+        (None, v) => log.relay_saw = v,
+        (Some(first), Some(now)) if first != now => log.fail(
+            t0.elapsed(),
+            format!("the relay's endpoint for the client moved from {first} to {now}"),
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// After a quiet period: the relay sends into the tunnel to the session's
+/// UDP socket until it arrives; how long that took, if it did.
+fn reach_client(
+    ends: &Ends,
+    a: &Addrs,
+    client_sock: &UdpSocket,
+    tag: &str,
+    round: u32,
+) -> Result<Option<Duration>> {
+    let dest = client_sock
+        .local_addr()
+        .context("reading the session socket's address")?;
+    let relay_sock = ends.relay_ns.run(|| {
+        UdpSocket::bind((a.tunnel_relay, 0)).context("binding a UDP socket on the relay")
+    })?;
+    let hello = format!("{tag}-reach{round}");
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 512];
+    while start.elapsed() < REACH_WAIT {
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
+            relay_sock
+                .send_to(hello.as_bytes(), dest)
+                .context("sending from the relay into the tunnel")?;
+            last_send = Some(Instant::now());
+        }
+        while let Ok((n, _)) = client_sock.recv_from(&mut buf) {
+            if &buf[..n] == hello.as_bytes() {
+                return Ok(Some(start.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(None)
+}
+
+/// The host counts a silent guest as hung: a long session says how it goes.
+fn note_progress(c: &Client, log: &Log, t0: &Instant) {
+    let (sent, answered) = log
+        .counts()
+        .values()
+        .fold((0, 0), |(s, n), (a, b)| (s + a, n + b));
+    crate::agent::channel::send(&crate::protocol::GuestMessage::Note {
+        message: format!(
+            "session via {}: {} s, {answered}/{sent} probes answered",
+            c.endpoint,
+            t0.elapsed().as_secs()
+        ),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::tests::scenario_with;
+
+    #[test]
+    fn one_result_per_port_and_sane_times() {
+        let s = scenario_with("kind = \"session\"\nports = [53, 4000]").unwrap();
+        assert_eq!(s.checks[0].result_names(), ["session/53", "session/4000"]);
+        for bad in ["active = 2", "duration = 3", "idle = 601", "ports = []"] {
+            let toml = format!("kind = \"session\"\nports = [53]\n{bad}")
+                .replace("ports = [53]\nports = []", "ports = []");
+            assert!(scenario_with(&toml).is_err(), "{bad}");
+        }
+    }
+
+    fn log_with(probes: &[(u64, bool)]) -> Log {
+        Log {
+            handshake: Some(Duration::from_millis(100)),
+            probes: probes
+                .iter()
+                .enumerate()
+                .map(|(i, (ms, answered))| Probe {
+                    kind: Kind::Udp,
+                    seq: i as u32,
+                    first_sent: Duration::from_millis(*ms),
+                    last_sent: Duration::from_millis(*ms),
+                    resends: 0,
+                    answered: *answered,
+                })
+                .collect(),
+            length: Duration::from_millis(3500),
+            ..Log::default()
+        }
+    }
+
+    #[test]
+    fn the_series_counts_per_second_and_says_when_it_stopped() {
+        let log = log_with(&[
+            (0, true),
+            (500, true),
+            (1000, true),
+            (2100, false),
+            (3200, true),
+        ]);
+        let s = log.series();
+        assert_eq!(s.sent, [2, 1, 1, 1]);
+        assert_eq!(s.answered, [2, 1, 0, 1]);
+        assert_eq!(s.stopped_at_ms, Some(2000));
+        assert_eq!(log_with(&[(0, true)]).series().stopped_at_ms, None);
+    }
+
+    #[test]
+    fn an_unanswered_probe_or_a_moved_endpoint_fails() {
+        let a = crate::scenario::Scenario::load("extended-ports")
+            .unwrap()
+            .addrs(crate::types::Family::Ipv4)
+            .unwrap();
+        let check: Session = serde_json::from_str(r#"{"ports":[53]}"#).unwrap();
+        let ep = at(a.relay_public, 53);
+        let mut good = log_with(&[(0, true)]);
+        good.seen_udp = Some(a.relay_wan);
+        good.seen_tcp = Some(a.relay_wan);
+        assert!(good.judge(ep, &a, &check).0);
+        let mut lost = log_with(&[(0, false)]);
+        lost.seen_udp = good.seen_udp;
+        lost.seen_tcp = good.seen_tcp;
+        assert!(!lost.judge(ep, &a, &check).0);
+        let mut moved = log_with(&[(0, true)]);
+        moved.seen_udp = good.seen_udp;
+        moved.seen_tcp = good.seen_tcp;
+        moved.fail(
+            Duration::from_secs(1),
+            "the client's WireGuard endpoint moved".into(),
+        );
+        let (ok, observed) = moved.judge(ep, &a, &check);
+        assert!(!ok && observed.contains("endpoint moved"), "{observed}");
+        let mut unmasqueraded = log_with(&[(0, true)]);
+        unmasqueraded.seen_udp = Some(a.tunnel_client);
+        assert!(!unmasqueraded.judge(ep, &a, &check).0);
+    }
+}
