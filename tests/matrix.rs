@@ -15,6 +15,7 @@ use std::process::Command;
 use libtest_mimic::{Arguments, Failed, Trial};
 use natvet::checks::kernel_health::KernelHealth;
 use natvet::checks::many_flows::ManyFlows;
+use natvet::checks::peer_churn::ChurnAddresses;
 use natvet::checks::CheckSpec;
 use natvet::nat::BackendKind;
 use natvet::scenario::setup::NatSpec;
@@ -267,7 +268,72 @@ const REDIRECTED: &[&str] = &[
     "conntrack/redirect-4000",
     "same-source-port/53",
     "same-source-port/4000",
+    "session/53",
+    "session/4000",
+    "session/33433",
+    "session/33565",
+    "session/51819",
+    "session/52000",
+    "session/60000",
 ];
+/// The sessions of extended-ports, one through each range boundary.
+const SESSIONS: &[&str] = &[
+    "session/53",
+    "session/4000",
+    "session/33433",
+    "session/33565",
+    "session/51819",
+    "session/52000",
+    "session/60000",
+];
+/// What sees a reply's source port: the plain-UDP redirect, the handshake
+/// (WireGuard moves its endpoint to where the response came from), two
+/// clients on one source port, and the sessions.
+const REPLY_PORT: &[&str] = &[
+    "redirect/53",
+    "redirect/4000",
+    "redirect/33433",
+    "redirect/33565",
+    "redirect/51819",
+    "redirect/52000",
+    "redirect/60000",
+    "handshake/53",
+    "handshake/4000",
+    "handshake/33433",
+    "handshake/33565",
+    "handshake/51819",
+    "handshake/52000",
+    "handshake/60000",
+    "same-source-port/53",
+    "same-source-port/4000",
+    "session/53",
+    "session/4000",
+    "session/33433",
+    "session/33565",
+    "session/51819",
+    "session/52000",
+    "session/60000",
+];
+/// An nftables rule that drops the ICMP destination unreachable errors the
+/// relay itself sends to the internet.
+const DROP_ICMP_ERRORS: &str = "table inet spoil {
+	chain errors {
+		type filter hook output priority 0; policy accept;
+		oifname \"wan\" icmp type destination-unreachable drop
+		oifname \"wan\" icmpv6 type destination-unreachable drop
+	}
+}
+";
+/// An nftables rule that undoes the redirect's reverse translation of the
+/// source port: what the relay sends to clients leaves from its listen port,
+/// as on a kernel that forgets the translation.
+const REPLIES_FROM_LISTEN_PORT: &str = "table inet spoil {
+	chain reply_port {
+		type filter hook postrouting priority 300; policy accept;
+		oifname \"public\" udp sport != 51820 udp sport set 51820
+	}
+}
+";
 const FORWARDED: &[&str] = &[
     "forward/tcp",
     "forward/udp",
@@ -280,6 +346,13 @@ const FORWARDED: &[&str] = &[
     "many-flows/200",
     "conntrack/flush",
     "tunnel-mtu/full-size",
+    "session/53",
+    "session/4000",
+    "session/33433",
+    "session/33565",
+    "session/51819",
+    "session/52000",
+    "session/60000",
 ];
 const OUTSIDE: &[&str] = &[
     "no-redirect/33434",
@@ -322,6 +395,79 @@ fn controls() -> Vec<Control> {
             "extended-ports-no-masquerade",
             |s| s.relay.masquerade = false,
             FORWARDED,
+        ),
+        on(
+            "extended-ports",
+            "extended-ports-session-no-keepalive",
+            // Without keepalives the client's firewall forgets each
+            // session's flow in its 3 s quiet (its UDP timeout is 2 s).
+            |s| {
+                for c in &mut s.checks {
+                    if let CheckSpec::Session(c) = c {
+                        c.keepalive = 0;
+                    }
+                }
+            },
+            SESSIONS,
+        ),
+        on(
+            "extended-ports",
+            "extended-ports-replies-from-listen-port",
+            // No firewall in front of the client, and the relay's replies
+            // leave from 51820 whatever port the client chose: WireGuard
+            // still completes every handshake, and moves its endpoint.
+            |s| {
+                for n in &mut s.topology.namespaces {
+                    match n.name.as_str() {
+                        "client" => n.firewall = None,
+                        "relay" => n.nft = Some(REPLIES_FROM_LISTEN_PORT.into()),
+                        _ => {}
+                    }
+                }
+            },
+            REPLY_PORT,
+        ),
+        on(
+            "peer-churn",
+            "peer-churn-relay-drops-icmp-errors",
+            // The relay's own ICMP errors never leave it: the internet host
+            // sending to a departed client hears nothing back.
+            |s| {
+                for n in &mut s.topology.namespaces {
+                    if n.name == "relay" {
+                        n.nft = Some(DROP_ICMP_ERRORS.into());
+                    }
+                }
+            },
+            &["peer-churn/departed"],
+        ),
+        on(
+            "peer-churn",
+            "peer-churn-relay-keeps-departed-flows",
+            // The relay hands the departed client's address on without
+            // forgetting its flows: the new client gets the old traffic.
+            |s| {
+                for c in &mut s.checks {
+                    if let CheckSpec::PeerChurn(c) = c {
+                        c.forget = false;
+                    }
+                }
+            },
+            &["peer-churn/address-reused"],
+        ),
+        on(
+            "peer-churn",
+            "peer-churn-addresses-in-use",
+            // The churned peers are given the staying clients' addresses:
+            // their traffic goes to the newcomers, then nowhere.
+            |s| {
+                for c in &mut s.checks {
+                    if let CheckSpec::PeerChurn(c) = c {
+                        c.churn_addresses = ChurnAddresses::InUse;
+                    }
+                }
+            },
+            &["peer-churn/steady"],
         ),
         on(
             "extended-ports",

@@ -58,6 +58,14 @@ fn guest_tools(scenarios: &[Scenario]) -> (Vec<PathBuf>, Vec<PathBuf>) {
             dirs.push(XTABLES_DIR.into());
         }
     }
+    // A flowtable and a namespace's own nft script need nft whatever the backend.
+    let nft = PathBuf::from("/usr/sbin/nft");
+    let wants_nft = scenarios
+        .iter()
+        .any(|s| s.relay.flowtable || s.topology.namespaces.iter().any(|n| n.nft.is_some()));
+    if wants_nft && !bins.contains(&nft) {
+        bins.push(nft);
+    }
     (bins, dirs)
 }
 

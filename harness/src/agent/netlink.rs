@@ -281,3 +281,29 @@ pub fn del_link(ns: &Netns, name: &str) -> Result<()> {
             .with_context(|| format!("deleting link {name} in {}", ns.name))
     })
 }
+
+/// Drop everything routed to `dest` in `ns` (a blackhole route in the main
+/// table), or, with `on` false, take that route away again.
+pub fn blackhole(ns: &Netns, dest: IpNet, on: bool) -> Result<()> {
+    use netlink_packet_route::route::RouteType;
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        let message = match dest.addr {
+            IpAddr::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d, dest.prefix)
+                .kind(RouteType::BlackHole)
+                .build(),
+            IpAddr::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d, dest.prefix)
+                .kind(RouteType::BlackHole)
+                .build(),
+        };
+        let what = if on { "adding" } else { "removing" };
+        let done = if on {
+            handle.route().add(message).execute().await
+        } else {
+            handle.route().del(message).execute().await
+        };
+        done.with_context(|| format!("{what} a blackhole route to {dest} in {}", ns.name))
+    })
+}

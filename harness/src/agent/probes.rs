@@ -244,6 +244,7 @@ pub struct IcmpPacket {
     /// For errors: the embedded original packet's protocol, source and destination port.
     pub inner_proto: Option<u8>,
     pub inner_src: Option<IpAddr>,
+    pub inner_dst: Option<IpAddr>,
     pub inner_sport: Option<u16>,
     pub inner_dport: Option<u16>,
     /// For "fragmentation needed" / "packet too big": the MTU it announces.
@@ -261,8 +262,8 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
         return None;
     }
     let source = IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
-    let (mut inner_proto, mut inner_src, mut inner_sport, mut inner_dport) =
-        (None, None, None, None);
+    let (mut inner_proto, mut inner_src, mut inner_dst, mut inner_sport, mut inner_dport) =
+        (None, None, None, None, None);
     if icmp[0] == ICMP_UNREACHABLE {
         if let Some(inner) = icmp.get(8..) {
             if inner.len() >= 20 {
@@ -270,6 +271,9 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
                 inner_proto = Some(inner[9]);
                 inner_src = Some(IpAddr::V4(Ipv4Addr::new(
                     inner[12], inner[13], inner[14], inner[15],
+                )));
+                inner_dst = Some(IpAddr::V4(Ipv4Addr::new(
+                    inner[16], inner[17], inner[18], inner[19],
                 )));
                 if let Some(l4) = inner.get(ihl..ihl + 4) {
                     inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
@@ -287,6 +291,7 @@ pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
         seq: u16::from_be_bytes([icmp[6], icmp[7]]),
         inner_proto,
         inner_src,
+        inner_dst,
         inner_sport,
         inner_dport,
     })
@@ -297,8 +302,8 @@ pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
     if msg.len() < 8 {
         return None;
     }
-    let (mut inner_proto, mut inner_src, mut inner_sport, mut inner_dport) =
-        (None, None, None, None);
+    let (mut inner_proto, mut inner_src, mut inner_dst, mut inner_sport, mut inner_dport) =
+        (None, None, None, None, None);
     if msg[0] == ICMPV6_UNREACHABLE || msg[0] == ICMPV6_TOO_BIG {
         // The offending packet: a 40-byte IPv6 header, then (without
         // extension headers) the transport header.
@@ -307,6 +312,9 @@ pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
             let mut src = [0u8; 16];
             src.copy_from_slice(&inner[8..24]);
             inner_src = Some(IpAddr::V6(Ipv6Addr::from(src)));
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&inner[24..40]);
+            inner_dst = Some(IpAddr::V6(Ipv6Addr::from(dst)));
             if let Some(l4) = msg.get(48..52) {
                 inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
                 inner_dport = Some(u16::from_be_bytes([l4[2], l4[3]]));
@@ -322,6 +330,7 @@ pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
         seq: u16::from_be_bytes([msg[6], msg[7]]),
         inner_proto,
         inner_src,
+        inner_dst,
         inner_sport,
         inner_dport,
     })

@@ -554,7 +554,7 @@ impl Topology {
     /// so that its tunnel address carries no earlier client's flows.
     pub fn fresh_client_index(&mut self) -> u32 {
         let i = self.next_client;
-        self.next_client = (i + 1) % super::clients::MAX_CLIENTS;
+        self.next_client = (i + 1) % (super::clients::MAX_CLIENTS - super::clients::SPARE);
         i
     }
 
@@ -607,6 +607,21 @@ impl Topology {
                     )
                 })?;
             }
+        }
+        let nft = Invocation {
+            program: "/usr/sbin/nft",
+            args: vec!["-f", "-"],
+        };
+        for n in &self.spec.namespaces {
+            let Some(script) = &n.nft else { continue };
+            if !std::path::Path::new(nft.program).exists() {
+                return Ok(Err(format!(
+                    "namespace {} carries an nft script, and {} is missing: apt-get install -y nftables",
+                    n.name, nft.program
+                )));
+            }
+            run_in(self.ns(&n.name)?, &nft, Some(script))
+                .with_context(|| format!("loading the nft script of namespace {}", n.name))?;
         }
         Ok(Ok(()))
     }

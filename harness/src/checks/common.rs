@@ -54,10 +54,13 @@ pub fn later_sources(whose: &str, seen: &probes::Echoed) -> String {
 
 /// What happened when the client tried to reach the relay at one port.
 pub enum HandshakeOutcome {
-    /// `seen`: the client's endpoint as the relay learned it (through any NAT).
+    /// `seen`: the client's endpoint as the relay learned it (through any
+    /// NAT); `relay`: the relay's endpoint as the client holds it after the
+    /// handshake (WireGuard moves it to wherever the response came from).
     Completed {
         after: Duration,
         seen: Option<SocketAddr>,
+        relay: Option<SocketAddr>,
     },
     Refused {
         after: Duration,
@@ -66,6 +69,19 @@ pub enum HandshakeOutcome {
     Silent {
         waited: Duration,
     },
+}
+
+impl HandshakeOutcome {
+    /// A handshake completed through `chosen`, and the client still sends
+    /// there: a response from any other address or port would have moved
+    /// its endpoint (WireGuard follows authenticated packets), which a
+    /// client behind a strict firewall or NAT never receives.
+    pub fn completed_via(&self, chosen: SocketAddr) -> bool {
+        match self {
+            HandshakeOutcome::Completed { relay, .. } => *relay == Some(chosen),
+            _ => false,
+        }
+    }
 }
 
 /// Point the client at `relay_public:port` from a fresh source port, with a
@@ -106,10 +122,17 @@ pub fn attempt_handshake(
     let start = Instant::now();
     loop {
         let state = client_wg.peer_state()?;
-        if state.and_then(|s| s.last_handshake).is_some() {
+        if let Some(s) = state.filter(|s| s.last_handshake.is_some()) {
             let after = start.elapsed();
             let seen = relay_wg.peer_state()?.and_then(|p| p.endpoint);
-            return Ok((sport, HandshakeOutcome::Completed { after, seen }));
+            return Ok((
+                sport,
+                HandshakeOutcome::Completed {
+                    after,
+                    seen,
+                    relay: s.endpoint,
+                },
+            ));
         }
         // recv waits up to 20 ms, which paces this loop.
         if let Some(icmp) = icmp_sock.recv() {
@@ -145,12 +168,20 @@ pub fn describe_handshake(a: &Addrs, outcome: &HandshakeOutcome, sport: u16, por
         ..
     } = *a;
     match outcome {
-        HandshakeOutcome::Completed { after, seen } => format!(
-            "handshake completed after {} ms (client {} -> {})",
-            after.as_millis(),
-            seen.unwrap_or_else(|| at(client_public, sport)),
-            at(relay_public, port)
-        ),
+        HandshakeOutcome::Completed { after, seen, relay } => {
+            let chosen = at(relay_public, port);
+            let moved = match relay {
+                Some(r) if *r != chosen => format!(
+                    ", but the response came from {r}: the client's endpoint moved there"
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "handshake completed after {} ms (client {} -> {chosen}){moved}",
+                after.as_millis(),
+                seen.unwrap_or_else(|| at(client_public, sport)),
+            )
+        }
         HandshakeOutcome::Refused { after, icmp } => format!(
             "no handshake: {} answered ICMP destination unreachable (code {}) for udp/{port} after {} ms",
             icmp.source,

@@ -72,9 +72,13 @@ pub fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> 
         return Ok(Verdict::unsupported(expected, why));
     }
     let (sport, outcome) = attempt_handshake(ctx, port, wait)?;
-    let completed = matches!(outcome, HandshakeOutcome::Completed { .. });
+    let ok = if expect {
+        outcome.completed_via(at(relay_public, port))
+    } else {
+        !matches!(outcome, HandshakeOutcome::Completed { .. })
+    };
     Ok(Verdict::judge(
-        completed == expect,
+        ok,
         expected,
         describe_handshake(ctx.a(), &outcome, sport, port),
     ))

@@ -109,6 +109,7 @@ registry! {
     "rekey" => rekey::Rekey,
     "port-forward" => port_forward::PortForward,
     "session" => session::Session,
+    "peer-churn" => peer_churn::PeerChurn,
     "kernel-health" => kernel_health::KernelHealth,
 }
 

@@ -30,6 +30,7 @@ use crate::agent::wireguard::WgInterface;
 use crate::protocol::Series;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
+use crate::types::IpNet;
 
 /// Sessions through each of `ports` of the relay, side by side: each keeps
 /// UDP, ICMP and TCP going through its tunnel for `duration` seconds, in
@@ -49,6 +50,38 @@ pub struct Session {
     /// 0: no keepalive (a negative control: quiet periods then break it).
     #[serde(default = "default_keepalive")]
     pub keepalive: u16,
+    /// Faults made on purpose while the sessions run (negative controls,
+    /// and to see that a soak notices an outage and when it began).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// Something done to the relay `at` seconds into the sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub at: u32,
+    pub kind: FaultKind,
+    /// How long it lasts (`outage`).
+    #[serde(default = "default_fault_seconds")]
+    pub seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// `conntrack -F` on the relay, as a careless deploy script does: the
+    /// redirect's translation of each session's flow is forgotten, so the
+    /// relay answers from its listen port instead of the port the client
+    /// chose.
+    ConntrackFlush,
+    /// For `seconds`, the relay drops what it forwards to the internet
+    /// host (a blackhole route): an outage.
+    Outage,
+}
+
+fn default_fault_seconds() -> u32 {
+    5
 }
 
 fn default_duration() -> u32 {
@@ -118,6 +151,14 @@ impl Check for Session {
         if self.idle > 600 || self.keepalive > 600 {
             return Err("check session: idle and keepalive are at most 600 seconds".into());
         }
+        for f in &self.faults {
+            if f.at >= self.duration || f.seconds == 0 || f.seconds > self.duration {
+                return Err(format!(
+                    "check session: a {:?} fault at {} s for {} s does not fall within the session's {} s",
+                    f.kind, f.at, f.seconds, self.duration
+                ));
+            }
+        }
         if !(self.active..=86_400).contains(&self.duration) {
             return Err(format!(
                 "check session: duration {} s must be at least one active stretch ({} s) and at most a day",
@@ -167,7 +208,12 @@ impl Check for Session {
                 idle: Duration::from_secs(u64::from(self.idle)),
             };
             let plan = &plan;
+            let faults = &self.faults;
+            let internet = IpNet::host(a.internet);
             std::thread::scope(|s| {
+                if !faults.is_empty() {
+                    s.spawn(move || make_faults(faults, &topo.relay, internet));
+                }
                 let runs: Vec<_> = made
                     .iter()
                     .zip(&tags)
@@ -511,6 +557,43 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
     log.seen_tcp = ends.host.seen(&tcp_tag).map(|s| s.source);
     let _ = s.tcp.shutdown(std::net::Shutdown::Both);
     Ok(log)
+}
+
+/// Make `faults` on the relay at their times (from the sessions' start).
+/// Best effort: a fault that cannot be made is told to the host.
+fn make_faults(faults: &[Fault], relay: &Netns, internet: IpNet) {
+    let start = Instant::now();
+    let mut order: Vec<&Fault> = faults.iter().collect();
+    order.sort_by_key(|f| f.at);
+    for f in order {
+        let at = Duration::from_secs(u64::from(f.at));
+        if let Some(wait) = at.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let made = match f.kind {
+            FaultKind::ConntrackFlush => ["ipv4", "ipv6"].into_iter().try_for_each(|family| {
+                let inv = crate::nat::Invocation {
+                    program: "/usr/sbin/conntrack",
+                    args: vec!["-F", "-f", family],
+                };
+                crate::agent::topology::run_in(relay, &inv, None).map(|_| ())
+            }),
+            FaultKind::Outage => {
+                crate::agent::netlink::blackhole(relay, internet, true).and_then(|()| {
+                    std::thread::sleep(Duration::from_secs(u64::from(f.seconds)));
+                    crate::agent::netlink::blackhole(relay, internet, false)
+                })
+            }
+        };
+        let message = match made {
+            Ok(()) => format!("session fault made on purpose at {} s: {:?}", f.at, f.kind),
+            Err(e) => format!(
+                "session fault {:?} at {} s could not be made: {e:#}",
+                f.kind, f.at
+            ),
+        };
+        crate::agent::channel::send(&crate::protocol::GuestMessage::Note { message });
+    }
 }
 
 /// The client's WireGuard endpoint, for an observation.

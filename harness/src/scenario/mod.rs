@@ -55,6 +55,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../../scenarios/port-forward.toml"),
     ),
     ("rekey", include_str!("../../../scenarios/rekey.toml")),
+    (
+        "peer-churn",
+        include_str!("../../../scenarios/peer-churn.toml"),
+    ),
 ];
 
 /// A scenario as the user wrote it.

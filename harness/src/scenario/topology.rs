@@ -182,7 +182,15 @@ pub struct NamespaceSpec {
     /// Rendered by the backend under test, like the namespace's NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall: Option<String>,
+    /// An nftables script of the scenario's own, loaded in this namespace
+    /// (`nft -f -`) after its NAT, whatever the backend under test: for
+    /// what natvet's neutral rules do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nft: Option<String>,
 }
+
+/// The longest `nft` script a namespace may carry.
+pub const MAX_NFT_SCRIPT: usize = 64 * 1024;
 
 /// A sysctl value, written as a string or a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,6 +495,16 @@ impl TopologySpec {
                 if !valid {
                     return Err(format!(
                         "sysctl '{key}' in namespace '{}': only net.* sysctls belong to a network namespace (e.g. \"net.ipv4.ip_forward\")",
+                        n.name
+                    ));
+                }
+            }
+        }
+        for n in &self.namespaces {
+            if let Some(script) = &n.nft {
+                if script.trim().is_empty() || script.len() > MAX_NFT_SCRIPT {
+                    return Err(format!(
+                        "namespace '{}': its nft script is empty or longer than {MAX_NFT_SCRIPT} bytes",
                         n.name
                     ));
                 }
