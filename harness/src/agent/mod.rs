@@ -148,7 +148,7 @@ pub fn main_host(job: &Path, results_fd: i32) -> i32 {
     let outcome = std::panic::catch_unwind(|| -> Result<()> {
         hello(&kernel_release());
         let job = read_job(job)?;
-        run_job(&job);
+        run_job(&job, KernelWide::Leave);
         Ok(())
     });
     match outcome {
@@ -198,7 +198,7 @@ fn run(start: Instant) -> Result<()> {
         });
     }
 
-    run_job(&job);
+    run_job(&job, KernelWide::Set);
     send(&GuestMessage::Note {
         message: format!("agent finished in {} ms", start.elapsed().as_millis()),
     });
@@ -223,8 +223,9 @@ fn raise_open_file_limit() {
 /// builds its own namespaces, so runs cannot see each other's links, rules
 /// or conntrack entries; results carry their scenario and backend, and the
 /// host puts them back in order.
-fn run_job(job: &Job) {
+fn run_job(job: &Job, kernel_wide: KernelWide) {
     raise_open_file_limit();
+    let refused = kernel_settings(job, kernel_wide);
     let runs: Vec<(&Scenario, crate::nat::BackendKind)> = job
         .scenarios
         .iter()
@@ -237,7 +238,20 @@ fn run_job(job: &Job) {
             break;
         };
         let start = Instant::now();
-        let setup_ms = run_scenario(scenario, kind.backend().as_ref(), job);
+        let backend = kind.backend();
+        let setup_ms = match refused.iter().find(|(name, _)| *name == scenario.name) {
+            Some((_, why)) => {
+                settle(
+                    scenario,
+                    backend.as_ref(),
+                    scenario.result_names(),
+                    Status::Unsupported,
+                    why,
+                );
+                0
+            }
+            None => run_scenario(scenario, backend.as_ref(), job),
+        };
         send(&GuestMessage::RunDone(RunTiming {
             scenario: scenario.name.clone(),
             backend: kind.to_string(),
@@ -251,6 +265,46 @@ fn run_job(job: &Job) {
         }
         worker();
     });
+}
+
+/// What the agent may do with the kernel's own (not a namespace's) settings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KernelWide {
+    /// In natvet's own guest: set what the scenarios ask for.
+    Set,
+    /// On a live host (`natvet verify`): never change them.
+    Leave,
+}
+
+/// Apply (or, on a live host, only compare) every scenario's kernel-wide
+/// sysctls; the scenarios that cannot run, with why.
+fn kernel_settings(job: &Job, kernel_wide: KernelWide) -> Vec<(String, String)> {
+    let mut refused = Vec::new();
+    for s in &job.scenarios {
+        for (key, value) in &s.kernel.sysctls {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            let now = std::fs::read_to_string(&path).map(|v| v.trim().to_string());
+            let why = match (&now, kernel_wide) {
+                (Ok(v), _) if *v == value.0 => None,
+                (Err(e), _) => Some(format!(
+                    "the scenario needs the kernel-wide sysctl {key} = {}, which this kernel does not have ({e})",
+                    value.0
+                )),
+                (Ok(v), KernelWide::Leave) => Some(format!(
+                    "the scenario needs the kernel-wide sysctl {key} = {} (it is {v} here), and natvet verify does not change a live host's kernel-wide settings",
+                    value.0
+                )),
+                (Ok(_), KernelWide::Set) => std::fs::write(&path, &value.0).err().map(|e| {
+                    format!("setting the kernel-wide sysctl {key} = {} failed: {e}", value.0)
+                }),
+            };
+            if let Some(why) = why {
+                refused.push((s.name.clone(), why));
+                break;
+            }
+        }
+    }
+    refused
 }
 
 /// Why a run's setup did not finish, as its checks will be reported.

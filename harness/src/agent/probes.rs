@@ -53,12 +53,25 @@ impl InternetHost {
         let mut threads = Vec::new();
         for &addr in addrs {
             let (tcp, udp, icmp) = ns.run(|| {
-                let tcp = TcpListener::bind((addr, TCP_PORT))
+                // A relay at scale opens thousands of connections at once: a
+                // long accept queue, and room for bursts of datagrams.
+                let tcp = Socket::new(
+                    Domain::for_address((addr, TCP_PORT).into()),
+                    Type::STREAM,
+                    None,
+                )
+                .context("creating the TCP probe server")?;
+                tcp.set_reuse_address(true)?;
+                tcp.bind(&SocketAddr::new(addr, TCP_PORT).into())
                     .with_context(|| format!("binding TCP probe server on {addr}"))?;
+                tcp.listen(4096)
+                    .context("listening on the TCP probe server")?;
+                let tcp = TcpListener::from(tcp);
                 tcp.set_nonblocking(true)?;
                 let udp = UdpSocket::bind((addr, UDP_PORT))
                     .with_context(|| format!("binding UDP probe server on {addr}"))?;
                 udp.set_read_timeout(Some(POLL))?;
+                let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(4 << 20);
                 let icmp = raw_icmp(addr.is_ipv6())?;
                 icmp.set_read_timeout(Some(POLL))?;
                 Ok((tcp, udp, icmp))

@@ -110,6 +110,7 @@ registry! {
     "port-forward" => port_forward::PortForward,
     "session" => session::Session,
     "peer-churn" => peer_churn::PeerChurn,
+    "relay-scale" => relay_scale::RelayScale,
     "kernel-health" => kernel_health::KernelHealth,
 }
 

@@ -216,8 +216,11 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
             // unanswered ones again on their own sockets. A flow whose
             // conntrack entry lost (or never got) its NAT binding stays
             // unanswered, and its packets show on the internet's link.
-            for _ in 0..3 {
-                if answered.iter().all(|a| *a) {
+            // Three rounds, and more while rounds still bring answers (a
+            // starved guest answers late, not wrongly), ten at most.
+            for round in 0..10 {
+                let before = answered.iter().filter(|a| **a).count();
+                if before == answered.len() {
                     break;
                 }
                 for ((s, tag), got) in pool.iter().zip(&new_tags).zip(&answered) {
@@ -227,6 +230,10 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
                 }
                 std::thread::sleep(Duration::from_millis(500));
                 poll_new(&mut answered, &mut buf);
+                let progress = answered.iter().filter(|a| **a).count() > before;
+                if round >= 2 && !progress {
+                    break;
+                }
             }
             let new_recovered = answered.iter().filter(|a| **a).count() - new_answered;
             let _ = established.set_nonblocking(false);

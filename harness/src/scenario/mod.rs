@@ -77,6 +77,12 @@ pub struct Scenario {
     /// default set of `vet`, `gate` and `verify`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub slow: bool,
+    /// Settings of the whole kernel under test, not of one namespace (the
+    /// conntrack table's size, for one): the guest's agent sets them before
+    /// any scenario runs. `natvet verify` never changes them on a live host:
+    /// where they differ there, the scenario is unsupported.
+    #[serde(default, skip_serializing_if = "KernelSettings::is_empty")]
+    pub kernel: KernelSettings,
     /// The network: namespaces, links, routes, sysctls and the tunnel.
     /// Default: client ---- relay ---- internet (`natvet scenarios show`).
     #[serde(default)]
@@ -88,6 +94,22 @@ pub struct Scenario {
     /// The checks, in the order they run.
     #[serde(rename = "check")]
     pub checks: Vec<CheckSpec>,
+}
+
+/// Kernel-wide settings of a scenario.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSettings {
+    /// `net.*` sysctls of the initial namespace, e.g.
+    /// "net.netfilter.nf_conntrack_max" = 262144.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, topology::SysctlValue>,
+}
+
+impl KernelSettings {
+    pub fn is_empty(&self) -> bool {
+        self.sysctls.is_empty()
+    }
 }
 
 fn default_backends() -> Vec<BackendKind> {
@@ -226,6 +248,13 @@ impl Scenario {
         }
         if self.checks.is_empty() {
             return Err("no checks: add at least one [[check]] table".into());
+        }
+        for key in self.kernel.sysctls.keys() {
+            if !topology::is_net_sysctl(key) {
+                return Err(format!(
+                    "kernel.sysctls: '{key}' is not a net.* sysctl (e.g. \"net.netfilter.nf_conntrack_max\")"
+                ));
+            }
         }
         let setup = self.setup();
         setup.validate()?;

@@ -189,6 +189,16 @@ pub struct NamespaceSpec {
     pub nft: Option<String>,
 }
 
+/// Whether `key` names a `net.*` sysctl (and nothing outside /proc/sys/net).
+pub fn is_net_sysctl(key: &str) -> bool {
+    key.starts_with("net.")
+        && key.len() > 4
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !key.contains("..")
+}
+
 /// The longest `nft` script a namespace may carry.
 pub const MAX_NFT_SCRIPT: usize = 64 * 1024;
 
@@ -486,13 +496,7 @@ impl TopologySpec {
                 return Err(format!("namespace '{}' is defined twice", n.name));
             }
             for key in n.sysctls.keys() {
-                let valid = key.starts_with("net.")
-                    && key.len() > 4
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                    && !key.contains("..");
-                if !valid {
+                if !is_net_sysctl(key) {
                     return Err(format!(
                         "sysctl '{key}' in namespace '{}': only net.* sysctls belong to a network namespace (e.g. \"net.ipv4.ip_forward\")",
                         n.name
