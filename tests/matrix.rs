@@ -470,6 +470,24 @@ fn controls() -> Vec<Control> {
             &["peer-churn/steady"],
         ),
         on(
+            "production-scale",
+            "production-scale-masquerade-range-too-small",
+            // 1,000 UDP flows through a masquerade of 500 ports: half of
+            // them find no tuple of their own (smaller, so that it is quick).
+            |s| {
+                s.relay.masquerade_ports = Some(PortRange {
+                    first: 40000,
+                    last: 40499,
+                });
+                for c in &mut s.checks {
+                    if let CheckSpec::RelayScale(c) = c {
+                        (c.peers, c.flows, c.tcp, c.churn, c.churn_seconds) = (20, 1000, 0, 0, 0);
+                    }
+                }
+            },
+            &["relay-scale/20x1000", "kernel-health"],
+        ),
+        on(
             "extended-ports",
             "extended-ports-redirect-too-wide",
             |s| {

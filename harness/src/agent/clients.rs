@@ -186,6 +186,28 @@ pub fn remove(topo: &Topology, client: &Client) -> Result<()> {
     }
 }
 
+/// Take many extra clients away at once: their peers on the relay in one
+/// update, their rules and interfaces over one netlink connection.
+pub fn remove_all(topo: &Topology, clients: &[Client]) -> Result<()> {
+    if clients.is_empty() {
+        return Ok(());
+    }
+    let peers = match topo.wg() {
+        Ok((_, relay)) => {
+            let keys: Vec<_> = clients.iter().map(|c| c.wg.public_key()).collect();
+            relay.remove_peers(&keys)
+        }
+        Err(_) => Ok(()),
+    };
+    let links: Vec<String> = clients.iter().map(|c| c.wg.name.clone()).collect();
+    let rules: Vec<(IpNet, u32, u32)> = clients
+        .iter()
+        .flat_map(|c| c.tunnel.iter().map(move |a| (*a, c.table(), c.table())))
+        .collect();
+    netlink::del_links_and_rules(&topo.client, &links, &rules)?;
+    peers.context("removing the extra clients' peers from the relay")
+}
+
 /// Delete the relay's conntrack entries of flows from `client`'s tunnel
 /// addresses, as a relay does when a peer goes away, so that a later client
 /// given the same address starts clean. Best effort: that there was nothing

@@ -307,3 +307,31 @@ pub fn blackhole(ns: &Netns, dest: IpNet, on: bool) -> Result<()> {
         done.with_context(|| format!("{what} a blackhole route to {dest} in {}", ns.name))
     })
 }
+
+/// Delete many links and source rules over one netlink connection: taking
+/// hundreds of clients away one request at a time costs a thread and a
+/// runtime each. What is not there any more is no error.
+pub fn del_links_and_rules(
+    ns: &Netns,
+    links: &[String],
+    rules: &[(IpNet, u32, u32)],
+) -> Result<()> {
+    ns.block_on(|| async {
+        let handle = connect().await?;
+        for (from, table, priority) in rules {
+            let message = source_rule(&handle, *from, *table, *priority).await;
+            let _ = handle.rule().del(message).execute().await;
+        }
+        for name in links {
+            if let Ok(index) = index_of(&handle, name).await {
+                handle
+                    .link()
+                    .del(index)
+                    .execute()
+                    .await
+                    .with_context(|| format!("deleting link {name} in {}", ns.name))?;
+            }
+        }
+        Ok(())
+    })
+}

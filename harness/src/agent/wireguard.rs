@@ -142,13 +142,16 @@ impl WgInterface {
 
     /// Remove one peer; the others stay.
     pub fn remove_peer(&self, peer: &Key) -> Result<()> {
-        apply(
-            &self.ns,
-            &iface(&self.name)?,
-            DeviceUpdate::new().remove_peer_by_key(peer),
-            None,
-        )
-        .with_context(|| format!("removing a peer from {}", self.name))
+        self.remove_peers(std::slice::from_ref(peer))
+    }
+
+    /// Remove these peers in one update; the others stay.
+    pub fn remove_peers(&self, peers: &[Key]) -> Result<()> {
+        let update = peers
+            .iter()
+            .fold(DeviceUpdate::new(), |u, k| u.remove_peer_by_key(k));
+        apply(&self.ns, &iface(&self.name)?, update, None)
+            .with_context(|| format!("removing {} peer(s) from {}", peers.len(), self.name))
     }
 
     /// Every peer's state, by public key.

@@ -119,11 +119,12 @@ impl Check for RelayScale {
         }
         let mut made = Vec::new();
         let outcome = self.scale(ctx, &a, &mut made);
-        for c in &made {
-            let _ = clients::remove(&ctx.topo, c);
-            clients::forget(&ctx.topo, c);
-        }
+        let removed = clients::remove_all(&ctx.topo, &made);
+        // Thousands of flows from these clients: the relay forgets them all
+        // (as port-exhaustion does), so that later checks start clean.
+        super::common::flush_conntrack(ctx)?;
         let (ok, observed) = outcome?;
+        removed?;
         Ok(Verdict::judge(ok, expected, observed))
     }
 }
@@ -183,7 +184,15 @@ impl RelayScale {
         let topo = &ctx.topo;
         let host = topo.internet_host()?;
         let start = Instant::now();
-        let mut udp = open_udp(&topo.client, &addrs, udp_n, pool, &mut rng, &tags_base)?;
+        let mut udp = open_udp(
+            &topo.client,
+            &addrs,
+            udp_n,
+            pool,
+            true,
+            &mut rng,
+            &tags_base,
+        )?;
         let udp_dest = SocketAddr::new(a.internet, probes::UDP_PORT);
         let answered = exchange_udp(&mut udp, udp_dest, ANSWER_WITHIN);
         let udp_secs = start.elapsed().as_secs_f64();
@@ -191,15 +200,21 @@ impl RelayScale {
             "{answered} of {udp_n} UDP flows answered in {udp_secs:.1} s"
         ));
         let tcp_start = Instant::now();
-        let mut tcp = open_tcp(
+        let tcp_dest = SocketAddr::new(a.internet, probes::TCP_PORT);
+        let pending = tcp_sockets(
             &topo.client,
             &addrs,
             tcp_n,
             pool,
+            true,
             &mut rng,
-            &tags_base,
-            a.internet,
+            &format!("{tags_base}-t"),
+            tcp_dest,
         )?;
+        for p in &pending {
+            start_connect(p, tcp_dest);
+        }
+        let mut tcp = greet_all(pending, ANSWER_WITHIN);
         let tcp_secs = tcp_start.elapsed().as_secs_f64();
         note(format!(
             "{} of {tcp_n} TCP connections up in {tcp_secs:.1} s",
@@ -212,8 +227,16 @@ impl RelayScale {
         let tcp_up = tcp.iter().filter(|t| t.greeted).count();
         let shared = shared_ports(&udp);
         // Churn: flows close and new ones open while the table is full.
-        let churn =
-            self.churn_flows(&topo.client, host, &mut udp, &mut tcp, pool, &tags_base, a)?;
+        let churn = self.churn_flows(
+            &topo.client,
+            host,
+            &addrs,
+            &mut udp,
+            &mut tcp,
+            pool,
+            &tags_base,
+            a,
+        )?;
         let stats_after = conntrack_counters(&relay)?;
         let losses: Vec<String> = crate::conntrack::TROUBLE_COUNTERS
             .iter()
@@ -247,7 +270,7 @@ impl RelayScale {
             churn.answered,
             churn.opened,
             self.churn_seconds,
-            rate(churn.opened, f64::from(self.churn_seconds.max(1))),
+            rate(churn.opened, churn.seconds),
             if losses.is_empty() {
                 "lost nothing".to_string()
             } else {
@@ -258,12 +281,14 @@ impl RelayScale {
     }
 
     /// Close and open flows at `churn` a second: half UDP, half TCP (as far
-    /// as there are TCP connections).
+    /// as there are TCP connections). The new flows' sockets are made
+    /// beforehand, so the pace is the flows', not natvet's.
     #[allow(clippy::too_many_arguments)]
     fn churn_flows(
         &self,
         ns: &Netns,
         host: &InternetHost,
+        addrs: &[IpAddr],
         udp: &mut [UdpFlow],
         tcp: &mut [TcpFlow],
         pool: u16,
@@ -272,49 +297,66 @@ impl RelayScale {
     ) -> Result<Churned> {
         let mut rng = StdRng::from_entropy();
         let mut out = Churned::default();
-        if self.churn == 0 || self.churn_seconds == 0 || udp.is_empty() {
+        let total = (self.churn * self.churn_seconds) as usize;
+        if total == 0 || udp.is_empty() {
             return Ok(out);
         }
+        let n_tcp = if tcp.is_empty() { 0 } else { total / 2 };
+        let udp_dest = SocketAddr::new(a.internet, probes::UDP_PORT);
+        let tcp_dest = SocketAddr::new(a.internet, probes::TCP_PORT);
+        let mut spare_udp = open_udp(
+            ns,
+            addrs,
+            total - n_tcp,
+            pool,
+            false,
+            &mut rng,
+            &format!("{tags}-cu"),
+        )?;
+        let mut spare_tcp = tcp_sockets(
+            ns,
+            addrs,
+            n_tcp,
+            pool,
+            false,
+            &mut rng,
+            &format!("{tags}-ct"),
+            tcp_dest,
+        )?;
+        let mut fresh_udp: Vec<UdpFlow> = Vec::new();
+        let mut connecting: Vec<Pending> = Vec::new();
         let every = Duration::from_secs(1) / self.churn;
         let start = Instant::now();
-        let until = Duration::from_secs(u64::from(self.churn_seconds));
-        let udp_dest = SocketAddr::new(a.internet, probes::UDP_PORT);
-        let mut fresh_udp: Vec<UdpFlow> = Vec::new();
-        let mut fresh_tcp: Vec<TcpFlow> = Vec::new();
-        let mut n = 0u32;
-        while start.elapsed() < until {
-            let tag = format!("{tags}-churn{n}");
-            if n % 2 == 1 && !tcp.is_empty() {
+        for n in 0..total {
+            let take_tcp = n % 2 == 1 && !spare_tcp.is_empty();
+            if take_tcp {
                 let i = rng.gen_range(0..tcp.len());
-                let addr = tcp[i].addr;
-                // Closing one: the old connection's FIN; a new one in its place.
+                // One connection closes (its FIN), a new one opens.
                 if let Some(s) = &tcp[i].stream {
                     let _ = s.shutdown(std::net::Shutdown::Both);
                 }
-                // A port of the kernel's choosing: one of the pool may still
-                // be held by this client's other connections.
-                if let Ok(t) = connect_one(ns, addr, 0, a.internet, &tag) {
-                    tcp[i] = t;
-                    fresh_tcp.push(TcpFlow::marker(&tcp[i]));
-                } else {
-                    fresh_tcp.push(TcpFlow::failed(addr, tag));
+                tcp[i].stream = None;
+                if let Some(p) = spare_tcp.pop() {
+                    start_connect(&p, tcp_dest);
+                    connecting.push(p);
                 }
-            } else {
+            } else if let Some(flow) = spare_udp.pop() {
+                // One flow goes quiet (its socket closed), a new one starts.
                 let i = rng.gen_range(0..udp.len());
-                let addr = udp[i].addr;
-                let flow = bind_udp(ns, addr, pool, &mut rng, tag)?;
+                let _ = flow.socket.send_to(flow.tag.as_bytes(), udp_dest);
+                fresh_udp.push(UdpFlow::marker(&flow)?);
                 udp[i] = flow;
-                fresh_udp.push(UdpFlow::marker(&udp[i])?);
             }
             out.opened += 1;
-            n += 1;
-            let next = every * n;
+            let next = every * (n as u32 + 1);
             if let Some(wait) = next.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        // The new UDP flows: answered (resends allowed)?
+        out.seconds = start.elapsed().as_secs_f64();
+        // The new flows: answered (resends allowed)? connected and greeted?
         exchange_udp(&mut fresh_udp, udp_dest, Duration::from_secs(10));
+        let fresh_tcp = greet_all(connecting, Duration::from_secs(10));
         let masqueraded = |tag: &str| host.seen(tag).is_some_and(|s| s.source == a.relay_wan);
         out.answered = fresh_udp
             .iter()
@@ -332,6 +374,8 @@ impl RelayScale {
 struct Churned {
     opened: usize,
     answered: usize,
+    /// How long opening them took (the rate reached).
+    seconds: f64,
 }
 
 /// One UDP flow: a client's socket and the tag it sends.
@@ -356,30 +400,9 @@ impl UdpFlow {
 
 /// One TCP connection, echoing lines (the probe server's LOOP).
 struct TcpFlow {
-    addr: IpAddr,
     stream: Option<TcpStream>,
     tag: String,
     greeted: bool,
-}
-
-impl TcpFlow {
-    fn marker(f: &TcpFlow) -> TcpFlow {
-        TcpFlow {
-            addr: f.addr,
-            stream: None,
-            tag: f.tag.clone(),
-            greeted: f.greeted,
-        }
-    }
-
-    fn failed(addr: IpAddr, tag: String) -> TcpFlow {
-        TcpFlow {
-            addr,
-            stream: None,
-            tag,
-            greeted: false,
-        }
-    }
 }
 
 /// One datagram from each client into its tunnel, until the relay has
@@ -412,34 +435,14 @@ fn handshake_all(ctx: &Context, made: &[Client], addrs: &[IpAddr], a: &Addrs) ->
     Ok(done)
 }
 
-/// A UDP socket on `addr` from a random port of the pool (another one if
-/// that is taken on this address).
-fn bind_udp(ns: &Netns, addr: IpAddr, pool: u16, rng: &mut StdRng, tag: String) -> Result<UdpFlow> {
-    let ports: Vec<u16> = (0..pool).map(|p| POOL_START + p).collect();
-    let first = rng.gen_range(0..ports.len());
-    ns.run(|| {
-        for k in 0..ports.len() {
-            let port = ports[(first + k) % ports.len()];
-            if let Ok(s) = UdpSocket::bind((addr, port)) {
-                s.set_nonblocking(true)?;
-                return Ok(UdpFlow {
-                    addr,
-                    socket: s,
-                    tag: tag.clone(),
-                    answered: false,
-                });
-            }
-        }
-        anyhow::bail!("no free port of {pool} on {addr}")
-    })
-}
-
 /// `n` UDP flows spread over the clients, each from a random port.
+/// (`from_pool` false: ports of the kernel's choosing, which are random too).
 fn open_udp(
     ns: &Netns,
     addrs: &[IpAddr],
     n: usize,
     pool: u16,
+    from_pool: bool,
     rng: &mut StdRng,
     tags: &str,
 ) -> Result<Vec<UdpFlow>> {
@@ -456,7 +459,7 @@ fn open_udp(
             let addr = addrs[i % addrs.len()];
             ports.shuffle(rng);
             for (j, k) in chunk.iter().enumerate() {
-                let port = ports[j % ports.len()];
+                let port = if from_pool { ports[j % ports.len()] } else { 0 };
                 let s = UdpSocket::bind((addr, port))
                     .with_context(|| format!("binding {addr} port {port}"))?;
                 s.set_nonblocking(true)?;
@@ -524,105 +527,94 @@ fn exchange_udp(flows: &mut [UdpFlow], dest: SocketAddr, within: Duration) -> us
     flows.iter().filter(|f| f.answered).count()
 }
 
-/// A TCP connection from `addr`:`port` to the probe server, greeted.
-fn connect_one(
-    ns: &Netns,
-    addr: IpAddr,
-    port: u16,
-    internet: IpAddr,
-    tag: &str,
-) -> Result<TcpFlow> {
-    let dest = SocketAddr::new(internet, probes::TCP_PORT);
-    let mut stream = ns.run(|| {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(dest),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        s.bind(&SocketAddr::new(addr, port).into())
-            .with_context(|| format!("binding {addr} port {port}"))?;
-        s.connect_timeout(&dest.into(), HANDSHAKE_TIMEOUT)
-            .with_context(|| format!("connecting to {dest} from {addr}:{port}"))?;
-        Ok(TcpStream::from(s))
-    })?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    stream.write_all(format!("LOOP {tag}\n").as_bytes())?;
-    let mut greeting = vec![0u8; tag.len() + 1];
-    let greeted = stream.read_exact(&mut greeting).is_ok();
-    Ok(TcpFlow {
-        addr,
-        stream: Some(stream),
-        tag: tag.to_string(),
-        greeted,
-    })
+/// A TCP socket bound on a client, not yet connected.
+struct Pending {
+    socket: socket2::Socket,
+    tag: String,
 }
 
-/// `n` TCP connections spread over the clients, opened all at once
-/// (non-blocking), each from a random port, then greeted.
-fn open_tcp(
+/// `n` TCP sockets spread over the clients, bound to random ports of the
+/// pool (distinct per client), or with `from_pool` false to ports of the
+/// kernel's choosing; non-blocking, not connected yet.
+#[allow(clippy::too_many_arguments)]
+fn tcp_sockets(
     ns: &Netns,
     addrs: &[IpAddr],
     n: usize,
     pool: u16,
+    from_pool: bool,
     rng: &mut StdRng,
     tags: &str,
-    internet: IpAddr,
-) -> Result<Vec<TcpFlow>> {
-    let dest = SocketAddr::new(internet, probes::TCP_PORT);
-    let mut pending: Vec<(IpAddr, socket2::Socket, String)> = Vec::with_capacity(n);
+    family_of: SocketAddr,
+) -> Result<Vec<Pending>> {
     let mut used: HashMap<IpAddr, BTreeSet<u16>> = HashMap::new();
     ns.run(|| {
+        let mut out = Vec::with_capacity(n);
         for k in 0..n {
             let addr = addrs[k % addrs.len()];
-            let taken = used.entry(addr).or_default();
-            let mut port = POOL_START + rng.gen_range(0..pool);
-            while taken.contains(&port) {
-                port = POOL_START + rng.gen_range(0..pool.max(1));
+            let port = if from_pool {
+                let taken = used.entry(addr).or_default();
                 if taken.len() >= usize::from(pool) {
                     anyhow::bail!("more TCP connections per client than ports in the pool");
                 }
-            }
-            taken.insert(port);
+                let mut port = POOL_START + rng.gen_range(0..pool);
+                while taken.contains(&port) {
+                    port = POOL_START + rng.gen_range(0..pool);
+                }
+                taken.insert(port);
+                port
+            } else {
+                0
+            };
             let s = socket2::Socket::new(
-                socket2::Domain::for_address(dest),
+                socket2::Domain::for_address(family_of),
                 socket2::Type::STREAM,
                 Some(socket2::Protocol::TCP),
             )?;
             s.bind(&SocketAddr::new(addr, port).into())
                 .with_context(|| format!("binding {addr} port {port}"))?;
             s.set_nonblocking(true)?;
-            // EINPROGRESS: the handshake goes on while we open the rest.
-            let _ = s.connect(&dest.into());
-            pending.push((addr, s, format!("{tags}-t{k}")));
+            out.push(Pending {
+                socket: s,
+                tag: format!("{tags}{k}"),
+            });
         }
-        Ok(())
-    })?;
-    // Wait for each to connect, then send its LOOP command and read the greeting.
+        Ok(out)
+    })
+}
+
+/// Start connecting (EINPROGRESS: the handshake goes on in the kernel).
+fn start_connect(p: &Pending, dest: SocketAddr) {
+    let _ = p.socket.connect(&dest.into());
+}
+
+/// Wait for each connection to come up, send its LOOP command and read the
+/// probe server's greeting.
+fn greet_all(pending: Vec<Pending>, within: Duration) -> Vec<TcpFlow> {
     let start = Instant::now();
-    let mut flows: Vec<TcpFlow> = Vec::with_capacity(n);
-    let mut state: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new()); pending.len()];
+    let mut state: Vec<(u8, Vec<u8>)> = vec![(0, Vec::new()); pending.len()];
     let mut buf = [0u8; 256];
-    while start.elapsed() < ANSWER_WITHIN && state.iter().any(|s| s.0 < 2) {
+    while start.elapsed() < within && state.iter().any(|s| s.0 < 2) {
         let mut progress = false;
-        for ((_, s, tag), st) in pending.iter().zip(state.iter_mut()) {
+        for (p, st) in pending.iter().zip(state.iter_mut()) {
             match st.0 {
                 // Connected once the peer address is known.
-                0 if s.peer_addr().is_ok() => {
-                    let mut w: &socket2::Socket = s;
-                    if w.write_all(format!("LOOP {tag}\n").as_bytes()).is_ok() {
+                0 if p.socket.peer_addr().is_ok() => {
+                    let mut w: &socket2::Socket = &p.socket;
+                    if w.write_all(format!("LOOP {}\n", p.tag).as_bytes()).is_ok() {
                         st.0 = 1;
                         progress = true;
                     }
                 }
                 1 => {
-                    let mut r: &socket2::Socket = s;
+                    let mut r: &socket2::Socket = &p.socket;
                     if let Ok(k) = r.read(&mut buf) {
                         if k > 0 {
                             st.1.extend_from_slice(&buf[..k]);
                             progress = true;
                         }
                     }
-                    if st.1.len() > tag.len() {
+                    if st.1.len() > p.tag.len() {
                         st.0 = 2;
                     }
                 }
@@ -633,16 +625,18 @@ fn open_tcp(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    for ((addr, s, tag), st) in pending.into_iter().zip(state) {
-        let greeted = st.0 == 2 && st.1.starts_with(tag.as_bytes());
-        flows.push(TcpFlow {
-            addr,
-            stream: Some(TcpStream::from(s)),
-            tag,
-            greeted,
-        });
-    }
-    Ok(flows)
+    pending
+        .into_iter()
+        .zip(state)
+        .map(|(p, st)| {
+            let greeted = st.0 == 2 && st.1.starts_with(p.tag.as_bytes());
+            TcpFlow {
+                stream: Some(TcpStream::from(p.socket)),
+                tag: p.tag,
+                greeted,
+            }
+        })
+        .collect()
 }
 
 /// Of the flows with these tags, how many distinct source ports the

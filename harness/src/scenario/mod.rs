@@ -59,6 +59,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "peer-churn",
         include_str!("../../../scenarios/peer-churn.toml"),
     ),
+    (
+        "production-scale",
+        include_str!("../../../scenarios/production-scale.toml"),
+    ),
 ];
 
 /// A scenario as the user wrote it.
