@@ -247,4 +247,43 @@ mod tests {
         );
         insta::assert_snapshot!(render::table(&report(vec![a, b])));
     }
+
+    #[test]
+    fn junit_counts_every_status_and_reads_back() {
+        let a = kernel(
+            "6.1.0-50-amd64",
+            vec![
+                result("handshake/51820", Status::Pass),
+                result("handshake/53", Status::Fail),
+                result("handshake/4000", Status::Unsupported),
+                result("handshake/33433", Status::Error),
+                result("handshake/60000", Status::Flaky),
+            ],
+            KernelState::Completed,
+        );
+        let b = kernel(
+            "7.2.13+deb14-amd64",
+            vec![],
+            KernelState::InfraError {
+                stage: InfraStage::KernelPanic,
+                reason: "Kernel panic <here> & \u{1}there".into(),
+                console_tail: vec!["line".into()],
+            },
+        );
+        let xml = render::junit(&report(vec![a, b]));
+        let root = xml.lines().nth(1).unwrap();
+        assert_eq!(
+            root,
+            r#"<testsuites name="natvet" tests="6" failures="1" errors="2" time="0.001">"#
+        );
+        let back = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+        assert_eq!((back.tests, back.failures, back.errors), (6, 1, 2));
+        assert_eq!(back.test_suites[0].skipped, 1);
+        assert_eq!(back.test_suites[1].test_cases[0].name.as_str(), "kernel");
+        assert!(
+            xml.contains(r#"message="Kernel panic &lt;here&gt; &amp; there" type="kernel panic""#)
+        );
+        assert!(xml.contains("<system-out>flaky: passed only after natvet retried"));
+        assert!(xml.contains(r#"<failure message="none" type="nat">expected: a handshake"#));
+    }
 }

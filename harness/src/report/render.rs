@@ -158,116 +158,95 @@ fn xml_escape(s: &str) -> String {
     out
 }
 
-fn secs(ms: u64) -> String {
-    format!("{:.3}", ms as f64 / 1000.0)
-}
-
-/// JUnit XML: one testsuite per kernel, one testcase per scenario x backend x
-/// check. Failures carry expected vs observed; harness errors are `<error>`,
-/// unsupported checks `<skipped>`; a kernel that could not be tested is one
-/// errored testcase.
+/// JUnit XML (through quick-junit, the writer nextest uses): one testsuite
+/// per kernel, one testcase per scenario x backend x check. Failures carry
+/// expected vs observed; harness errors are `<error>`, unsupported checks
+/// `<skipped>`; a kernel that could not be tested is one errored testcase.
 pub fn junit(report: &RunReport) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let count = |s: Status| {
-        report
-            .kernels
-            .iter()
-            .flat_map(|k| &k.results)
-            .filter(|r| r.status == s)
-            .count()
-    };
-    let infra = report
-        .kernels
-        .iter()
-        .filter(|k| k.state != KernelState::Completed)
-        .count();
-    let tests: usize = report
-        .kernels
-        .iter()
-        .map(|k| k.results.len())
-        .sum::<usize>()
-        + infra;
-    let _ = writeln!(
-        out,
-        "<testsuites name=\"natvet\" tests=\"{tests}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-        count(Status::Fail),
-        count(Status::Error) + infra,
-        count(Status::Unsupported),
-        secs(report.elapsed_ms)
-    );
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let mut out = Report::new("natvet");
+    out.set_time(ms(report.elapsed_ms));
     for k in &report.kernels {
-        let label = xml_escape(&k.label());
-        let infra = usize::from(k.state != KernelState::Completed);
-        let n = |s: Status| k.results.iter().filter(|r| r.status == s).count();
-        let _ = writeln!(
-            out,
-            "  <testsuite name=\"{label}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-            k.results.len() + infra,
-            n(Status::Fail),
-            n(Status::Error) + infra,
-            n(Status::Unsupported),
-            secs(k.timings.total_ms)
-        );
+        let label = k.label();
+        let mut suite = TestSuite::new(label.as_str());
+        suite.set_time(ms(k.timings.total_ms));
         if let KernelState::InfraError {
             stage,
             reason,
             console_tail,
         } = &k.state
         {
-            let _ = writeln!(
-                out,
-                "    <testcase classname=\"natvet.{label}\" name=\"kernel\" time=\"{}\">\n      <error message=\"{}\" type=\"{}\">{}</error>\n    </testcase>",
-                secs(k.timings.total_ms),
-                xml_escape(reason),
-                xml_escape(stage.label()),
-                xml_escape(&console_tail.join("\n"))
-            );
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+            status
+                .set_message(reason.as_str())
+                .set_type(stage.label())
+                .set_description(console_tail.join("\n"));
+            let mut case = TestCase::new("kernel", status);
+            case.set_classname(format!("natvet.{label}"))
+                .set_time(ms(k.timings.total_ms));
+            suite.add_test_case(case);
         }
         for r in &k.results {
-            let _ = write!(
-                out,
-                "    <testcase classname=\"natvet.{label}.{}.{}\" name=\"{}\" time=\"{}\"",
-                xml_escape(&r.scenario),
-                xml_escape(&r.backend),
-                xml_escape(&r.check),
-                secs(r.duration_ms)
-            );
             let body = format!("expected: {}\nobserved: {}", r.expected, r.observed);
-            match r.status {
-                Status::Pass => out.push_str("/>\n"),
+            let mut flaky = false;
+            let status = match r.status {
+                Status::Pass => TestCaseStatus::success(),
                 // A NAT verdict is a <failure>; natvet's own trouble an <error>.
                 Status::Fail | Status::Error => {
-                    let (tag, kind) = if r.status == Status::Fail {
-                        ("failure", "nat")
+                    let (kind, ty) = if r.status == Status::Fail {
+                        (NonSuccessKind::Failure, "nat")
                     } else {
-                        ("error", "harness")
+                        (NonSuccessKind::Error, "harness")
                     };
-                    let _ = writeln!(
-                        out,
-                        ">\n      <{tag} message=\"{}\" type=\"{kind}\">{}</{tag}>\n    </testcase>",
-                        xml_escape(&first_line(&r.observed)),
-                        xml_escape(&body)
-                    );
+                    let mut s = TestCaseStatus::non_success(kind);
+                    s.set_message(first_line(&r.observed))
+                        .set_type(ty)
+                        .set_description(body);
+                    s
                 }
                 Status::Unsupported => {
-                    let _ = writeln!(
-                        out,
-                        ">\n      <skipped message=\"unsupported: {}\"/>\n    </testcase>",
-                        xml_escape(&first_line(&r.observed))
-                    );
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(format!("unsupported: {}", first_line(&r.observed)));
+                    s
                 }
                 Status::Flaky => {
-                    let _ = writeln!(
-                        out,
-                        ">\n      <system-out>flaky: passed only after natvet retried a harness error</system-out>\n    </testcase>"
-                    );
+                    flaky = true;
+                    TestCaseStatus::success()
                 }
+            };
+            let mut case = TestCase::new(r.check.as_str(), status);
+            case.set_classname(format!("natvet.{label}.{}.{}", r.scenario, r.backend))
+                .set_time(ms(r.duration_ms));
+            if flaky {
+                case.set_system_out("flaky: passed only after natvet retried a harness error");
             }
+            suite.add_test_case(case);
         }
-        out.push_str("  </testsuite>\n");
+        out.add_test_suite(suite);
     }
-    out.push_str("</testsuites>\n");
-    out
+    let xml = out.to_string().unwrap_or_else(|e| {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- natvet could not write JUnit XML: {e} -->\n<testsuites/>\n")
+    });
+    // The root's `skipped` count is not in the JUnit schema CI tools
+    // validate against (Jenkins' junit-10.xsd); each testsuite has its own.
+    let skipped = format!(
+        " skipped=\"{}\"",
+        report
+            .kernels
+            .iter()
+            .flat_map(|k| &k.results)
+            .filter(|r| r.status == Status::Unsupported)
+            .count()
+    );
+    match xml.split_once('>').and_then(|(decl, rest)| {
+        let (root, tail) = rest.split_once('>')?;
+        Some(format!("{decl}>{}>{tail}", root.replacen(&skipped, "", 1)))
+    }) {
+        Some(x) => x,
+        None => xml,
+    }
 }
 
 fn first_line(s: &str) -> String {
