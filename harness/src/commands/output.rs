@@ -19,8 +19,17 @@ pub(super) fn read_report(path: &std::path::Path) -> Result<RunReport> {
     })
 }
 
+/// The report as JSON, with its diagnosis (present only when enough checks failed).
 pub(super) fn write_json(report: &RunReport, path: &std::path::Path) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(report)?;
+    let diagnosis = crate::report::diagnosis::diagnose(report);
+    let text = if diagnosis == report.diagnosis {
+        serde_json::to_string_pretty(report)?
+    } else {
+        serde_json::to_string_pretty(&RunReport {
+            diagnosis,
+            ..report.clone()
+        })?
+    };
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 

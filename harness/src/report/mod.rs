@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod diagnosis;
 pub mod exit;
 pub mod gate;
 mod kernel_run;
@@ -31,6 +32,10 @@ pub struct RunReport {
     /// For `natvet gate`: every check classified against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<gate::Gate>,
+    /// What the failures have in common, when enough checks failed
+    /// (`diagnosis::diagnose`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<diagnosis::Diagnosis>,
 }
 
 impl RunReport {
@@ -182,6 +187,7 @@ mod tests {
             elapsed_ms: 1,
             kernels,
             gate: None,
+            diagnosis: None,
         }
     }
 
