@@ -1,4 +1,4 @@
-//! Where a finished run goes: the table on stdout, the JSON report and the
+//! Where a finished run goes: the terminal's answer on stdout, the JSON report and the
 //! renderings asked for with --junit, --markdown and --html; and reading a
 //! JSON report back.
 
@@ -53,7 +53,7 @@ pub(super) fn write_outputs(report: &RunReport, outputs: &Outputs) -> anyhow::Re
 }
 
 pub(super) fn finish(report: &RunReport, run: &CheckArgs) -> anyhow::Result<()> {
-    print!("{}", crate::report::render::table(report));
+    print!("{}", crate::report::terminal::render(report, run.table));
     if let Some(path) = &run.json {
         write_json(report, path)?;
     }

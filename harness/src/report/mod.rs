@@ -14,6 +14,7 @@ pub mod exit;
 pub mod gate;
 mod kernel_run;
 pub mod render;
+pub mod terminal;
 
 pub use kernel_run::{InfraStage, KernelRun, KernelState, Timings};
 
@@ -251,7 +252,7 @@ mod tests {
             ],
             KernelState::Completed,
         );
-        insta::assert_snapshot!(render::table(&report(vec![a, b])));
+        insta::assert_snapshot!(terminal::full(&report(vec![a, b])));
     }
 
     #[test]
@@ -291,5 +292,37 @@ mod tests {
         );
         assert!(xml.contains("<system-out>flaky: passed only after natvet retried"));
         assert!(xml.contains(r#"<failure message="none" type="nat">expected: a handshake"#));
+    }
+
+    #[test]
+    fn compact_shape() {
+        let pass = |c| result(c, Status::Pass);
+        let a = kernel(
+            "6.1.0-50-amd64",
+            vec![pass("handshake/51820"), pass("handshake/53")],
+            KernelState::Completed,
+        );
+        let mut b = kernel(
+            "6.12.95+deb12-amd64",
+            vec![
+                pass("handshake/51820"),
+                result("handshake/53", Status::Fail),
+            ],
+            KernelState::Completed,
+        );
+        b.results[1].evidence_dir =
+            Some("natvet-out/6.12.95/extended-ports-nftables/handshake_53".into());
+        let mut c = a.clone();
+        c.results = vec![];
+        c.release = Some("7.2.13+deb14-amd64".into());
+        c.state = KernelState::InfraError {
+            stage: InfraStage::Boot,
+            reason: "no agent".into(),
+            console_tail: vec!["Kernel panic - not syncing".into()],
+        };
+        insta::assert_snapshot!(terminal::compact(&report(vec![a.clone(), b, c])));
+        let all_pass = terminal::compact(&report(vec![a.clone(), a]));
+        assert!(all_pass.starts_with("natvet: PASS: every check passed on both kernels\n"));
+        assert_eq!(all_pass.lines().count(), 6, "{all_pass}");
     }
 }
