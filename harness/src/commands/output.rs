@@ -46,7 +46,7 @@ pub(super) fn write_outputs(report: &RunReport, outputs: &Outputs) -> anyhow::Re
     if let Some(dir) = &outputs.html {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("index.html");
-        std::fs::write(&path, render::html(report))
+        std::fs::write(&path, crate::report::html::html(report, Some(dir)))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -2,8 +2,10 @@
 //! too, so every command that runs checks answers the same way.
 //!
 //! `kernel_run` holds one kernel's results, `gate` the comparison of two
-//! kernels, `render` every rendering (table, JUnit, Markdown, HTML) of a
-//! [`RunReport`], the whole run, defined here.
+//! kernels, `diagnosis` what many failures share; the renderings of a
+//! [`RunReport`] (the whole run, defined here) are `terminal` (the
+//! answer on stdout), `render` (JUnit, Markdown) and `html` (with its plots
+//! from `svg` and packet listings from `packets`).
 
 use std::collections::BTreeMap;
 
@@ -12,8 +14,11 @@ use serde::{Deserialize, Serialize};
 pub mod diagnosis;
 pub mod exit;
 pub mod gate;
+pub mod html;
 mod kernel_run;
+mod packets;
 pub mod render;
+pub mod svg;
 pub mod terminal;
 
 pub use kernel_run::{InfraStage, KernelRun, KernelState, Timings};
