@@ -172,19 +172,21 @@ pub fn diagnose(report: &RunReport) -> Option<Diagnosis> {
     for (f, failed) in &verdicts {
         kinds.entry(f.kind.as_str()).or_default().push((f, *failed));
     }
-    // Kinds that fail the same way form one group.
-    let mut groups: BTreeMap<Signature, Vec<&str>> = BTreeMap::new();
+    // Kinds that fail the same way form one group (those with ports apart
+    // from those without, so a port rule speaks of ports only).
+    let mut groups: BTreeMap<(bool, Signature), Vec<&str>> = BTreeMap::new();
     for (kind, results) in &kinds {
         if results.iter().any(|(_, failed)| *failed) {
+            let ported = results.iter().any(|(f, _)| f.port.is_some());
             groups
-                .entry(signature(results, &verdicts))
+                .entry((ported, signature(results, &verdicts)))
                 .or_default()
                 .push(kind);
         }
     }
     let mut findings: Vec<Finding> = groups
         .into_iter()
-        .map(|(sig, group)| finding(&sig, &group, &kinds))
+        .map(|((_, sig), group)| finding(&sig, &group, &kinds))
         .collect();
     findings.sort_by(|a, b| b.failed.cmp(&a.failed).then(a.kinds.cmp(&b.kinds)));
     findings.truncate(MAX_FINDINGS);
@@ -389,7 +391,11 @@ fn sentence(kinds: &[String], ports: Option<&Ports>, dims: &[Dimension]) -> Stri
             out.push_str(&format!(" at ports {}", p.rule));
         }
     }
-    out.push_str(" fail");
+    out.push_str(if kinds.len() == 1 && ports.is_none() {
+        " fails"
+    } else {
+        " fail"
+    });
     let mut regardless = Vec::new();
     let mut only = Vec::new();
     for d in dims {

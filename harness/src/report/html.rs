@@ -460,6 +460,15 @@ fn matrix(out: &mut String, report: &RunReport) {
             .iter()
             .filter(|r| matches!(r.status, Status::Pass | Status::Flaky))
             .count();
+        let unsupported = results
+            .iter()
+            .filter(|r| r.status == Status::Unsupported)
+            .count();
+        let unsupported = if unsupported > 0 {
+            format!(", {unsupported} unsupported")
+        } else {
+            String::new()
+        };
         let open = if matches!(w, Status::Fail | Status::Error | Status::Flaky) {
             " open"
         } else {
@@ -467,7 +476,7 @@ fn matrix(out: &mut String, report: &RunReport) {
         };
         let _ = writeln!(
             out,
-            "<details class=\"scenario {}\" data-scenario=\"{}\"{open}><summary>{} <span class=\"badge {}\">{passed}/{} pass</span></summary>",
+            "<details class=\"scenario {}\" data-scenario=\"{}\"{open}><summary>{} <span class=\"badge {}\">{passed}/{} pass{unsupported}</span></summary>",
             class(w),
             esc(scenario),
             esc(scenario),
