@@ -144,6 +144,13 @@ pub fn markdown(report: &RunReport) -> String {
         _ => "⚠️ natvet could not test everything",
     };
     let _ = writeln!(out, "## natvet: {verdict}\n");
+    if let Some(d) = super::diagnosis::diagnose(report) {
+        let _ = writeln!(out, "**What the {} failures share:**\n", d.failed);
+        for f in &d.findings {
+            let _ = writeln!(out, "- {} ({} failed)", md_escape(&f.summary), f.failed);
+        }
+        out.push('\n');
+    }
     let _ = write!(out, "| check |");
     for k in &report.kernels {
         let _ = write!(out, " {} |", md_escape(&k.label()));
