@@ -10,6 +10,10 @@ NATVET := target/$(TARGET)/debug/natvet
 DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# Debian packages the tests need beyond those: Chromium opens the HTML
+# report (tests/report_in_browser.rs).
+TEST_DEB_PACKAGES := chromium
+
 # Debian packages `natvet kernels build` needs to compile a kernel.
 KERNEL_DEB_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev patch xz-utils
 
@@ -23,12 +27,15 @@ apt_install = missing=""; for p in $(1); do \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-.PHONY: all deps kernel-deps build vet test lint fmt bench clean
+.PHONY: all deps test-deps kernel-deps build vet test lint fmt bench clean
 
 all: build
 
 deps:
 	@$(call apt_install,$(DEB_PACKAGES))
+
+test-deps:
+	@$(call apt_install,$(TEST_DEB_PACKAGES))
 
 # What `natvet kernels build` needs (compiler, kbuild tools, libelf/libssl headers).
 kernel-deps:
@@ -41,8 +48,9 @@ build:
 vet: deps build
 	$(NATVET) vet $(VET_ARGS)
 
-# Unit tests, then the kernel matrix (tests/matrix.rs) in real VMs.
-test: deps
+# Unit tests, the HTML report in Chromium, then the kernel matrix
+# (tests/matrix.rs) in real VMs.
+test: deps test-deps
 	$(CARGO) test $(TEST_ARGS)
 
 # Boot, agent and per-kernel times, memory, initramfs size, parallel speed-up.

@@ -1,5 +1,6 @@
-//! Progress on long work: a bar per kernel on a terminal, plain lines elsewhere
-//! (CI logs), nothing at all when asked to be quiet.
+//! Progress on long work: a bar per kernel on a terminal, one line per
+//! kernel as it finishes elsewhere (CI logs), a line per stage and check
+//! with `--progress checks`, nothing at all when asked to be quiet.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -8,9 +9,20 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::protocol::{CheckResult, Status};
 
+/// What progress to show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    /// A bar per kernel on a terminal; elsewhere one line per kernel as it finishes.
+    #[default]
+    Kernels,
+    /// A line per stage and per check, terminal or not.
+    Checks,
+}
+
 pub struct Ui {
     multi: Option<MultiProgress>,
     quiet: bool,
+    progress: Progress,
 }
 
 /// Progress of one kernel.
@@ -18,15 +30,22 @@ pub struct KernelProgress {
     bar: Option<ProgressBar>,
     label: String,
     quiet: bool,
+    /// A line per stage and per check (without a bar).
+    every_check: bool,
 }
 
 impl Ui {
     pub fn new(quiet: bool) -> Ui {
+        Ui::with_progress(quiet, Progress::Kernels)
+    }
+
+    pub fn with_progress(quiet: bool, progress: Progress) -> Ui {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         Ui {
-            multi: (tty && !quiet)
+            multi: (tty && !quiet && progress == Progress::Kernels)
                 .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             quiet,
+            progress,
         }
     }
 
@@ -46,6 +65,7 @@ impl Ui {
             bar,
             label: label.to_string(),
             quiet: self.quiet,
+            every_check: self.progress == Progress::Checks,
         }
     }
 
@@ -67,7 +87,7 @@ impl KernelProgress {
     pub fn stage(&self, what: &str) {
         match &self.bar {
             Some(b) => b.set_message(what.to_string()),
-            None if !self.quiet => eprintln!("[{}] {what}", self.label),
+            None if self.every_check && !self.quiet => eprintln!("[{}] {what}", self.label),
             None => {}
         }
     }
@@ -88,7 +108,7 @@ impl KernelProgress {
     pub fn check_done(&self, r: &CheckResult) {
         match &self.bar {
             Some(b) => b.inc(1),
-            None if !self.quiet => eprintln!(
+            None if self.every_check && !self.quiet => eprintln!(
                 "[{}] {:<11} {} [{}] {} ({} ms)",
                 self.label,
                 r.status.label(),

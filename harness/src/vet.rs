@@ -147,6 +147,7 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
         elapsed_ms: start.elapsed().as_millis() as u64,
         kernels: runs.into_iter().map(|(_, r)| r).collect(),
         gate: None,
+        diagnosis: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! Captures live in memory and are kept only when the check's evidence is.
 
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use etherparse::LaxIpSlice;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::{DataLink, Endianness, TsResolution};
 
 use super::netns::Netns;
 
@@ -21,7 +24,6 @@ pub const MAX_PACKETS: usize = 20_000;
 /// Bytes kept per interface and check: six interfaces' captures travel in one
 /// message, which must stay under the protocol's line limit once in base64.
 pub const MAX_BYTES: usize = 320 * 1024;
-const LINKTYPE_LINUX_SLL: u32 = 113;
 
 struct Packet {
     ts: Duration,
@@ -155,25 +157,28 @@ fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
     (packets, not_kept)
 }
 
+/// The packets as a pcap file (little-endian, microseconds, LINKTYPE_LINUX_SLL).
 fn pcap_bytes(packets: &[Packet]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&((SNAPLEN + 16) as u32).to_le_bytes());
-    out.extend_from_slice(&LINKTYPE_LINUX_SLL.to_le_bytes());
+    let header = PcapHeader {
+        snaplen: (SNAPLEN + 16) as u32,
+        datalink: DataLink::LINUX_SLL,
+        ts_resolution: TsResolution::MicroSecond,
+        endianness: Endianness::Little,
+        ..PcapHeader::default()
+    };
+    // Writing into memory cannot fail, and every packet is within the
+    // snap length (at most SNAPLEN bytes after its 16-byte header).
+    let Ok(mut writer) = PcapWriter::with_header(Vec::new(), header) else {
+        return Vec::new();
+    };
+    let mut record = Vec::with_capacity(SNAPLEN + 16);
     for p in packets {
-        let caplen = (p.data.len() + 16) as u32;
-        out.extend_from_slice(&(p.ts.as_secs() as u32).to_le_bytes());
-        out.extend_from_slice(&p.ts.subsec_micros().to_le_bytes());
-        out.extend_from_slice(&caplen.to_le_bytes());
-        out.extend_from_slice(&(p.len + 16).to_le_bytes());
-        out.extend_from_slice(&p.sll);
-        out.extend_from_slice(&p.data);
+        record.clear();
+        record.extend_from_slice(&p.sll);
+        record.extend_from_slice(&p.data);
+        let _ = writer.write_packet(&PcapPacket::new(p.ts, p.len + 16, &record));
     }
-    out
+    writer.into_writer()
 }
 
 /// Counts, on one interface, the packets whose source lies in a network that
@@ -243,27 +248,15 @@ impl LeakWatch {
     }
 }
 
-/// Source, destination and protocol of an IPv4 or IPv6 packet.
+/// Source, destination and protocol of an IPv4 or IPv6 packet (the
+/// protocol after any extension headers).
 fn ip_header(pkt: &[u8]) -> Option<(IpAddr, IpAddr, u8)> {
-    match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => Some((
-            IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
-            IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
-            pkt[9],
-        )),
-        6 if pkt.len() >= 40 => {
-            let mut s = [0u8; 16];
-            let mut d = [0u8; 16];
-            s.copy_from_slice(&pkt[8..24]);
-            d.copy_from_slice(&pkt[24..40]);
-            Some((
-                IpAddr::V6(Ipv6Addr::from(s)),
-                IpAddr::V6(Ipv6Addr::from(d)),
-                pkt[6],
-            ))
-        }
-        _ => None,
-    }
+    let (ip, _) = LaxIpSlice::from_slice(pkt).ok()?;
+    Some((
+        ip.source_addr(),
+        ip.destination_addr(),
+        ip.payload_ip_number().0,
+    ))
 }
 
 /// Is `addr` inside `net`?
@@ -374,15 +367,37 @@ mod tests {
         };
         let b = pcap_bytes(&[p]);
         assert_eq!(&b[0..4], &0xa1b2_c3d4u32.to_le_bytes());
-        assert_eq!(
-            u32::from_le_bytes([b[20], b[21], b[22], b[23]]),
-            LINKTYPE_LINUX_SLL
-        );
+        // version 2.4, snap length, LINKTYPE_LINUX_SLL (113)
+        assert_eq!(&b[4..8], &[2, 0, 4, 0]);
+        assert_eq!(u32::from_le_bytes([b[16], b[17], b[18], b[19]]), 528);
+        assert_eq!(u32::from_le_bytes([b[20], b[21], b[22], b[23]]), 113);
         // record header: ts_sec, ts_usec, caplen, len
         assert_eq!(u32::from_le_bytes([b[24], b[25], b[26], b[27]]), 10);
         assert_eq!(u32::from_le_bytes([b[28], b[29], b[30], b[31]]), 5);
         assert_eq!(u32::from_le_bytes([b[32], b[33], b[34], b[35]]), 56);
         assert_eq!(u32::from_le_bytes([b[36], b[37], b[38], b[39]]), 116);
         assert_eq!(b.len(), 24 + 16 + 56);
+        assert_eq!(&b[40..56], &[0; 16]);
+        assert_eq!(&b[56..], &[0x45; 40]);
+    }
+
+    #[test]
+    fn pcap_reads_back() {
+        let p = |s| Packet {
+            ts: Duration::new(s, 0),
+            // (pcap-file's reader refuses packets longer than the snap
+            // length, which tcpdump and Wireshark read as cut short.)
+            len: 300,
+            sll: [1; 16],
+            data: vec![0x60; 300],
+        };
+        let b = pcap_bytes(&[p(1), p(2)]);
+        let mut r = pcap_file::pcap::PcapReader::new(&b[..]).unwrap();
+        assert_eq!(r.header().datalink, DataLink::LINUX_SLL);
+        let first = r.next_packet().unwrap().unwrap();
+        assert_eq!((first.timestamp.as_secs(), first.orig_len), (1, 316));
+        assert_eq!(first.data.len(), 316);
+        assert!(r.next_packet().unwrap().is_ok());
+        assert!(r.next_packet().is_none());
     }
 }

@@ -20,12 +20,7 @@ use crate::types::{Family, IpNet};
 pub const FIRST_TABLE: u32 = 20000;
 /// Host numbers below this in the tunnel's network stay the scenario's own.
 const FIRST_HOST: u32 = 16;
-/// The most extra clients at once: a /24 tunnel network holds this many
-/// above `FIRST_HOST`.
-pub const MAX_CLIENTS: u32 = 239;
-/// The top indices, which `Topology::fresh_client_index` never hands out:
-/// for peers the relay holds without a client (peer churn).
-pub const SPARE: u32 = 8;
+pub use super::topology::{MAX_CLIENTS, SPARE};
 
 /// One extra client.
 pub struct Client {

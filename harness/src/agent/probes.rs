@@ -15,6 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Header, Icmpv4Slice, Icmpv4Type, Icmpv6Slice, IpNumber, LaxIpSlice,
+    LaxIpv4Slice,
+};
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -266,87 +270,84 @@ pub struct IcmpPacket {
 
 /// Parse an IPv4 packet carrying ICMP, as a raw socket delivers it.
 pub fn parse_ipv4_icmp(pkt: &[u8]) -> Option<IcmpPacket> {
-    if pkt.len() < 20 || pkt[0] >> 4 != 4 || pkt[9] != 1 {
+    let (ip, _) = LaxIpv4Slice::from_slice(pkt).ok()?;
+    if ip.payload_ip_number() != IpNumber::ICMP {
         return None;
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let icmp = pkt.get(ihl..)?;
-    if icmp.len() < 8 {
-        return None;
-    }
-    let source = IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
-    let (mut inner_proto, mut inner_src, mut inner_dst, mut inner_sport, mut inner_dport) =
-        (None, None, None, None, None);
-    if icmp[0] == ICMP_UNREACHABLE {
-        if let Some(inner) = icmp.get(8..) {
-            if inner.len() >= 20 {
-                let ihl = usize::from(inner[0] & 0x0f) * 4;
-                inner_proto = Some(inner[9]);
-                inner_src = Some(IpAddr::V4(Ipv4Addr::new(
-                    inner[12], inner[13], inner[14], inner[15],
-                )));
-                inner_dst = Some(IpAddr::V4(Ipv4Addr::new(
-                    inner[16], inner[17], inner[18], inner[19],
-                )));
-                if let Some(l4) = inner.get(ihl..ihl + 4) {
-                    inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
-                    inner_dport = Some(u16::from_be_bytes([l4[2], l4[3]]));
-                }
-            }
-        }
-    }
-    Some(IcmpPacket {
-        source,
-        mtu: u32::from(u16::from_be_bytes([icmp[6], icmp[7]])),
-        icmp_type: icmp[0],
-        code: icmp[1],
-        id: u16::from_be_bytes([icmp[4], icmp[5]]),
-        seq: u16::from_be_bytes([icmp[6], icmp[7]]),
-        inner_proto,
-        inner_src,
-        inner_dst,
-        inner_sport,
-        inner_dport,
-    })
+    let icmp = Icmpv4Slice::from_slice(ip.payload().payload).ok()?;
+    // An error quotes the start of the offending packet, cut short.
+    let inner = if icmp.type_u8() == ICMP_UNREACHABLE {
+        LaxIpSlice::from_slice(icmp.payload()).ok().map(|(i, _)| i)
+    } else {
+        None
+    };
+    let rest = icmp.bytes5to8();
+    Some(packet(
+        IpAddr::V4(ip.header().source_addr()),
+        icmp.type_u8(),
+        icmp.code_u8(),
+        rest,
+        // "Fragmentation needed" carries the next hop's MTU in its last two bytes.
+        u32::from(u16::from_be_bytes([rest[2], rest[3]])),
+        inner.as_ref(),
+    ))
 }
 
 /// Parse an ICMPv6 message (as a raw ICMPv6 socket delivers it) from `source`.
 pub fn parse_icmpv6(msg: &[u8], source: Ipv6Addr) -> Option<IcmpPacket> {
-    if msg.len() < 8 {
-        return None;
+    let icmp = Icmpv6Slice::from_slice(msg).ok()?;
+    // The offending packet, after the 8-byte header (extension headers are
+    // skipped to reach the transport header).
+    let inner = if matches!(icmp.type_u8(), ICMPV6_UNREACHABLE | ICMPV6_TOO_BIG) {
+        msg.get(8..)
+            .and_then(|quoted| LaxIpSlice::from_slice(quoted).ok())
+            .map(|(i, _)| i)
+    } else {
+        None
+    };
+    let rest = icmp.bytes5to8();
+    Some(packet(
+        IpAddr::V6(source),
+        icmp.type_u8(),
+        icmp.code_u8(),
+        rest,
+        // "Packet too big" carries the MTU in all four bytes.
+        u32::from_be_bytes(rest),
+        inner.as_ref(),
+    ))
+}
+
+/// The fields the checks read: type, code, the rest of the header (an
+/// echo's id and sequence number) and, for an error, the quoted packet's
+/// protocol, source and ports.
+fn packet(
+    source: IpAddr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    mtu: u32,
+    inner: Option<&LaxIpSlice>,
+) -> IcmpPacket {
+    let echo = IcmpEchoHeader::from_bytes(rest);
+    let ports = inner.and_then(|i| i.payload().payload.get(..4)).map(|l4| {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    });
+    IcmpPacket {
+        source,
+        icmp_type,
+        code,
+        id: echo.id,
+        seq: echo.seq,
+        inner_proto: inner.map(|i| i.payload_ip_number().0),
+        inner_src: inner.map(|i| i.source_addr()),
+        inner_dst: inner.map(|i| i.destination_addr()),
+        inner_sport: ports.map(|p| p.0),
+        inner_dport: ports.map(|p| p.1),
+        mtu,
     }
-    let (mut inner_proto, mut inner_src, mut inner_dst, mut inner_sport, mut inner_dport) =
-        (None, None, None, None, None);
-    if msg[0] == ICMPV6_UNREACHABLE || msg[0] == ICMPV6_TOO_BIG {
-        // The offending packet: a 40-byte IPv6 header, then (without
-        // extension headers) the transport header.
-        if let Some(inner) = msg.get(8..48) {
-            inner_proto = Some(inner[6]);
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&inner[8..24]);
-            inner_src = Some(IpAddr::V6(Ipv6Addr::from(src)));
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&inner[24..40]);
-            inner_dst = Some(IpAddr::V6(Ipv6Addr::from(dst)));
-            if let Some(l4) = msg.get(48..52) {
-                inner_sport = Some(u16::from_be_bytes([l4[0], l4[1]]));
-                inner_dport = Some(u16::from_be_bytes([l4[2], l4[3]]));
-            }
-        }
-    }
-    Some(IcmpPacket {
-        source: IpAddr::V6(source),
-        mtu: u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]]),
-        icmp_type: msg[0],
-        code: msg[1],
-        id: u16::from_be_bytes([msg[4], msg[5]]),
-        seq: u16::from_be_bytes([msg[6], msg[7]]),
-        inner_proto,
-        inner_src,
-        inner_dst,
-        inner_sport,
-        inner_dport,
-    })
 }
 
 impl IcmpPacket {
@@ -397,30 +398,12 @@ impl IcmpPacket {
     }
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += u32::from(word);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An ICMP echo request packet (without IP header).
+/// An ICMP echo request packet (without IP header), its checksum filled in.
 pub fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut pkt = vec![ICMP_ECHO_REQUEST, 0, 0, 0];
-    pkt.extend_from_slice(&id.to_be_bytes());
-    pkt.extend_from_slice(&seq.to_be_bytes());
+    let header =
+        Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(IcmpEchoHeader { id, seq }), payload);
+    let mut pkt = header.to_bytes().to_vec();
     pkt.extend_from_slice(payload);
-    let sum = checksum(&pkt);
-    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
     pkt
 }
 
@@ -730,10 +713,26 @@ pub fn tcp_transfer(
 mod tests {
     use super::*;
 
+    /// The Internet checksum (RFC 1071) of `data`, computed here the long
+    /// way to check the crate's.
+    fn checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for chunk in data.chunks(2) {
+            let hi = u32::from(chunk[0]) << 8;
+            sum += hi | chunk.get(1).copied().map(u32::from).unwrap_or(0);
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
     #[test]
     fn echo_request_checksum_verifies() {
         let pkt = echo_request(0x1234, 7, b"abc");
         assert_eq!(checksum(&pkt), 0);
+        assert_eq!(&pkt[..8], &[8, 0, pkt[2], pkt[3], 0x12, 0x34, 0, 7]);
+        assert_eq!(&pkt[8..], b"abc");
     }
 
     #[test]

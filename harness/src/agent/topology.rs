@@ -25,6 +25,13 @@ use crate::scenario::topology::Addrs;
 use crate::scenario::topology::{self as spec, IfKind, TopologySpec, DEFAULT_TUNNEL_MTU};
 use crate::types::{Family, IpNet};
 
+/// The most extra clients at once: a /24 tunnel network holds this many
+/// above the scenario's own addresses (`agent::clients`).
+pub const MAX_CLIENTS: u32 = 239;
+/// The top indices, which `Topology::fresh_client_index` never hands out:
+/// for peers the relay holds without a client (peer churn).
+pub const SPARE: u32 = 8;
+
 pub const STAND_IN_IF: &str = "tun0";
 /// The client's first WireGuard source port; each check takes a fresh one so
 /// that conntrack entries of earlier checks cannot interfere.
@@ -554,7 +561,7 @@ impl Topology {
     /// so that its tunnel address carries no earlier client's flows.
     pub fn fresh_client_index(&mut self) -> u32 {
         let i = self.next_client;
-        self.next_client = (i + 1) % (super::clients::MAX_CLIENTS - super::clients::SPARE);
+        self.next_client = (i + 1) % (MAX_CLIENTS - SPARE);
         i
     }
 

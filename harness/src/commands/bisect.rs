@@ -4,12 +4,11 @@
 use anyhow::Context;
 
 use super::error::{usage, Result};
-use super::options::{parse_specs, prepare, validate_checks, RunArgs};
+use super::options::{parse_specs, prepare, validate_checks, CheckArgs, RunArgs};
 use super::output::write_outputs;
 use super::vet::execute;
 use crate::kernel::{Cache, KernelSpec};
 use crate::report::{exit, RunReport};
-use crate::ui::Ui;
 use crate::vet::VetOptions;
 
 #[derive(clap::Args, Debug)]
@@ -30,10 +29,10 @@ pub struct BisectArgs {
 }
 
 /// Run one or two kernels as `vet` would.
-fn test_kernels(opts: &VetOptions, specs: &[String], quiet: bool) -> Result<RunReport> {
+fn test_kernels(opts: &VetOptions, specs: &[String], checks: &CheckArgs) -> Result<RunReport> {
     let mut o = opts.clone();
     o.kernels = parse_specs(specs, None)?;
-    execute(&o, quiet)
+    execute(&o, checks)
 }
 
 pub fn exec(args: BisectArgs) -> Result<i32> {
@@ -46,7 +45,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
     let opts = prepare(&args.run, vec![])?;
     validate_checks(&opts, &args.checks)?;
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ui = Ui::new(args.run.checks.quiet);
+    let ui = args.run.checks.ui();
     let progress = |m: &str| ui.println(m);
     let lineup = ends.lineup(&cache, &progress).map_err(|e| {
         if e.is_user_error() {
@@ -123,7 +122,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
     let ends = test_kernels(
         &opts,
         &[report.good.clone(), report.bad.clone()],
-        args.run.checks.quiet,
+        &args.run.checks,
     )?;
     let (Some(good_run), Some(bad_run)) = (ends.kernels.first(), ends.kernels.get(1)) else {
         return Err(anyhow::anyhow!("natvet lost the endpoints' results").into());
@@ -193,7 +192,7 @@ pub fn exec(args: BisectArgs) -> Result<i32> {
             failing: vec![],
             seconds: 0.0,
         };
-        let s = match test_kernels(&opts, std::slice::from_ref(&spec), args.run.checks.quiet) {
+        let s = match test_kernels(&opts, std::slice::from_ref(&spec), &args.run.checks) {
             Ok(r) => {
                 let s = match r.kernels.first() {
                     Some(k) => step(

@@ -21,7 +21,7 @@ pub struct GateArgs {
 pub fn exec(args: GateArgs) -> Result<i32> {
     let specs = parse_specs(&[args.baseline.clone(), args.candidate.clone()], None)?;
     let opts = prepare(&args.run, specs)?;
-    let mut report = execute(&opts, args.run.checks.quiet)?;
+    let mut report = execute(&opts, &args.run.checks)?;
     let (Some(baseline), Some(candidate)) = (report.kernels.first(), report.kernels.get(1)) else {
         return Err(anyhow::anyhow!("the gate needs both kernels' results").into());
     };

@@ -15,6 +15,7 @@ mod agent;
 mod bisect;
 mod checks;
 mod error;
+mod explain;
 mod gate;
 mod kernels;
 mod options;
@@ -55,6 +56,10 @@ pub enum Command {
     /// The check catalogue: every check kind, its results, timeout and what passes.
     #[command(subcommand)]
     Checks(checks::ChecksCmd),
+    /// What a check proves, the behaviour it belongs to, how it runs, how
+    /// it can fail and where to look first, and the last evidence kept for
+    /// it (under --out): `natvet explain handshake/53`.
+    Explain(explain::ExplainArgs),
     /// Resolve (and fetch into the cache) kernels without booting them.
     #[command(subcommand)]
     Kernels(kernels::KernelsCmd),
@@ -150,6 +155,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Soak(args) => soak::exec(args),
         Command::Verify(args) => verify::exec(args),
         Command::Checks(cmd) => checks::exec(cmd),
+        Command::Explain(args) => explain::exec(args),
         Command::Agent(args) => Ok(agent::exec(args)),
         Command::Bisect(args) => bisect::exec(args),
         Command::Report(cmd) => report::exec(cmd),

@@ -88,6 +88,23 @@ pub struct CheckArgs {
     /// No progress output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Progress without a terminal: one line per kernel as it finishes
+    /// (kernels), or a line per stage and per check (checks). On a
+    /// terminal, `kernels` draws a bar per kernel.
+    #[arg(long, value_enum, default_value = "kernels", value_name = "WHAT")]
+    pub progress: crate::ui::Progress,
+    /// The table at the end: the verdict first and one row per scenario x
+    /// backend, expanding only what did not pass (compact), or every check
+    /// (full).
+    #[arg(long, value_enum, default_value = "compact", value_name = "STYLE")]
+    pub table: crate::report::terminal::TableStyle,
+}
+
+impl CheckArgs {
+    /// The progress output these options ask for.
+    pub fn ui(&self) -> crate::ui::Ui {
+        crate::ui::Ui::with_progress(self.quiet, self.progress)
+    }
 }
 
 /// Where a finished run's renderings go.

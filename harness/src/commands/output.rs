@@ -1,4 +1,4 @@
-//! Where a finished run goes: the table on stdout, the JSON report and the
+//! Where a finished run goes: the terminal's answer on stdout, the JSON report and the
 //! renderings asked for with --junit, --markdown and --html; and reading a
 //! JSON report back.
 
@@ -19,8 +19,17 @@ pub(super) fn read_report(path: &std::path::Path) -> Result<RunReport> {
     })
 }
 
+/// The report as JSON, with its diagnosis (present only when enough checks failed).
 pub(super) fn write_json(report: &RunReport, path: &std::path::Path) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(report)?;
+    let diagnosis = crate::report::diagnosis::diagnose(report);
+    let text = if diagnosis == report.diagnosis {
+        serde_json::to_string_pretty(report)?
+    } else {
+        serde_json::to_string_pretty(&RunReport {
+            diagnosis,
+            ..report.clone()
+        })?
+    };
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -37,14 +46,14 @@ pub(super) fn write_outputs(report: &RunReport, outputs: &Outputs) -> anyhow::Re
     if let Some(dir) = &outputs.html {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("index.html");
-        std::fs::write(&path, render::html(report))
+        std::fs::write(&path, crate::report::html::html(report, Some(dir)))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
 pub(super) fn finish(report: &RunReport, run: &CheckArgs) -> anyhow::Result<()> {
-    print!("{}", crate::report::render::table(report));
+    print!("{}", crate::report::terminal::render(report, run.table));
     if let Some(path) = &run.json {
         write_json(report, path)?;
     }

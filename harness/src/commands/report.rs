@@ -7,6 +7,7 @@ use clap::Subcommand;
 use super::error::{usage, Result};
 use super::options::Outputs;
 use super::output::{read_report, write_json, write_outputs};
+use crate::report::terminal::TableStyle;
 use crate::report::{exit, RunReport};
 
 #[derive(Subcommand, Debug)]
@@ -23,13 +24,21 @@ pub enum ReportCmd {
         input: PathBuf,
         #[command(flatten)]
         outputs: Outputs,
+        /// The table on stdout: the verdict first and one row per scenario
+        /// x backend (compact), or every check (full).
+        #[arg(long, value_enum, default_value = "compact", value_name = "STYLE")]
+        table: TableStyle,
     },
 }
 
 pub fn exec(cmd: ReportCmd) -> Result<i32> {
     match cmd {
         ReportCmd::Merge { inputs, output } => merge(inputs, output),
-        ReportCmd::Render { input, outputs } => render(input, outputs),
+        ReportCmd::Render {
+            input,
+            outputs,
+            table,
+        } => render(input, outputs, table),
     }
 }
 
@@ -44,9 +53,9 @@ fn merge(inputs: Vec<PathBuf>, output: PathBuf) -> Result<i32> {
     Ok(exit::PASS)
 }
 
-fn render(input: PathBuf, outputs: Outputs) -> Result<i32> {
+fn render(input: PathBuf, outputs: Outputs, table: TableStyle) -> Result<i32> {
     let report = read_report(&input)?;
-    print!("{}", crate::report::render::table(&report));
+    print!("{}", crate::report::terminal::render(&report, table));
     write_outputs(&report, &outputs)?;
     Ok(report.exit_code())
 }

@@ -4,7 +4,6 @@ use super::error::{usage, Result};
 use super::options::{check_options, load_scenarios, CheckArgs};
 use super::output::finish;
 use crate::report::exit;
-use crate::ui::Ui;
 use crate::vet::VetOptions;
 
 #[derive(clap::Args, Debug)]
@@ -29,7 +28,7 @@ pub fn exec(args: VerifyArgs) -> Result<i32> {
         parallel: usize::from(args.checks.parallel.unwrap_or(1)),
         ..check_options(&args.checks, scenarios)
     };
-    let report = crate::verify::run(&opts, &Ui::new(args.checks.quiet));
+    let report = crate::verify::run(&opts, &args.checks.ui());
     finish(&report, &args.checks)?;
     Ok(report.exit_code())
 }

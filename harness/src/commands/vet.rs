@@ -3,11 +3,10 @@
 //! `execute` runs kernels exactly as `vet` does, for `gate` and `bisect` too.
 
 use super::error::{usage, CliError, Result};
-use super::options::{kernel_specs, prepare, validate_checks, VetArgs};
+use super::options::{kernel_specs, prepare, validate_checks, CheckArgs, VetArgs};
 use super::output::finish;
 use crate::kernel::Cache;
 use crate::report::RunReport;
-use crate::ui::Ui;
 use crate::vet::{self, VetOptions};
 
 #[derive(clap::Args, Debug)]
@@ -31,7 +30,7 @@ pub fn exec(cmd: VetCmd) -> Result<i32> {
     // Validate everything the user gave before anything touches the network or boots.
     let specs = kernel_specs(&args)?;
     let opts = prepare(&args.run, specs)?;
-    let report = execute(&opts, args.run.checks.quiet)?;
+    let report = execute(&opts, &args.run.checks)?;
     finish(&report, &args.run.checks)?;
     Ok(report.exit_code())
 }
@@ -59,7 +58,7 @@ fn vet_for_git_bisect(args: &VetArgs, checks: &[String]) -> i32 {
             )
         }
     };
-    let report = match execute(&opts, args.run.checks.quiet) {
+    let report = match execute(&opts, &args.run.checks) {
         Ok(r) => r,
         Err(e) => return give_up(e, git_exit::SKIP, "this kernel cannot be tested (skip)"),
     };
@@ -92,10 +91,10 @@ fn check_disk(cache: &Cache) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn execute(opts: &VetOptions, quiet: bool) -> Result<RunReport> {
+pub(super) fn execute(opts: &VetOptions, checks: &CheckArgs) -> Result<RunReport> {
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     check_disk(&cache)?;
-    let ui = Ui::new(quiet);
+    let ui = checks.ui();
     let resolved =
         vet::resolve_all(&opts.kernels, &cache, &ui).map_err(|e| usage(e.to_string()))?;
     Ok(vet::run(opts, resolved, &ui))

@@ -2,17 +2,24 @@
 //! too, so every command that runs checks answers the same way.
 //!
 //! `kernel_run` holds one kernel's results, `gate` the comparison of two
-//! kernels, `render` every rendering (table, JUnit, Markdown, HTML) of a
-//! [`RunReport`], the whole run, defined here.
+//! kernels, `diagnosis` what many failures share; the renderings of a
+//! [`RunReport`] (the whole run, defined here) are `terminal` (the
+//! answer on stdout), `render` (JUnit, Markdown) and `html` (with its plots
+//! from `svg` and packet listings from `packets`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod diagnosis;
 pub mod exit;
 pub mod gate;
+pub mod html;
 mod kernel_run;
+mod packets;
 pub mod render;
+pub mod svg;
+pub mod terminal;
 
 pub use kernel_run::{InfraStage, KernelRun, KernelState, Timings};
 
@@ -31,6 +38,10 @@ pub struct RunReport {
     /// For `natvet gate`: every check classified against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<gate::Gate>,
+    /// What the failures have in common, when enough checks failed
+    /// (`diagnosis::diagnose`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<diagnosis::Diagnosis>,
 }
 
 impl RunReport {
@@ -182,6 +193,7 @@ mod tests {
             elapsed_ms: 1,
             kernels,
             gate: None,
+            diagnosis: None,
         }
     }
 
@@ -245,6 +257,77 @@ mod tests {
             ],
             KernelState::Completed,
         );
-        insta::assert_snapshot!(render::table(&report(vec![a, b])));
+        insta::assert_snapshot!(terminal::full(&report(vec![a, b])));
+    }
+
+    #[test]
+    fn junit_counts_every_status_and_reads_back() {
+        let a = kernel(
+            "6.1.0-50-amd64",
+            vec![
+                result("handshake/51820", Status::Pass),
+                result("handshake/53", Status::Fail),
+                result("handshake/4000", Status::Unsupported),
+                result("handshake/33433", Status::Error),
+                result("handshake/60000", Status::Flaky),
+            ],
+            KernelState::Completed,
+        );
+        let b = kernel(
+            "7.2.13+deb14-amd64",
+            vec![],
+            KernelState::InfraError {
+                stage: InfraStage::KernelPanic,
+                reason: "Kernel panic <here> & \u{1}there".into(),
+                console_tail: vec!["line".into()],
+            },
+        );
+        let xml = render::junit(&report(vec![a, b]));
+        let root = xml.lines().nth(1).unwrap();
+        assert_eq!(
+            root,
+            r#"<testsuites name="natvet" tests="6" failures="1" errors="2" time="0.001">"#
+        );
+        let back = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+        assert_eq!((back.tests, back.failures, back.errors), (6, 1, 2));
+        assert_eq!(back.test_suites[0].skipped, 1);
+        assert_eq!(back.test_suites[1].test_cases[0].name.as_str(), "kernel");
+        assert!(
+            xml.contains(r#"message="Kernel panic &lt;here&gt; &amp; there" type="kernel panic""#)
+        );
+        assert!(xml.contains("<system-out>flaky: passed only after natvet retried"));
+        assert!(xml.contains(r#"<failure message="none" type="nat">expected: a handshake"#));
+    }
+
+    #[test]
+    fn compact_shape() {
+        let pass = |c| result(c, Status::Pass);
+        let a = kernel(
+            "6.1.0-50-amd64",
+            vec![pass("handshake/51820"), pass("handshake/53")],
+            KernelState::Completed,
+        );
+        let mut b = kernel(
+            "6.12.95+deb12-amd64",
+            vec![
+                pass("handshake/51820"),
+                result("handshake/53", Status::Fail),
+            ],
+            KernelState::Completed,
+        );
+        b.results[1].evidence_dir =
+            Some("natvet-out/6.12.95/extended-ports-nftables/handshake_53".into());
+        let mut c = a.clone();
+        c.results = vec![];
+        c.release = Some("7.2.13+deb14-amd64".into());
+        c.state = KernelState::InfraError {
+            stage: InfraStage::Boot,
+            reason: "no agent".into(),
+            console_tail: vec!["Kernel panic - not syncing".into()],
+        };
+        insta::assert_snapshot!(terminal::compact(&report(vec![a.clone(), b, c])));
+        let all_pass = terminal::compact(&report(vec![a.clone(), a]));
+        assert!(all_pass.starts_with("natvet: PASS: every check passed on both kernels\n"));
+        assert_eq!(all_pass.lines().count(), 6, "{all_pass}");
     }
 }

@@ -1,273 +1,102 @@
-//! Renderings of a run for machines and people: the terminal table, JUnit XML
-//! for CI systems, a Markdown summary for a CI job page, and one
-//! self-contained HTML page. Each is a function of the [`RunReport`] alone.
+//! Renderings of a run for machines and CI pages: JUnit XML for CI systems
+//! and a Markdown summary for a CI job page (the terminal's answer is in
+//! `terminal`, the HTML page in `html`). Each is a function of the
+//! [`RunReport`] alone.
 
 use std::fmt::Write;
 
-use super::gate::Change;
 use super::{KernelRun, KernelState, RunReport};
 use crate::protocol::{CheckResult, Status};
 
-/// The kernel x check table, then every failure with its evidence, then a summary line.
-pub fn table(report: &RunReport) -> String {
-    let mut out = String::new();
-    let rows = rows(report);
-    let labels: Vec<String> = report.kernels.iter().map(|k| k.label()).collect();
-    let first_w = rows
-        .iter()
-        .map(|r| r.2.len() + 2)
-        .chain(["kernel state".len()])
-        .max()
-        .unwrap_or(10);
-    let states: Vec<String> = report
-        .kernels
-        .iter()
-        .map(|k| match &k.state {
-            KernelState::Completed if k.attempts > 1 => {
-                format!("ok {:.1}s (retried)", k.timings.total_ms as f64 / 1000.0)
-            }
-            KernelState::Completed => format!("ok {:.1}s", k.timings.total_ms as f64 / 1000.0),
-            KernelState::InfraError { stage, .. } => format!("ERROR ({stage})"),
-        })
-        .collect();
-    let col_w: Vec<usize> = labels
-        .iter()
-        .zip(&states)
-        .map(|(l, s)| l.len().max(s.len()).max(11))
-        .collect();
-
-    let _ = write!(out, "{:first_w$}", "check");
-    for (l, w) in labels.iter().zip(&col_w) {
-        let _ = write!(out, "  {l:w$}");
-    }
-    out.push('\n');
-    let mut group = (String::new(), String::new());
-    for (scenario, backend, check) in &rows {
-        if group != (scenario.clone(), backend.clone()) {
-            group = (scenario.clone(), backend.clone());
-            let _ = writeln!(out, "{scenario} [{backend}]");
-        }
-        let _ = write!(out, "{:first_w$}", format!("  {check}"));
-        for (k, w) in report.kernels.iter().zip(&col_w) {
-            let cell = k
-                .results
-                .iter()
-                .find(|r| &r.scenario == scenario && &r.backend == backend && &r.check == check)
-                .map(|r| r.status.label())
-                .unwrap_or("-");
-            let _ = write!(out, "  {cell:w$}");
-        }
-        out.push('\n');
-    }
-    let _ = write!(out, "{:first_w$}", "kernel state");
-    for (cell, w) in states.iter().zip(&col_w) {
-        let _ = write!(out, "  {cell:w$}");
-    }
-    out.push('\n');
-
+/// JUnit XML (through quick-junit, the writer nextest uses): one testsuite
+/// per kernel, one testcase per scenario x backend x check. Failures carry
+/// expected vs observed; harness errors are `<error>`, unsupported checks
+/// `<skipped>`; a kernel that could not be tested is one errored testcase.
+pub fn junit(report: &RunReport) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let mut out = Report::new("natvet");
+    out.set_time(ms(report.elapsed_ms));
     for k in &report.kernels {
+        let label = k.label();
+        let mut suite = TestSuite::new(label.as_str());
+        suite.set_time(ms(k.timings.total_ms));
         if let KernelState::InfraError {
             stage,
             reason,
             console_tail,
         } = &k.state
         {
-            let _ = writeln!(
-                out,
-                "\n{}: natvet could not test this kernel ({stage}): {reason}",
-                k.label()
-            );
-            if !console_tail.is_empty() {
-                let _ = writeln!(out, "  last console lines:");
-                for l in console_tail {
-                    let _ = writeln!(out, "  | {l}");
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+            status
+                .set_message(reason.as_str())
+                .set_type(stage.label())
+                .set_description(console_tail.join("\n"));
+            let mut case = TestCase::new("kernel", status);
+            case.set_classname(format!("natvet.{label}"))
+                .set_time(ms(k.timings.total_ms));
+            suite.add_test_case(case);
+        }
+        for r in &k.results {
+            let body = format!("expected: {}\nobserved: {}", r.expected, r.observed);
+            let mut flaky = false;
+            let status = match r.status {
+                Status::Pass => TestCaseStatus::success(),
+                // A NAT verdict is a <failure>; natvet's own trouble an <error>.
+                Status::Fail | Status::Error => {
+                    let (kind, ty) = if r.status == Status::Fail {
+                        (NonSuccessKind::Failure, "nat")
+                    } else {
+                        (NonSuccessKind::Error, "harness")
+                    };
+                    let mut s = TestCaseStatus::non_success(kind);
+                    s.set_message(first_line(&r.observed))
+                        .set_type(ty)
+                        .set_description(body);
+                    s
                 }
+                Status::Unsupported => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(format!("unsupported: {}", first_line(&r.observed)));
+                    s
+                }
+                Status::Flaky => {
+                    flaky = true;
+                    TestCaseStatus::success()
+                }
+            };
+            let mut case = TestCase::new(r.check.as_str(), status);
+            case.set_classname(format!("natvet.{label}.{}.{}", r.scenario, r.backend))
+                .set_time(ms(r.duration_ms));
+            if flaky {
+                case.set_system_out("flaky: passed only after natvet retried a harness error");
             }
-            if let Some(log) = &k.console_log {
-                let _ = writeln!(out, "  console log: {log}");
-            }
+            suite.add_test_case(case);
         }
-        if k.attempts > 1 {
-            let _ = writeln!(out, "\n{}: retried after a harness error", k.label());
-            for n in &k.notes {
-                let _ = writeln!(out, "  {n}");
-            }
-        }
-        for r in k
-            .results
-            .iter()
-            .filter(|r| matches!(r.status, Status::Fail | Status::Error))
-        {
-            let _ = writeln!(
-                out,
-                "\n{} {}: {} [{}] {}",
-                r.status.label(),
-                k.label(),
-                r.scenario,
-                r.backend,
-                r.check
-            );
-            let _ = writeln!(out, "  expected: {}", r.expected);
-            let _ = writeln!(
-                out,
-                "  observed: {}",
-                r.observed.replace('\n', "\n            ")
-            );
-            if let Some(dir) = super::evidence_dir_hint(k, r) {
-                let _ = writeln!(out, "  evidence: {dir}");
-            }
-        }
+        out.add_test_suite(suite);
     }
-    // Padding leaves trailing blanks on the last column.
-    let mut out: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
-    let counts = report.counts();
-    let n = |s| counts.get(&s).copied().unwrap_or(0);
-    let infra = report
-        .kernels
-        .iter()
-        .filter(|k| k.state != KernelState::Completed)
-        .count();
-    let _ = writeln!(
-        out,
-        "\n{} kernel(s): {} passed, {} failed, {} unsupported, {} errors, {} flaky, {} kernel(s) not tested",
-        report.kernels.len(),
-        n(Status::Pass),
-        n(Status::Fail),
-        n(Status::Unsupported),
-        n(Status::Error),
-        n(Status::Flaky),
-        infra
-    );
-    out
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 forbids most control characters, even escaped.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn secs(ms: u64) -> String {
-    format!("{:.3}", ms as f64 / 1000.0)
-}
-
-/// JUnit XML: one testsuite per kernel, one testcase per scenario x backend x
-/// check. Failures carry expected vs observed; harness errors are `<error>`,
-/// unsupported checks `<skipped>`; a kernel that could not be tested is one
-/// errored testcase.
-pub fn junit(report: &RunReport) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let count = |s: Status| {
+    let xml = out.to_string().unwrap_or_else(|e| {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- natvet could not write JUnit XML: {e} -->\n<testsuites/>\n")
+    });
+    // The root's `skipped` count is not in the JUnit schema CI tools
+    // validate against (Jenkins' junit-10.xsd); each testsuite has its own.
+    let skipped = format!(
+        " skipped=\"{}\"",
         report
             .kernels
             .iter()
             .flat_map(|k| &k.results)
-            .filter(|r| r.status == s)
+            .filter(|r| r.status == Status::Unsupported)
             .count()
-    };
-    let infra = report
-        .kernels
-        .iter()
-        .filter(|k| k.state != KernelState::Completed)
-        .count();
-    let tests: usize = report
-        .kernels
-        .iter()
-        .map(|k| k.results.len())
-        .sum::<usize>()
-        + infra;
-    let _ = writeln!(
-        out,
-        "<testsuites name=\"natvet\" tests=\"{tests}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-        count(Status::Fail),
-        count(Status::Error) + infra,
-        count(Status::Unsupported),
-        secs(report.elapsed_ms)
     );
-    for k in &report.kernels {
-        let label = xml_escape(&k.label());
-        let infra = usize::from(k.state != KernelState::Completed);
-        let n = |s: Status| k.results.iter().filter(|r| r.status == s).count();
-        let _ = writeln!(
-            out,
-            "  <testsuite name=\"{label}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-            k.results.len() + infra,
-            n(Status::Fail),
-            n(Status::Error) + infra,
-            n(Status::Unsupported),
-            secs(k.timings.total_ms)
-        );
-        if let KernelState::InfraError {
-            stage,
-            reason,
-            console_tail,
-        } = &k.state
-        {
-            let _ = writeln!(
-                out,
-                "    <testcase classname=\"natvet.{label}\" name=\"kernel\" time=\"{}\">\n      <error message=\"{}\" type=\"{}\">{}</error>\n    </testcase>",
-                secs(k.timings.total_ms),
-                xml_escape(reason),
-                xml_escape(stage.label()),
-                xml_escape(&console_tail.join("\n"))
-            );
-        }
-        for r in &k.results {
-            let _ = write!(
-                out,
-                "    <testcase classname=\"natvet.{label}.{}.{}\" name=\"{}\" time=\"{}\"",
-                xml_escape(&r.scenario),
-                xml_escape(&r.backend),
-                xml_escape(&r.check),
-                secs(r.duration_ms)
-            );
-            let body = format!("expected: {}\nobserved: {}", r.expected, r.observed);
-            match r.status {
-                Status::Pass => out.push_str("/>\n"),
-                // A NAT verdict is a <failure>; natvet's own trouble an <error>.
-                Status::Fail | Status::Error => {
-                    let (tag, kind) = if r.status == Status::Fail {
-                        ("failure", "nat")
-                    } else {
-                        ("error", "harness")
-                    };
-                    let _ = writeln!(
-                        out,
-                        ">\n      <{tag} message=\"{}\" type=\"{kind}\">{}</{tag}>\n    </testcase>",
-                        xml_escape(&first_line(&r.observed)),
-                        xml_escape(&body)
-                    );
-                }
-                Status::Unsupported => {
-                    let _ = writeln!(
-                        out,
-                        ">\n      <skipped message=\"unsupported: {}\"/>\n    </testcase>",
-                        xml_escape(&first_line(&r.observed))
-                    );
-                }
-                Status::Flaky => {
-                    let _ = writeln!(
-                        out,
-                        ">\n      <system-out>flaky: passed only after natvet retried a harness error</system-out>\n    </testcase>"
-                    );
-                }
-            }
-        }
-        out.push_str("  </testsuite>\n");
+    match xml.split_once('>').and_then(|(decl, rest)| {
+        let (root, tail) = rest.split_once('>')?;
+        Some(format!("{decl}>{}>{tail}", root.replacen(&skipped, "", 1)))
+    }) {
+        Some(x) => x,
+        None => xml,
     }
-    out.push_str("</testsuites>\n");
-    out
 }
 
 fn first_line(s: &str) -> String {
@@ -315,6 +144,13 @@ pub fn markdown(report: &RunReport) -> String {
         _ => "⚠️ natvet could not test everything",
     };
     let _ = writeln!(out, "## natvet: {verdict}\n");
+    if let Some(d) = super::diagnosis::diagnose(report) {
+        let _ = writeln!(out, "**What the {} failures share:**\n", d.failed);
+        for f in &d.findings {
+            let _ = writeln!(out, "- {} ({} failed)", md_escape(&f.summary), f.failed);
+        }
+        out.push('\n');
+    }
     let _ = write!(out, "| check |");
     for k in &report.kernels {
         let _ = write!(out, " {} |", md_escape(&k.label()));
@@ -365,238 +201,4 @@ pub fn markdown(report: &RunReport) -> String {
         }
     }
     out
-}
-
-fn html_escape(s: &str) -> String {
-    xml_escape(s)
-}
-
-fn anchor(k: &KernelRun, r: &CheckResult) -> String {
-    super::sanitize(&format!(
-        "{}-{}-{}-{}",
-        k.label(),
-        r.scenario,
-        r.backend,
-        r.check
-    ))
-}
-
-/// One self-contained HTML page: the kernel x check matrix coloured by status,
-/// each failure's expected vs observed and its evidence inline.
-pub fn html(report: &RunReport) -> String {
-    let mut out = String::new();
-    out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>natvet report</title>\n<style>\n");
-    out.push_str(
-        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
-         table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}\
-         th{background:#f4f4f4}td.pass{background:#d8f5d8}td.fail{background:#f8c8c8;font-weight:bold}\
-         td.unsupported{background:#eee;color:#777}td.error{background:#fde7b0}td.flaky{background:#e3dcf7}\
-         td.group{background:#fafafa;font-weight:bold}td a{color:inherit}\
-         pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:30em}\
-         .verdict{font-size:1.3em}.meta{color:#666}\n",
-    );
-    out.push_str("</style></head><body>\n");
-    let verdict = match report.exit_code() {
-        0 => "all checks passed",
-        1 => "NAT regressions found",
-        _ => "natvet could not test everything",
-    };
-    let _ = writeln!(
-        out,
-        "<h1>natvet</h1><p class=\"verdict\">{verdict}</p><p class=\"meta\">natvet {} · started {} · {:.1} s</p>",
-        html_escape(&report.natvet_version),
-        html_escape(&report.started_at),
-        report.elapsed_ms as f64 / 1000.0
-    );
-    if let Some(gate) = &report.gate {
-        let _ = writeln!(
-            out,
-            "<h2>Gate: {} → {}</h2>\n<table><tr><th>change</th><th>check</th><th>baseline</th><th>candidate</th></tr>",
-            html_escape(&gate.baseline),
-            html_escape(&gate.candidate)
-        );
-        for row in gate
-            .rows
-            .iter()
-            .filter(|r| r.change != Change::UnchangedPass)
-        {
-            let class = match row.change {
-                Change::Regressed => "fail",
-                Change::Fixed => "pass",
-                Change::Unsupported => "unsupported",
-                _ => "error",
-            };
-            let st = |s: Option<Status>| s.map(|s| s.label()).unwrap_or("-");
-            let _ = writeln!(
-                out,
-                "<tr><td class=\"{class}\">{}</td><td>{} [{}] {}</td><td>{}</td><td>{}</td></tr>",
-                row.change.label(),
-                html_escape(&row.scenario),
-                html_escape(&row.backend),
-                html_escape(&row.check),
-                st(row.baseline),
-                st(row.candidate)
-            );
-        }
-        let same = gate
-            .rows
-            .iter()
-            .filter(|r| r.change == Change::UnchangedPass)
-            .count();
-        let _ = writeln!(out, "</table><p>{same} checks pass on both kernels.</p>");
-    }
-    out.push_str("<table>\n<tr><th>check</th>");
-    for k in &report.kernels {
-        let _ = write!(out, "<th>{}</th>", html_escape(&k.label()));
-    }
-    out.push_str("</tr>\n");
-    let mut group = (String::new(), String::new());
-    for row in rows(report) {
-        if (row.0.clone(), row.1.clone()) != group {
-            group = (row.0.clone(), row.1.clone());
-            let _ = writeln!(
-                out,
-                "<tr><td class=\"group\" colspan=\"{}\">{} [{}]</td></tr>",
-                report.kernels.len() + 1,
-                html_escape(&row.0),
-                html_escape(&row.1)
-            );
-        }
-        let _ = write!(out, "<tr><td>{}</td>", html_escape(&row.2));
-        for k in &report.kernels {
-            match cell(k, &row) {
-                None => out.push_str("<td>–</td>"),
-                Some(r) => {
-                    let class = format!("{:?}", r.status).to_lowercase();
-                    let title = html_escape(&format!(
-                        "expected: {}\nobserved: {}",
-                        r.expected, r.observed
-                    ));
-                    if matches!(r.status, Status::Fail | Status::Error) {
-                        let _ = write!(
-                            out,
-                            "<td class=\"{class}\" title=\"{title}\"><a href=\"#{}\">{}</a></td>",
-                            anchor(k, r),
-                            r.status.label()
-                        );
-                    } else {
-                        let _ = write!(
-                            out,
-                            "<td class=\"{class}\" title=\"{title}\">{}</td>",
-                            r.status.label()
-                        );
-                    }
-                }
-            }
-        }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("<tr><td><b>kernel</b></td>");
-    for k in &report.kernels {
-        match &k.state {
-            KernelState::Completed => {
-                let _ = write!(
-                    out,
-                    "<td class=\"pass\">ok · {:.1} s · boot {:.1} s</td>",
-                    k.timings.total_ms as f64 / 1000.0,
-                    k.timings.boot_ms.unwrap_or(0) as f64 / 1000.0
-                );
-            }
-            KernelState::InfraError { stage, .. } => {
-                let _ = write!(
-                    out,
-                    "<td class=\"error\">not tested ({})</td>",
-                    html_escape(stage.label())
-                );
-            }
-        }
-    }
-    out.push_str("</tr>\n</table>\n");
-
-    for k in &report.kernels {
-        if let KernelState::InfraError {
-            stage,
-            reason,
-            console_tail,
-        } = &k.state
-        {
-            let _ = writeln!(
-                out,
-                "<h2>{}: not tested ({})</h2><p>{}</p><pre>{}</pre>",
-                html_escape(&k.label()),
-                html_escape(stage.label()),
-                html_escape(reason),
-                html_escape(&console_tail.join("\n"))
-            );
-        }
-        for r in k
-            .results
-            .iter()
-            .filter(|r| matches!(r.status, Status::Fail | Status::Error))
-        {
-            let _ = writeln!(
-                out,
-                "<h2 id=\"{}\">{} {}: {} [{}] {}</h2>\n<p><b>expected:</b> {}</p>\n<p><b>observed:</b></p><pre>{}</pre>",
-                anchor(k, r),
-                r.status.label(),
-                html_escape(&k.label()),
-                html_escape(&r.scenario),
-                html_escape(&r.backend),
-                html_escape(&r.check),
-                html_escape(&r.expected),
-                html_escape(&r.observed)
-            );
-            if let Some(ev) = &r.evidence {
-                if !ev.captures.is_empty() {
-                    let dir = super::evidence_dir_hint(k, r);
-                    out.push_str("<p><b>packet captures</b> (pcap): ");
-                    for c in &ev.captures {
-                        let file = format!(
-                            "{}-{}.pcap",
-                            super::sanitize(&c.namespace),
-                            super::sanitize(&c.interface)
-                        );
-                        let _ = match &dir {
-                            Some(d) => write!(
-                                out,
-                                "<a href=\"file://{}/{file}\">{file}</a> ({}) ",
-                                html_escape(d),
-                                packets_text(c)
-                            ),
-                            None => write!(out, "{file} ({}) ", packets_text(c)),
-                        };
-                    }
-                    out.push_str("</p>\n");
-                    if !ev.capture_note.is_empty() {
-                        let _ = writeln!(out, "<p><i>{}</i></p>", html_escape(&ev.capture_note));
-                    }
-                }
-                for (name, text) in [
-                    ("conntrack table (relay)", ev.conntrack.clone()),
-                    ("ruleset (relay)", ev.ruleset.clone()),
-                    ("interface counters", ev.counters.clone()),
-                    ("routes", ev.routes.clone()),
-                    ("WireGuard", ev.wireguard.clone()),
-                    ("kernel log during the check", ev.dmesg.join("\n")),
-                ] {
-                    let _ = writeln!(
-                        out,
-                        "<details><summary>{name}</summary><pre>{}</pre></details>",
-                        html_escape(&text)
-                    );
-                }
-            }
-        }
-    }
-    out.push_str("</body></html>\n");
-    out
-}
-
-/// "12 packets", and how many the capture's size limit left out.
-fn packets_text(c: &crate::protocol::CaptureFile) -> String {
-    if c.not_kept == 0 {
-        format!("{} packets", c.packets)
-    } else {
-        format!("{} packets, {} more not kept", c.packets, c.not_kept)
-    }
 }
