@@ -18,6 +18,8 @@ mod error;
 #[cfg(test)]
 mod live_tests;
 mod modtree;
+pub mod openpgp;
+pub mod release;
 pub mod sources;
 mod unpacked;
 pub mod version;
