@@ -10,6 +10,7 @@
 //! version order ([`version`]) and boot images ([`vmlinux`]). `natvet
 //! kernels build` is [`build`].
 
+pub mod apt_sources;
 pub mod archive;
 pub mod build;
 pub mod cache;
@@ -20,6 +21,7 @@ mod live_tests;
 mod modtree;
 pub mod openpgp;
 pub mod release;
+pub mod repository;
 pub mod sources;
 mod unpacked;
 pub mod version;

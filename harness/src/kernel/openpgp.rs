@@ -24,6 +24,8 @@ pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg
 pub struct Keys {
     /// Keyring files (binary or ASCII-armored).
     pub keyrings: Vec<PathBuf>,
+    /// Key blocks given inline (an apt source's `Signed-By` may hold one).
+    pub inline: Vec<Vec<u8>>,
     /// Fingerprints (upper-case hex) a good signature must be made by, if
     /// any (apt's `Signed-By: FINGERPRINT`); empty: any key of the keyrings.
     pub fingerprints: Vec<String>,
@@ -33,7 +35,7 @@ impl Keys {
     pub fn keyring(path: impl Into<PathBuf>) -> Keys {
         Keys {
             keyrings: vec![path.into()],
-            fingerprints: vec![],
+            ..Keys::default()
         }
     }
 
@@ -43,6 +45,7 @@ impl Keys {
             .keyrings
             .iter()
             .map(|k| k.display().to_string())
+            .chain((!self.inline.is_empty()).then(|| "a key given inline".to_string()))
             .collect::<Vec<_>>()
             .join(", ");
         if !self.fingerprints.is_empty() {
@@ -180,6 +183,11 @@ fn run_gpgv(
             None => k.clone(),
         };
         cmd.arg("--keyring").arg(binary);
+    }
+    for (i, block) in keys.inline.iter().enumerate() {
+        let bytes = dearmor(block).unwrap_or_else(|| block.clone());
+        let p = write(&format!("inline-{i}.gpg"), &bytes)?;
+        cmd.arg("--keyring").arg(p);
     }
     let out_path = home.path().join("signed");
     let input = write("input", data)?;
@@ -438,8 +446,8 @@ pub(crate) mod tests {
             ["AC530D520F2F3269F5E98313A48449044AAD5C5D"]
         );
         let pinned = Keys {
-            keyrings: vec![],
             fingerprints: vec!["0000000000000000000000000000000000000000".into()],
+            ..Keys::default()
         };
         assert!(matches!(
             judge(&parse_status(good), &pinned, "x"),
