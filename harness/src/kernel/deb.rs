@@ -17,6 +17,20 @@ pub struct Extracted {
     pub bytes: u64,
 }
 
+impl Extracted {
+    /// Add what another package of the same kernel gave.
+    pub fn merge(&mut self, more: Extracted) {
+        self.vmlinuz |= more.vmlinuz;
+        self.files += more.files;
+        self.bytes += more.bytes;
+        for r in more.module_releases {
+            if !self.module_releases.contains(&r) {
+                self.module_releases.push(r);
+            }
+        }
+    }
+}
+
 /// Where a path inside the package goes, relative to DEST.
 fn classify(path: &Path) -> Option<(PathBuf, Option<String>)> {
     let comps: Vec<&str> = path

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use super::cache::{Cache, MarkerFile, Staging};
+use super::cache::{MarkerFile, Staging};
 use super::error::KernelError;
 use super::vmlinux;
 use super::{BootKind, Kernel, PackageInfo};
@@ -47,14 +47,19 @@ fn sized_files(boot_kind: BootKind, modules_release: Option<&str>) -> Vec<String
     files
 }
 
-/// Where the kernel of `release` lives in the cache.
-pub(crate) fn dir(cache: &Cache, release: &str) -> PathBuf {
-    cache.root().join("kernels").join(release)
-}
-
-/// The cached kernel of `release`, if complete and intact.
-pub(crate) fn load_cached(cache: &Cache, release: &str, spec: &str) -> Option<Kernel> {
-    load(&dir(cache, release), spec)
+/// True when `dir` holds a complete entry (its marker and the files a boot
+/// needs, of the recorded sizes), without hashing anything: for listings.
+pub(crate) fn is_complete(dir: &Path) -> bool {
+    let Some(marker) = fs::read(dir.join(MARKER))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+    else {
+        return false;
+    };
+    marker
+        .sizes
+        .iter()
+        .all(|(file, size)| fs::metadata(dir.join(file)).ok().map(|m| m.len()) == Some(*size))
 }
 
 /// The kernel in `dir`, if its marker is there and every file it needs is
@@ -92,9 +97,9 @@ pub(crate) fn load(dir: &Path, spec: &str) -> Option<Kernel> {
     })
 }
 
-/// The releases with a folder under `kernels/` (complete or not).
-pub(crate) fn cached_releases(cache: &Cache) -> Vec<String> {
-    fs::read_dir(cache.root().join("kernels"))
+/// The releases with a folder in `kernels` (complete or not).
+pub(crate) fn releases_in(kernels: &Path) -> Vec<String> {
+    fs::read_dir(kernels)
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
