@@ -261,6 +261,12 @@ pub fn build(
         patches.push((abs, sha));
     }
     check_tools(!patches.is_empty())?;
+    for p in cache.sweep() {
+        progress(&format!(
+            "removed {} (left by a run that died)",
+            p.display()
+        ));
+    }
 
     // The newest source package of that name in any suite.
     let index = archive::load_index(&super::sources::debian::repository()?, cache, progress)?;

@@ -283,7 +283,21 @@ pub fn resolve(
     cache: &Cache,
     progress: &dyn Fn(&str),
 ) -> Result<Kernel, KernelError> {
+    sweep_once(cache, progress);
     spec.source.resolve(spec, cache, progress)
+}
+
+/// Sweep what dead runs left in the cache, once per process.
+fn sweep_once(cache: &Cache, progress: &dyn Fn(&str)) {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        for p in cache.sweep() {
+            progress(&format!(
+                "removed {} (left by a run that died)",
+                p.display()
+            ));
+        }
+    });
 }
 
 /// What a spec names today, without downloading: the release it resolves
