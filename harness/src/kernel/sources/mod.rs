@@ -13,6 +13,7 @@ mod apt;
 mod build_tree;
 pub(crate) mod debian;
 mod local;
+mod package_file;
 
 pub use apt::AptError;
 pub(crate) use build_tree::{config_has_modules, BUILD_BZIMAGE};
@@ -26,7 +27,8 @@ use super::{Cache, Kernel, PackageInfo};
 
 /// Every source, in the order the spec parser asks them (and their spec
 /// forms are listed in messages): Debian's archive, the configured apt
-/// repositories (`[[repository]]`, `--repository`), build trees, and the
+/// repositories (`[[repository]]`, `--repository`), build trees, package
+/// files (`.deb`), and the
 /// local image, which takes whatever names no other source, so it comes last.
 fn sources() -> &'static [&'static dyn KernelSource] {
     static SOURCES: OnceLock<Vec<&'static dyn KernelSource>> = OnceLock::new();
@@ -37,6 +39,7 @@ fn sources() -> &'static [&'static dyn KernelSource] {
             all.push(leak(apt::AptSource::of(r.clone())));
         }
         all.push(&build_tree::BuildTree);
+        all.push(&package_file::PackageFiles);
         all.push(&local::LocalImage);
         all
     })
@@ -287,6 +290,12 @@ pub fn resolve(
     spec.source.resolve(spec, cache, progress)
 }
 
+/// The specs with the single package files of one release joined into one
+/// kernel (`--kernel linux-binary-X.deb --kernel linux-modules-X.deb`).
+pub fn join_package_files(specs: Vec<KernelSpec>) -> Result<Vec<KernelSpec>, KernelError> {
+    package_file::join(specs)
+}
+
 /// Sweep what dead runs left in the cache, once per process.
 fn sweep_once(cache: &Cache, progress: &dyn Fn(&str)) {
     static SWEPT: std::sync::Once = std::sync::Once::new();
@@ -427,7 +436,7 @@ mod tests {
         assert!(matches!(e, KernelError::MalformedSpec { .. }));
         assert_eq!(
             e.to_string(),
-            "malformed kernel spec 'debian:latest': `latest` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-amd64); use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), ubuntu:LINE, ubuntu:RELEASE, ubuntu:SUITE[:LINE], build:PATH (a kernel build tree) or a path to a bzImage/vmlinux"
+            "malformed kernel spec 'debian:latest': `latest` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-amd64); use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), ubuntu:LINE, ubuntu:RELEASE, ubuntu:SUITE[:LINE], build:PATH (a kernel build tree), a kernel package file (./linux-image-X.deb, a.deb,b.deb, or a folder of them) or a path to a bzImage/vmlinux"
         );
         let e = p("debian:6.1", Some("/m")).unwrap_err();
         assert!(e.to_string().contains("local kernel image"), "{e}");
@@ -471,7 +480,7 @@ mod tests {
     #[test]
     fn every_source_is_asked_in_order() {
         let names: Vec<&str> = sources().iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["debian", "ubuntu", "build", "local"]);
+        assert_eq!(names, ["debian", "ubuntu", "build", "package", "local"]);
         assert_eq!(endpoint_forms(), ["debian:RELEASE", "ubuntu:RELEASE"]);
         assert_eq!(
             KernelSpec::parse("debian:6.1", None).unwrap(),
