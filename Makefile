@@ -6,8 +6,11 @@ CARGO  ?= cargo
 TARGET := x86_64-unknown-linux-gnu
 NATVET := target/$(TARGET)/debug/natvet
 # Debian packages natvet needs on the host: qemu for the VMs, the NAT tools
-# and conntrack (copied into each guest with their libraries), kmod for depmod.
-DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod
+# and conntrack (copied into each guest with their libraries), kmod for depmod,
+# gpgv and Debian's archive keyring to check the archive's signatures.
+DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod gpgv debian-archive-keyring
+# What the tests add: apt-ftparchive and gpg build and sign a local repository.
+TEST_DEB_PACKAGES := apt-utils gnupg xz-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages `natvet kernels build` needs to compile a kernel.
@@ -43,6 +46,7 @@ vet: deps build
 
 # Unit tests, then the kernel matrix (tests/matrix.rs) in real VMs.
 test: deps
+	@$(call apt_install,$(TEST_DEB_PACKAGES))
 	$(CARGO) test $(TEST_ARGS)
 
 # Boot, agent and per-kernel times, memory, initramfs size, parallel speed-up.

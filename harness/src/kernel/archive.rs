@@ -337,6 +337,8 @@ fn agent() -> ureq::Agent {
 enum Got {
     Body(Vec<u8>),
     NotFound,
+    /// More than the limit: not the file asked for.
+    TooLarge,
 }
 
 /// GET `url` into memory (at most `limit` bytes), stopping when interrupted.
@@ -360,7 +362,7 @@ fn get(url: &str, limit: u64) -> Result<Got, String> {
         body.extend_from_slice(&buf[..n]);
     }
     if body.len() as u64 > limit {
-        return Err(format!("the answer is larger than {limit} bytes"));
+        return Ok(Got::TooLarge);
     }
     Ok(Got::Body(body))
 }
@@ -441,15 +443,20 @@ fn signed_release(
     let mut files: Option<(Vec<u8>, Option<Vec<u8>>, bool)> = None;
     if !fresh {
         let fetched = (|| -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, String> {
-            if let Got::Body(b) = get(&format!("{base}/InRelease"), 64 << 20)? {
-                return Ok(Some((b, None)));
+            let too_large = |what: &str| Err(format!("{base}/{what} is larger than 64 MiB"));
+            match get(&format!("{base}/InRelease"), 64 << 20)? {
+                Got::Body(b) => return Ok(Some((b, None))),
+                Got::TooLarge => return too_large("InRelease"),
+                Got::NotFound => {}
             }
-            let Got::Body(r) = get(&format!("{base}/Release"), 64 << 20)? else {
-                return Ok(None);
+            let r = match get(&format!("{base}/Release"), 64 << 20)? {
+                Got::Body(r) => r,
+                Got::TooLarge => return too_large("Release"),
+                Got::NotFound => return Ok(None),
             };
             let sig = match get(&format!("{base}/Release.gpg"), 1 << 20)? {
                 Got::Body(s) => Some(s),
-                Got::NotFound => None,
+                Got::NotFound | Got::TooLarge => None,
             };
             Ok(Some((r, sig.or_else(|| Some(Vec::new())))))
         })();
@@ -710,6 +717,7 @@ fn read_component(
                         return parse_index(&b, n, suite, prefixes).map_err(|r| bad(url, r))
                     }
                     Ok(Got::NotFound) => continue,
+                    Ok(Got::TooLarge) => return Err(bad(url, "is larger than 2 GiB".into())),
                     Err(e) => return Err(SuiteOutcome::Unavailable(format!("{url}: {e}"))),
                 }
             }
@@ -746,6 +754,15 @@ fn read_component(
                 break;
             }
             Ok(Got::NotFound) => continue,
+            Ok(Got::TooLarge) => {
+                return Err(bad(
+                    url.clone(),
+                    format!(
+                        "does not match the signed Release: it is larger than the {} bytes the Release lists",
+                        entry.size
+                    ),
+                ))
+            }
             Err(e) => return Err(SuiteOutcome::Unavailable(format!("{url}: {e}"))),
         }
     }
