@@ -439,10 +439,12 @@ fn signed_release(
         .filter_map(|p| age(p).map(|a| (p, a)))
         .min_by_key(|(_, a)| *a);
     let fresh = cached.is_some_and(|(_, a)| a < INDEX_MAX_AGE);
-    // What to verify: (signed file, detached signature).
+    // What to verify: the signed file, its detached signature if any, and
+    // whether it was just fetched.
+    type Signed = (Vec<u8>, Option<Vec<u8>>);
     let mut files: Option<(Vec<u8>, Option<Vec<u8>>, bool)> = None;
     if !fresh {
-        let fetched = (|| -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, String> {
+        let fetched = (|| -> Result<Option<Signed>, String> {
             let too_large = |what: &str| Err(format!("{base}/{what} is larger than 64 MiB"));
             match get(&format!("{base}/InRelease"), 64 << 20)? {
                 Got::Body(b) => return Ok(Some((b, None))),

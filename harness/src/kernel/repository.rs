@@ -292,9 +292,9 @@ impl Entry {
             }
         }
         if keys.keyrings.is_empty() && keys.inline.is_empty() && !allow_unsigned {
-            return Err(bad(format!(
-                "it names no keyring to check its signatures with: add keyring=PATH (the repository's public key), or --allow-unsigned for a local test repository"
-            )));
+            return Err(bad(
+                "it names no keyring to check its signatures with: add keyring=PATH (the repository's public key), or --allow-unsigned for a local test repository".into(),
+            ));
         }
         Ok(Repository {
             description: self

@@ -735,8 +735,8 @@ fn parse_query(q: &str, name: &str, suites: &[String], naming: &Naming) -> Resul
         .all(|c| c.is_ascii_alphanumeric() || b".+-~_".contains(&c));
     if !q.as_bytes()[0].is_ascii_digit() || !ok_chars || !q.contains('-') {
         return Err(format!(
-            "`{q}` is neither a version line (like 6.12) nor a kernel release (like {})",
-            format!("6.1.0-50-{}", naming.flavour)
+            "`{q}` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-{})",
+            naming.flavour
         ));
     }
     Ok(Query::Exact(q.to_string()))

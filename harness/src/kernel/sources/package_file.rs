@@ -1,9 +1,9 @@
 //! `./linux-image-X_..._amd64.deb`: kernel package files on disk, one
-//! package (`linux-image-X`), a split layout (Debian 6.19+: `linux-binary-X`
-//! + `linux-modules-X`; Ubuntu: `linux-image-unsigned-X` + `linux-modules-X`
-//! + `linux-modules-extra-X`), given as several `--kernel FILE.deb` (joined
-//! when they are of one release), as `a.deb,b.deb`, or as a folder holding
-//! them. Each package's control file names its release; the packages are
+//! package (`linux-image-X`) or a split layout (Debian 6.19+:
+//! `linux-binary-X` and `linux-modules-X`; Ubuntu: `linux-image-unsigned-X`,
+//! `linux-modules-X` and `linux-modules-extra-X`), given as several
+//! `--kernel FILE.deb` (joined when they are of one release), as
+//! `a.deb,b.deb`, or as a folder holding them. Each package's control file names its release; the packages are
 //! unpacked once into `kernels/files/KEY/` (KEY: the SHA-256 of their
 //! contents), and the results record each file's SHA-256: nobody vouched
 //! for a file given by path.
