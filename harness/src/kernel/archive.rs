@@ -611,6 +611,14 @@ pub fn looks_like_packages(text: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The first keyring of `archive` that does not exist, when signatures are checked.
+pub fn missing_keyring(repo: &Repository, archive: &Archive) -> Option<PathBuf> {
+    if repo.allow_unsigned {
+        return None;
+    }
+    archive.keys.keyrings.iter().find(|k| !k.is_file()).cloned()
+}
+
 /// Read one suite of one archive: its signed Release, then each
 /// component's Packages index as that Release lists it.
 fn read_suite(
@@ -620,6 +628,18 @@ fn read_suite(
     cache: &Cache,
     notes: &Mutex<Vec<String>>,
 ) -> SuiteOutcome {
+    // A keyring that is not there fails before anything is asked of the network.
+    if let Some(k) = missing_keyring(repo, archive) {
+        return SuiteOutcome::Refused(KernelError::from(ArchiveError::Signature {
+            repository: repo.name.clone(),
+            suite: suite.to_string(),
+            uri: archive.uri.clone(),
+            source: SignatureError::NoKeyring {
+                path: k,
+                hint: "install the package that ships it (ubuntu-keyring for Ubuntu's), or give keyring=PATH".into(),
+            },
+        }));
+    }
     let dir = match suite_dir(cache, repo, suite) {
         Ok(d) => d,
         Err(e) => return SuiteOutcome::Refused(e),

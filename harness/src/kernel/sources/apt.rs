@@ -228,6 +228,24 @@ impl KernelSource for AptSource {
         progress: &dyn Fn(&str),
     ) -> Result<Option<Catalogue>, KernelError> {
         let repo = self.repository()?;
+        // A shipped repository whose keyring is not installed is left out
+        // of the list (said), not an error of `kernels list --all`.
+        let missing: Vec<String> = repo
+            .archives
+            .iter()
+            .filter_map(|a| archive::missing_keyring(&repo, a))
+            .map(|k| k.display().to_string())
+            .collect();
+        if !self.is_debian() && !missing.is_empty() {
+            return Ok(Some(Catalogue {
+                heading: repo.description.clone(),
+                kernels: vec![],
+                notes: vec![format!(
+                    "not read: its keyring {} is not installed (ubuntu-keyring ships Ubuntu's; or give keyring=PATH)",
+                    missing.join(", ")
+                )],
+            }));
+        }
         let index = archive::load_index(&repo, cache, progress)?;
         let mut kernels = self.one_per_release(&index);
         kernels.sort_by(|a, b| version::compare(&b.package.version, &a.package.version));
