@@ -6,13 +6,15 @@ CARGO  ?= cargo
 TARGET := x86_64-unknown-linux-gnu
 NATVET := target/$(TARGET)/debug/natvet
 # Debian packages natvet needs on the host: qemu for the VMs, the NAT tools
-# and conntrack (copied into each guest with their libraries), kmod for depmod.
-DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod
+# and conntrack (copied into each guest with their libraries), kmod for depmod,
+# gpgv and Debian's archive keyring to check the archive's signatures.
+DEB_PACKAGES := qemu-system-x86 nftables iptables conntrack kmod gpgv debian-archive-keyring
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the tests need beyond those: Chromium opens the HTML
-# report (tests/report_in_browser.rs).
-TEST_DEB_PACKAGES := chromium
+# report (tests/report_in_browser.rs); apt-ftparchive and gpg build and sign
+# a local repository (tests/matrix/repository.rs).
+TEST_DEB_PACKAGES := chromium apt-utils gnupg xz-utils
 
 # Debian packages `natvet kernels build` needs to compile a kernel.
 KERNEL_DEB_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev patch xz-utils

@@ -24,6 +24,9 @@ use natvet::scenario::Scenario;
 use natvet::types::PortRange;
 use serde_json::Value;
 
+#[path = "matrix/repository.rs"]
+mod repository;
+
 /// The controls run on one kernel: they test natvet's checks, not the kernel.
 const CONTROL_KERNEL: &str = "debian:6.1";
 
@@ -1323,5 +1326,6 @@ fn main() {
             "--check handshake/1 matches none",
         )
     }));
+    trials.extend(repository::trials());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -10,6 +10,9 @@ pub const KERNEL_SETS: &str = include_str!("../../vm-images/matrix.toml");
 #[serde(deny_unknown_fields)]
 struct Sets {
     set: std::collections::BTreeMap<String, Set>,
+    /// `[[repository]]` entries, read by `kernel::repository`.
+    #[serde(default, rename = "repository")]
+    _repositories: Vec<toml::Table>,
 }
 
 #[derive(serde::Deserialize)]

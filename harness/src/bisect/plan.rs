@@ -283,6 +283,8 @@ mod tests {
                 suite: suite.into(),
                 sha256: String::new(),
                 filename: String::new(),
+                repository: "debian".into(),
+                trust: Default::default(),
             },
         )
     }
@@ -515,7 +517,7 @@ mod tests {
         assert!(matches!(e, PlanError::NotOrdered { .. }), "{e}");
         assert_eq!(
             e.to_string(),
-            "--good ./x is not a kernel package natvet can order: natvet bisects over packaged kernels, whose order it knows; give the passing package as debian:RELEASE (your own kernel may be --bad)"
+            "--good ./x is not a kernel package natvet can order: natvet bisects over packaged kernels, whose order it knows; give the passing package as debian:RELEASE or ubuntu:RELEASE (your own kernel may be --bad)"
         );
         assert!(check("build:/b", "debian:6.1").is_err());
     }

@@ -16,9 +16,15 @@ use crate::vet;
 pub enum KernelsCmd {
     /// Show what each kernel set's entries resolve to today, and what is cached.
     List {
-        /// Also list every generic amd64 kernel release in Debian's archive.
+        /// Also list every generic kernel release each repository offers
+        /// (Debian's archive and security archive, vm-images/matrix.toml's
+        /// [[repository]] entries, --repository).
         #[arg(long)]
         all: bool,
+        /// With --all: only these sources' releases (debian, ubuntu, a
+        /// --repository's name).
+        #[arg(value_name = "SOURCE", requires = "all")]
+        sources: Vec<String>,
     },
     /// Fetch kernels into the cache (specs, or the name of a set in vm-images/matrix.toml).
     Fetch {
@@ -51,7 +57,7 @@ pub enum KernelsCmd {
 
 pub fn exec(cmd: KernelsCmd) -> Result<i32> {
     match cmd {
-        KernelsCmd::List { all } => kernels_list(all),
+        KernelsCmd::List { all, sources } => kernels_list(all, &sources),
         KernelsCmd::Build {
             source,
             config,
@@ -93,29 +99,58 @@ fn kernels_build(
     }
 }
 
-fn kernels_list(all: bool) -> Result<i32> {
+fn kernels_list(all: bool, sources: &[String]) -> Result<i32> {
     let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let quiet = |_: &str| {};
-    for set in crate::kernel_sets::kernel_set_names()? {
+    let known = crate::kernel::sources::catalogue_names();
+    if let Some(s) = sources.iter().find(|s| !known.contains(&s.as_str())) {
+        return Err(usage(format!(
+            "no kernel source named '{s}' offers a list; sources: {}",
+            known.join(", ")
+        )));
+    }
+    let mut code = exit::PASS;
+    for set in crate::kernel_sets::kernel_set_names()?
+        .into_iter()
+        .filter(|_| sources.is_empty())
+    {
         println!("set {set}:");
         for entry in crate::kernel_sets::kernel_set(&set)? {
             let spec = KernelSpec::parse(&entry, None).map_err(|e| usage(e.to_string()))?;
-            let (release, cached) =
-                crate::kernel::lookup(&spec, &cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!(
-                "  {entry:<24} -> {:<28} {}",
-                release.as_deref().unwrap_or("(not in the archive)"),
-                if cached { "cached" } else { "not cached" }
-            );
+            match crate::kernel::lookup(&spec, &cache, &quiet) {
+                Ok((release, cached)) => println!(
+                    "  {entry:<24} -> {:<28} {}",
+                    release.as_deref().unwrap_or("(not in the archive)"),
+                    if cached { "cached" } else { "not cached" }
+                ),
+                // One entry that cannot be answered does not hide the others.
+                Err(e) => {
+                    println!("  {entry:<24} -> (cannot tell: see below)");
+                    eprintln!("natvet: {entry}: {e}");
+                    code = exit::INFRA;
+                }
+            }
         }
     }
     if all {
-        for c in crate::kernel::catalogues(&cache, &quiet).map_err(|e| anyhow::anyhow!("{e}"))? {
-            print!("{c}");
+        // A repository that cannot be read is said, and the others listed.
+        for (name, c) in crate::kernel::catalogues(&cache, sources, &quiet) {
+            match c {
+                Ok(c) => print!("{c}"),
+                Err(e) => {
+                    println!("{name}: cannot list its kernels: {e}");
+                    eprintln!("natvet: {name}: {e}");
+                    code = if e.is_user_error() && code != exit::INFRA {
+                        exit::USAGE
+                    } else {
+                        exit::INFRA
+                    };
+                }
+            }
         }
     }
     println!("cache: {}", cache.root().display());
-    Ok(exit::PASS)
+    Ok(code)
 }
 
 fn kernels_fetch(specs: Vec<String>, modules: Option<PathBuf>) -> Result<i32> {

@@ -38,6 +38,24 @@ use error::Result;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub repositories: RepositoryArgs,
+}
+
+/// Apt repositories besides Debian's archive and vm-images/matrix.toml's,
+/// for every command that takes kernel specs.
+#[derive(clap::Args, Debug)]
+pub struct RepositoryArgs {
+    /// An apt repository to take kernels from, as `NAME=URI suites=S1,S2
+    /// [components=main] [keyring=PATH] [naming=debian|ubuntu] [flavour=F]`,
+    /// or a TOML file of [[repository]] entries; its kernels are then
+    /// NAME:LINE, NAME:RELEASE, NAME:SUITE. Repeatable.
+    #[arg(long = "repository", value_name = "REPO", global = true)]
+    pub repositories: Vec<String>,
+    /// Read the --repository repositories without checking their
+    /// signatures (a local test repository); the results say so.
+    #[arg(long, global = true)]
+    pub allow_unsigned: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +129,7 @@ fn handle_signals() -> Arc<AtomicI32> {
                     std::process::exit(128 + sig);
                 }
                 eprintln!("natvet: interrupted, stopping the VMs (again to quit at once)");
+                crate::kernel::archive::cancel_downloads();
                 crate::launcher::cancel_all();
             }
         });
@@ -149,6 +168,9 @@ fn run(cli: Cli) -> i32 {
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
+    let r = &cli.repositories;
+    crate::kernel::repository::configure(&r.repositories, r.allow_unsigned)
+        .map_err(|e| error::usage(e.to_string()))?;
     match cli.command {
         Command::Vet(args) => vet::exec(args),
         Command::Gate(args) => gate::exec(args),

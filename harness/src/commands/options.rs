@@ -14,7 +14,7 @@ use crate::vet::{self, VetOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct VetArgs {
-    /// Kernel to vet: debian:RELEASE (6.1.0-50-amd64), debian:LINE (6.12), debian:SUITE[:LINE] (sid, trixie:6.12), a path to a bzImage/vmlinux, or build:PATH (a kernel build tree). Repeatable. Default: the `default` set in vm-images/matrix.toml.
+    /// Kernel to vet: debian:RELEASE (6.1.0-57-amd64), debian:LINE (6.12; security suites included), debian:SUITE[:LINE] (sid, bookworm:6.1), REPO:... of an apt repository (ubuntu:6.8, a --repository's name), a kernel package file (./linux-image-X.deb; the packages of a split kernel one --kernel each, or a folder), a path to a bzImage/vmlinux, or build:PATH (a kernel build tree). Repeatable. Default: the `default` set in vm-images/matrix.toml.
     #[arg(long = "kernel", value_name = "SPEC")]
     pub kernels: Vec<String>,
     /// Kernel set from vm-images/matrix.toml (instead of --kernel).
@@ -125,10 +125,12 @@ pub(super) fn parse_specs(specs: &[String], modules: Option<PathBuf>) -> Result<
     if modules.is_some() && specs.len() != 1 {
         return Err(usage("--modules goes with exactly one --kernel PATH"));
     }
-    specs
+    let specs = specs
         .iter()
         .map(|s| KernelSpec::parse(s, modules.clone()).map_err(|e| usage(e.to_string())))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    // The package files of one split kernel, given one --kernel each, are one kernel.
+    crate::kernel::sources::join_package_files(specs).map_err(|e| usage(e.to_string()))
 }
 
 /// The kernels named with --kernel, or the set named with --set (default: `default`).

@@ -261,9 +261,15 @@ pub fn build(
         patches.push((abs, sha));
     }
     check_tools(!patches.is_empty())?;
+    for p in cache.sweep() {
+        progress(&format!(
+            "removed {} (left by a run that died)",
+            p.display()
+        ));
+    }
 
     // The newest source package of that name in any suite.
-    let index = archive::load_index(cache, progress)?;
+    let index = archive::load_index(&super::sources::debian::repository()?, cache, progress)?;
     let Some(pkg) = index
         .stanzas
         .iter()
@@ -485,7 +491,7 @@ fn ensure_source(
     entry.load_or_publish(
         done,
         |staging| {
-            let deb_path = archive::download(cache, pkg, progress)?;
+            let deb_path = archive::download(cache, "debs", pkg, progress)?;
             let member = format!("usr/src/{}.tar.xz", pkg.package);
             let tarball = staging.path().join(format!("{}.tar.xz", pkg.package));
             let extract_err = |reason: String| {

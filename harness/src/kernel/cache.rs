@@ -1,11 +1,18 @@
 //! The on-disk cache shared by natvet processes.
 //!
 //! Layout (all below the cache root):
-//! - `index/SUITE.Packages.xz` — the archive's Packages index per suite (6 h)
-//! - `index/SUITE.kernels.json` — its kernel stanzas, parsed (tied to the .xz)
-//! - `debs/NAME_VERSION_amd64.deb` — downloaded, checksum-verified packages
-//! - `kernels/RELEASE/` — `vmlinuz`, `vmlinux` (if PVH), `root/lib/modules/RELEASE/`,
-//!   and `complete.json`, written last; a directory without it is never used
+//! - `index/REPO/SUITE/InRelease` (or `Release` + `Release.gpg`) — the
+//!   suite's signed Release, kept once verified (6 h), verified on every use
+//! - `index/REPO/SUITE/COMPONENT_binary-amd64_Packages.xz` — its index, kept
+//!   once it matched the signed Release; `COMPONENT.kernels.json` — its
+//!   kernel stanzas, parsed (tied to the index's SHA-256)
+//! - `debs/NAME_VERSION_amd64.deb` (Debian), `debs/REPO/...` (other
+//!   repositories) — downloaded packages, checked by SHA-256 against their index
+//! - `kernels/RELEASE/` (Debian), `kernels/REPO/RELEASE/` (other
+//!   repositories), `kernels/files/KEY/` (package files) — `vmlinuz`,
+//!   `vmlinux` (if PVH), `root/lib/modules/RELEASE/`, and `complete.json`,
+//!   written last with the SHA-256 of every file; a directory without it,
+//!   or with a file whose content changed, is never used
 //! - `kernels/RELEASE.lock` — per-kernel lock file
 //! - `local/SHA256/` — vmlinux extracted from a local bzImage, and private
 //!   depmod'ed module trees for local module folders; `local/build-modules-SHA/`
@@ -101,6 +108,80 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The SHA-256 of every regular file below `dir` (paths relative to it),
+/// hashed on up to four threads.
+pub(crate) fn manifest(dir: &Path) -> std::io::Result<std::collections::BTreeMap<String, String>> {
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|rel| Ok((rel.clone(), sha256_file(&dir.join(rel))?)))
+                        .collect::<std::io::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = std::collections::BTreeMap::new();
+        for h in handles {
+            let part = h
+                .join()
+                .map_err(|_| std::io::Error::other("a hashing thread panicked"))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(root, &e.path(), out)?;
+        } else if t.is_file() {
+            if let Ok(rel) = e.path().strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when every file of `expected` below `dir` has that SHA-256.
+pub(crate) fn manifest_holds(
+    dir: &Path,
+    expected: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let files: Vec<(&String, &String)> = expected.iter().collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        files
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter().all(|(rel, want)| {
+                        sha256_file(&dir.join(rel)).is_ok_and(|got| &got == *want)
+                    })
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .all(|h| h.join().unwrap_or(false))
+    })
+}
+
 /// Temp files/dirs are created 0600/0700; cache entries are meant to be
 /// readable (e.g. by a qemu running as another user).
 pub(crate) fn make_readable(path: &Path, dir: bool) -> std::io::Result<()> {
@@ -109,6 +190,98 @@ pub(crate) fn make_readable(path: &Path, dir: bool) -> std::io::Result<()> {
         path,
         fs::Permissions::from_mode(if dir { 0o755 } else { 0o644 }),
     )
+}
+
+// ---------------------------------------------------------------- leftovers
+
+impl Cache {
+    /// Remove what runs that died left in the cache: staging folders of
+    /// entries (`.tmp-NAME-XXXXXX`: unpacked kernels, source trees, module
+    /// copies), partial downloads (`.partial-FILE-XXXXXX`) and the patched
+    /// source copies of builds that never finished. A leftover is removed
+    /// only when the lock its writer held (`NAME.lock`) is free, so a live
+    /// run's work is never touched. Returns what was removed.
+    pub fn sweep(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root.join("kernels"), self.root.join("debs")];
+        for sub in ["kernels", "debs"] {
+            if let Ok(rd) = fs::read_dir(self.root.join(sub)) {
+                dirs.extend(
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir() && !is_leftover_name(p)),
+                );
+            }
+        }
+        dirs.extend(["src", "local"].iter().map(|s| self.root.join(s)));
+        let mut removed = Vec::new();
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let path = e.path();
+                let Some(owner) = leftover_owner(&path) else {
+                    continue;
+                };
+                if lock_is_free(&dir.join(format!("{owner}.lock"))) {
+                    let gone = if path.is_dir() {
+                        fs::remove_dir_all(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
+                    if gone.is_ok() {
+                        removed.push(path);
+                    }
+                }
+            }
+        }
+        // A build that never finished keeps its patched copy of the
+        // source (a hard-linked tree): gone once its lock is free.
+        let builds = self.root.join("builds");
+        if let Ok(rd) = fs::read_dir(&builds) {
+            for e in rd.flatten() {
+                let dir = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let source = dir.join("source");
+                if dir.is_dir()
+                    && source.is_dir()
+                    && !dir.join("complete.json").is_file()
+                    && lock_is_free(&builds.join(format!("{name}.lock")))
+                    && fs::remove_dir_all(&source).is_ok()
+                {
+                    removed.push(source);
+                }
+            }
+        }
+        removed
+    }
+}
+
+fn is_leftover_name(p: &Path) -> bool {
+    leftover_owner(p).is_some()
+}
+
+/// `NAME` of `.tmp-NAME-XXXXXX` or `.partial-NAME-XXXXXX` (tempfile's
+/// random suffix of six letters and digits).
+fn leftover_owner(p: &Path) -> Option<String> {
+    let name = p.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix(".tmp-")
+        .or_else(|| name.strip_prefix(".partial-"))?;
+    let (owner, suffix) = rest.rsplit_once('-')?;
+    (suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric()) && !owner.is_empty())
+        .then(|| owner.to_string())
+}
+
+/// True when nobody holds the lock at `path` (taken and let go at once).
+fn lock_is_free(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+    else {
+        return false;
+    };
+    fs4::fs_std::FileExt::try_lock_exclusive(&file).unwrap_or(false)
 }
 
 // ---------------------------------------------------------------- entries
@@ -282,6 +455,51 @@ pub(crate) fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeps_what_dead_runs_left_but_not_live_work() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Cache::new(root.path().to_path_buf());
+        let k = cache.dir("kernels").unwrap();
+        let d = cache.dir("debs/acme").unwrap();
+        let b = cache
+            .dir("builds/linux-source-6.12_1_abc/source/x")
+            .unwrap();
+        fs::create_dir(k.join(".tmp-6.1.0-57-amd64-Ab12Cd")).unwrap();
+        fs::write(d.join(".partial-k.deb-Xy12Zz"), b"half").unwrap();
+        fs::write(k.join("6.1.0-57-amd64.lock"), b"").unwrap();
+        // A live run: it holds the lock of what it writes.
+        fs::create_dir(k.join(".tmp-7.3-amd64-Qw12Er")).unwrap();
+        let held = lock(&k.join("7.3-amd64.lock")).unwrap();
+        // Not leftovers.
+        fs::create_dir(k.join("6.1.0-57-amd64")).unwrap();
+        fs::write(d.join("k.deb"), b"whole").unwrap();
+        let removed = cache.sweep();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(!k.join(".tmp-6.1.0-57-amd64-Ab12Cd").exists());
+        assert!(!d.join(".partial-k.deb-Xy12Zz").exists());
+        assert!(!b.exists());
+        assert!(k.join(".tmp-7.3-amd64-Qw12Er").exists());
+        assert!(k.join("6.1.0-57-amd64").exists() && d.join("k.deb").exists());
+        drop(held);
+        assert_eq!(cache.sweep().len(), 1);
+    }
+
+    #[test]
+    fn manifests_catch_changed_files() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("a/b")).unwrap();
+        fs::write(d.path().join("a/b/m.ko"), b"module").unwrap();
+        fs::write(d.path().join("vmlinuz"), b"kernel").unwrap();
+        let m = manifest(d.path()).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(manifest_holds(d.path(), &m));
+        // Same size, other content.
+        fs::write(d.path().join("a/b/m.ko"), b"modulX").unwrap();
+        assert!(!manifest_holds(d.path(), &m));
+        fs::remove_file(d.path().join("a/b/m.ko")).unwrap();
+        assert!(!manifest_holds(d.path(), &m));
+    }
 
     #[test]
     fn an_entry_is_built_once_and_leftovers_go() {

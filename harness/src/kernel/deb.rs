@@ -17,6 +17,20 @@ pub struct Extracted {
     pub bytes: u64,
 }
 
+impl Extracted {
+    /// Add what another package of the same kernel gave.
+    pub fn merge(&mut self, more: Extracted) {
+        self.vmlinuz |= more.vmlinuz;
+        self.files += more.files;
+        self.bytes += more.bytes;
+        for r in more.module_releases {
+            if !self.module_releases.contains(&r) {
+                self.module_releases.push(r);
+            }
+        }
+    }
+}
+
 /// Where a path inside the package goes, relative to DEST.
 fn classify(path: &Path) -> Option<(PathBuf, Option<String>)> {
     let comps: Vec<&str> = path
@@ -75,9 +89,52 @@ pub fn extract_member(deb: &Path, member: &str, dest: &Path) -> Result<u64, Stri
     })
 }
 
+/// The fields of a `.deb`'s `control` file (`Package`, `Version`,
+/// `Architecture`, `Depends`, ...), as written.
+pub fn control(deb: &Path) -> Result<Vec<(String, String)>, String> {
+    with_tar(deb, "control.tar", |reader| {
+        let ctx = |e: std::io::Error| format!("{}: {e}", deb.display());
+        let mut tar = tar::Archive::new(reader);
+        for entry in tar.entries().map_err(ctx)? {
+            let mut entry = entry.map_err(ctx)?;
+            let path = entry.path().map_err(ctx)?.into_owned();
+            if path != Path::new("./control") && path != Path::new("control") {
+                continue;
+            }
+            let mut text = String::new();
+            entry
+                .by_ref()
+                .take(1 << 20)
+                .read_to_string(&mut text)
+                .map_err(ctx)?;
+            let mut fields: Vec<(String, String)> = Vec::new();
+            for line in text.lines() {
+                if line.starts_with([' ', '\t']) {
+                    continue;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    fields.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            return Ok(fields);
+        }
+        Err(format!("{} has no control file", deb.display()))
+    })
+}
+
 /// Run `f` on the decompressed `data.tar` stream of a `.deb`.
 fn with_data_tar<T>(
     deb: &Path,
+    f: impl FnOnce(Box<dyn Read + '_>) -> Result<T, String>,
+) -> Result<T, String> {
+    with_tar(deb, "data.tar", f)
+}
+
+/// Run `f` on the decompressed stream of the `.deb`'s member `which`
+/// (`data.tar`, `control.tar`), whatever its compression.
+fn with_tar<T>(
+    deb: &Path,
+    which: &str,
     f: impl FnOnce(Box<dyn Read + '_>) -> Result<T, String>,
 ) -> Result<T, String> {
     let file = File::open(deb).map_err(|e| format!("opening {}: {e}", deb.display()))?;
@@ -86,21 +143,21 @@ fn with_data_tar<T>(
         let entry = entry.map_err(|e| format!("reading ar archive {}: {e}", deb.display()))?;
         let name = String::from_utf8_lossy(entry.header().identifier()).to_string();
         let name = name.trim_end_matches('/');
-        if !name.starts_with("data.tar") {
+        let Some(ext) = name.strip_prefix(which) else {
             continue;
-        }
-        let reader: Box<dyn Read> = match name {
-            "data.tar.xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(entry)),
-            "data.tar.zst" => {
+        };
+        let reader: Box<dyn Read> = match ext {
+            ".xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(entry)),
+            ".zst" => {
                 Box::new(zstd::stream::read::Decoder::new(entry).map_err(|e| format!("zstd: {e}"))?)
             }
-            "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(entry)),
-            "data.tar" => Box::new(entry),
-            other => return Err(format!("unsupported member {other} in {}", deb.display())),
+            ".gz" => Box::new(flate2::read::GzDecoder::new(entry)),
+            "" => Box::new(entry),
+            _ => return Err(format!("unsupported member {name} in {}", deb.display())),
         };
         return f(reader);
     }
-    Err(format!("{} has no data.tar member", deb.display()))
+    Err(format!("{} has no {which} member", deb.display()))
 }
 
 fn extract_tar(reader: impl Read, dest: &Path) -> std::io::Result<Extracted> {

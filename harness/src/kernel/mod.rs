@@ -10,6 +10,7 @@
 //! version order ([`version`]) and boot images ([`vmlinux`]). `natvet
 //! kernels build` is [`build`].
 
+pub mod apt_sources;
 pub mod archive;
 pub mod build;
 pub mod cache;
@@ -18,6 +19,9 @@ mod error;
 #[cfg(test)]
 mod live_tests;
 mod modtree;
+pub mod openpgp;
+pub mod release;
+pub mod repository;
 pub mod sources;
 mod unpacked;
 pub mod version;
@@ -77,7 +81,7 @@ impl Kernel {
     }
 }
 
-/// A Debian package a kernel came from.
+/// A package a kernel came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PackageInfo {
     pub name: String,
@@ -85,4 +89,27 @@ pub struct PackageInfo {
     pub suite: String,
     pub sha256: String,
     pub filename: String,
+    /// The repository it came from (`debian`, `ubuntu`, a --repository's
+    /// name); empty for a package file given by path.
+    #[serde(default)]
+    pub repository: String,
+    /// Who vouched for it.
+    #[serde(default)]
+    pub trust: Trust,
+}
+
+/// Who vouched for a package natvet unpacked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trust {
+    /// Unpacked by a natvet that did not check signatures yet.
+    #[default]
+    Unknown,
+    /// Its hash is in an index whose Release these keys signed (primary
+    /// fingerprints), checked with gpgv.
+    Signed { signers: Vec<String> },
+    /// Its repository was read without signatures (`--allow-unsigned`).
+    Unsigned,
+    /// A package file given by path: nobody vouched for it; its hash is recorded.
+    File,
 }

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use super::cache::{Cache, MarkerFile, Staging};
+use super::cache::{self, MarkerFile, Staging};
 use super::error::KernelError;
 use super::vmlinux;
 use super::{BootKind, Kernel, PackageInfo};
@@ -29,10 +29,16 @@ struct Marker {
     boot_kind: BootKind,
     /// Name of the folder under root/lib/modules, if any.
     modules_release: Option<String>,
-    /// Sizes of the files a boot needs, relative to the kernel's folder: a
-    /// truncated or damaged cache entry is noticed and fetched again.
+    /// Sizes of the files a boot needs, relative to the kernel's folder
+    /// (kept for natvets that check only these).
     #[serde(default)]
     sizes: BTreeMap<String, u64>,
+    /// SHA-256 of every file of the entry (but this marker), relative to
+    /// its folder: a file that changed in the cache, even to one of the
+    /// same size, makes the entry incomplete, and it is unpacked again
+    /// from its verified package.
+    #[serde(default)]
+    sha256: BTreeMap<String, String>,
 }
 
 /// The files of a cached kernel whose sizes the marker records.
@@ -47,20 +53,25 @@ fn sized_files(boot_kind: BootKind, modules_release: Option<&str>) -> Vec<String
     files
 }
 
-/// Where the kernel of `release` lives in the cache.
-pub(crate) fn dir(cache: &Cache, release: &str) -> PathBuf {
-    cache.root().join("kernels").join(release)
+/// True when `dir` holds a complete entry (its marker and the files a boot
+/// needs, of the recorded sizes), without hashing anything: for listings.
+pub(crate) fn is_complete(dir: &Path) -> bool {
+    let Some(marker) = fs::read(dir.join(MARKER))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+    else {
+        return false;
+    };
+    marker
+        .sizes
+        .iter()
+        .all(|(file, size)| fs::metadata(dir.join(file)).ok().map(|m| m.len()) == Some(*size))
 }
 
-/// The cached kernel of `release`, if complete and intact.
-pub(crate) fn load_cached(cache: &Cache, release: &str, spec: &str) -> Option<Kernel> {
-    load(&dir(cache, release), spec)
-}
-
-/// The kernel in `dir`, if its marker is there and every file it needs is
-/// whole; named `spec` (what the user asked for).
+/// The kernel in `dir`, if its marker is there and every file has the
+/// SHA-256 the marker records; named `spec` (what the user asked for).
 pub(crate) fn load(dir: &Path, spec: &str) -> Option<Kernel> {
-    let marker: Marker = serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()?;
+    let mut marker: Marker = serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()?;
     let bzimage = dir.join("vmlinuz");
     let boot_image = match marker.boot_kind {
         BootKind::Pvh => dir.join("vmlinux"),
@@ -77,11 +88,24 @@ pub(crate) fn load(dir: &Path, spec: &str) -> Option<Kernel> {
         && modules_dir
             .as_ref()
             .is_none_or(|m| m.join("modules.dep").is_file());
-    let intact = marker
+    let sizes_match = marker
         .sizes
         .iter()
         .all(|(file, size)| fs::metadata(dir.join(file)).ok().map(|m| m.len()) == Some(*size));
-    (all_there && intact).then(|| Kernel {
+    if !(all_there && sizes_match) {
+        return None;
+    }
+    if marker.sha256.is_empty() {
+        // Unpacked by a natvet that recorded sizes only: record the
+        // contents now (the sizes matched), and check them from now on.
+        marker.sha256 = cache::manifest(dir).ok()?;
+        marker.sha256.remove(MARKER);
+        let json = serde_json::to_vec_pretty(&marker).ok()?;
+        cache::write_atomic(&dir.join(MARKER), &json).ok()?;
+    } else if !cache::manifest_holds(dir, &marker.sha256) {
+        return None;
+    }
+    Some(Kernel {
         spec: spec.to_string(),
         release: Some(marker.release),
         boot_image,
@@ -92,9 +116,9 @@ pub(crate) fn load(dir: &Path, spec: &str) -> Option<Kernel> {
     })
 }
 
-/// The releases with a folder under `kernels/` (complete or not).
-pub(crate) fn cached_releases(cache: &Cache) -> Vec<String> {
-    fs::read_dir(cache.root().join("kernels"))
+/// The releases with a folder in `kernels` (complete or not).
+pub(crate) fn releases_in(kernels: &Path) -> Vec<String> {
+    fs::read_dir(kernels)
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
@@ -161,6 +185,14 @@ pub(crate) fn finish(
         .into_iter()
         .filter_map(|f| Some((f.clone(), fs::metadata(staging.path().join(&f)).ok()?.len())))
         .collect();
+    let t = Instant::now();
+    let sha256 = cache::manifest(staging.path())
+        .map_err(|e| KernelError::io(format!("hashing {}", staging.path().display()), e))?;
+    progress(&format!(
+        "recorded the SHA-256 of {} files in {:.1} s",
+        sha256.len(),
+        t.elapsed().as_secs_f64()
+    ));
     let marker = Marker {
         release: uname,
         package,
@@ -168,6 +200,7 @@ pub(crate) fn finish(
         boot_kind,
         modules_release,
         sizes,
+        sha256,
     };
     Ok(MarkerFile {
         name: MARKER,

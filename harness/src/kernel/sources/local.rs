@@ -82,6 +82,9 @@ impl KernelSource for LocalImage {
 struct LocalInfo {
     release: Option<String>,
     pvh: bool,
+    /// SHA-256 of the extracted vmlinux: checked on every use.
+    #[serde(default)]
+    vmlinux_sha256: Option<String>,
 }
 
 /// A bzImage or a PVH vmlinux on disk, with an optional module folder: a
@@ -128,14 +131,23 @@ pub(super) fn resolve_image(
         let info: Option<LocalInfo> = fs::read(&info_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|i: &LocalInfo| !i.pvh || vmlinux_path.is_file());
+            .filter(|i: &LocalInfo| {
+                !i.pvh
+                    || i.vmlinux_sha256.is_some()
+                        && cache::sha256_file(&vmlinux_path).ok() == i.vmlinux_sha256
+            });
         let pvh = match info {
             Some(i) => i.pvh,
             None => {
                 let _lock = cache::lock(&dir.join("lock"))?;
+                let mut vmlinux_sha256 = None;
                 let pvh = match vmlinux::extract_vmlinux(&data) {
                     Ok(elf) if vmlinux::has_pvh_note(&elf) => {
                         cache::write_atomic(&vmlinux_path, &elf)?;
+                        vmlinux_sha256 = Some({
+                            use sha2::Digest;
+                            hex::encode(sha2::Sha256::digest(&elf))
+                        });
                         true
                     }
                     Ok(_) => {
@@ -152,6 +164,7 @@ pub(super) fn resolve_image(
                 let info = LocalInfo {
                     release: release.clone(),
                     pvh,
+                    vmlinux_sha256,
                 };
                 let json = serde_json::to_vec_pretty(&info)
                     .map_err(|e| KernelError::io("encoding info.json".into(), e.into()))?;

@@ -7,25 +7,43 @@
 //! natvet knows, gives `natvet bisect` its [`Candidates`].
 //!
 //! Adding a source: a file here implementing [`KernelSource`] and one line
-//! in `SOURCES`.
+//! in [`sources`].
 
+mod apt;
 mod build_tree;
-mod debian;
+pub(crate) mod debian;
 mod local;
+mod package_file;
 
+pub use apt::AptError;
 pub(crate) use build_tree::{config_has_modules, BUILD_BZIMAGE};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::error::KernelError;
 use super::{Cache, Kernel, PackageInfo};
 
 /// Every source, in the order the spec parser asks them (and their spec
-/// forms are listed in messages). The local image takes whatever names no
-/// source, so it comes last.
-static SOURCES: &[&dyn KernelSource] =
-    &[&debian::Debian, &build_tree::BuildTree, &local::LocalImage];
+/// forms are listed in messages): Debian's archive, the configured apt
+/// repositories (`[[repository]]`, `--repository`), build trees, package
+/// files (`.deb`), and the
+/// local image, which takes whatever names no other source, so it comes last.
+fn sources() -> &'static [&'static dyn KernelSource] {
+    static SOURCES: OnceLock<Vec<&'static dyn KernelSource>> = OnceLock::new();
+    SOURCES.get_or_init(|| {
+        let leak = |s: apt::AptSource| -> &'static dyn KernelSource { Box::leak(Box::new(s)) };
+        let mut all = vec![leak(debian::source())];
+        for r in super::repository::configured() {
+            all.push(leak(apt::AptSource::of(r.clone())));
+        }
+        all.push(&build_tree::BuildTree);
+        all.push(&package_file::PackageFiles);
+        all.push(&local::LocalImage);
+        all
+    })
+}
 
 /// A kind of kernel source.
 pub trait KernelSource: Sync {
@@ -151,6 +169,8 @@ pub struct Lineup {
 pub struct Catalogue {
     pub heading: String,
     pub kernels: Vec<Candidate>,
+    /// What the list leaves out, and why (an expired suite, no security archive).
+    pub notes: Vec<String>,
 }
 
 impl fmt::Display for Catalogue {
@@ -163,6 +183,9 @@ impl fmt::Display for Catalogue {
                 "  {:<28} {} {} ({})",
                 k.release, p.name, p.version, p.suite
             )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  ({n})")?;
         }
         Ok(())
     }
@@ -184,7 +207,7 @@ impl KernelSpec {
         if s.is_empty() {
             return Err(malformed(spec, "it is empty".into()));
         }
-        for &source in SOURCES {
+        for &source in sources() {
             match source.claim(s, modules.as_deref()) {
                 None => continue,
                 Some(Ok(arg)) => {
@@ -263,7 +286,27 @@ pub fn resolve(
     cache: &Cache,
     progress: &dyn Fn(&str),
 ) -> Result<Kernel, KernelError> {
+    sweep_once(cache, progress);
     spec.source.resolve(spec, cache, progress)
+}
+
+/// The specs with the single package files of one release joined into one
+/// kernel (`--kernel linux-binary-X.deb --kernel linux-modules-X.deb`).
+pub fn join_package_files(specs: Vec<KernelSpec>) -> Result<Vec<KernelSpec>, KernelError> {
+    package_file::join(specs)
+}
+
+/// Sweep what dead runs left in the cache, once per process.
+fn sweep_once(cache: &Cache, progress: &dyn Fn(&str)) {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        for p in cache.sweep() {
+            progress(&format!(
+                "removed {} (left by a run that died)",
+                p.display()
+            ));
+        }
+    });
 }
 
 /// What a spec names today, without downloading: the release it resolves
@@ -277,17 +320,38 @@ pub fn lookup(
 }
 
 /// What every source offers, for `natvet kernels list --all`.
-pub fn catalogues(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Vec<Catalogue>, KernelError> {
-    SOURCES
+/// Each with the source's name; a source whose catalogue cannot be read
+/// gives its error, the others are listed all the same. `only`: these
+/// sources' catalogues (by name), or every source's when empty.
+pub fn catalogues(
+    cache: &Cache,
+    only: &[String],
+    progress: &dyn Fn(&str),
+) -> Vec<(&'static str, Result<Catalogue, KernelError>)> {
+    sources()
         .iter()
-        .filter_map(|s| s.catalogue(cache, progress).transpose())
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name()))
+        .filter_map(|s| {
+            s.catalogue(cache, progress)
+                .transpose()
+                .map(|c| (s.name(), c))
+        })
+        .collect()
+}
+
+/// The names of the sources that offer catalogues (`debian`, `ubuntu`, ...).
+pub fn catalogue_names() -> Vec<&'static str> {
+    sources()
+        .iter()
+        .filter(|s| s.candidates().is_some())
+        .map(|s| s.name())
         .collect()
 }
 
 /// How a passing kernel is given as `--good` to `natvet bisect`, for every
 /// source with candidates (`debian:RELEASE`).
 pub fn endpoint_forms() -> Vec<&'static str> {
-    SOURCES
+    sources()
         .iter()
         .filter_map(|s| s.candidates())
         .map(|c| c.endpoint_form())
@@ -296,7 +360,7 @@ pub fn endpoint_forms() -> Vec<&'static str> {
 
 /// Every source's spec forms: `a, b, c or d`.
 fn forms() -> String {
-    let all: Vec<&str> = SOURCES.iter().flat_map(|s| s.forms()).copied().collect();
+    let all: Vec<&str> = sources().iter().flat_map(|s| s.forms()).copied().collect();
     match all.split_last() {
         None => String::new(),
         Some((last, [])) => last.to_string(),
@@ -372,7 +436,7 @@ mod tests {
         assert!(matches!(e, KernelError::MalformedSpec { .. }));
         assert_eq!(
             e.to_string(),
-            "malformed kernel spec 'debian:latest': `latest` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-amd64); use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), build:PATH (a kernel build tree) or a path to a bzImage/vmlinux"
+            "malformed kernel spec 'debian:latest': `latest` is neither a version line (like 6.12) nor a kernel release (like 6.1.0-50-amd64); use debian:LINE (e.g. debian:6.12), debian:RELEASE (e.g. debian:6.1.0-50-amd64), ubuntu:LINE, ubuntu:RELEASE, ubuntu:SUITE[:LINE], build:PATH (a kernel build tree), a kernel package file (./linux-image-X.deb, a.deb,b.deb, or a folder of them) or a path to a bzImage/vmlinux"
         );
         let e = p("debian:6.1", Some("/m")).unwrap_err();
         assert!(e.to_string().contains("local kernel image"), "{e}");
@@ -415,9 +479,9 @@ mod tests {
 
     #[test]
     fn every_source_is_asked_in_order() {
-        let names: Vec<&str> = SOURCES.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["debian", "build", "local"]);
-        assert_eq!(endpoint_forms(), ["debian:RELEASE"]);
+        let names: Vec<&str> = sources().iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["debian", "ubuntu", "build", "package", "local"]);
+        assert_eq!(endpoint_forms(), ["debian:RELEASE", "ubuntu:RELEASE"]);
         assert_eq!(
             KernelSpec::parse("debian:6.1", None).unwrap(),
             KernelSpec::parse(" debian:6.1 ", None).unwrap()
