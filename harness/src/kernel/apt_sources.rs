@@ -105,7 +105,59 @@ fn entries_in(etc_apt: &Path) -> Vec<AptEntry> {
             out.extend(parse_one_line(&text));
         }
     }
+    // apt's own configuration may turn the expiry check off for every
+    // source (`Acquire::Check-Valid-Until "false";`, as machines pointed at
+    // a snapshot mirror do): natvet then trusts what apt trusts.
+    if apt_conf_checks_valid_until(etc_apt) == Some(false) {
+        for e in &mut out {
+            e.check_valid_until = false;
+        }
+    }
     out
+}
+
+/// `Acquire::Check-Valid-Until` as apt.conf and apt.conf.d set it (the
+/// last file to say wins, as in apt), if any does.
+fn apt_conf_checks_valid_until(etc_apt: &Path) -> Option<bool> {
+    let mut files = vec![etc_apt.join("apt.conf")];
+    let mut parts: Vec<PathBuf> = fs::read_dir(etc_apt.join("apt.conf.d"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    parts.sort();
+    files.extend(parts);
+    let mut found = None;
+    for p in files {
+        if let Ok(text) = fs::read_to_string(&p) {
+            if let Some(v) = check_valid_until_in(&text) {
+                found = Some(v);
+            }
+        }
+    }
+    found
+}
+
+/// The value of `Acquire::Check-Valid-Until` in one apt.conf text (written
+/// flat, `Acquire::Check-Valid-Until "false";`, or inside `Acquire { ... }`).
+fn check_valid_until_in(text: &str) -> Option<bool> {
+    let lower = text.to_ascii_lowercase();
+    let mut found = None;
+    for (i, _) in lower.match_indices("check-valid-until") {
+        let before = lower[..i].trim_end();
+        let flat = before.ends_with("acquire::");
+        let nested =
+            before.ends_with('{') && before[..before.len() - 1].trim_end().ends_with("acquire");
+        if !(flat || nested) {
+            continue;
+        }
+        let rest = lower[i + "check-valid-until".len()..].trim_start();
+        let value: String = rest
+            .trim_start_matches('"')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        found = Some(!is_no(&value));
+    }
+    found
 }
 
 /// The enabled `deb` paragraphs of a deb822 sources file.
@@ -229,6 +281,27 @@ Enabled: no
 URIs: http://off.example/debian
 Suites: bookworm
 ";
+
+    #[test]
+    fn apt_conf_can_turn_the_expiry_check_off() {
+        assert_eq!(
+            check_valid_until_in("Acquire::Check-Valid-Until \"false\";\n"),
+            Some(false)
+        );
+        assert_eq!(
+            check_valid_until_in("Acquire { Check-Valid-Until \"0\"; };"),
+            Some(false)
+        );
+        assert_eq!(
+            check_valid_until_in("Acquire::Check-Valid-Until \"true\";"),
+            Some(true)
+        );
+        assert_eq!(check_valid_until_in("APT::Get::Assume-Yes \"true\";"), None);
+        assert_eq!(
+            check_valid_until_in("Foo::Check-Valid-Until \"false\";"),
+            None
+        );
+    }
 
     #[test]
     fn reads_deb822() {
