@@ -16,6 +16,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use natvet::checks::kernel_health::KernelHealth;
 use natvet::checks::many_flows::ManyFlows;
 use natvet::checks::peer_churn::ChurnAddresses;
+use natvet::checks::session::{Fault, FaultKind};
 use natvet::checks::CheckSpec;
 use natvet::nat::BackendKind;
 use natvet::scenario::setup::NatSpec;
@@ -987,6 +988,85 @@ fn bisect_exit_codes_skip_tree_without_image() -> Result<(), Failed> {
     )
 }
 
+/// `natvet soak --duration`: sessions kept going, and an outage that begins
+/// well into the soak (the relay blackholes the internet host for 4 s,
+/// 25 s in) fails every session, with the moment it began in its series;
+/// the HTML report plots it.
+fn soak_shows_when_an_outage_began() -> Result<(), Failed> {
+    let mut scenario = Scenario::load("extended-ports")
+        .map_err(|e| format!("loading the shipped scenario: {e}"))?;
+    scenario.name = "soak-outage".into();
+    scenario.backends = vec![BackendKind::Nftables];
+    scenario.relay.families = vec![natvet::types::Family::Ipv4];
+    for c in &mut scenario.checks {
+        if let CheckSpec::Session(c) = c {
+            c.ports = vec![53, 60000];
+            c.duration = 40;
+            c.faults = vec![Fault {
+                at: 25,
+                kind: FaultKind::Outage,
+                seconds: 4,
+            }];
+        }
+    }
+    let dir = repo().join("target/natvet-tests/controls");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("soak-outage.toml");
+    let text = toml::to_string(&scenario).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    let html = out_dir("soak-outage-html");
+    let run = natvet(
+        "soak-outage",
+        &[
+            "soak",
+            "--duration",
+            "40s",
+            "--kernel",
+            CONTROL_KERNEL,
+            "--scenario",
+            &path.display().to_string(),
+            "--capture",
+            "never",
+            "--cpus",
+            guest_cpus(),
+            "--html",
+            &html.display().to_string(),
+        ],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let sessions: Vec<&Value> = report["kernels"][0]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r["check"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("session/"))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    if run.code != 1 || sessions.len() != 2 {
+        problems.push(format!("exit {}, {} sessions", run.code, sessions.len()));
+    }
+    for s in &sessions {
+        let stopped = s["series"]["stopped_at_ms"].as_u64();
+        if s["status"] != "fail" || !stopped.is_some_and(|t| (24_000..=29_000).contains(&t)) {
+            problems.push(format!(
+                "{}: {} stopped at {stopped:?} (the outage began at 25 s): {}",
+                s["check"], s["status"], s["observed"]
+            ));
+        }
+    }
+    let page = std::fs::read_to_string(html.join("index.html")).unwrap_or_default();
+    if !page.contains("<svg") {
+        problems.push("the HTML report has no plot".into());
+    }
+    if !problems.is_empty() {
+        return Err(format!("{}\n{}", problems.join("\n"), explain(&run)).into());
+    }
+    Ok(())
+}
+
 /// A kernel that panics ends the run as an infrastructure error (exit 3) that
 /// shows the last console lines, never a hang and never a NAT verdict.
 fn panic_is_infra() -> Result<(), Failed> {
@@ -1222,6 +1302,10 @@ fn main() {
             control_fails(&c)
         }));
     }
+    trials.push(Trial::test(
+        "soak::outage-fails-with-the-moment-it-began",
+        soak_shows_when_an_outage_began,
+    ));
     trials.push(Trial::test("infra::kernel-panic-exits-3", panic_is_infra));
     trials.push(Trial::test(
         "teardown::sigkill-qemu-exits-3-leaves-nothing",

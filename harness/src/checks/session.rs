@@ -154,8 +154,8 @@ impl Check for Session {
         for f in &self.faults {
             if f.at >= self.duration || f.seconds == 0 || f.seconds > self.duration {
                 return Err(format!(
-                    "check session: a {:?} fault at {} s for {} s does not fall within the session's {} s",
-                    f.kind, f.at, f.seconds, self.duration
+                    "check session: a fault at {} s for {} s does not fall within the session's {} s",
+                    f.at, f.seconds, self.duration
                 ));
             }
         }

@@ -90,9 +90,12 @@ pub enum Command {
     #[command(subcommand)]
     Report(report::ReportCmd),
     /// Run the same kernels and scenarios N times and report any verdict that
-    /// differs between runs (natvet must give the same answer every time).
+    /// differs between runs (natvet must give the same answer every time); or,
+    /// with --duration, keep the scenarios' sessions going that long and
+    /// report every second of it (plotted in --html).
     ///
-    /// Exit codes: 0 every run agreed, 1 a verdict differed, 2 bad input, 3 a run could not test.
+    /// Exit codes: 0 every run agreed (or every session held), 1 a verdict
+    /// differed (or a session stopped), 2 bad input, 3 a run could not test.
     Soak(soak::SoakArgs),
     /// Run the checks on this machine's running kernel, without a VM (right
     /// after a deploy). Everything lives in namespaces natvet owns; the host's

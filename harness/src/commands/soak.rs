@@ -1,11 +1,19 @@
 //! `natvet soak`: the same kernels and scenarios N times; any verdict that
-//! differs between runs is reported.
+//! differs between runs is reported. With `--duration`, instead, one long
+//! run: the scenarios' sessions kept going for that long, every second of
+//! it recorded (a series per session, plotted in the HTML report), and the
+//! first moment anything stopped reported.
+
+use std::time::Duration;
 
 use super::error::{usage, Result};
 use super::options::{kernel_specs, prepare, VetArgs};
-use super::output::{write_json, write_outputs};
+use super::output::{finish, write_json, write_outputs};
+use crate::checks::kernel_health::KernelHealth;
+use crate::checks::CheckSpec;
 use crate::kernel::Cache;
 use crate::report::{exit, RunReport};
+use crate::scenario::Scenario;
 use crate::ui::Ui;
 use crate::vet;
 
@@ -16,9 +24,124 @@ pub struct SoakArgs {
     /// How many times to run.
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Instead of --runs: keep the scenarios' sessions going this long
+    /// ("90s", "10m", "2h") in one run, and report each second of it.
+    #[arg(long, value_name = "DURATION", conflicts_with = "runs")]
+    pub duration: Option<String>,
+}
+
+/// The longest soak: a day.
+const MAX_SOAK: u64 = 86_400;
+
+/// "90s", "10m", "2h", "1h30m" or plain seconds.
+pub(super) fn parse_duration(text: &str) -> Result<u32> {
+    let bad = || {
+        usage(format!(
+            "--duration {text}: write seconds, or a number with s, m or h (e.g. 90s, 10m, 2h)"
+        ))
+    };
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        total = total.saturating_add(digits.parse::<u64>().map_err(|_| bad())?);
+    }
+    if !(1..=MAX_SOAK).contains(&total) {
+        return Err(usage(format!(
+            "--duration {text} is {total} s: give 1 s to {MAX_SOAK} s (a day)"
+        )));
+    }
+    Ok(total as u32)
+}
+
+/// The scenarios of a soak: of each scenario, its session checks lasting
+/// `seconds` (and kernel-health), one scenario per family so that every
+/// family's sessions run at once.
+pub(super) fn soaked(scenarios: Vec<Scenario>, seconds: u32) -> Result<Vec<Scenario>> {
+    let mut out = Vec::new();
+    for s in scenarios {
+        let sessions: Vec<CheckSpec> = s
+            .checks
+            .iter()
+            .filter_map(|c| match c {
+                CheckSpec::Session(x) => {
+                    let mut x = x.clone();
+                    x.duration = seconds.max(x.active);
+                    Some(CheckSpec::Session(x))
+                }
+                _ => None,
+            })
+            .collect();
+        if sessions.is_empty() {
+            continue;
+        }
+        for (i, f) in s.relay.families.iter().enumerate() {
+            let mut d = s.clone();
+            d.checks = sessions.clone();
+            d.checks.push(CheckSpec::KernelHealth(KernelHealth {}));
+            d.relay.families = vec![*f];
+            if i > 0 {
+                d.name = format!("{}-{f}", s.name);
+            }
+            out.push(d);
+        }
+    }
+    if out.is_empty() {
+        return Err(usage(
+            "none of the scenarios has a session check, and a soak keeps sessions going: name one that has (the shipped extended-ports does)",
+        ));
+    }
+    Ok(out)
+}
+
+/// One long run of `soaked` scenarios: all their runs at once, the overall
+/// timeout stretched to fit.
+fn soak_for(mut args: SoakArgs, duration: &str) -> Result<i32> {
+    let seconds = parse_duration(duration)?;
+    let specs = kernel_specs(&args.vet)?;
+    let mut opts = prepare(&args.vet.run, specs)?;
+    opts.scenarios = soaked(std::mem::take(&mut opts.scenarios), seconds)?;
+    let runs: usize = opts.scenarios.iter().map(|s| s.backends.len()).sum();
+    opts.parallel = runs.clamp(1, 32);
+    opts.timeout = opts
+        .timeout
+        .max(Duration::from_secs(u64::from(seconds) + 900));
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = args.vet.run.checks.ui();
+    let resolved =
+        vet::resolve_all(&opts.kernels, &cache, &ui).map_err(|e| usage(e.to_string()))?;
+    eprintln!(
+        "soak: {runs} scenario run(s) at once for {seconds} s on {} kernel(s)",
+        resolved.len()
+    );
+    let report = vet::run(&opts, resolved, &ui);
+    args.vet
+        .run
+        .checks
+        .json
+        .get_or_insert_with(|| opts.out_dir.join("soak.json"));
+    finish(&report, &args.vet.run.checks)?;
+    Ok(report.exit_code())
 }
 
 pub fn exec(args: SoakArgs) -> Result<i32> {
+    if let Some(d) = args.duration.clone() {
+        return soak_for(args, &d);
+    }
     if args.runs < 2 {
         return Err(usage("--runs must be at least 2 to compare anything"));
     }
@@ -100,4 +223,36 @@ pub fn exec(args: SoakArgs) -> Result<i32> {
     } else {
         exit::PASS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("90").ok(), Some(90));
+        assert_eq!(parse_duration("90s").ok(), Some(90));
+        assert_eq!(parse_duration("10m").ok(), Some(600));
+        assert_eq!(parse_duration("1h30m").ok(), Some(5400));
+        for bad in ["", "0", "ten", "5d", "25h", "m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_soak_keeps_the_sessions_one_scenario_per_family() {
+        let s = Scenario::load("extended-ports").unwrap();
+        let soak = soaked(vec![s], 600).unwrap();
+        let names: Vec<&str> = soak.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["extended-ports", "extended-ports-ipv6"]);
+        for s in &soak {
+            assert_eq!(s.relay.families.len(), 1);
+            assert!(s.checks.iter().all(|c| matches!(
+                c,
+                CheckSpec::Session(x) if x.duration == 600
+            ) || matches!(c, CheckSpec::KernelHealth(_))));
+        }
+        assert!(soaked(vec![Scenario::load("pmtu").unwrap()], 60).is_err());
+    }
 }
