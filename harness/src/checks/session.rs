@@ -327,6 +327,10 @@ struct Log {
     /// The longest the relay took to reach the client after a quiet period.
     slowest_reach: Option<Duration>,
     endpoint_samples: u32,
+    /// The client's latest handshake as last read, and how often it moved
+    /// on (a rekey: WireGuard renews the keys every 120 s of use).
+    last_handshake: Option<std::time::SystemTime>,
+    rekeys: u32,
     /// The relay's view of the client, as first seen.
     relay_saw: Option<SocketAddr>,
     /// Where the internet host saw the session's UDP and TCP come from.
@@ -422,10 +426,21 @@ impl Log {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "no address".into())
         ));
+        // A session longer than REKEY_AFTER_TIME crosses a rekey.
+        let must_rekey = self.length > super::rekey::REKEY_AFTER + Duration::from_secs(5);
+        if must_rekey || self.rekeys > 0 {
+            observed.push_str(&format!(
+                "; WireGuard rekeyed {} time(s) in the session",
+                self.rekeys
+            ));
+        }
         if let Some((t, what)) = &self.failure {
             observed.push_str(&format!("; at {:.1} s: {what}", t.as_secs_f32()));
         }
-        let ok = self.failure.is_none() && all_answered && masqueraded;
+        let ok = self.failure.is_none()
+            && all_answered
+            && masqueraded
+            && (!must_rekey || self.rekeys > 0);
         (ok, observed)
     }
 }
@@ -790,7 +805,13 @@ fn sample_endpoints(c: &Client, ends: &Ends, log: &mut Log, t0: &Instant) -> Res
         return Ok(());
     }
     log.endpoint_samples += 1;
-    let client_view = c.wg.peer_state()?.and_then(|p| p.endpoint);
+    let state = c.wg.peer_state()?;
+    let handshake = state.as_ref().and_then(|p| p.last_handshake);
+    if log.last_handshake.is_some() && handshake != log.last_handshake {
+        log.rekeys += 1;
+    }
+    log.last_handshake = handshake.or(log.last_handshake);
+    let client_view = state.and_then(|p| p.endpoint);
     if client_view != Some(c.endpoint) {
         log.fail(
             t0.elapsed(),
