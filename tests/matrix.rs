@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use natvet::checks::faults::{Fault, FaultKind};
 use natvet::checks::kernel_health::KernelHealth;
 use natvet::checks::many_flows::ManyFlows;
 use natvet::checks::peer_churn::ChurnAddresses;
-use natvet::checks::session::{Fault, FaultKind};
 use natvet::checks::CheckSpec;
 use natvet::nat::BackendKind;
 use natvet::scenario::setup::NatSpec;

@@ -615,6 +615,38 @@ fn port_holders(proto: &str, port: u16) -> String {
     }
 }
 
+/// A TCP connection from `addr` to the probe server at `dest`, which then
+/// echoes every line until it is closed (`LOOP tag`): a long session's TCP
+/// flow. `timeout` bounds the connection and each read.
+pub fn tcp_loop(
+    ns: &Netns,
+    addr: IpAddr,
+    dest: SocketAddr,
+    tag: &str,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let mut stream = ns.run(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(dest),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .context("creating the session's TCP socket")?;
+        s.bind(&SocketAddr::new(addr, 0).into())
+            .with_context(|| format!("binding the session's TCP socket to {addr}"))?;
+        s.connect_timeout(&dest.into(), timeout)
+            .with_context(|| format!("connecting to {dest} through the session's tunnel"))?;
+        Ok(TcpStream::from(s))
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("LOOP {tag}\n").as_bytes())?;
+    let mut greeting = vec![0u8; tag.len() + 1];
+    stream
+        .read_exact(&mut greeting)
+        .context("reading the probe server's greeting")?;
+    Ok(stream)
+}
+
 /// A TCP exchange from the client: `ECHO tag`, answer must be the tag.
 pub fn tcp_echo(ns: &Netns, dest: SocketAddr, tag: &str, timeout: Duration) -> Result<()> {
     let mut stream = ns.run(|| {

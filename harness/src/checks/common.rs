@@ -374,3 +374,45 @@ pub fn relay_view(ctx: &Context) -> String {
         Err(e) => format!("; the relay's peer could not be read: {e:#}"),
     }
 }
+
+/// The relay sends `tag` from `from` (its tunnel address) to `sock` on the
+/// client through the tunnel every 300 ms until `sock` receives it or `wait`
+/// passes: the time it took, if it arrived. Whether anything from the relay
+/// still gets through to the client (its NAT's or firewall's mapping held).
+pub fn relay_reaches(
+    relay: &Netns,
+    from: IpAddr,
+    sock: &UdpSocket,
+    tag: &str,
+    wait: Duration,
+) -> Result<Option<Duration>> {
+    let dest = sock
+        .local_addr()
+        .context("reading the client socket's address")?;
+    let relay_sock =
+        relay.run(|| UdpSocket::bind((from, 0)).context("binding a UDP socket on the relay"))?;
+    // For a blocking socket; a non-blocking one ignores it.
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let start = Instant::now();
+    let mut last_send: Option<Instant> = None;
+    let mut buf = [0u8; 512];
+    while start.elapsed() < wait {
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
+            relay_sock
+                .send_to(tag.as_bytes(), dest)
+                .context("sending from the relay into the tunnel")?;
+            last_send = Some(Instant::now());
+        }
+        let mut got = false;
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got = true;
+            if &buf[..n] == tag.as_bytes() {
+                return Ok(Some(start.elapsed()));
+            }
+        }
+        if !got {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(None)
+}

@@ -1,14 +1,13 @@
 //! Behaviour 11, keepalive: a client behind a NAT with a short UDP timeout
 //! stays reachable through the tunnel while its persistent keepalives run.
 
-use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
-use super::common::{ensure_tunnel, relay_view};
+use super::common::{ensure_tunnel, relay_reaches, relay_view};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::scenario::setup::Setup;
@@ -64,42 +63,6 @@ impl Check for Keepalive {
 /// that nothing reaches it.
 pub const KEEPALIVE_WAIT: Duration = Duration::from_secs(3);
 
-/// The relay sends a tagged datagram to `dest` through the tunnel every
-/// 300 ms until `sock` on the client receives it or `wait` passes: the
-/// time it took, if it arrived.
-fn relay_to_client(
-    ctx: &mut Context,
-    sock: &UdpSocket,
-    wait: Duration,
-) -> Result<Option<Duration>> {
-    let a = *ctx.a();
-    let dest = sock
-        .local_addr()
-        .context("reading the client socket's address")?;
-    let tag = ctx.tag("to-client");
-    let relay_sock = ctx.topo.relay.run(|| {
-        UdpSocket::bind((a.tunnel_relay, 0)).context("binding a UDP socket on the relay")
-    })?;
-    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let start = Instant::now();
-    let mut last_send: Option<Instant> = None;
-    let mut buf = [0u8; 256];
-    while start.elapsed() < wait {
-        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
-            relay_sock
-                .send_to(tag.as_bytes(), dest)
-                .context("sending from the relay into the tunnel")?;
-            last_send = Some(Instant::now());
-        }
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if &buf[..n] == tag.as_bytes() {
-                return Ok(Some(start.elapsed()));
-            }
-        }
-    }
-    Ok(None)
-}
-
 /// Behaviour 11, keepalive: the client goes quiet for `idle` seconds, then
 /// the relay sends to it through the tunnel. Only a NAT mapping kept open
 /// by the client's persistent keepalives lets that through.
@@ -123,7 +86,8 @@ fn keepalive(ctx: &mut Context, idle: u32) -> Result<Verdict> {
     let sock = ctx.client_tunnel_socket()?;
     // The check is about time passing: there is no event to wait for instead.
     std::thread::sleep(Duration::from_secs(u64::from(idle)));
-    let arrived = relay_to_client(ctx, &sock, KEEPALIVE_WAIT)?;
+    let tag = ctx.tag("to-client");
+    let arrived = relay_reaches(&ctx.topo.relay, a.tunnel_relay, &sock, &tag, KEEPALIVE_WAIT)?;
     let observed = match arrived {
         Some(after) => format!(
             "after {idle} s quiet, the relay's datagram reached the client in {} ms",

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod check;
 pub mod common;
 pub mod context;
+pub mod faults;
 pub mod verdict;
 
 pub use check::{Check, Info, Phase};

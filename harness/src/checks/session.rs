@@ -20,8 +20,9 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{ports_given, Check, Info, Phase};
-use super::common::{at, HANDSHAKE_TIMEOUT};
+use super::common::{at, relay_reaches, EXCHANGE_TIMEOUT, HANDSHAKE_TIMEOUT};
 use super::context::Context;
+use super::faults::{make_faults, Fault};
 use super::verdict::Verdict;
 use crate::agent::clients::{self, Client, MAX_CLIENTS};
 use crate::agent::netns::Netns;
@@ -54,34 +55,6 @@ pub struct Session {
     /// and to see that a soak notices an outage and when it began).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
-}
-
-/// Something done to the relay `at` seconds into the sessions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fault {
-    pub at: u32,
-    pub kind: FaultKind,
-    /// How long it lasts (`outage`).
-    #[serde(default = "default_fault_seconds")]
-    pub seconds: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// `conntrack -F` on the relay, as a careless deploy script does: the
-    /// redirect's translation of each session's flow is forgotten, so the
-    /// relay answers from its listen port instead of the port the client
-    /// chose.
-    ConntrackFlush,
-    /// For `seconds`, the relay drops what it forwards to the internet
-    /// host (a blackhole route): an outage.
-    Outage,
-}
-
-fn default_fault_seconds() -> u32 {
-    5
 }
 
 fn default_duration() -> u32 {
@@ -490,7 +463,14 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
     }
     log.handshake = Some(start.elapsed());
     let tcp_tag = format!("{tag}-t");
-    let tcp = connect_loop(ends.client_ns, addr, a.internet, &tcp_tag)?;
+    let tcp = probes::tcp_loop(
+        ends.client_ns,
+        addr,
+        SocketAddr::new(a.internet, probes::TCP_PORT),
+        &tcp_tag,
+        EXCHANGE_TIMEOUT,
+    )?;
+    tcp.set_nonblocking(true)?;
     let mut s = Sockets {
         udp,
         icmp: IcmpSocket::open_bound(ends.client_ns, addr)?,
@@ -550,7 +530,8 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
             sample_endpoints(c, ends, &mut log, &t0)?;
         }
         log.quiet_periods += 1;
-        match reach_client(ends, a, &s.udp, tag, log.quiet_periods)? {
+        let hello = format!("{tag}-reach{}", log.quiet_periods);
+        match relay_reaches(ends.relay_ns, a.tunnel_relay, &s.udp, &hello, REACH_WAIT)? {
             Some(after) => {
                 log.slowest_reach = Some(log.slowest_reach.map_or(after, |d| d.max(after)));
             }
@@ -574,43 +555,6 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
     Ok(log)
 }
 
-/// Make `faults` on the relay at their times (from the sessions' start).
-/// Best effort: a fault that cannot be made is told to the host.
-fn make_faults(faults: &[Fault], relay: &Netns, internet: IpNet) {
-    let start = Instant::now();
-    let mut order: Vec<&Fault> = faults.iter().collect();
-    order.sort_by_key(|f| f.at);
-    for f in order {
-        let at = Duration::from_secs(u64::from(f.at));
-        if let Some(wait) = at.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let made = match f.kind {
-            FaultKind::ConntrackFlush => ["ipv4", "ipv6"].into_iter().try_for_each(|family| {
-                let inv = crate::nat::Invocation {
-                    program: "/usr/sbin/conntrack",
-                    args: vec!["-F", "-f", family],
-                };
-                crate::agent::topology::run_in(relay, &inv, None).map(|_| ())
-            }),
-            FaultKind::Outage => {
-                crate::agent::netlink::blackhole(relay, internet, true).and_then(|()| {
-                    std::thread::sleep(Duration::from_secs(u64::from(f.seconds)));
-                    crate::agent::netlink::blackhole(relay, internet, false)
-                })
-            }
-        };
-        let message = match made {
-            Ok(()) => format!("session fault made on purpose at {} s: {:?}", f.at, f.kind),
-            Err(e) => format!(
-                "session fault {:?} at {} s could not be made: {e:#}",
-                f.kind, f.at
-            ),
-        };
-        crate::agent::channel::send(&crate::protocol::GuestMessage::Note { message });
-    }
-}
-
 /// The client's WireGuard endpoint, for an observation.
 fn endpoint_of(c: &Client) -> String {
     match c.wg.peer_state() {
@@ -622,33 +566,6 @@ fn endpoint_of(c: &Client) -> String {
         ),
         _ => String::new(),
     }
-}
-
-/// A TCP connection from `addr` to the internet host's probe server, which
-/// then echoes every line: the session's long-lived TCP flow.
-fn connect_loop(ns: &Netns, addr: IpAddr, internet: IpAddr, tag: &str) -> Result<TcpStream> {
-    let dest = SocketAddr::new(internet, probes::TCP_PORT);
-    let mut stream = ns.run(|| {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(dest),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .context("creating the session's TCP socket")?;
-        s.bind(&SocketAddr::new(addr, 0).into())
-            .with_context(|| format!("binding the session's TCP socket to {addr}"))?;
-        s.connect_timeout(&dest.into(), super::common::EXCHANGE_TIMEOUT)
-            .with_context(|| format!("connecting to {dest} through the session's tunnel"))?;
-        Ok(TcpStream::from(s))
-    })?;
-    stream.set_read_timeout(Some(super::common::EXCHANGE_TIMEOUT))?;
-    stream.write_all(format!("LOOP {tag}\n").as_bytes())?;
-    let mut greeting = vec![0u8; tag.len() + 1];
-    stream
-        .read_exact(&mut greeting)
-        .context("reading the probe server's greeting")?;
-    stream.set_nonblocking(true)?;
-    Ok(stream)
 }
 
 fn send_probe(
@@ -840,42 +757,6 @@ fn sample_endpoints(c: &Client, ends: &Ends, log: &mut Log, t0: &Instant) -> Res
         _ => {}
     }
     Ok(())
-}
-
-/// After a quiet period: the relay sends into the tunnel to the session's
-/// UDP socket until it arrives; how long that took, if it did.
-fn reach_client(
-    ends: &Ends,
-    a: &Addrs,
-    client_sock: &UdpSocket,
-    tag: &str,
-    round: u32,
-) -> Result<Option<Duration>> {
-    let dest = client_sock
-        .local_addr()
-        .context("reading the session socket's address")?;
-    let relay_sock = ends.relay_ns.run(|| {
-        UdpSocket::bind((a.tunnel_relay, 0)).context("binding a UDP socket on the relay")
-    })?;
-    let hello = format!("{tag}-reach{round}");
-    let start = Instant::now();
-    let mut last_send: Option<Instant> = None;
-    let mut buf = [0u8; 512];
-    while start.elapsed() < REACH_WAIT {
-        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
-            relay_sock
-                .send_to(hello.as_bytes(), dest)
-                .context("sending from the relay into the tunnel")?;
-            last_send = Some(Instant::now());
-        }
-        while let Ok((n, _)) = client_sock.recv_from(&mut buf) {
-            if &buf[..n] == hello.as_bytes() {
-                return Ok(Some(start.elapsed()));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(None)
 }
 
 /// The host counts a silent guest as hung: a long session says how it goes.
