@@ -183,6 +183,26 @@ impl RelayScale {
         let tags_base = ctx.tag("scale");
         let topo = &ctx.topo;
         let host = topo.internet_host()?;
+        // TCP first: its connections stay up (conntrack keeps them for
+        // days) while the UDP flows, whose entries live 30 s, come after.
+        let tcp_start = Instant::now();
+        let tcp_dest = SocketAddr::new(a.internet, probes::TCP_PORT);
+        let pending = tcp_sockets(
+            &topo.client,
+            &addrs,
+            tcp_n,
+            pool,
+            true,
+            &mut rng,
+            &format!("{tags_base}-t"),
+            tcp_dest,
+        )?;
+        let mut tcp = greet_all(pending, Some(tcp_dest), ANSWER_WITHIN);
+        let tcp_secs = tcp_start.elapsed().as_secs_f64();
+        note(format!(
+            "{} of {tcp_n} TCP connections up in {tcp_secs:.1} s",
+            tcp.iter().filter(|t| t.greeted).count()
+        ));
         let start = Instant::now();
         let mut udp = open_udp(
             &topo.client,
@@ -198,27 +218,6 @@ impl RelayScale {
         let udp_secs = start.elapsed().as_secs_f64();
         note(format!(
             "{answered} of {udp_n} UDP flows answered in {udp_secs:.1} s"
-        ));
-        let tcp_start = Instant::now();
-        let tcp_dest = SocketAddr::new(a.internet, probes::TCP_PORT);
-        let pending = tcp_sockets(
-            &topo.client,
-            &addrs,
-            tcp_n,
-            pool,
-            true,
-            &mut rng,
-            &format!("{tags_base}-t"),
-            tcp_dest,
-        )?;
-        for p in &pending {
-            start_connect(p, tcp_dest);
-        }
-        let mut tcp = greet_all(pending, ANSWER_WITHIN);
-        let tcp_secs = tcp_start.elapsed().as_secs_f64();
-        note(format!(
-            "{} of {tcp_n} TCP connections up in {tcp_secs:.1} s",
-            tcp.iter().filter(|t| t.greeted).count()
         ));
         let table = conntrack_count(&relay);
         // What the internet host saw of each flow.
@@ -356,7 +355,7 @@ impl RelayScale {
         out.seconds = start.elapsed().as_secs_f64();
         // The new flows: answered (resends allowed)? connected and greeted?
         exchange_udp(&mut fresh_udp, udp_dest, Duration::from_secs(10));
-        let fresh_tcp = greet_all(connecting, Duration::from_secs(10));
+        let fresh_tcp = greet_all(connecting, None, Duration::from_secs(10));
         let masqueraded = |tag: &str| host.seen(tag).is_some_and(|s| s.source == a.relay_wan);
         out.answered = fresh_udp
             .iter()
@@ -588,15 +587,33 @@ fn start_connect(p: &Pending, dest: SocketAddr) {
     let _ = p.socket.connect(&dest.into());
 }
 
-/// Wait for each connection to come up, send its LOOP command and read the
-/// probe server's greeting.
-fn greet_all(pending: Vec<Pending>, within: Duration) -> Vec<TcpFlow> {
+/// How many connections are in their handshake at once: a burst of a
+/// thousand SYNs at once overflows a one-CPU guest's backlog (1,000
+/// packets), and real clients do not all connect in the same millisecond.
+const CONNECT_WINDOW: usize = 64;
+
+/// With `dest`, connect each socket (`CONNECT_WINDOW` in their handshake at
+/// a time); without, they are connecting already. Then, as each comes up,
+/// send its LOOP command and read the probe server's greeting.
+fn greet_all(pending: Vec<Pending>, dest: Option<SocketAddr>, within: Duration) -> Vec<TcpFlow> {
     let start = Instant::now();
     let mut state: Vec<(u8, Vec<u8>)> = vec![(0, Vec::new()); pending.len()];
+    let mut started = if dest.is_some() { 0 } else { pending.len() };
     let mut buf = [0u8; 256];
     while start.elapsed() < within && state.iter().any(|s| s.0 < 2) {
+        if let Some(dest) = dest {
+            let busy = state[..started].iter().filter(|s| s.0 < 2).count();
+            for p in pending
+                .iter()
+                .skip(started)
+                .take(CONNECT_WINDOW.saturating_sub(busy))
+            {
+                start_connect(p, dest);
+                started += 1;
+            }
+        }
         let mut progress = false;
-        for (p, st) in pending.iter().zip(state.iter_mut()) {
+        for (p, st) in pending.iter().zip(state.iter_mut()).take(started) {
             match st.0 {
                 // Connected once the peer address is known.
                 0 if p.socket.peer_addr().is_ok() => {
