@@ -362,6 +362,15 @@ impl Log {
                 .unwrap_or_else(|| "no handshake".into());
             return (false, why);
         };
+        if let (true, Some((_, what))) = (self.probes.is_empty(), &self.failure) {
+            return (
+                false,
+                format!(
+                    "handshake via {endpoint} after {} ms; then {what}",
+                    handshake.as_millis()
+                ),
+            );
+        }
         let counts = self.counts();
         let all_answered = counts.values().all(|(s, n)| s == n) && !counts.is_empty();
         let masqueraded = self.seen_udp == Some(a.relay_wan) && self.seen_tcp == Some(a.relay_wan);
@@ -463,13 +472,25 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
     }
     log.handshake = Some(start.elapsed());
     let tcp_tag = format!("{tag}-t");
-    let tcp = probes::tcp_loop(
+    // A connection that does not come up through the tunnel is the
+    // session failing, not natvet.
+    let tcp = match probes::tcp_loop(
         ends.client_ns,
         addr,
         SocketAddr::new(a.internet, probes::TCP_PORT),
         &tcp_tag,
         EXCHANGE_TIMEOUT,
-    )?;
+    ) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            log.fail(
+                start.elapsed(),
+                format!("the session's TCP connection did not come up: {e:#}"),
+            );
+            log.seen_udp = ends.host.seen(&first).map(|s| s.source);
+            return Ok(log);
+        }
+    };
     tcp.set_nonblocking(true)?;
     let mut s = Sockets {
         udp,
