@@ -1,10 +1,10 @@
-//! `NAME:QUERY`: kernels packaged in an apt repository (Debian's, see
-//! `debian.rs`; Ubuntu's and any `[[repository]]` / `--repository`, see
-//! [`repository`](crate::kernel::repository)), found in its verified index
-//! ([`archive`](crate::kernel::archive)), checked against it, unpacked
-//! into the cache (`kernels/RELEASE/` for Debian, `kernels/NAME/RELEASE/`
-//! for the others, see [`unpacked`](crate::kernel::unpacked)) and walked
-//! in version order by `natvet bisect`.
+//! `NAME:QUERY`: kernels packaged in an apt repository (Debian's, which
+//! `debian.rs` describes; Ubuntu's and any `[[repository]]` /
+//! `--repository`, see [`repository`](crate::kernel::repository)), found in
+//! its verified index ([`archive`](crate::kernel::archive)), checked against
+//! it, unpacked into the cache (`kernels/RELEASE/`, or `kernels/NAME/RELEASE/`
+//! for a source cached by name, see [`unpacked`](crate::kernel::unpacked))
+//! and walked in version order by `natvet bisect`.
 //!
 //! A query is an exact release (`6.1.0-57-amd64`, `6.8.0-31-generic`), a
 //! version line (`6.12`: its newest generic kernel in any suite, security
@@ -66,22 +66,27 @@ impl SourceError for AptError {
 }
 
 /// Which repository a source reads.
-enum Which {
-    /// Debian's, as the host's apt sources reach it (read when used).
-    Debian,
+pub(super) enum Which {
+    /// One looked up each time the source reads it (where it is can depend
+    /// on the host's apt sources).
+    LookedUp(fn() -> Result<Repository, KernelError>),
+    /// A configured one (`[[repository]]`, `--repository`): read as given.
     Configured(Repository),
 }
 
 /// The kernels of one apt repository.
 pub(crate) struct AptSource {
-    name: &'static str,
-    prefix: &'static str,
-    forms: &'static [&'static str],
-    endpoint: &'static str,
+    pub(super) name: &'static str,
+    pub(super) prefix: &'static str,
+    pub(super) forms: &'static [&'static str],
+    pub(super) endpoint: &'static str,
     /// Suites a `NAME:SUITE` query may name.
-    suites: Vec<String>,
-    naming: Naming,
-    which: Which,
+    pub(super) suites: Vec<String>,
+    pub(super) naming: Naming,
+    pub(super) which: Which,
+    /// Its packages and kernels are cached below its name (`kernels/NAME/`);
+    /// else at the cache root (`kernels/`).
+    pub(super) cache_by_name: bool,
 }
 
 fn leak(s: String) -> &'static str {
@@ -89,26 +94,6 @@ fn leak(s: String) -> &'static str {
 }
 
 impl AptSource {
-    pub(super) fn debian() -> AptSource {
-        use super::debian::{SECURITY_SUITES, SUITES};
-        AptSource {
-            name: "debian",
-            prefix: "debian:",
-            forms: &[
-                "debian:LINE (e.g. debian:6.12)",
-                "debian:RELEASE (e.g. debian:6.1.0-50-amd64)",
-            ],
-            endpoint: "debian:RELEASE",
-            suites: SUITES
-                .iter()
-                .chain(SECURITY_SUITES)
-                .map(|s| s.to_string())
-                .collect(),
-            naming: Naming::debian(),
-            which: Which::Debian,
-        }
-    }
-
     /// The source of a configured repository (one per process: its names
     /// live as long as the process).
     pub(super) fn of(repo: Repository) -> AptSource {
@@ -130,26 +115,23 @@ impl AptSource {
                 .collect(),
             naming: repo.naming.clone(),
             which: Which::Configured(repo),
+            cache_by_name: true,
         }
     }
 
     fn repository(&self) -> Result<Cow<'_, Repository>, KernelError> {
         match &self.which {
-            Which::Debian => Ok(Cow::Owned(super::debian::repository()?)),
+            Which::LookedUp(lookup) => Ok(Cow::Owned(lookup()?)),
             Which::Configured(r) => Ok(Cow::Borrowed(r)),
         }
     }
 
-    fn is_debian(&self) -> bool {
-        matches!(self.which, Which::Debian)
-    }
-
     /// Where its packages and kernels are cached, below the cache root.
     fn cache_sub(&self, what: &str) -> String {
-        if self.is_debian() {
-            what.to_string()
-        } else {
+        if self.cache_by_name {
             format!("{what}/{}", self.name)
+        } else {
+            what.to_string()
         }
     }
 
@@ -228,15 +210,15 @@ impl KernelSource for AptSource {
         progress: &dyn Fn(&str),
     ) -> Result<Option<Catalogue>, KernelError> {
         let repo = self.repository()?;
-        // A shipped repository whose keyring is not installed is left out
-        // of the list (said), not an error of `kernels list --all`.
+        // A configured (shipped) repository whose keyring is not installed
+        // is left out of the list (said), not an error of `kernels list --all`.
         let missing: Vec<String> = repo
             .archives
             .iter()
             .filter_map(|a| archive::missing_keyring(&repo, a))
             .map(|k| k.display().to_string())
             .collect();
-        if !self.is_debian() && !missing.is_empty() {
+        if matches!(self.which, Which::Configured(_)) && !missing.is_empty() {
             return Ok(Some(Catalogue {
                 heading: repo.description.clone(),
                 kernels: vec![],
@@ -787,7 +769,7 @@ mod tests {
     use crate::kernel::version::{line_matches, release_components};
 
     fn deb() -> AptSource {
-        AptSource::debian()
+        crate::kernel::sources::debian::source()
     }
 
     fn sample_index() -> Index {
