@@ -5,7 +5,7 @@
 //! itself is an apt repository like any other (`apt.rs`); this file says
 //! which suites Debian has and where they are.
 
-use super::apt::AptSource;
+use super::apt::{AptSource, Which};
 use crate::kernel::apt_sources::{self, AptEntry};
 use crate::kernel::archive::ArchiveError;
 use crate::kernel::openpgp::{Keys, DEBIAN_KEYRING};
@@ -32,9 +32,26 @@ pub const SECURITY_SUITES: &[&str] = &[
     "forky-security",
 ];
 
-/// The `debian:` source.
+/// The `debian:` source: its repository looked up each time it is read (the
+/// host's apt sources can change), its kernels at the cache root.
 pub(super) fn source() -> AptSource {
-    AptSource::debian()
+    AptSource {
+        name: "debian",
+        prefix: "debian:",
+        forms: &[
+            "debian:LINE (e.g. debian:6.12)",
+            "debian:RELEASE (e.g. debian:6.1.0-50-amd64)",
+        ],
+        endpoint: "debian:RELEASE",
+        suites: SUITES
+            .iter()
+            .chain(SECURITY_SUITES)
+            .map(|s| s.to_string())
+            .collect(),
+        naming: Naming::debian(),
+        which: Which::LookedUp(repository),
+        cache_by_name: false,
+    }
 }
 
 fn env_uri(var: &str) -> Option<String> {
