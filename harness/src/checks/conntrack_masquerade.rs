@@ -1,9 +1,9 @@
 //! Behaviour 6: conntrack maps a forwarded flow onto the relay's public
 //! address.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
@@ -62,14 +62,33 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
     }
     let tag = ctx.tag("ct");
     let dest = SocketAddr::new(internet, probes::UDP_PORT);
-    if let Err(e) = probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT) {
+    let any = ctx.any();
+    let sock = ctx
+        .topo
+        .client
+        .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
+    if let Err(e) = probes::udp_echo_on(&sock, dest, &tag, EXCHANGE_TIMEOUT) {
         return Ok(Verdict::judge(
             false,
             expected,
             format!("the UDP flow did not work: {e:#}"),
         ));
     }
-    let table = ctx.conntrack_text()?;
+    // The flow goes on while the table is read: a scenario's short UDP
+    // timeout (behind-nat's is 1 s) must not expire it on a slow guest
+    // before `conntrack` gets to it.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let table = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = sock.send_to(tag.as_bytes(), dest);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let table = ctx.conntrack_text();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        table
+    })?;
     let entries: Vec<_> = conntrack::parse(&table)
         .into_iter()
         .filter(|e| {

@@ -556,7 +556,7 @@ fn echo_flows(
                 break;
             }
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(25));
     }
     let steps = (start.elapsed().as_secs() + 1) as usize;
     let mut sent = vec![0u32; steps];

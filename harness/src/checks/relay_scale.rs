@@ -354,8 +354,10 @@ impl RelayScale {
         }
         out.seconds = start.elapsed().as_secs_f64();
         // The new flows: answered (resends allowed)? connected and greeted?
-        exchange_udp(&mut fresh_udp, udp_dest, Duration::from_secs(10));
-        let fresh_tcp = greet_all(connecting, None, Duration::from_secs(10));
+        // As long as answers still come (a busy guest answers late, not
+        // wrongly): `exchange_udp` stops after three rounds without one.
+        exchange_udp(&mut fresh_udp, udp_dest, ANSWER_WITHIN);
+        let fresh_tcp = greet_all(connecting, None, ANSWER_WITHIN);
         let masqueraded = |tag: &str| host.seen(tag).is_some_and(|s| s.source == a.relay_wan);
         out.answered = fresh_udp
             .iter()

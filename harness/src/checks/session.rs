@@ -83,6 +83,9 @@ const LOST_AFTER: Duration = Duration::from_millis(3500);
 const REACH_WAIT: Duration = Duration::from_secs(3);
 /// The series' step.
 const STEP: Duration = Duration::from_secs(1);
+/// WireGuard's endpoints are read this often (each read is a netlink dump
+/// from a thread of the namespace: not free on a one-vCPU guest).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A long session tells the host it is alive this often.
 const NOTE_EVERY: Duration = Duration::from_secs(30);
 
@@ -719,7 +722,7 @@ fn tend(
         );
     }
     if !got {
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(25));
     }
     Ok(())
 }
@@ -734,11 +737,11 @@ fn mark(log: &mut Log, kind: Kind, seq: u32) {
     }
 }
 
-/// Read WireGuard's endpoints twice a second: the client's view of the
+/// Read WireGuard's endpoints once a second: the client's view of the
 /// relay must stay the port it chose, the relay's view of the client must
 /// not move.
 fn sample_endpoints(c: &Client, ends: &Ends, log: &mut Log, t0: &Instant) -> Result<()> {
-    let due = Duration::from_millis(500) * log.endpoint_samples;
+    let due = SAMPLE_EVERY * log.endpoint_samples;
     if t0.elapsed() < due {
         return Ok(());
     }
