@@ -21,6 +21,12 @@ pub struct Entry {
     pub line: String,
 }
 
+/// Seconds an entry of `conntrack -L` has left before it expires (the third
+/// word: `udp 17 29 src=...`, `tcp 6 117 ESTABLISHED src=...`).
+pub fn remaining(line: &str) -> Option<u32> {
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Parse the text of `conntrack -L`; lines that are not entries are skipped.
 pub fn parse(text: &str) -> Vec<Entry> {
     text.lines().filter_map(parse_line).collect()
@@ -98,6 +104,18 @@ pub fn parse_stats(text: &str) -> std::collections::BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_seconds_an_entry_has_left() {
+        let udp = "udp      17 0 src=10.99.0.2 dst=198.51.100.2 sport=59320 dport=8081 src=198.51.100.2 dst=198.51.100.1 sport=8081 dport=59320 mark=0 use=1";
+        let tcp = "tcp      6 117 ESTABLISHED src=10.99.0.2 dst=198.51.100.2 sport=1 dport=2 src=198.51.100.2 dst=198.51.100.1 sport=2 dport=1 [ASSURED] mark=0 use=1";
+        assert_eq!(remaining(udp), Some(0));
+        assert_eq!(remaining(tcp), Some(117));
+        assert_eq!(
+            remaining("conntrack v1.4.7 (conntrack-tools): 3 flow entries"),
+            None
+        );
+    }
 
     #[test]
     fn sums_statistics_over_cpus() {
