@@ -189,4 +189,33 @@ mod tests {
         st.filename = "../../x.deb".into();
         assert!(download(&cache, "debs/acme", &st, &|_| {}).is_err());
     }
+
+    #[test]
+    fn a_killed_runs_partial_download_is_never_used_and_is_swept() {
+        let body = b"the whole package, as its index says".to_vec();
+        let s = serve(vec![("/pool/k.deb".into(), body.clone())]);
+        let root = tempfile::tempdir().unwrap();
+        let debs = root.path().join("debs/acme");
+        fs::create_dir_all(&debs).unwrap();
+        // A run killed mid-download (an hour ago) left half the package.
+        let partial = debs.join(".partial-k.deb-Ab12Cd");
+        fs::write(&partial, &body[..body.len() / 2]).unwrap();
+        crate::kernel::cache::tests::backdate(&partial, 2 * 3600);
+        // The next run downloads the whole package and sweeps the half.
+        let st = Stanza {
+            package: "linux-image-9.9.9-amd64".into(),
+            version: "9.9.9-1".into(),
+            filename: "pool/k.deb".into(),
+            sha256: hex::encode(Sha256::digest(&body)),
+            size: body.len() as u64,
+            uri: s.base.clone(),
+            repository: "acme".into(),
+            ..Default::default()
+        };
+        let cache = Cache::new(root.path().to_path_buf());
+        let p = download(&cache, "debs/acme", &st, &|_| {}).unwrap();
+        assert_eq!(p, debs.join("k.deb"));
+        assert_eq!(fs::read(&p).unwrap(), body);
+        assert!(!partial.exists(), "the partial download was not swept");
+    }
 }

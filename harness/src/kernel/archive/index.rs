@@ -252,4 +252,58 @@ mod tests {
         load_index(&repo(&s.base, keys), &cache, &|_| {}).unwrap();
         assert_eq!(s.hits.load(Ordering::SeqCst), before);
     }
+
+    #[test]
+    fn a_killed_runs_half_written_index_is_never_used_and_is_swept() {
+        if !gpgv_here() {
+            eprintln!("gpgv not installed: skipped (make deps installs it)");
+            return;
+        }
+        let (_k, keys) = pgp::keyring_file(pgp::TEST_KEYRING);
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("index/acme/stable");
+        fs::create_dir_all(&dir).unwrap();
+        // A run killed while it wrote the suite's files (an hour ago) left
+        // them half written, under the names their writer gave them (and
+        // one named as natvets before `.writing-` named them).
+        let half = |b: &[u8]| b[..b.len() / 2].to_vec();
+        let left = [
+            (dir.join(".writing-InRelease-Ab12Cd"), half(pgp::IN_RELEASE)),
+            (
+                dir.join(".writing-main_binary-amd64_Packages.xz-Ab12Cd"),
+                half(PACKAGES_XZ),
+            ),
+            (dir.join(".tmpAb12Cd"), half(PACKAGES_XZ)),
+        ];
+        for (p, b) in &left {
+            fs::write(p, b).unwrap();
+            crate::kernel::cache::tests::backdate(p, 2 * 3600);
+        }
+        // The next run reads the suite from the repository, verified, and
+        // nothing of the killed run is left.
+        let s = serve(files(pgp::IN_RELEASE, PACKAGES_XZ));
+        let cache = Cache::new(root.path().to_path_buf());
+        let index = load_index(&repo(&s.base, keys), &cache, &|_| {}).unwrap();
+        assert_eq!(index.stanzas.len(), 1);
+        assert!(matches!(index.stanzas[0].trust, Trust::Signed { .. }));
+        assert_eq!(fs::read(dir.join("InRelease")).unwrap(), pgp::IN_RELEASE);
+        assert_eq!(
+            fs::read(dir.join("main_binary-amd64_Packages.xz")).unwrap(),
+            PACKAGES_XZ
+        );
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "InRelease",
+                "main.kernels.json",
+                "main_binary-amd64_Packages.xz"
+            ]
+        );
+    }
 }
