@@ -5,7 +5,8 @@
 //! boot from it, and refuse (exit 3, with the reason) a tampered Packages
 //! index, a bad signature, a package whose hash differs from its index, and
 //! an unsigned repository unless --allow-unsigned; SIGINT must stop a
-//! download cleanly.
+//! download cleanly, and what a SIGKILL mid-download left must go with
+//! the next run.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -488,8 +489,35 @@ fn unsigned_with_flag() -> Result<(), Failed> {
     Ok(())
 }
 
-/// SIGINT during a download: exit 130, no partial file left in the cache.
-fn sigint_stops_a_download() -> Result<(), Failed> {
+/// A download under way from the slow repository, interrupted by `signal`.
+struct Interrupted {
+    output: std::process::Output,
+    cache: PathBuf,
+    /// Whether the download had begun (a partial file was there).
+    started: bool,
+}
+
+impl Interrupted {
+    fn partial(&self) -> Vec<PathBuf> {
+        partial_downloads(&self.cache)
+    }
+}
+
+/// The partial downloads in `cache`'s folder of the test's repository.
+fn partial_downloads(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache.join("debs/acme"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(".partial-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `natvet kernels fetch` from the slow repository, sent `signal` once its
+/// download has begun; waits until natvet has ended.
+fn interrupt_a_download(name: &str, signal: i32) -> Result<Interrupted, Failed> {
     let r = the_repo()?;
     let repo_arg = format!(
         "acme={}/slow/good suites=stable keyring={}",
@@ -497,7 +525,7 @@ fn sigint_stops_a_download() -> Result<(), Failed> {
         r.keyring.display()
     );
     let spec = format!("acme:{}", r.line);
-    let out = out_dir("repository-sigint");
+    let out = out_dir(name);
     let _ = std::fs::remove_dir_all(&out);
     let cache = out.join("cache");
     std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
@@ -509,25 +537,14 @@ fn sigint_stops_a_download() -> Result<(), Failed> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let debs = cache.join("debs/acme");
-    let partial = || -> Vec<PathBuf> {
-        std::fs::read_dir(&debs)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.to_string_lossy().contains(".partial-"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while partial().is_empty() && std::time::Instant::now() < deadline {
+    while partial_downloads(&cache).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let started = !partial().is_empty();
+    let started = !partial_downloads(&cache).is_empty();
     // SAFETY: kill(2) on the process this test started.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, signal);
     }
     let waited = std::time::Instant::now();
     let output = loop {
@@ -536,16 +553,66 @@ fn sigint_stops_a_download() -> Result<(), Failed> {
         }
         if waited.elapsed() > std::time::Duration::from_secs(20) {
             let _ = child.kill();
-            return Err("natvet did not stop within 20 s of SIGINT".into());
+            let _ = child.wait();
+            return Err(format!("natvet did not stop within 20 s of signal {signal}").into());
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let left = partial();
-    let code = output.status.code().unwrap_or(-1);
-    let _ = std::fs::remove_dir_all(&cache);
-    if !started || code != 130 || !left.is_empty() {
+    Ok(Interrupted {
+        output,
+        cache,
+        started,
+    })
+}
+
+/// SIGINT during a download: exit 130, no partial file left in the cache.
+fn sigint_stops_a_download() -> Result<(), Failed> {
+    let run = interrupt_a_download("repository-sigint", libc::SIGINT)?;
+    let left = run.partial();
+    let code = run.output.status.code().unwrap_or(-1);
+    let _ = std::fs::remove_dir_all(&run.cache);
+    if !run.started || code != 130 || !left.is_empty() {
         return Err(format!(
-            "download started: {started}; exit {code} (want 130); partial files left: {left:?}\n--- stderr\n{}",
+            "download started: {}; exit {code} (want 130); partial files left: {left:?}\n--- stderr\n{}",
+            run.started,
+            String::from_utf8_lossy(&run.output.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// SIGKILL during a download leaves the partial file (natvet cannot clean
+/// up); the next run, even one that only lists kernels, removes it.
+fn sigkill_mid_download_is_swept() -> Result<(), Failed> {
+    use std::os::unix::process::ExitStatusExt;
+    let r = the_repo()?;
+    let run = interrupt_a_download("repository-sigkill", libc::SIGKILL)?;
+    let left = run.partial();
+    let killed = run.output.status.signal() == Some(libc::SIGKILL);
+    if !run.started || !killed || left.is_empty() {
+        let _ = std::fs::remove_dir_all(&run.cache);
+        return Err(format!(
+            "download started: {}; ended by {:?} (want SIGKILL); partial files left: {left:?} (want one)",
+            run.started,
+            run.output.status
+        )
+        .into());
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(["kernels", "list", "--all", "acme", "--repository"])
+        .arg(repository(r, "good", true))
+        .env("NATVET_CACHE", &run.cache)
+        .current_dir(repo())
+        .output()
+        .map_err(|e| format!("running natvet: {e}"))?;
+    let after = run.partial();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&run.cache);
+    if output.status.code() != Some(0) || !stdout.contains(&r.release) || !after.is_empty() {
+        return Err(format!(
+            "the next run (kernels list): exit {:?}, partial files still there: {after:?} (left by the killed run: {left:?})\n--- stdout\n{stdout}\n--- stderr\n{}",
+            output.status.code(),
             String::from_utf8_lossy(&output.stderr)
         )
         .into());
@@ -582,6 +649,10 @@ pub fn trials() -> Vec<Trial> {
         Trial::test(
             "repository::sigint-stops-a-download",
             sigint_stops_a_download,
+        ),
+        Trial::test(
+            "repository::sigkill-mid-download-is-swept",
+            sigkill_mid_download_is_swept,
         ),
     ]
 }

@@ -261,7 +261,7 @@ pub fn build(
         patches.push((abs, sha));
     }
     check_tools(!patches.is_empty())?;
-    for p in cache.sweep() {
+    for p in cache.sweep_once() {
         progress(&format!(
             "removed {} (left by a run that died)",
             p.display()

@@ -23,10 +23,27 @@
 //! Folders written once and then only read (kernels, module copies,
 //! sources) are published with `Entry`: staged beside their place, marked
 //! complete last, renamed into place.
+//!
+//! What the cache guarantees, however a run ends (Ctrl-C, SIGKILL, a crash):
+//! - nothing is ever written under its final name: a download streams into
+//!   `.partial-FILE-XXXXXX` and is renamed once its size and SHA-256 match
+//!   its index entry; a file written whole (an index, a Release, a marker,
+//!   an extracted vmlinux) goes to `.writing-FILE-XXXXXX`, synced, then
+//!   renamed ([`write_atomic`]); a folder is staged in `.tmp-NAME-XXXXXX`,
+//!   marked complete last and renamed (`Entry`). So a file under its final
+//!   name is whole, and checked again on use (signatures, hashes, markers).
+//! - every writer holds a lock while its temporary exists: the owner's
+//!   `NAME.lock` beside it (downloads, staging folders), or a lock on the
+//!   `.writing-` file itself.
+//! - the first time a run asks for a folder of the cache (`Cache::dir`),
+//!   [`Cache::sweep`] removes the temporaries of dead runs: those older
+//!   than the run whose lock nobody holds.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use super::KernelError;
 
@@ -34,6 +51,11 @@ use super::KernelError;
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// When this run opened the cache: only what is older was left by
+    /// another run.
+    opened: SystemTime,
+    /// What [`Cache::sweep_once`] removed, once it ran (shared by clones).
+    swept: Arc<OnceLock<Vec<PathBuf>>>,
 }
 
 impl Cache {
@@ -52,15 +74,24 @@ impl Cache {
         Err(KernelError::NoCacheDir)
     }
 
+    /// The cache at `root`, opened now: what dead runs left there is swept
+    /// before this run first writes into it.
     pub fn new(root: PathBuf) -> Cache {
-        Cache { root }
+        Cache {
+            root,
+            opened: SystemTime::now(),
+            swept: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The folder `sub` of the cache, created if need be. Every writer gets
+    /// its folder here, so the first call sweeps the cache.
     pub(crate) fn dir(&self, sub: &str) -> Result<PathBuf, KernelError> {
+        self.sweep_once();
         let d = self.root.join(sub);
         fs::create_dir_all(&d)
             .map_err(|e| KernelError::io(format!("creating {}", d.display()), e))?;
@@ -85,11 +116,12 @@ pub(crate) fn lock(path: &Path) -> Result<Lock, KernelError> {
     Ok(Lock { _file: file })
 }
 
-/// Write `data` to `path` atomically (temp file in the same dir + rename).
+/// Write `data` to `path` atomically: into `.writing-NAME-XXXXXX` beside
+/// it, locked while it is written (so the sweep of another run leaves it
+/// alone), synced, then renamed into place.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), KernelError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let ctx = || format!("writing {}", path.display());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| KernelError::io(ctx(), e))?;
+    let mut tmp = writing_beside(path).map_err(|e| KernelError::io(ctx(), e))?;
     tmp.write_all(data).map_err(|e| KernelError::io(ctx(), e))?;
     make_readable(tmp.path(), false).map_err(|e| KernelError::io(ctx(), e))?;
     tmp.as_file()
@@ -98,6 +130,18 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), KernelError> 
     tmp.persist(path)
         .map_err(|e| KernelError::io(ctx(), e.error))?;
     Ok(())
+}
+
+/// A new `.writing-NAME-XXXXXX` beside `path`, locked by its writer until
+/// it is closed.
+fn writing_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".writing-{}-", name.as_deref().unwrap_or("file")))
+        .tempfile_in(dir)?;
+    fs4::fs_std::FileExt::lock_exclusive(tmp.as_file())?;
+    Ok(tmp)
 }
 
 pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -194,42 +238,98 @@ pub(crate) fn make_readable(path: &Path, dir: bool) -> std::io::Result<()> {
 
 // ---------------------------------------------------------------- leftovers
 
+/// The folders of the cache its writers leave temporaries in, `*` standing
+/// for every folder there: the parents of entries and downloads, the
+/// folders files are written into atomically (a suite's index, a local
+/// image's vmlinux, a build's marker, an old entry's marker).
+const SWEPT_FOLDERS: &[&str] = &[
+    "kernels",
+    "kernels/*",
+    "kernels/*/*",
+    "debs",
+    "debs/*",
+    "index/*/*",
+    "src",
+    "local",
+    "local/*",
+    "builds/*",
+];
+
+/// How old a `.tmpXXXXXX` (what natvets before `.writing-` left, without a
+/// lock) must be before it is taken for a dead run's.
+const UNLOCKED_GRACE: Duration = Duration::from_secs(3600);
+
+/// A temporary of a writer of the cache, by its name.
+#[derive(Debug, PartialEq, Eq)]
+enum Temporary {
+    /// `.tmp-NAME-XXXXXX` (a staging folder) or `.partial-NAME-XXXXXX` (a
+    /// download): its writer holds `NAME.lock` beside it.
+    Owned(String),
+    /// `.writing-NAME-XXXXXX`: its writer holds a lock on the file itself.
+    Writing,
+    /// `.tmpXXXXXX`: written atomically by a natvet before `.writing-`,
+    /// which took no lock.
+    Unlocked,
+}
+
+impl Temporary {
+    /// What `name` is, if a writer of the cache made it (tempfile's
+    /// random suffix is six letters and digits).
+    fn of(name: &str) -> Option<Temporary> {
+        let random = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if let Some(rest) = name.strip_prefix(".writing-") {
+            let (file, suffix) = rest.rsplit_once('-')?;
+            return (!file.is_empty() && random(suffix)).then_some(Temporary::Writing);
+        }
+        if let Some(rest) = name
+            .strip_prefix(".tmp-")
+            .or_else(|| name.strip_prefix(".partial-"))
+        {
+            let (owner, suffix) = rest.rsplit_once('-')?;
+            return (!owner.is_empty() && random(suffix))
+                .then(|| Temporary::Owned(owner.to_string()));
+        }
+        name.strip_prefix(".tmp")
+            .filter(|s| random(s))
+            .map(|_| Temporary::Unlocked)
+    }
+}
+
 impl Cache {
+    /// Sweep the cache, the first time this run (this `Cache` and its
+    /// clones) asks; says what the sweep removed, every time.
+    pub fn sweep_once(&self) -> &[PathBuf] {
+        self.swept.get_or_init(|| self.sweep())
+    }
+
     /// Remove what runs that died left in the cache: staging folders of
     /// entries (`.tmp-NAME-XXXXXX`: unpacked kernels, source trees, module
-    /// copies), partial downloads (`.partial-FILE-XXXXXX`) and the patched
-    /// source copies of builds that never finished. A leftover is removed
-    /// only when the lock its writer held (`NAME.lock`) is free, so a live
-    /// run's work is never touched. Returns what was removed.
+    /// copies), partial downloads (`.partial-FILE-XXXXXX`), files being
+    /// written atomically (`.writing-FILE-XXXXXX`) and the patched source
+    /// copies of builds that never finished. A temporary is removed only
+    /// when it is older than this run and nobody holds the lock its writer
+    /// held, so a live run's work is never touched. Returns what was removed.
     pub fn sweep(&self) -> Vec<PathBuf> {
-        let mut dirs = vec![self.root.join("kernels"), self.root.join("debs")];
-        for sub in ["kernels", "debs"] {
-            if let Ok(rd) = fs::read_dir(self.root.join(sub)) {
-                dirs.extend(
-                    rd.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.is_dir() && !is_leftover_name(p)),
-                );
-            }
-        }
-        dirs.extend(["src", "local"].iter().map(|s| self.root.join(s)));
         let mut removed = Vec::new();
-        for dir in dirs {
+        for dir in SWEPT_FOLDERS.iter().flat_map(|p| self.folders(p)) {
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
                 let path = e.path();
-                let Some(owner) = leftover_owner(&path) else {
+                let Some(kind) = e.file_name().to_str().and_then(Temporary::of) else {
                     continue;
                 };
-                if lock_is_free(&dir.join(format!("{owner}.lock"))) {
-                    let gone = if path.is_dir() {
-                        fs::remove_dir_all(&path)
-                    } else {
-                        fs::remove_file(&path)
-                    };
-                    if gone.is_ok() {
-                        removed.push(path);
+                let dead = match &kind {
+                    Temporary::Owned(owner) => {
+                        self.older_than_run(&path, Duration::ZERO)
+                            && lock_is_free(&dir.join(format!("{owner}.lock")))
                     }
+                    Temporary::Writing => {
+                        self.older_than_run(&path, Duration::ZERO) && lock_is_free(&path)
+                    }
+                    Temporary::Unlocked => self.older_than_run(&path, UNLOCKED_GRACE),
+                };
+                if dead && remove(&path).is_ok() {
+                    removed.push(path);
                 }
             }
         }
@@ -244,6 +344,7 @@ impl Cache {
                 if dir.is_dir()
                     && source.is_dir()
                     && !dir.join("complete.json").is_file()
+                    && self.older_than_run(&source, Duration::ZERO)
                     && lock_is_free(&builds.join(format!("{name}.lock")))
                     && fs::remove_dir_all(&source).is_ok()
                 {
@@ -253,35 +354,59 @@ impl Cache {
         }
         removed
     }
+
+    /// The folders a pattern of [`SWEPT_FOLDERS`] names (none of them a
+    /// temporary or a symlink).
+    fn folders(&self, pattern: &str) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root.clone()];
+        for part in pattern.split('/') {
+            dirs = dirs
+                .into_iter()
+                .flat_map(|d| {
+                    if part != "*" {
+                        return vec![d.join(part)];
+                    }
+                    fs::read_dir(&d)
+                        .map(|rd| {
+                            rd.flatten()
+                                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                                .filter(|e| {
+                                    e.file_name().to_str().and_then(Temporary::of).is_none()
+                                })
+                                .map(|e| e.path())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect();
+        }
+        dirs
+    }
+
+    /// True when `path` was last changed more than `margin` before this run
+    /// opened the cache.
+    fn older_than_run(&self, path: &Path, margin: Duration) -> bool {
+        fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t + margin < self.opened)
+    }
 }
 
-fn is_leftover_name(p: &Path) -> bool {
-    leftover_owner(p).is_some()
+fn remove(path: &Path) -> std::io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
 }
 
-/// `NAME` of `.tmp-NAME-XXXXXX` or `.partial-NAME-XXXXXX` (tempfile's
-/// random suffix of six letters and digits).
-fn leftover_owner(p: &Path) -> Option<String> {
-    let name = p.file_name()?.to_str()?;
-    let rest = name
-        .strip_prefix(".tmp-")
-        .or_else(|| name.strip_prefix(".partial-"))?;
-    let (owner, suffix) = rest.rsplit_once('-')?;
-    (suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric()) && !owner.is_empty())
-        .then(|| owner.to_string())
-}
-
-/// True when nobody holds the lock at `path` (taken and let go at once).
+/// True when nobody holds the lock on `path` (taken and let go at once);
+/// a lock file that does not exist is held by nobody.
 fn lock_is_free(path: &Path) -> bool {
-    let Ok(file) = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-    else {
-        return false;
-    };
-    fs4::fs_std::FileExt::try_lock_exclusive(&file).unwrap_or(false)
+    match File::open(path) {
+        Ok(file) => fs4::fs_std::FileExt::try_lock_exclusive(&file).unwrap_or(false),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 // ---------------------------------------------------------------- entries
@@ -453,36 +578,152 @@ pub(crate) fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Set `path`'s modification time `secs` seconds back (forward when
+    /// negative): how old a leftover looks to the sweep.
+    pub(crate) fn backdate(path: &Path, secs: i64) {
+        let now = SystemTime::now();
+        let t = if secs >= 0 {
+            now - Duration::from_secs(secs.unsigned_abs())
+        } else {
+            now + Duration::from_secs(secs.unsigned_abs())
+        };
+        File::open(path).unwrap().set_modified(t).unwrap();
+    }
 
     #[test]
     fn sweeps_what_dead_runs_left_but_not_live_work() {
         let root = tempfile::tempdir().unwrap();
-        let cache = Cache::new(root.path().to_path_buf());
-        let k = cache.dir("kernels").unwrap();
-        let d = cache.dir("debs/acme").unwrap();
-        let b = cache
-            .dir("builds/linux-source-6.12_1_abc/source/x")
-            .unwrap();
-        fs::create_dir(k.join(".tmp-6.1.0-57-amd64-Ab12Cd")).unwrap();
-        fs::write(d.join(".partial-k.deb-Xy12Zz"), b"half").unwrap();
+        let r = root.path();
+        let dir = |s: &str| {
+            let d = r.join(s);
+            fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let (k, d, i) = (dir("kernels"), dir("debs/acme"), dir("index/acme/stable"));
+        let (l, b) = (dir("local/abc"), dir("builds/linux-source-6.12_1_abc"));
+        dir("builds/linux-source-6.12_1_abc/source/x");
+        // Left by runs that died an hour ago: a staged kernel, a download,
+        // files written atomically (an index, a vmlinux, a build's marker),
+        // one named as natvets before `.writing-` named them, and the
+        // patched source of a build that never finished.
+        let dead = [
+            k.join(".tmp-6.1.0-57-amd64-Ab12Cd"),
+            d.join(".partial-k.deb-Xy12Zz"),
+            i.join(".writing-InRelease-Ab12Cd"),
+            l.join(".writing-vmlinux-Ab12Cd"),
+            b.join(".writing-complete.json-Ab12Cd"),
+            i.join(".tmpAb12Cd"),
+            b.join("source"),
+        ];
+        fs::create_dir(&dead[0]).unwrap();
+        for p in &dead[1..6] {
+            fs::write(p, b"half").unwrap();
+        }
         fs::write(k.join("6.1.0-57-amd64.lock"), b"").unwrap();
-        // A live run: it holds the lock of what it writes.
-        fs::create_dir(k.join(".tmp-7.3-amd64-Qw12Er")).unwrap();
+        for p in &dead {
+            backdate(p, 2 * 3600);
+        }
+        // Live runs: they hold the lock of what they write (a staging
+        // folder: the entry's lock; a file written atomically: the file's own).
+        let staging = k.join(".tmp-7.3-amd64-Qw12Er");
+        fs::create_dir(&staging).unwrap();
+        backdate(&staging, 3600);
         let held = lock(&k.join("7.3-amd64.lock")).unwrap();
+        let writing = i.join(".writing-Release-Qw12Er");
+        fs::write(&writing, b"half").unwrap();
+        backdate(&writing, 3600);
+        let writer = File::open(&writing).unwrap();
+        fs4::fs_std::FileExt::lock_exclusive(&writer).unwrap();
+        // A natvet before `.writing-` may be writing this one (it took no
+        // lock): too recent to tell.
+        let legacy = i.join(".tmpQw12Er");
+        fs::write(&legacy, b"half").unwrap();
+        backdate(&legacy, 30 * 60);
         // Not leftovers.
         fs::create_dir(k.join("6.1.0-57-amd64")).unwrap();
         fs::write(d.join("k.deb"), b"whole").unwrap();
-        let removed = cache.sweep();
-        assert_eq!(removed.len(), 3, "{removed:?}");
-        assert!(!k.join(".tmp-6.1.0-57-amd64-Ab12Cd").exists());
-        assert!(!d.join(".partial-k.deb-Xy12Zz").exists());
-        assert!(!b.exists());
-        assert!(k.join(".tmp-7.3-amd64-Qw12Er").exists());
-        assert!(k.join("6.1.0-57-amd64").exists() && d.join("k.deb").exists());
-        drop(held);
-        assert_eq!(cache.sweep().len(), 1);
+        fs::write(i.join("InRelease"), b"whole").unwrap();
+        for p in [
+            k.join("6.1.0-57-amd64"),
+            d.join("k.deb"),
+            i.join("InRelease"),
+        ] {
+            backdate(&p, 2 * 3600);
+        }
+        let cache = Cache::new(r.to_path_buf());
+        // Newer than this run: whoever left it died after it began (or is
+        // just starting); the next run sweeps it.
+        let newer = d.join(".partial-j.deb-Lt12Er");
+        fs::write(&newer, b"half").unwrap();
+        backdate(&newer, -60);
+
+        let mut removed = cache.sweep();
+        removed.sort();
+        let mut want = dead.to_vec();
+        want.sort();
+        assert_eq!(removed, want);
+        for p in [&staging, &writing, &legacy, &newer] {
+            assert!(p.exists(), "{} was removed", p.display());
+        }
+        for p in [
+            "kernels/6.1.0-57-amd64",
+            "debs/acme/k.deb",
+            "index/acme/stable/InRelease",
+        ] {
+            assert!(r.join(p).exists(), "{p} was removed");
+        }
+        // Once the live runs are gone, the next run sweeps their leftovers.
+        drop((held, writer));
+        let mut removed = Cache::new(r.to_path_buf()).sweep();
+        removed.sort();
+        let mut want = vec![staging, writing];
+        want.sort();
+        assert_eq!(removed, want);
+    }
+
+    #[test]
+    fn temporaries_are_told_by_their_names() {
+        let of = Temporary::of;
+        assert_eq!(of(".writing-InRelease-Ab12Cd"), Some(Temporary::Writing));
+        assert_eq!(of(".writing-a-b.json-Ab12Cd"), Some(Temporary::Writing));
+        assert_eq!(
+            of(".partial-k.deb-Xy12Zz"),
+            Some(Temporary::Owned("k.deb".into()))
+        );
+        assert_eq!(of(".tmp-e-x-AbC123"), Some(Temporary::Owned("e-x".into())));
+        assert_eq!(of(".tmpAb12Cd"), Some(Temporary::Unlocked));
+        // A kbuild or source tree's own names, and near misses.
+        for name in [
+            ".tmp_vmlinux1",
+            ".tmp-e",
+            ".writing--Ab12Cd",
+            ".tmpAb12",
+            "InRelease",
+        ] {
+            assert_eq!(of(name), None, "{name}");
+        }
+        // What write_atomic writes into is a `.writing-` file, locked
+        // until its writer closes it (or dies).
+        let d = tempfile::tempdir().unwrap();
+        let tmp = writing_beside(&d.path().join("InRelease")).unwrap();
+        let name = tmp.path().file_name().unwrap().to_str().unwrap();
+        assert_eq!(of(name), Some(Temporary::Writing), "{name}");
+        assert!(!lock_is_free(tmp.path()));
+        let (file, path) = tmp.keep().unwrap();
+        drop(file);
+        assert!(lock_is_free(&path));
+        fs::remove_file(&path).unwrap();
+        write_atomic(&d.path().join("InRelease"), b"whole").unwrap();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["InRelease"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! kernel, which flavour is the generic one).
 //!
 //! Every repository's indexes are verified against its keys (see
-//! `archive.rs`); `--allow-unsigned` lifts that for repositories given with
+//! `archive/`); `--allow-unsigned` lifts that for repositories given with
 //! `--repository` only, and the results say so.
 
 use std::path::{Path, PathBuf};

@@ -296,11 +296,12 @@ pub fn join_package_files(specs: Vec<KernelSpec>) -> Result<Vec<KernelSpec>, Ker
     package_file::join(specs)
 }
 
-/// Sweep what dead runs left in the cache, once per process.
+/// Sweep what dead runs left in the cache (if no folder of it was asked
+/// for yet), and say what went, once per process.
 fn sweep_once(cache: &Cache, progress: &dyn Fn(&str)) {
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(|| {
-        for p in cache.sweep() {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    REPORTED.call_once(|| {
+        for p in cache.sweep_once() {
             progress(&format!(
                 "removed {} (left by a run that died)",
                 p.display()
