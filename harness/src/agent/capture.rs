@@ -50,7 +50,7 @@ pub struct Pcap {
     pub namespace: String,
     pub interface: String,
     pub packets: usize,
-    /// Packets seen after the capture was full, and not kept.
+    /// Packets seen once the capture was full, between the first half kept and the last, and not kept.
     pub not_kept: usize,
     pub bytes: Vec<u8>,
 }
@@ -103,10 +103,67 @@ fn open_tap(ns: &Netns, iface: &str) -> Result<OwnedFd> {
     })
 }
 
-/// The packets kept, and how many more were seen once the limits were reached.
+/// What a capture keeps within its limits: the first half of the budget and
+/// the last half, so that both how a check began and how it ended (where a
+/// failure usually shows) are in the pcap; the packets in between are
+/// counted, not kept.
+struct Kept {
+    head: Vec<Packet>,
+    head_bytes: usize,
+    tail: std::collections::VecDeque<Packet>,
+    tail_bytes: usize,
+    not_kept: usize,
+}
+
+impl Kept {
+    const HALF_BYTES: usize = MAX_BYTES / 2;
+    const HALF_PACKETS: usize = MAX_PACKETS / 2;
+
+    fn new() -> Self {
+        Kept {
+            head: Vec::new(),
+            head_bytes: 0,
+            tail: std::collections::VecDeque::new(),
+            tail_bytes: 0,
+            not_kept: 0,
+        }
+    }
+
+    /// Bytes a packet takes in the pcap (record header and data).
+    fn cost(p: &Packet) -> usize {
+        p.data.len() + 16 + 16
+    }
+
+    fn push(&mut self, p: Packet) {
+        let cost = Self::cost(&p);
+        if self.tail.is_empty()
+            && self.head.len() < Self::HALF_PACKETS
+            && self.head_bytes + cost <= Self::HALF_BYTES
+        {
+            self.head_bytes += cost;
+            self.head.push(p);
+            return;
+        }
+        self.tail_bytes += cost;
+        self.tail.push_back(p);
+        while self.tail.len() > Self::HALF_PACKETS || self.tail_bytes > Self::HALF_BYTES {
+            let Some(old) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= Self::cost(&old);
+            self.not_kept += 1;
+        }
+    }
+
+    fn finish(mut self) -> (Vec<Packet>, usize) {
+        self.head.extend(self.tail);
+        (self.head, self.not_kept)
+    }
+}
+
+/// The packets kept, and how many more were seen and not kept.
 fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
-    let mut packets = Vec::new();
-    let (mut kept, mut not_kept) = (0usize, 0usize);
+    let mut kept = Kept::new();
     let mut buf = vec![0u8; 65536];
     // Read until asked to stop, then drain what is queued.
     loop {
@@ -132,11 +189,6 @@ fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
             continue;
         }
         let len = n as usize;
-        if packets.len() >= MAX_PACKETS || kept + len.min(SNAPLEN) + 32 > MAX_BYTES {
-            not_kept += 1;
-            continue;
-        }
-        kept += len.min(SNAPLEN) + 32;
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -147,14 +199,14 @@ fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
         header[6..14].copy_from_slice(&sll.sll_addr);
         // sll_protocol is already in network byte order.
         header[14..16].copy_from_slice(&sll.sll_protocol.to_ne_bytes());
-        packets.push(Packet {
+        kept.push(Packet {
             ts,
             len: len as u32,
             sll: header,
             data: buf[..len.min(SNAPLEN).min(buf.len())].to_vec(),
         });
     }
-    (packets, not_kept)
+    kept.finish()
 }
 
 /// The packets as a pcap file (little-endian, microseconds, LINKTYPE_LINUX_SLL).
@@ -324,6 +376,37 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_capture_keeps_its_beginning_and_its_end() {
+        let packet = |i: u64| Packet {
+            ts: Duration::from_millis(i),
+            len: SNAPLEN as u32,
+            sll: [0; 16],
+            data: vec![0; SNAPLEN],
+        };
+        let mut kept = Kept::new();
+        let seen = 10_000;
+        for i in 0..seen {
+            kept.push(packet(i));
+        }
+        let (packets, not_kept) = kept.finish();
+        assert_eq!(packets.len() + not_kept, seen as usize);
+        let bytes: usize = packets.iter().map(Kept::cost).sum();
+        assert!(bytes <= MAX_BYTES, "{bytes} bytes kept");
+        assert_eq!(packets[0].ts, Duration::from_millis(0));
+        assert_eq!(
+            packets.last().map(|p| p.ts),
+            Some(Duration::from_millis(seen - 1))
+        );
+        // In order: the head, then the tail, with the middle left out.
+        assert!(packets.windows(2).all(|w| w[0].ts < w[1].ts));
+        let mut few = Kept::new();
+        for i in 0..10 {
+            few.push(packet(i));
+        }
+        assert_eq!(few.finish().0.len(), 10);
+    }
 
     #[test]
     fn networks_contain_their_addresses_only() {

@@ -315,7 +315,7 @@ fn evidence(
             ));
         }
         let more = if c.not_kept > 0 {
-            format!(", {} more not kept", c.not_kept)
+            format!(", {} more in the middle not kept", c.not_kept)
         } else {
             String::new()
         };
