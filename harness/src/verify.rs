@@ -187,3 +187,82 @@ pub fn plan(scenarios: &[Scenario], impact: &HostImpact, allow_module_load: bool
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::modules::{Load, Verdict};
+    use super::*;
+
+    fn impact(modules: Verdict, sysctls: Vec<String>) -> HostImpact {
+        HostImpact {
+            release: "6.1.0-57-amd64".into(),
+            sysctls,
+            modules,
+        }
+    }
+
+    #[test]
+    fn modules_to_load_are_refused_with_their_names_and_the_flag_unless_allowed() {
+        let load = vec![
+            Load {
+                module: "nft_masq".into(),
+                used_by: "nftables masquerade (extended-ports, in relay)".into(),
+            },
+            Load {
+                module: "nf_nat".into(),
+                used_by: "needed by nft_masq".into(),
+            },
+        ];
+        let i = impact(
+            Verdict::WouldLoad {
+                load,
+                elsewhere: vec![],
+                unsure: None,
+            },
+            vec![],
+        );
+        let why = i.refusal(false).unwrap();
+        for says in [
+            "load 2 module(s), which stay loaded after it ends",
+            "nft_masq (nftables masquerade (extended-ports, in relay))",
+            "nf_nat (needed by nft_masq)",
+            "--allow-module-load",
+            "modprobe -a nft_masq nf_nat",
+        ] {
+            assert!(why.contains(says), "{says:?} not in {why}");
+        }
+        assert_eq!(i.refusal(true), None);
+        assert!(i
+            .modules_summary(true)
+            .contains("loads (--allow-module-load) 2 module(s)"));
+    }
+
+    #[test]
+    fn global_sysctls_are_refused_even_with_the_flag_and_present_modules_are_said() {
+        let i = impact(
+            Verdict::Present {
+                elsewhere: vec!["nft_counter".into()],
+            },
+            vec!["scenario 'x' sets net.netfilter.nf_conntrack_max".into()],
+        );
+        assert!(i.refusal(true).unwrap().contains("nf_conntrack_max"));
+        let s = i.modules_summary(false);
+        assert!(s.contains("loads none") && s.contains("nft_counter"), "{s}");
+        let none = impact(Verdict::CannotLoad("no /proc/modules".into()), vec![]);
+        assert_eq!(none.refusal(false), None);
+        assert_eq!(none.modules_summary(false), "modules: no /proc/modules");
+        let plan = plan(&[], &none, false);
+        assert!(plan.contains("modules: no /proc/modules") && plan.contains("untouched"));
+    }
+
+    #[test]
+    fn run_names_are_the_host_the_time_and_the_process() {
+        let name = run_name();
+        let pid = format!("-{}", std::process::id());
+        assert!(
+            name.starts_with("verify-") && name.ends_with(&pid),
+            "{name}"
+        );
+        assert_eq!(crate::report::sanitize(&name), name);
+    }
+}
