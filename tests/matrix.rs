@@ -771,33 +771,97 @@ fn evidence_is_complete(report: &Value) -> Result<(), Failed> {
     Ok(())
 }
 
-/// What `natvet verify` must leave exactly as it found it: the host's
-/// namespaces, links, addresses, routes, rulesets (nftables, iptables-nft,
-/// iptables-legacy) and network sysctls.
+/// What `natvet verify` must leave exactly as it found it: the kernel's
+/// modules (/proc/modules, /sys/module), every `net.*` sysctl, the
+/// host's namespaces (named, and any held by a bind mount), links,
+/// addresses, routes, rulesets (nftables; iptables-nft and iptables-legacy,
+/// IPv4 and IPv6) and iptables' lock file.
 fn host_state() -> String {
     let mut out = String::new();
+    // What changes by itself is masked: iptables-save stamps the time it ran
+    // and counts each chain's packets ([packets:bytes]), `ip addr` counts
+    // down lifetimes; `nft -s` leaves out counters and quotas.
+    let masked = |l: &str| -> String {
+        l.split(' ')
+            .map(|w| {
+                let counters = w.starts_with('[')
+                    && w.ends_with(']')
+                    && w[1..w.len() - 1]
+                        .split(':')
+                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                let lifetime =
+                    w.ends_with("sec") && w[..w.len() - 3].bytes().all(|b| b.is_ascii_digit());
+                if counters {
+                    "[counters]"
+                } else if lifetime {
+                    "LIFETIME"
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for cmd in [
         &["ip", "netns", "list"][..],
         &["ip", "-o", "link"],
         &["ip", "-o", "addr"],
         &["ip", "route", "show", "table", "all"],
-        &["nft", "list", "ruleset"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "rule"],
+        &["ip", "-6", "rule"],
+        &["nft", "-s", "list", "ruleset"],
         &["iptables-nft-save"],
+        &["ip6tables-nft-save"],
         &["iptables-legacy-save"],
+        &["ip6tables-legacy-save"],
     ] {
         let text = Command::new(cmd[0])
             .args(&cmd[1..])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_else(|e| format!("({e})"));
-        // iptables-save stamps the time it ran.
         let text: String = text
             .lines()
             .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
+            .map(|l| format!("{}\n", masked(l)))
             .collect();
         out.push_str(&format!("== {}\n{text}", cmd.join(" ")));
     }
+    // Namespaces kept alive by a bind mount anywhere, not only /run/netns.
+    out.push_str("== nsfs mounts\n");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mountinfo.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if let Some(sep) = f.iter().position(|w| *w == "-") {
+            if f.get(sep + 1) == Some(&"nsfs") {
+                out.push_str(&format!("{} {}\n", f[3], f[4]));
+            }
+        }
+    }
+    out.push_str("== /proc/modules\n");
+    match std::fs::read_to_string("/proc/modules") {
+        Ok(m) => out.push_str(&m),
+        Err(e) => out.push_str(&format!("(none: {e})\n")),
+    }
+    out.push_str("== /sys/module\n");
+    let mut sys: Vec<String> = std::fs::read_dir("/sys/module")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    sys.sort();
+    out.push_str(&sys.join("\n"));
+    out.push_str("\n== /run/xtables.lock\n");
+    out.push_str(&match std::fs::metadata("/run/xtables.lock") {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            format!("inode {} size {} mtime {}\n", m.ino(), m.size(), m.mtime())
+        }
+        Err(e) => format!("absent ({e})\n"),
+    });
     out.push_str("== sysctl net\n");
     let mut stack = vec![PathBuf::from("/proc/sys/net")];
     let mut values = Vec::new();
@@ -806,12 +870,19 @@ fn host_state() -> String {
             if let Ok(rd) = std::fs::read_dir(&p) {
                 stack.extend(rd.flatten().map(|e| e.path()));
             }
-        } else if let Ok(v) = std::fs::read_to_string(&p) {
-            let key = p.display().to_string();
-            // Counters that move by themselves.
-            if !key.ends_with("nf_conntrack_count") {
-                values.push(format!("{key} = {}", v.trim()));
-            }
+            continue;
+        }
+        let key = p.display().to_string();
+        // The one that is not stable by nature: the number of connections
+        // the host tracks moves with its own traffic.
+        if key.ends_with("/nf_conntrack_count") {
+            continue;
+        }
+        // Write-only ones (route/flush) and unset ones (stable_secret, EIO)
+        // cannot be read: that they exist, and how reading fails, is compared.
+        match std::fs::read_to_string(&p) {
+            Ok(v) => values.push(format!("{key} = {}", v.trim())),
+            Err(e) => values.push(format!("{key} unreadable ({:?})", e.kind())),
         }
     }
     values.sort();
@@ -836,7 +907,9 @@ fn verify_on_host() -> Result<(), Failed> {
     for needle in [
         "/proc/sys/net/ipv4/ip_forward = ",
         "lo:",
-        "== nft list ruleset",
+        "== nft -s list ruleset",
+        "== /proc/modules",
+        "== /run/xtables.lock",
     ] {
         if !before.contains(needle) {
             return Err(format!("the host state snapshot lacks {needle:?}:\n{before}").into());
@@ -844,7 +917,53 @@ fn verify_on_host() -> Result<(), Failed> {
     }
     let run = natvet("verify", &["verify"])?;
     let after = host_state();
+    let changed = diff(&before, &after);
+    if !changed.is_empty() {
+        return Err(format!("verify changed the host:\n{changed}\n{}", explain(&run)).into());
+    }
+    // On a kernel that would have to load modules, refusing up front (and
+    // naming the flag) is the other way to leave the host as it was.
+    if run.code == 2 && run.stderr.contains("--allow-module-load") {
+        return if run.stderr.contains("stay loaded after it ends") {
+            Ok(())
+        } else {
+            Err(format!("the refusal does not say why:\n{}", explain(&run)).into())
+        };
+    }
     let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    // What the run did to the kernel's modules is said, and its folder is its own.
+    let kernel = &report["kernels"][0];
+    let notes: Vec<&str> = kernel["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let modules_said = notes.iter().any(|n| {
+        n.starts_with("modules: ")
+            && if Path::new("/proc/modules").exists() {
+                n.contains("loads none")
+            } else {
+                n.contains("no module support") && n.contains("nothing can be loaded")
+            }
+    });
+    let folder = kernel["console_log"]
+        .as_str()
+        .and_then(|c| {
+            Path::new(c)
+                .parent()?
+                .file_name()?
+                .to_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    if !modules_said || !folder.starts_with("verify-") {
+        return Err(format!(
+            "expected a note on the modules and a folder verify-HOST-TIME-PID; notes {notes:?}, folder {folder:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
     let observed = |r: &Value| r["observed"].as_str().unwrap_or("").to_string();
     let all: Vec<&Value> = report["kernels"]
         .as_array()
@@ -888,9 +1007,124 @@ fn verify_on_host() -> Result<(), Failed> {
         )
         .into());
     }
+    Ok(())
+}
+
+/// A scenario that sets a kernel-wide conntrack sysctl inside a namespace
+/// (the table's size in the relay) is refused before anything is created:
+/// exit 2, naming the sysctl, the namespace and what to do; the host is as before.
+fn verify_refuses_global_sysctl() -> Result<(), Failed> {
+    let before = host_state();
+    let run = natvet(
+        "verify-global-sysctl",
+        &["verify", "--scenario", "tests/controls/global-sysctl.toml"],
+    )?;
+    let after = host_state();
     let changed = diff(&before, &after);
-    if !changed.is_empty() {
-        return Err(format!("verify changed the host:\n{changed}").into());
+    let says = [
+        "net.netfilter.nf_conntrack_max",
+        "namespace 'relay'",
+        "one value for the whole kernel",
+        "[kernel.sysctls]",
+    ];
+    let missing: Vec<&&str> = says.iter().filter(|w| !run.stderr.contains(**w)).collect();
+    if run.code != 2 || !missing.is_empty() || run.report.is_some() || !changed.is_empty() {
+        return Err(format!(
+            "expected exit 2 before anything ran, saying {missing:?}, the host unchanged; changed:\n{changed}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Two `natvet verify` runs at once with one --out: each writes to a folder
+/// of its own (console log and evidence), and `natvet explain` finds their
+/// evidence there.
+fn verify_runs_at_once_keep_their_own_folders() -> Result<(), Failed> {
+    let out = out_dir("verify-at-once");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let start = |i: usize| {
+        Command::new(env!("CARGO_BIN_EXE_natvet"))
+            .args([
+                "verify",
+                "--quiet",
+                "--scenario",
+                "extended-ports",
+                "--backend",
+                "nftables",
+            ])
+            .args(["--evidence-always", "--capture", "never", "--out"])
+            .arg(&out)
+            .arg("--json")
+            .arg(out.join(format!("report-{i}.json")))
+            .current_dir(repo())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    let children = [start(1), start(2)];
+    let mut problems = Vec::new();
+    let mut logs: Vec<String> = Vec::new();
+    let mut evidence: Vec<BTreeSet<String>> = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let output = child
+            .and_then(|c| c.wait_with_output())
+            .map_err(|e| format!("running natvet: {e}"))?;
+        let json = out.join(format!("report-{}.json", i + 1));
+        let report: Option<Value> = std::fs::read(&json)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(report) = report else {
+            problems.push(format!(
+                "run {} wrote no report (exit {:?}): {}",
+                i + 1,
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+            continue;
+        };
+        let k = &report["kernels"][0];
+        let log = k["console_log"].as_str().unwrap_or("").to_string();
+        if !Path::new(&log).exists() {
+            problems.push(format!("run {}: no console log at {log:?}", i + 1));
+        }
+        logs.push(log);
+        evidence.push(
+            k["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["evidence_dir"].as_str().map(str::to_string))
+                .collect(),
+        );
+    }
+    if logs.len() == 2 && logs[0] == logs[1] {
+        problems.push(format!("both runs wrote {}", logs[0]));
+    }
+    if evidence.len() == 2 && (evidence[0].is_empty() || !evidence[0].is_disjoint(&evidence[1])) {
+        problems.push(format!(
+            "the runs' evidence folders are not their own: {} and {} folders, {} shared",
+            evidence[0].len(),
+            evidence[1].len(),
+            evidence[0].intersection(&evidence[1]).count()
+        ));
+    }
+    let explained = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(["explain", "forward/tcp", "--out"])
+        .arg(&out)
+        .current_dir(repo())
+        .output()
+        .map_err(|e| format!("running natvet explain: {e}"))?;
+    let text = String::from_utf8_lossy(&explained.stdout);
+    if !text.contains("Last evidence (2 folder(s)") || !text.contains("/verify-") {
+        problems.push(format!(
+            "natvet explain does not find both runs' evidence:\n{text}"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n").into());
     }
     Ok(())
 }
@@ -1327,6 +1561,14 @@ fn main() {
     trials.push(Trial::test(
         "verify::host-nat-checks-leave-host-untouched",
         verify_on_host,
+    ));
+    trials.push(Trial::test(
+        "verify::global-sysctl-in-a-namespace-exits-2-before-anything-runs",
+        verify_refuses_global_sysctl,
+    ));
+    trials.push(Trial::test(
+        "verify::runs-at-once-keep-their-own-folders",
+        verify_runs_at_once_keep_their_own_folders,
     ));
     trials.push(Trial::test(
         "verify::sigint-exits-130-leaves-host-untouched",

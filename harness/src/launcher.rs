@@ -406,14 +406,22 @@ pub fn supervise(
     })
 }
 
-/// Start `natvet agent` with `job` and stream its messages, exactly as from a VM.
+/// The variable the iptables tools read for the path of their lock file.
+pub const XTABLES_LOCKFILE: &str = "XTABLES_LOCKFILE";
+
+/// Start `natvet agent` with `job` and stream its messages, exactly as from
+/// a VM; iptables-legacy in it locks `xtables_lock`.
 pub fn run_agent(
     job: &Path,
+    xtables_lock: &Path,
     watch: &Watch,
     on_message: &mut dyn FnMut(&GuestMessage),
 ) -> Result<Outcome, LaunchError> {
     let channel = Channel::new()?;
     let mut cmd = Command::new(own_binary());
+    // The iptables tools (iptables-legacy) lock this file instead of the
+    // host's /run/xtables.lock; the agent's children inherit it.
+    cmd.env(XTABLES_LOCKFILE, xtables_lock);
     cmd.arg("agent")
         .arg("--job")
         .arg(job)

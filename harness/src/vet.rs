@@ -35,6 +35,10 @@ pub struct VetOptions {
     pub boot: BootPreference,
     /// Scenario runs at once inside each guest.
     pub parallel: usize,
+    /// The run's own name for its kernel (its folder under `out_dir` and its
+    /// column): `natvet verify` names each run, so that runs at once never
+    /// share a folder.
+    pub run_id: Option<String>,
 }
 
 /// Which kernel image qemu boots.
@@ -93,6 +97,12 @@ pub fn run(opts: &VetOptions, resolved: Vec<Resolution>, ui: &Ui) -> RunReport {
         .iter()
         .enumerate()
         .map(|(i, n)| {
+            if let Some(id) = &opts.run_id {
+                return Some(match names.len() {
+                    1 => id.clone(),
+                    _ => format!("{id} [{}]", i + 1),
+                });
+            }
             let n = n.as_ref()?;
             (names.iter().filter(|m| m.as_ref() == Some(n)).count() > 1)
                 .then(|| format!("{n} [{}]", i + 1))
@@ -241,6 +251,7 @@ enum Launch {
     Vm(VmConfig),
     Host {
         job: PathBuf,
+        xtables_lock: PathBuf,
         watch: launcher::Watch,
     },
 }
@@ -356,6 +367,9 @@ impl OneKernel<'_> {
             }
             Launch::Host {
                 job,
+                // iptables-legacy's lock, in this run's own folder rather than
+                // the host's /run/xtables.lock.
+                xtables_lock: work.path().join("xtables.lock"),
                 watch: launcher::Watch {
                     program: "the agent",
                     timeout: self.opts.timeout,
@@ -408,9 +422,12 @@ impl OneKernel<'_> {
         let mut on_message = |msg: &GuestMessage| collected.on_message(msg, self.id, progress);
         let outcome = match &launched.launch {
             Launch::Vm(cfg) => qemu::run(cfg, &mut on_message).map_err(|e| e.to_string()),
-            Launch::Host { job, watch } => {
-                launcher::run_agent(job, watch, &mut on_message).map_err(|e| e.to_string())
-            }
+            Launch::Host {
+                job,
+                xtables_lock,
+                watch,
+            } => launcher::run_agent(job, xtables_lock, watch, &mut on_message)
+                .map_err(|e| e.to_string()),
         };
         (collected, outcome)
     }

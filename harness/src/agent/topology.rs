@@ -346,20 +346,7 @@ impl Topology {
                 "the flowtable is configured with {nft}, which is missing: apt-get install -y nftables"
             )));
         }
-        let script = format!(
-            "table inet natvet_offload {{
-\tflowtable ft {{
-\t\thook ingress priority 0; devices = {{ \"{}\", \"{}\" }};
-\t}}
-\tchain forward {{
-\t\ttype filter hook forward priority 0; policy accept;
-\t\tmeta l4proto {{ tcp, udp }} flow add @ft
-\t}}
-}}
-",
-            tunnel.iface(spec::RELAY),
-            self.wan_if
-        );
+        let script = flowtable_script(&tunnel.iface(spec::RELAY), &self.wan_if);
         let inv = Invocation {
             program: nft,
             args: vec!["-f", "-"],
@@ -638,6 +625,24 @@ impl Topology {
             host.stop();
         }
     }
+}
+
+/// The relay's flowtable (`table inet natvet_offload`): forwarded TCP and
+/// UDP between `tunnel` and `wan` offloaded (what `natvet verify` reads to
+/// know the modules it needs, too).
+pub fn flowtable_script(tunnel: &str, wan: &str) -> String {
+    format!(
+        "table inet natvet_offload {{
+\tflowtable ft {{
+\t\thook ingress priority 0; devices = {{ \"{tunnel}\", \"{wan}\" }};
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tmeta l4proto {{ tcp, udp }} flow add @ft
+\t}}
+}}
+"
+    )
 }
 
 /// Run a command in a namespace; its stdout, or an error with its stderr.

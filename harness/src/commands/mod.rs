@@ -100,9 +100,12 @@ pub enum Command {
     /// Run the checks on this machine's running kernel, without a VM (right
     /// after a deploy). Everything lives in namespaces natvet owns; the host's
     /// interfaces, routes, rulesets, sysctls and conntrack are not touched.
+    /// Refused up front: kernel modules the run would load (unless
+    /// --allow-module-load) and kernel-wide sysctls set in a namespace.
     /// Checks the kernel cannot run (WireGuard when it lacks it) are unsupported.
     ///
-    /// Exit codes: 0 all checks passed, 1 a check failed, 2 bad input, 3 natvet could not test.
+    /// Exit codes: 0 all checks passed, 1 a check failed, 2 bad input (or
+    /// refused, saying why), 3 natvet could not test.
     Verify(verify::VerifyArgs),
     /// Internal: the agent of `natvet verify`, started by natvet itself.
     #[command(hide = true)]

@@ -187,6 +187,7 @@ pub(super) fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> Vet
         capture: checks.capture,
         boot: vet::BootPreference::Auto,
         parallel: usize::from(checks.parallel.unwrap_or(3)),
+        run_id: None,
     }
 }
 
