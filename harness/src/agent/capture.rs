@@ -161,6 +161,24 @@ impl Kept {
     }
 }
 
+/// When the kernel received the packet last read from `fd` (SIOCGSTAMPNS).
+fn kernel_timestamp(fd: &OwnedFd) -> Option<Duration> {
+    const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the ioctl writes one timespec, which we own.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSTAMPNS, &mut ts as *mut libc::timespec) };
+    if r != 0 || ts.tv_sec <= 0 {
+        return None;
+    }
+    Some(Duration::new(
+        ts.tv_sec as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    ))
+}
+
 /// The packets kept, and how many more were seen and not kept.
 fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
     let mut kept = Kept::new();
@@ -189,9 +207,13 @@ fn read_packets(fd: OwnedFd, stop: Arc<AtomicBool>) -> (Vec<Packet>, usize) {
             continue;
         }
         let len = n as usize;
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        // The kernel's receive time of the packet, not the time this thread
+        // got to read it (later, by seconds, on a starved guest).
+        let ts = kernel_timestamp(&fd).unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+        });
         let mut header = [0u8; 16];
         header[0..2].copy_from_slice(&u16::from(sll.sll_pkttype).to_be_bytes());
         header[2..4].copy_from_slice(&sll.sll_hatype.to_be_bytes());

@@ -90,7 +90,14 @@ struct TrafficCount {
     est_answered: usize,
     /// The established flow still answers after the reloads.
     est_alive: bool,
+    /// How long the established flow took to answer after the traffic.
+    est_after: Duration,
 }
+
+/// How long the established flow may take to answer once the traffic
+/// stops: a flow the reloads broke stays silent, a starved guest answers
+/// late.
+const EST_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Re-apply the relay's ruleset `reloads` times while traffic flows: a TCP
 /// transfer and an established UDP flow must go on untouched, every new UDP
@@ -218,9 +225,13 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
             // unanswered, and its packets show on the internet's link.
             // Three rounds, and more while rounds still bring answers (a
             // starved guest answers late, not wrongly), ten at most.
-            for round in 0..10 {
+            // Unanswered flows are sent again on their own sockets (their
+            // own conntrack entries) until three rounds in a row bring no
+            // answer: on a starved guest answers can take seconds.
+            let mut idle_rounds = 0;
+            for _ in 0..15 {
                 let before = answered.iter().filter(|a| **a).count();
-                if before == answered.len() {
+                if before == answered.len() || idle_rounds == 3 {
                     break;
                 }
                 for ((s, tag), got) in pool.iter().zip(&new_tags).zip(&answered) {
@@ -228,22 +239,20 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
                         let _ = s.send_to(tag.as_bytes(), udp_dest);
                     }
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(1000));
                 poll_new(&mut answered, &mut buf);
                 let progress = answered.iter().filter(|a| **a).count() > before;
-                if round >= 2 && !progress {
-                    break;
-                }
+                idle_rounds = if progress { 0 } else { idle_rounds + 1 };
             }
-            let new_recovered = answered.iter().filter(|a| **a).count() - new_answered;
             let _ = established.set_nonblocking(false);
-            let est_alive = probes::udp_echo_on(
-                &established,
-                udp_dest,
-                &est_tags[est_sent],
-                EXCHANGE_TIMEOUT,
-            )
-            .is_ok();
+            let probed = Instant::now();
+            let est_alive =
+                probes::udp_echo_on(&established, udp_dest, &est_tags[est_sent], EST_PATIENCE)
+                    .is_ok();
+            let est_after = probed.elapsed();
+            // Answers that came while the established flow was probed.
+            poll_new(&mut answered, &mut buf);
+            let new_recovered = answered.iter().filter(|a| **a).count() - new_answered;
             TrafficCount {
                 new_sent,
                 new_answered,
@@ -251,6 +260,7 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
                 est_sent,
                 est_answered,
                 est_alive,
+                est_after,
             }
         })
     };
@@ -313,7 +323,11 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
             "{reloads} reloads in {reload_ms} ms; {transfer_text}; established flow: {} of {} answered during the reloads, {} after them; new flows: {} of {} answered, {} more when sent again, {masqueraded} arrived from {}; {} of {} packets on the internet's link came from {}{}",
             t.est_answered,
             t.est_sent,
-            if t.est_alive { "answering" } else { "silent" },
+            if t.est_alive {
+                format!("answering ({:.1} s)", t.est_after.as_secs_f32())
+            } else {
+                format!("silent for {} s", EST_PATIENCE.as_secs())
+            },
             t.new_answered,
             t.new_sent,
             t.new_recovered,
