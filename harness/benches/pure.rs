@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use natvet::nat::{BackendKind, Masquerade, NatRules, Redirect};
-use natvet::protocol::{CheckResult, Evidence, GuestMessage, Status};
+use natvet::protocol::{Evidence, GuestMessage, GuestResult, Status};
 use natvet::scenario::Scenario;
 use natvet::types::{Family, IpNet};
 
@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| backend.scripts(black_box(&r)))
         });
     }
-    let msg = GuestMessage::Check(Box::new(CheckResult {
+    let msg = GuestMessage::Check(Box::new(GuestResult {
         scenario: "extended-ports".into(),
         backend: "nftables".into(),
         check: "handshake/53".into(),
@@ -58,7 +58,6 @@ fn benches(c: &mut Criterion) {
             conntrack: "udp 17 29 src=192.0.2.2 dst=192.0.2.1 sport=40001 dport=53\n".repeat(50),
             ..Evidence::default()
         }),
-        evidence_dir: None,
         series: None,
     }))
     .to_line();
@@ -66,6 +65,20 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(msg.len() as u64));
     g.bench_function("parse a check result with evidence", |b| {
         b.iter(|| GuestMessage::from_line(black_box(&msg)))
+    });
+    // Parsed, checked against the job, cleaned: what the host does with each line.
+    let asked = vec![(
+        "extended-ports".to_string(),
+        "nftables".to_string(),
+        "handshake/53".to_string(),
+    )];
+    let hello = r#"{"type":"hello","version":1,"kernel_release":"6.1.0-50-amd64","uptime_ms":1}"#;
+    g.bench_function("accept a check result with evidence", |b| {
+        b.iter(|| {
+            let mut inbound = natvet::inbound::Inbound::new(asked.clone());
+            let _ = inbound.accept(hello.as_bytes());
+            inbound.accept(black_box(msg.as_bytes())).is_ok()
+        })
     });
     g.finish();
     let table = "udp      17 28 src=192.0.2.2 dst=192.0.2.1 sport=40001 dport=4000 src=192.0.2.1 dst=192.0.2.2 sport=51820 dport=40001 [ASSURED] mark=0 use=1\n".repeat(500);

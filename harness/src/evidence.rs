@@ -1,7 +1,10 @@
 //! A check's evidence as files under the output folder (`--out`): for each
 //! failing check (every check with --evidence-always) its result, conntrack
 //! table, ruleset, counters, routes, WireGuard state, kernel log and packet
-//! captures, in the folder `report::evidence_path` names.
+//! captures, in the kernel's folder under the output folder, in the
+//! subfolder `report::result_folder` names. Both are host-side names: the
+//! kernel's folder is made before the guest starts, and the guest's
+//! results were checked to be the job's (`inbound`).
 
 use std::path::Path;
 
@@ -10,18 +13,14 @@ use base64::Engine as _;
 
 use crate::report::{self, KernelRun};
 
-/// Write each failing (or, on request, every) check's evidence as files.
-pub fn write(out_dir: &Path, run: &mut KernelRun) -> Result<()> {
-    let paths: Vec<Option<String>> = run
-        .results
-        .iter()
-        .map(|r| r.evidence.as_ref().map(|_| report::evidence_path(run, r)))
-        .collect();
-    for (r, path) in run.results.iter_mut().zip(paths) {
-        let (Some(ev), Some(path)) = (&r.evidence, path) else {
+/// Write each failing (or, on request, every) check's evidence as files
+/// under `kernel_dir`, the kernel's folder.
+pub fn write(kernel_dir: &Path, run: &mut KernelRun) -> Result<()> {
+    for r in run.results.iter_mut() {
+        let Some(ev) = &r.evidence else {
             continue;
         };
-        let dir = out_dir.join(path);
+        let dir = kernel_dir.join(report::result_folder(r));
         r.evidence_dir = Some(dir.display().to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let files = [

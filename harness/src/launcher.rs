@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -17,9 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{GuestMessage, ProtocolError, MAX_LINE};
+use crate::inbound::{
+    clean, cut, Event, Inbound, Lines, MAX_ALARMS, MAX_CONSOLE_LINE, MAX_CONSOLE_LOG,
+};
+use crate::protocol::{ProtocolError, MAX_LINE};
 
 const CONSOLE_TAIL: usize = 40;
+/// The most of the child's stderr kept (qemu's own complaints are short).
+const MAX_STDERR: usize = 64 * 1024;
+/// How long the child may take to end after the guest said Done.
+const AFTER_DONE: Duration = Duration::from_secs(5);
 
 /// How a launched child (qemu, or the agent on the host) ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +37,7 @@ pub enum End {
     Panic(String),
     /// The child outlived its timeout and was killed.
     Timeout(Duration),
-    /// The guest went silent (a check hung) for this long and was killed.
+    /// The guest sent no message (a check hung) for this long and was killed.
     Stalled(Duration),
     /// The agent did not say Hello within this long of the child's start.
     NoAgent(Duration),
@@ -47,8 +54,11 @@ pub enum End {
 pub struct Outcome {
     pub end: End,
     pub console_tail: Vec<String>,
-    /// Console lines that look like kernel trouble (oops, WARN, lockup).
+    /// Console lines that look like kernel trouble (oops, WARN, lockup),
+    /// the first `inbound::MAX_ALARMS` of them.
     pub alarms: Vec<String>,
+    /// Such lines past those, counted only.
+    pub alarms_left_out: usize,
     pub wall: Duration,
     /// Host time from the child's start to the agent's Hello.
     pub boot: Option<Duration>,
@@ -116,29 +126,65 @@ struct Console {
     tail: VecDeque<String>,
     panic: Option<String>,
     alarms: Vec<String>,
+    /// Warnings past `MAX_ALARMS`, counted only.
+    alarms_left_out: usize,
 }
 
-fn watch_console(stdout: impl Read, log: PathBuf, state: Arc<Mutex<Console>>) {
-    let mut file = File::create(&log).ok();
-    let reader = BufReader::new(stdout);
-    for line in reader.split(b'\n') {
-        let Ok(line) = line else { break };
-        let text = String::from_utf8_lossy(&line)
-            .trim_end_matches('\r')
-            .to_string();
-        if let Some(f) = file.as_mut() {
-            let _ = writeln!(f, "{text}");
+/// Read the child's console: written to `log` as it comes (up to
+/// `MAX_CONSOLE_LOG`), every line looked at for a panic or kernel trouble,
+/// the last lines kept. What is kept is cleaned of control sequences and
+/// bounded: lines are cut at `MAX_CONSOLE_LINE`, warnings at `MAX_ALARMS`.
+fn watch_console(mut stdout: impl Read, log: PathBuf, state: Arc<Mutex<Console>>) {
+    let mut file = File::create(&log).ok().map(std::io::BufWriter::new);
+    let mut logged: u64 = 0;
+    let mut lines = Lines::console(MAX_CONSOLE_LINE);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stdout.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        lines.push(&chunk[..n]);
+        while let Some(piece) = lines.next_line() {
+            let raw = String::from_utf8_lossy(&piece.bytes);
+            let raw = raw.trim_end_matches('\r');
+            if let Some(f) = file.as_mut() {
+                let mark = if piece.cut { " [line cut]" } else { "" };
+                let size = (raw.len() + mark.len() + 1) as u64;
+                if logged + size <= MAX_CONSOLE_LOG {
+                    let _ = writeln!(f, "{raw}{mark}");
+                    logged += size;
+                } else {
+                    let _ = writeln!(
+                        f,
+                        "natvet: console.log ends here, at its limit of {} MiB; the console went on",
+                        MAX_CONSOLE_LOG >> 20
+                    );
+                    let _ = f.flush();
+                    file = None;
+                }
+            }
+            let text = clean(raw, false).into_owned();
+            let Ok(mut st) = state.lock() else { return };
+            if text.contains("Kernel panic - not syncing") && st.panic.is_none() {
+                st.panic = Some(text.clone());
+            } else if crate::kernel_log::is_unhealthy(&text) {
+                if st.alarms.len() < MAX_ALARMS {
+                    st.alarms.push(text.clone());
+                } else {
+                    st.alarms_left_out += 1;
+                }
+            }
+            st.tail.push_back(text);
+            if st.tail.len() > CONSOLE_TAIL {
+                st.tail.pop_front();
+            }
         }
-        let Ok(mut st) = state.lock() else { break };
-        if text.contains("Kernel panic - not syncing") && st.panic.is_none() {
-            st.panic = Some(text.clone());
-        } else if crate::kernel_log::is_unhealthy(&text) {
-            st.alarms.push(text.clone());
-        }
-        st.tail.push_back(text);
-        if st.tail.len() > CONSOLE_TAIL {
-            st.tail.pop_front();
-        }
+    }
+    if let Some(f) = file.as_mut() {
+        let _ = f.flush();
     }
 }
 
@@ -181,7 +227,8 @@ pub struct Watch {
     pub program: &'static str,
     /// The whole run, start to end.
     pub timeout: Duration,
-    /// The longest silence once the agent runs (one check's time).
+    /// The longest the agent may go without a message (one check's time):
+    /// bytes that are no message do not count.
     pub stall_timeout: Duration,
     /// How long until the agent's Hello.
     pub boot_timeout: Duration,
@@ -191,13 +238,16 @@ pub struct Watch {
 
 /// Start `cmd` (qemu, or natvet's agent on the host for `natvet verify`),
 /// which writes natvet messages to the channel's child end and its console to
-/// stdout; stream the messages to `on_message` until the child says Done,
-/// goes silent, outlives its time, or dies. The child dies with natvet.
+/// stdout; take each message into `inbound`, which accepts only what the job
+/// allows, and tell `on_event` of each, until the child says Done, sends no
+/// message for too long, outlives its time, breaks the protocol, or dies.
+/// The child dies with natvet.
 pub fn supervise(
     mut cmd: Command,
     channel: Channel,
     watch: &Watch,
-    on_message: &mut dyn FnMut(&GuestMessage),
+    inbound: &mut Inbound,
+    on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, LaunchError> {
     let Channel { mut ours, theirs } = channel;
     let theirs_fd = theirs.as_raw_fd();
@@ -234,18 +284,23 @@ pub fn supervise(
         let (log, state) = (watch.console_log.clone(), console.clone());
         std::thread::spawn(move || watch_console(out, log, state))
     });
-    let stderr_thread = child.0.stderr.take().map(|mut err| {
+    let stderr_thread = child.0.stderr.take().map(|err| {
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
+            let mut kept = Vec::new();
+            let mut err = err;
+            let _ = (&mut err).take(MAX_STDERR as u64).read_to_end(&mut kept);
+            // The rest is read and dropped, so the child never blocks on it.
+            let _ = std::io::copy(&mut err, &mut std::io::sink());
+            String::from_utf8_lossy(&kept).into_owned()
         })
     });
 
     let deadline = start + watch.timeout;
     let mut peak = None;
     let mut boot = None;
-    let mut done = false;
+    let mut done: Option<Instant> = None;
+    let mut gave_up = false;
+    let mut lingered = false;
     let mut protocol_error: Option<String> = None;
     let mut timed_out = false;
     let mut stalled = false;
@@ -254,82 +309,79 @@ pub fn supervise(
     {
         let s = &mut ours;
         let _ = s.set_read_timeout(Some(Duration::from_millis(250)));
-        let mut buf: Vec<u8> = Vec::new();
-        let mut chunk = [0u8; 64 * 1024];
-        let mut last_message = Instant::now();
+        let mut lines = Lines::messages(MAX_LINE);
+        let mut chunk = vec![0u8; 64 * 1024];
+        // Progress is a message the guest was allowed to send, nothing less.
+        let mut last_progress = Instant::now();
         loop {
             peak = peak_rss_kb(pid).max(peak);
-            if Instant::now() > deadline {
+            if let Some(at) = done {
+                // Done came: the child ends by itself, or is ended.
+                if at.elapsed() > AFTER_DONE {
+                    lingered = true;
+                    break;
+                }
+            } else if Instant::now() > deadline {
                 timed_out = true;
                 break;
-            }
-            if boot.is_none() && start.elapsed() > watch.boot_timeout {
+            } else if boot.is_none() && start.elapsed() > watch.boot_timeout {
                 no_agent = true;
                 break;
-            }
-            // Every check reports its start and its end: silence this long means one hung.
-            if boot.is_some() && last_message.elapsed() > watch.stall_timeout {
+            } else if boot.is_some() && last_progress.elapsed() > watch.stall_timeout {
+                // Every check reports its start and its end: no message this long means one hung.
                 stalled = true;
                 break;
             }
             match s.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    last_message = Instant::now();
-                }
+                Ok(n) => lines.push(&chunk[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
                 }
                 Err(_) => break,
             }
-            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                let text = String::from_utf8_lossy(&line);
-                if text.trim().is_empty() {
-                    continue;
+            while let Some(piece) = lines.next_line() {
+                if piece.cut {
+                    protocol_error = Some(ProtocolError::TooLong(MAX_LINE + 1).to_string());
+                    break;
                 }
-                match GuestMessage::from_line(&text) {
-                    Ok(msg) => {
-                        match &msg {
-                            GuestMessage::Hello { version, .. } => {
+                match inbound.accept(&piece.bytes) {
+                    Ok(None) => {}
+                    Ok(Some(event)) => {
+                        last_progress = Instant::now();
+                        match event {
+                            Event::Hello { .. } => {
                                 boot.get_or_insert(start.elapsed());
-                                if *version != crate::protocol::PROTOCOL_VERSION {
-                                    protocol_error.get_or_insert(
-                                        ProtocolError::Version {
-                                            guest: *version,
-                                            host: crate::protocol::PROTOCOL_VERSION,
-                                        }
-                                        .to_string(),
-                                    );
-                                }
                             }
-                            GuestMessage::Done { .. } => done = true,
+                            Event::Done => done = Some(Instant::now()),
+                            Event::Fatal => gave_up = true,
                             _ => {}
                         }
-                        on_message(&msg);
+                        on_event(&event);
                     }
-                    Err(e) => {
-                        protocol_error.get_or_insert(e.to_string());
+                    Err(v) => {
+                        protocol_error = Some(v.to_string());
+                        break;
                     }
                 }
+                if gave_up {
+                    break;
+                }
             }
-            if buf.len() > MAX_LINE {
-                protocol_error.get_or_insert(ProtocolError::TooLong(buf.len()).to_string());
-                buf.clear();
-            }
-            if protocol_error.is_some() {
+            if protocol_error.is_some() || gave_up {
                 break;
             }
         }
     }
 
-    // The guest powers off after Done; give qemu a moment to exit by itself.
+    // The guest powers off after Done (or Fatal); give qemu a moment to exit by itself.
     let grace = Instant::now() + Duration::from_secs(5);
     let status = loop {
         match child.0.try_wait() {
@@ -338,6 +390,7 @@ pub fn supervise(
                 if !timed_out
                     && !stalled
                     && !no_agent
+                    && !lingered
                     && protocol_error.is_none()
                     && Instant::now() < grace =>
             {
@@ -363,9 +416,10 @@ pub fn supervise(
             c.tail.iter().cloned().collect::<Vec<_>>(),
             c.panic.clone(),
             c.alarms.clone(),
+            c.alarms_left_out,
         )
     });
-    let (tail, panic, alarms) = console.unwrap_or_default();
+    let (tail, panic, alarms, alarms_left_out) = console.unwrap_or_default();
     let end = if let Some(p) = panic {
         End::Panic(p)
     } else if let Some(e) = protocol_error {
@@ -376,7 +430,7 @@ pub fn supervise(
         End::Stalled(watch.stall_timeout)
     } else if no_agent {
         End::NoAgent(watch.boot_timeout)
-    } else if done {
+    } else if done.is_some() {
         End::Completed
     } else if let Some(sig) = status
         .and_then(|st| std::os::unix::process::ExitStatusExt::signal(&st))
@@ -389,17 +443,18 @@ pub fn supervise(
             Some(st) => format!("{} exited ({st}) before the agent finished", watch.program),
             None => format!("{} could not be waited for", watch.program),
         };
-        let err = qemu_stderr.trim();
+        let err = clean(qemu_stderr.trim(), true);
         End::Died(if err.is_empty() {
             why
         } else {
-            format!("{why}: {err}")
+            format!("{why}: {}", cut(&err, MAX_STDERR))
         })
     };
     Ok(Outcome {
         end,
         console_tail: tail,
         alarms,
+        alarms_left_out,
         wall: start.elapsed(),
         boot,
         peak_rss_kb: peak,
@@ -409,13 +464,14 @@ pub fn supervise(
 /// The variable the iptables tools read for the path of their lock file.
 pub const XTABLES_LOCKFILE: &str = "XTABLES_LOCKFILE";
 
-/// Start `natvet agent` with `job` and stream its messages, exactly as from
+/// Start `natvet agent` with `job` and take in its messages, exactly as from
 /// a VM; iptables-legacy in it locks `xtables_lock`.
 pub fn run_agent(
     job: &Path,
     xtables_lock: &Path,
     watch: &Watch,
-    on_message: &mut dyn FnMut(&GuestMessage),
+    inbound: &mut Inbound,
+    on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, LaunchError> {
     let channel = Channel::new()?;
     let mut cmd = Command::new(own_binary());
@@ -427,7 +483,7 @@ pub fn run_agent(
         .arg(job)
         .arg("--results-fd")
         .arg(channel.child_fd().to_string());
-    supervise(cmd, channel, watch, on_message)
+    supervise(cmd, channel, watch, inbound, on_event)
 }
 
 /// The running natvet binary, which becomes the guest's /init. /proc/self/exe

@@ -15,6 +15,7 @@ pub mod cpio;
 pub mod elfdeps;
 pub mod evidence;
 pub mod host;
+pub mod inbound;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_log;

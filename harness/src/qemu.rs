@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::inbound::{Event, Inbound};
 use crate::launcher::{self, Channel, LaunchError, Outcome, Watch};
-use crate::protocol::GuestMessage;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -24,7 +24,7 @@ pub struct VmConfig {
     pub cmdline_extra: String,
     /// The whole VM, boot to power-off.
     pub timeout: Duration,
-    /// The longest silence from the guest once it runs (one check's time).
+    /// The longest the guest may go without a message once it runs (one check's time).
     pub stall_timeout: Duration,
     /// How long the kernel may take to start the agent.
     pub boot_timeout: Duration,
@@ -98,10 +98,12 @@ pub fn available() -> bool {
         .unwrap_or(false)
 }
 
-/// Boot the VM and stream the guest's messages to `on_message` until it ends.
+/// Boot the VM and take the guest's messages into `inbound` (telling
+/// `on_event` of each) until it ends.
 pub fn run(
     cfg: &VmConfig,
-    on_message: &mut dyn FnMut(&GuestMessage),
+    inbound: &mut Inbound,
+    on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, QemuError> {
     let channel = Channel::new()?;
     let mut cmd = Command::new(QEMU);
@@ -113,7 +115,7 @@ pub fn run(
         boot_timeout: cfg.boot_timeout,
         console_log: cfg.console_log.clone(),
     };
-    launcher::supervise(cmd, channel, &watch, on_message).map_err(|e| match e {
+    launcher::supervise(cmd, channel, &watch, inbound, on_event).map_err(|e| match e {
         LaunchError::Spawn(_, e) if e.kind() == std::io::ErrorKind::NotFound => QemuError::Missing,
         e => QemuError::Launch(e),
     })

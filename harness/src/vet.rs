@@ -6,10 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::evidence;
+use crate::inbound::{Event, Inbound, Reported};
 use crate::kernel::{self, Cache, Kernel, KernelSpec};
 use crate::launcher::{self, End, Outcome};
 use crate::protocol::job::Job;
-use crate::protocol::{CheckResult, GuestMessage, RunTiming, Status, PROTOCOL_VERSION};
+use crate::protocol::{CheckResult, Status, PROTOCOL_VERSION};
 use crate::provision;
 use crate::qemu::{self, VmConfig};
 use crate::report::{self, InfraStage, KernelRun, KernelState, RunReport, Timings};
@@ -219,7 +220,7 @@ fn vet_kernel(
     };
     let (collected, outcome) = one.collect(&launched, &mut progress);
     let run = one.judge(&launched, collected, outcome);
-    one.finish(run, total, &progress)
+    one.finish(run, &launched, total, &progress)
 }
 
 /// What one kernel's run knows throughout its steps.
@@ -261,66 +262,27 @@ struct Launched {
     launch: Launch,
     /// Holds the initramfs or the agent's job until the run ends.
     _work: tempfile::TempDir,
+    /// The kernel's folder under --out, named by the host.
+    kdir: PathBuf,
     console_log: PathBuf,
     initramfs_ms: u64,
     initramfs_bytes: u64,
 }
 
-/// What the guest reported over its run.
-#[derive(Default)]
-struct Collected {
-    results: Vec<CheckResult>,
-    notes: Vec<String>,
-    release: Option<String>,
-    uptime: Option<u64>,
-    fatal: Option<String>,
-    /// Checks started and not yet reported (several, when scenario runs overlap).
-    running: Vec<String>,
-    agent_ms: Option<u64>,
-    scenario_runs: Vec<RunTiming>,
-}
-
-impl Collected {
-    fn new(kernel: &Kernel) -> Collected {
-        Collected {
-            release: kernel.release.clone(),
-            ..Collected::default()
+/// What a guest's messages show while the run goes on: its progress bar
+/// (the kernel's name once the guest gave it, the check under way, each
+/// result).
+fn show(event: &Event, named: bool, progress: &mut KernelProgress) {
+    match event {
+        Event::Hello { release } => {
+            if !named {
+                progress.rename(release);
+            }
+            progress.stage("running checks");
         }
-    }
-
-    fn on_message(&mut self, msg: &GuestMessage, id: Option<&str>, progress: &mut KernelProgress) {
-        match msg {
-            GuestMessage::Hello {
-                kernel_release,
-                uptime_ms,
-                ..
-            } => {
-                self.release = Some(kernel_release.clone());
-                self.uptime = Some(*uptime_ms);
-                if id.is_none() {
-                    progress.rename(kernel_release);
-                }
-                progress.stage("running checks");
-            }
-            GuestMessage::Note { message } => self.notes.push(message.clone()),
-            GuestMessage::CheckStarted {
-                scenario,
-                backend,
-                check,
-            } => {
-                self.running.push(format!("{scenario} [{backend}] {check}"));
-                progress.check_started(check);
-            }
-            GuestMessage::Check(r) => {
-                let name = format!("{} [{}] {}", r.scenario, r.backend, r.check);
-                self.running.retain(|c| *c != name);
-                progress.check_done(r);
-                self.results.push((**r).clone());
-            }
-            GuestMessage::RunDone(t) => self.scenario_runs.push(t.clone()),
-            GuestMessage::Done { elapsed_ms } => self.agent_ms = Some(*elapsed_ms),
-            GuestMessage::Fatal { error } => self.fatal = Some(error.clone()),
-        }
+        Event::CheckStarted { check } => progress.check_started(check),
+        Event::Check(r) => progress.check_done(r),
+        Event::Note | Event::RunDone | Event::Done | Event::Fatal => {}
     }
 }
 
@@ -333,6 +295,7 @@ impl OneKernel<'_> {
         label: &str,
         progress: &KernelProgress,
     ) -> std::result::Result<Launched, (InfraStage, String)> {
+        // The kernel's folder: named by the host before the guest starts.
         let kdir = self.opts.out_dir.join(report::sanitize(label));
         if let Err(e) = std::fs::create_dir_all(&kdir) {
             return Err((
@@ -406,6 +369,7 @@ impl OneKernel<'_> {
         Ok(Launched {
             launch,
             _work: work,
+            kdir,
             console_log,
             initramfs_ms,
             initramfs_bytes,
@@ -413,23 +377,31 @@ impl OneKernel<'_> {
     }
 
     /// Step 2: start the kernel and take in its messages until the run ends.
+    /// `Inbound` accepts only what the job allows; what it kept is what the
+    /// guest reported.
     fn collect(
         &self,
         launched: &Launched,
         progress: &mut KernelProgress,
-    ) -> (Collected, std::result::Result<Outcome, String>) {
-        let mut collected = Collected::new(self.kernel);
-        let mut on_message = |msg: &GuestMessage| collected.on_message(msg, self.id, progress);
+    ) -> (Reported, std::result::Result<Outcome, String>) {
+        let mut inbound = Inbound::new(self.expected.clone());
+        // A kernel the host could name keeps that name.
+        let named = self.id.is_some() || self.kernel.release.is_some();
+        let mut on_event = |event: &Event| show(event, named, progress);
         let outcome = match &launched.launch {
-            Launch::Vm(cfg) => qemu::run(cfg, &mut on_message).map_err(|e| e.to_string()),
+            Launch::Vm(cfg) => {
+                qemu::run(cfg, &mut inbound, &mut on_event).map_err(|e| e.to_string())
+            }
             Launch::Host {
                 job,
                 xtables_lock,
                 watch,
-            } => launcher::run_agent(job, xtables_lock, watch, &mut on_message)
-                .map_err(|e| e.to_string()),
+            } => {
+                launcher::run_agent(job, xtables_lock, watch, &mut inbound, &mut on_event)
+                    .map_err(|e| e.to_string())
+            }
         };
-        (collected, outcome)
+        (inbound.finish(), outcome)
     }
 
     /// Step 3: the kernel's run as the guest reported it, and whether natvet
@@ -438,12 +410,26 @@ impl OneKernel<'_> {
     fn judge(
         &self,
         launched: &Launched,
-        collected: Collected,
+        collected: Reported,
         outcome: std::result::Result<Outcome, String>,
     ) -> KernelRun {
+        // The host's name for the kernel stands; the guest's only fills in
+        // what the host could not tell (and was checked to be a release).
+        let mut notes = Vec::new();
+        let release = match (&self.kernel.release, collected.release) {
+            (Some(host), Some(guest)) if *host != guest => {
+                notes.push(format!(
+                    "the guest reports kernel release {guest}, where natvet booted {host}: the report names it {host}"
+                ));
+                Some(host.clone())
+            }
+            (Some(host), _) => Some(host.clone()),
+            (None, guest) => guest,
+        };
+        notes.extend(collected.notes);
         let mut run = KernelRun {
             spec: self.kernel.spec.clone(),
-            release: collected.release,
+            release,
             id: self.id.map(str::to_string),
             package: self.kernel.package.clone(),
             boot: Some(match (self.opts.boot, &self.kernel.bzimage) {
@@ -452,13 +438,13 @@ impl OneKernel<'_> {
             }),
             state: KernelState::Completed,
             results: collected.results,
-            notes: collected.notes,
+            notes,
             attempts: 1,
             timings: Timings {
                 resolve_ms: self.resolve_ms,
                 initramfs_ms: launched.initramfs_ms,
                 initramfs_bytes: launched.initramfs_bytes,
-                guest_uptime_ms: collected.uptime,
+                guest_uptime_ms: collected.uptime_ms,
                 agent_ms: collected.agent_ms,
                 scenario_runs: collected.scenario_runs,
                 ..Timings::default()
@@ -481,6 +467,13 @@ impl OneKernel<'_> {
         run.timings.peak_rss_mb = o.peak_rss_kb.map(|k| k / 1024);
         for a in &o.alarms {
             run.notes.push(format!("{}{a}", retry::CONSOLE_ALARM));
+        }
+        if o.alarms_left_out > 0 {
+            run.notes.push(format!(
+                "{}{} more lines like these (console.log has them)",
+                retry::CONSOLE_ALARM,
+                o.alarms_left_out
+            ));
         }
         let missing: Vec<String> = self
             .expected
@@ -514,9 +507,15 @@ impl OneKernel<'_> {
     }
 
     /// Step 4: results back in the job's order (overlapping scenario runs
-    /// report in any order), the total time, evidence files, and the
-    /// progress line.
-    fn finish(&self, mut run: KernelRun, total: Instant, progress: &KernelProgress) -> KernelRun {
+    /// report in any order), the total time, evidence files (in the
+    /// kernel's own folder), and the progress line.
+    fn finish(
+        &self,
+        mut run: KernelRun,
+        launched: &Launched,
+        total: Instant,
+        progress: &KernelProgress,
+    ) -> KernelRun {
         let rank = |r: &CheckResult| {
             self.expected
                 .iter()
@@ -525,7 +524,7 @@ impl OneKernel<'_> {
         };
         run.results.sort_by_key(rank);
         run.timings.total_ms = total.elapsed().as_millis() as u64;
-        if let Err(e) = evidence::write(&self.opts.out_dir, &mut run) {
+        if let Err(e) = evidence::write(&launched.kdir, &mut run) {
             run.notes.push(format!("could not write evidence: {e:#}"));
         }
         let failed = run
@@ -568,7 +567,7 @@ fn breakdown(end: &End, fatal: Option<&str>, running: &[String]) -> Option<(Infr
         (End::Stalled(t), None) => Some((
             InfraStage::CheckTimeout,
             format!(
-                "the guest sent nothing for {} s{during}; raise --check-timeout if the kernel is just slow",
+                "the guest sent no message for {} s{during}; raise --check-timeout if the kernel is just slow",
                 t.as_secs()
             ),
         )),
@@ -581,7 +580,12 @@ fn breakdown(end: &End, fatal: Option<&str>, running: &[String]) -> Option<(Infr
             Some((InfraStage::Interrupted, format!("{why}{during}")))
         }
         (End::Died(why), None) => Some((InfraStage::Qemu, format!("{why}{during}"))),
-        (End::Protocol(why), None) => Some((InfraStage::Protocol, why.clone())),
+        (End::Protocol(why), None) => Some((
+            InfraStage::Protocol,
+            format!(
+                "{why}{during}: the guest does not speak natvet's protocol as this natvet does (a stale initramfs, or a kernel that corrupts the agent); natvet stopped listening to it"
+            ),
+        )),
     }
 }
 
@@ -612,7 +616,7 @@ mod tests {
         let (stage, why) = breakdown(&stalled, None, &running).unwrap();
         assert_eq!(stage, InfraStage::CheckTimeout);
         assert!(
-            why.contains("nothing for 120 s while running pmtu"),
+            why.contains("no message for 120 s while running pmtu"),
             "{why}"
         );
     }

@@ -27,7 +27,7 @@ use crate::checks::Phase;
 use crate::nat::NatBackend;
 use crate::protocol::job::{Job, JOB_PATH};
 use crate::protocol::{
-    CheckResult, GuestMessage, RunTiming, Status, PROTOCOL_VERSION, RESULTS_TTY,
+    CheckResult, GuestMessage, GuestResult, RunTiming, Status, PROTOCOL_VERSION, RESULTS_TTY,
 };
 use crate::scenario::Scenario;
 use channel::send;
@@ -369,7 +369,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) -> u64
     let setup_ms = start.elapsed().as_millis() as u64;
     let mut ctx = Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
     ctx.rules = scenario.nat_rules(crate::scenario::topology::RELAY);
-    let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r)));
+    let mut emit = |r: CheckResult| send(&GuestMessage::Check(Box::new(r.into())));
     // Plain-UDP redirect checks first, in each family: they need the listen
     // port that the tunnel takes over.
     let plan = scenario.plan();
@@ -424,7 +424,7 @@ fn settle(
     why: &str,
 ) {
     for name in names {
-        send(&GuestMessage::Check(Box::new(CheckResult {
+        send(&GuestMessage::Check(Box::new(GuestResult {
             scenario: scenario.name.clone(),
             backend: backend.kind().to_string(),
             check: name,
@@ -433,7 +433,6 @@ fn settle(
             observed: why.to_string(),
             duration_ms: 0,
             evidence: None,
-            evidence_dir: None,
             series: None,
         })));
     }

@@ -47,7 +47,9 @@ impl Status {
     }
 }
 
-/// The result of one check, for one scenario and NAT backend.
+/// The result of one check, for one scenario and NAT backend, as the host
+/// records it: what the guest reported ([`GuestResult`]) and what only the
+/// host decides (`flaky`, `evidence_dir`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub scenario: String,
@@ -66,6 +68,72 @@ pub struct CheckResult {
     /// What the check measured over time, step by step (sessions, soaks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<Series>,
+}
+
+/// The result of one check as the guest sends it: a [`CheckResult`] without
+/// what only the host sets. A guest that sends `evidence_dir`, or the
+/// status `flaky`, sends a line that is not a natvet message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestResult {
+    pub scenario: String,
+    pub backend: String,
+    pub check: String,
+    #[serde(deserialize_with = "guest_status")]
+    pub status: Status,
+    pub expected: String,
+    pub observed: String,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
+}
+
+/// A status a guest may report: any but `flaky`, which the host gives a
+/// check that passed only when it retried.
+fn guest_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Status, D::Error> {
+    match Status::deserialize(d)? {
+        Status::Flaky => Err(serde::de::Error::custom(
+            "status `flaky` is the host's verdict (a check that passed only on a retry): the guest cannot report it",
+        )),
+        s => Ok(s),
+    }
+}
+
+impl From<GuestResult> for CheckResult {
+    fn from(r: GuestResult) -> CheckResult {
+        CheckResult {
+            scenario: r.scenario,
+            backend: r.backend,
+            check: r.check,
+            status: r.status,
+            expected: r.expected,
+            observed: r.observed,
+            duration_ms: r.duration_ms,
+            evidence: r.evidence,
+            evidence_dir: None,
+            series: r.series,
+        }
+    }
+}
+
+/// What of a result the guest sends (the checks build `CheckResult`s; the
+/// host's fields stay behind).
+impl From<CheckResult> for GuestResult {
+    fn from(r: CheckResult) -> GuestResult {
+        GuestResult {
+            scenario: r.scenario,
+            backend: r.backend,
+            check: r.check,
+            status: r.status,
+            expected: r.expected,
+            observed: r.observed,
+            duration_ms: r.duration_ms,
+            evidence: r.evidence,
+            series: r.series,
+        }
+    }
 }
 
 /// A check's traffic over time: in each step of `step_ms`, how many probes
@@ -150,7 +218,7 @@ pub enum GuestMessage {
         check: String,
     },
     /// A check finished.
-    Check(Box<CheckResult>),
+    Check(Box<GuestResult>),
     /// One scenario run (a scenario with one backend) ended.
     RunDone(RunTiming),
     /// All scenarios ran; the guest powers off next.
@@ -194,7 +262,9 @@ impl GuestMessage {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProtocolError {
-    #[error("the guest sent a line of {0} bytes, more than the protocol allows")]
+    #[error(
+        "the guest sent a line of {0} bytes or more, over the protocol's limit of {MAX_LINE} bytes"
+    )]
     TooLong(usize),
     #[error("the guest sent a line that is not a natvet message ({error}): {line:?}")]
     Malformed { error: String, line: String },
@@ -208,7 +278,7 @@ mod tests {
 
     #[test]
     fn message_round_trip() {
-        let msg = GuestMessage::Check(Box::new(CheckResult {
+        let msg = GuestMessage::Check(Box::new(GuestResult {
             scenario: "extended-ports".into(),
             backend: "nftables".into(),
             check: "handshake-port-53".into(),
@@ -217,7 +287,6 @@ mod tests {
             observed: "none".into(),
             duration_ms: 12,
             evidence: Some(Evidence::default()),
-            evidence_dir: None,
             series: None,
         }));
         let line = msg.to_line();
@@ -259,19 +328,101 @@ mod tests {
 }
 
 /// The guest is untrusted input: whatever bytes arrive, parsing them yields a
-/// message or an error, never a panic.
+/// message or an error, never a panic. (What the host then accepts of a
+/// message stream is `inbound`'s, fuzzed there.)
 #[cfg(test)]
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// The statuses a guest may report (`flaky` is the host's).
     fn status() -> impl Strategy<Value = Status> {
         prop_oneof![
             Just(Status::Pass),
             Just(Status::Fail),
             Just(Status::Unsupported),
             Just(Status::Error),
-            Just(Status::Flaky),
+        ]
+    }
+
+    fn result(check: String, st: Status) -> GuestResult {
+        GuestResult {
+            scenario: "s".into(),
+            backend: "nftables".into(),
+            check,
+            status: st,
+            expected: "e".into(),
+            observed: "o".into(),
+            duration_ms: 1,
+            evidence: None,
+            series: None,
+        }
+    }
+
+    /// Every kind of message, with arbitrary contents.
+    fn message() -> impl Strategy<Value = GuestMessage> {
+        let text = "\\PC{0,60}";
+        prop_oneof![
+            (any::<u32>(), text, any::<u64>()).prop_map(|(version, kernel_release, uptime_ms)| {
+                GuestMessage::Hello {
+                    version,
+                    kernel_release,
+                    uptime_ms,
+                }
+            }),
+            text.prop_map(|message| GuestMessage::Note { message }),
+            (text, text, text).prop_map(|(scenario, backend, check)| GuestMessage::CheckStarted {
+                scenario,
+                backend,
+                check,
+            }),
+            (
+                text,
+                status(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u32>(), 0..6),
+                proptest::option::of(any::<u64>()),
+                text,
+                proptest::collection::vec(any::<u8>(), 0..40),
+            )
+                .prop_map(|(check, st, ms, steps, stopped, note, pcap)| {
+                    let mut r = result(check, st);
+                    r.duration_ms = ms;
+                    r.series = Some(Series {
+                        step_ms: ms,
+                        sent: steps.clone(),
+                        answered: steps,
+                        stopped_at_ms: stopped,
+                    });
+                    r.evidence = Some(Evidence {
+                        dmesg: vec![note.clone()],
+                        capture_note: note,
+                        captures: vec![CaptureFile {
+                            namespace: "relay".into(),
+                            interface: "public".into(),
+                            packets: pcap.len(),
+                            not_kept: 0,
+                            pcap_base64: base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                pcap,
+                            ),
+                        }],
+                        ..Evidence::default()
+                    });
+                    GuestMessage::Check(Box::new(r))
+                }),
+            (text, text, any::<u64>(), any::<u64>()).prop_map(
+                |(scenario, backend, setup_ms, elapsed_ms)| {
+                    GuestMessage::RunDone(RunTiming {
+                        scenario,
+                        backend,
+                        setup_ms,
+                        elapsed_ms,
+                    })
+                }
+            ),
+            any::<u64>().prop_map(|elapsed_ms| GuestMessage::Done { elapsed_ms }),
+            text.prop_map(|error| GuestMessage::Fatal { error }),
         ]
     }
 
@@ -284,46 +435,47 @@ mod fuzz {
         }
 
         #[test]
-        fn json_shaped_garbage_never_panics(s in r#"\{"type":"(hello|check|done|fatal|note|check_started)"[ -~]{0,200}\}?"#) {
+        fn json_shaped_garbage_never_panics(s in r#"\{"type":"(hello|check|done|fatal|note|check_started|run_done)"[ -~]{0,200}\}?"#) {
             let _ = GuestMessage::from_line(&s);
         }
 
         #[test]
         fn truncated_messages_are_errors(cut in 1usize..120, check in "[a-z/0-9-]{1,30}", st in status()) {
-            let line = GuestMessage::Check(Box::new(CheckResult {
-                scenario: "s".into(),
-                backend: "nftables".into(),
-                check,
-                status: st,
-                expected: "e".into(),
-                observed: "o".into(),
-                duration_ms: 1,
-                evidence: None,
-                evidence_dir: None,
-                series: None,
-            }))
-            .to_line();
+            let line = GuestMessage::Check(Box::new(result(check, st))).to_line();
             let cut = cut.min(line.len() - 1);
             prop_assert!(GuestMessage::from_line(&line[..cut]).is_err());
         }
 
         #[test]
         fn results_round_trip(check in "\\PC{0,40}", observed in "\\PC{0,200}", st in status(), ms in any::<u64>()) {
-            let msg = GuestMessage::Check(Box::new(CheckResult {
-                scenario: "s".into(),
-                backend: "iptables-legacy".into(),
-                check,
-                status: st,
-                expected: "e\nwith lines".into(),
-                observed,
-                duration_ms: ms,
-                evidence: Some(Evidence::default()),
-                evidence_dir: None,
-                series: None,
-            }));
+            let mut r = result(check, st);
+            r.backend = "iptables-legacy".into();
+            r.expected = "e\nwith lines".into();
+            r.observed = observed;
+            r.duration_ms = ms;
+            r.evidence = Some(Evidence::default());
+            let msg = GuestMessage::Check(Box::new(r));
             let line = msg.to_line();
             prop_assert!(!line.contains('\n'));
             prop_assert_eq!(GuestMessage::from_line(&line), Ok(msg));
+        }
+
+        #[test]
+        fn every_message_round_trips(msg in message()) {
+            let line = msg.to_line();
+            prop_assert!(!line.contains('\n'));
+            prop_assert_eq!(GuestMessage::from_line(&line), Ok(msg));
+        }
+
+        /// What only the host sets never parses from a guest, wherever it is put.
+        #[test]
+        fn host_fields_never_come_from_a_guest(check in "[a-z/0-9-]{1,30}", st in status(), dir in "\\PC{0,30}") {
+            let line = GuestMessage::Check(Box::new(result(check, st))).to_line();
+            let flaky = line.replace(&format!("\"status\":\"{}\"", serde_json::to_value(st).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()), "\"status\":\"flaky\"");
+            prop_assert!(flaky.contains("flaky"));
+            prop_assert!(GuestMessage::from_line(&flaky).is_err());
+            let with_dir = format!("{},\"evidence_dir\":{}}}", &line[..line.len() - 1], serde_json::Value::String(dir));
+            prop_assert!(GuestMessage::from_line(&with_dir).is_err());
         }
     }
 }

@@ -114,7 +114,8 @@ pub struct Timings {
 pub struct KernelRun {
     /// What the user asked for ("debian:6.12", a path).
     pub spec: String,
-    /// `uname -r` as the guest reported it (or as resolved, if it never booted).
+    /// The kernel's release as natvet resolved it; the guest's `uname -r`
+    /// (checked to look like one) only when natvet could not tell.
     pub release: Option<String>,
     /// The kernel's name in this run when its release alone is ambiguous
     /// (two builds of one release): "RELEASE [N]", N its position.

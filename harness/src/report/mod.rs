@@ -113,11 +113,11 @@ impl RunReport {
     }
 }
 
-/// Where a result's evidence was written, relative to the output folder.
-pub fn evidence_path(k: &KernelRun, r: &CheckResult) -> String {
+/// Where a result's evidence is written, relative to its kernel's folder
+/// (`OUT/KERNEL/`): `SCENARIO-BACKEND/CHECK`.
+pub fn result_folder(r: &CheckResult) -> String {
     format!(
-        "{}/{}-{}/{}",
-        sanitize(&k.label()),
+        "{}-{}/{}",
         sanitize(&r.scenario),
         sanitize(&r.backend),
         sanitize(&r.check)
@@ -128,14 +128,20 @@ pub(crate) fn evidence_dir_hint(k: &KernelRun, r: &CheckResult) -> Option<String
     if let Some(dir) = &r.evidence_dir {
         return Some(dir.clone());
     }
-    let base = k.console_log.as_ref()?;
-    let out = std::path::Path::new(base).parent()?.parent()?;
+    // The kernel's folder holds its console.log.
+    let kernel_dir = std::path::Path::new(k.console_log.as_ref()?).parent()?;
     r.evidence
         .as_ref()
-        .map(|_| out.join(evidence_path(k, r)).display().to_string())
+        .map(|_| kernel_dir.join(result_folder(r)).display().to_string())
 }
 
+/// `s` as one file name: letters, digits and `-_.+` stay, anything else
+/// becomes `_`; a name of dots only (`.`, `..`) or none at all is `_`s, so
+/// it can never name a folder above.
 pub fn sanitize(s: &str) -> String {
+    if s.chars().all(|c| c == '.') {
+        return "_".repeat(s.len().max(1));
+    }
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.+".contains(c) {

@@ -1,0 +1,1190 @@
+//! Everything a guest sends the host enters here: its messages (the results
+//! channel) and the pieces of its console that natvet keeps. A guest runs
+//! the kernel under test, which may be broken or hostile, so nothing it
+//! sends is trusted:
+//!
+//! - lines are split in linear time and capped ([`Lines`]);
+//! - each message is checked against what the host asked for
+//!   ([`Inbound`]): results only for the job's checks, once each; a check's
+//!   start and a run's end only for the job's own; Hello first and once,
+//!   nothing after Done;
+//! - text is stripped of control sequences before it can reach a terminal
+//!   ([`clean`]) and cut to a length ([`cut`]);
+//! - numbers are bounded before the host computes with them, capture names
+//!   must be names and their packets base64;
+//! - what the host keeps is bounded: notes, evidence (a budget per run).
+//!
+//! A message that breaks a rule is a [`Violation`]: the run ends as an
+//! infrastructure error that names it, never as a check's verdict. Paths
+//! under `--out` are built from the host's own names only (the kernel's
+//! folder is made before the guest starts; scenario, backend and check names
+//! are the job's).
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+
+use crate::protocol::{
+    CheckResult, Evidence, GuestMessage, GuestResult, ProtocolError, RunTiming, Series,
+    PROTOCOL_VERSION,
+};
+
+/// The longest console line kept: the kernel's own records are at most
+/// 1 KiB of text (printk), so a longer line is not the kernel's and is cut.
+pub const MAX_CONSOLE_LINE: usize = 4096;
+/// The most console.log holds: a boot and a whole run write well under
+/// 1 MiB, a kernel warning in a loop for an hour some tens of MiB.
+pub const MAX_CONSOLE_LOG: u64 = 32 << 20;
+/// Console warnings kept as notes (the rest are counted; console.log has them).
+pub const MAX_ALARMS: usize = 50;
+/// Notes kept from one guest: the first and the last half of this many.
+/// A long soak sends a note every few seconds per session to show it is alive.
+pub const MAX_NOTES: usize = 200;
+/// The longest note kept (the agent's longest, a module list, is a few hundred bytes).
+pub const MAX_NOTE: usize = 4096;
+/// The longest expected, observed or fatal text kept (a failed setup's
+/// error with its kernel log lines is a few KiB).
+pub const MAX_TEXT: usize = 64 << 10;
+/// The evidence kept from one run: a failing check's evidence with its
+/// captures is up to a few MiB (one message is at most `MAX_LINE`); past
+/// this budget, later results keep their verdicts and short evidence texts,
+/// without captures.
+pub const MAX_EVIDENCE: usize = 256 << 20;
+/// The longest time a guest may report, in ms: 30 days, far beyond any
+/// run's `--timeout`, and small enough that sums of many never overflow.
+pub const MAX_GUEST_MS: u64 = 30 * 24 * 3600 * 1000;
+/// The most steps a series may have: a day of one-second steps, and then some.
+pub const MAX_SERIES_STEPS: usize = 100_000;
+/// The longest step of a series: an hour.
+pub const MAX_STEP_MS: u64 = 3600 * 1000;
+/// The longest kernel release (`uname -r`; the kernel's own limit).
+pub const MAX_RELEASE: usize = 64;
+
+/// Text from the guest as the host shows it: control characters (ESC, CR,
+/// BEL, backspace, C1 codes, bidirectional overrides) become visible
+/// escapes such as `\x1b`, so no guest text can move a terminal's cursor,
+/// retitle its window or hide what follows. Tabs stay; newlines stay when
+/// `newlines` (multi-line texts such as an error with log lines).
+pub fn clean(s: &str, newlines: bool) -> Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && c != '\t' && !(newlines && c == '\n'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    // Only these bytes start a character to escape: C0 codes and DEL, and
+    // the lead bytes of C1 codes (0xc2) and of the bidirectional controls
+    // (0xe2). Looking at bytes first keeps plain text cheap.
+    let suspect = |b: &u8| *b < 0x20 || *b == 0x7f || *b == 0xc2 || *b == 0xe2;
+    if !s.as_bytes().iter().any(suspect) || !s.chars().any(bad) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if bad(c) {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), saying how much was left out.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &s[..end], s.len() - end)
+}
+
+/// Guest text cleaned and cut, for a single line.
+fn line_text(s: &str, max: usize) -> String {
+    cut(&clean(s, false), max)
+}
+
+/// Guest text cleaned and cut, newlines kept.
+fn text(s: &str, max: usize) -> String {
+    cut(&clean(s, true), max)
+}
+
+/// One line as [`Lines`] hands it out, without its newline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub bytes: Vec<u8>,
+    /// The line was longer than the limit: these are its first bytes, the
+    /// rest up to its newline is dropped.
+    pub cut: bool,
+}
+
+/// Bytes split into lines of at most `max` bytes, in time linear in the
+/// bytes (each is looked at once, however they arrive), holding at most one
+/// unfinished line of `max` bytes plus the last chunk pushed.
+pub struct Lines {
+    buf: Vec<u8>,
+    /// Where the next line starts in `buf`.
+    start: usize,
+    /// How far `buf` has been searched for a newline.
+    scanned: usize,
+    max: usize,
+    /// Dropping the rest of a line that was too long.
+    dropping: bool,
+    /// Blank lines (nothing but '\n' and '\r') are skipped, not handed out.
+    skip_blank: bool,
+}
+
+impl Lines {
+    /// Lines for the results channel: blank ones (tty noise) are skipped.
+    pub fn messages(max: usize) -> Lines {
+        Lines::new(max, true)
+    }
+
+    /// Lines of a console: every line, blank ones too.
+    pub fn console(max: usize) -> Lines {
+        Lines::new(max, false)
+    }
+
+    fn new(max: usize, skip_blank: bool) -> Lines {
+        Lines {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            max,
+            dropping: false,
+            skip_blank,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next line, if a whole one (or the first `max` bytes of a longer
+    /// one) has arrived.
+    pub fn next_line(&mut self) -> Option<Piece> {
+        loop {
+            if self.skip_blank && !self.dropping {
+                self.start += blank_prefix(&self.buf[self.start..]);
+                self.scanned = self.scanned.max(self.start);
+            }
+            match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+                Some(i) => {
+                    let end = self.scanned + i;
+                    let line = &self.buf[self.start..end];
+                    let piece = if self.dropping {
+                        self.dropping = false;
+                        None
+                    } else if line.len() > self.max {
+                        Some(Piece {
+                            bytes: line[..self.max].to_vec(),
+                            cut: true,
+                        })
+                    } else {
+                        Some(Piece {
+                            bytes: line.to_vec(),
+                            cut: false,
+                        })
+                    };
+                    self.start = end + 1;
+                    self.scanned = self.start;
+                    if piece.is_some() {
+                        return piece;
+                    }
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    if self.dropping {
+                        self.start = self.buf.len();
+                        return None;
+                    }
+                    if self.buf.len() - self.start > self.max {
+                        let piece = Piece {
+                            bytes: self.buf[self.start..self.start + self.max].to_vec(),
+                            cut: true,
+                        };
+                        self.dropping = true;
+                        self.start = self.buf.len();
+                        self.scanned = self.start;
+                        return Some(piece);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// How many bytes at the start of `bytes` are line ends ('\n', '\r'). Runs
+/// of newlines are compared a block at a time (a slice comparison is one
+/// memcmp), so a flood of blank lines costs little even unoptimised.
+fn blank_prefix(bytes: &[u8]) -> usize {
+    const BLOCK: [u8; 256] = [b'\n'; 256];
+    let mut n = 0;
+    loop {
+        let rest = &bytes[n..];
+        if rest.len() >= BLOCK.len() && rest[..BLOCK.len()] == BLOCK {
+            n += BLOCK.len();
+        } else if rest.first().is_some_and(|&b| b == b'\n' || b == b'\r') {
+            n += 1;
+        } else {
+            return n;
+        }
+    }
+}
+
+/// A message from the guest that breaks the protocol.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Violation {
+    #[error(transparent)]
+    Message(#[from] ProtocolError),
+    #[error("the guest sent {0} before its Hello")]
+    BeforeHello(&'static str),
+    #[error("the guest said Hello twice")]
+    SecondHello,
+    #[error("the guest sent {0} after Done")]
+    AfterDone(&'static str),
+    #[error("the guest reported {0}, which the job did not ask for")]
+    NotAsked(String),
+    #[error("the guest sent a second result for {0}")]
+    SecondResult(String),
+    #[error("the guest started {0} after reporting its result")]
+    StartedAgain(String),
+    #[error("the guest ended the run {0} twice")]
+    SecondRunEnd(String),
+    #[error(
+        "the guest reports the kernel release {0:?}, which is not one (a digit first, then at most {MAX_RELEASE} of A-Z a-z 0-9 . _ + ~ -)"
+    )]
+    Release(String),
+    #[error("the guest's {field} for {what} is {value}, more than the {max} the host accepts")]
+    Number {
+        field: &'static str,
+        what: String,
+        value: u64,
+        max: u64,
+    },
+    #[error("the guest's series for {what} {why}")]
+    Series { what: String, why: String },
+    #[error("the guest's capture {name:?} of {what} {why}")]
+    Capture {
+        what: String,
+        name: String,
+        why: &'static str,
+    },
+}
+
+/// Where the guest is in its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing but Hello (or Fatal) may come yet.
+    Waiting,
+    Running,
+    /// Done came: nothing more may.
+    Done,
+    /// Fatal came: the host stops listening.
+    GaveUp,
+}
+
+/// What an accepted message was, for the caller's progress and timing.
+#[derive(Debug, PartialEq)]
+pub enum Event<'a> {
+    Hello { release: &'a str },
+    Note,
+    CheckStarted { check: &'a str },
+    Check(&'a CheckResult),
+    RunDone,
+    Done,
+    Fatal,
+}
+
+/// What the guest reported over its run, validated and bounded.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reported {
+    /// `uname -r` in the guest (checked to look like one; never a path).
+    pub release: Option<String>,
+    pub uptime_ms: Option<u64>,
+    pub results: Vec<CheckResult>,
+    pub notes: Vec<String>,
+    pub fatal: Option<String>,
+    /// Checks started and not reported at the end, "SCENARIO [BACKEND] CHECK", in the job's order.
+    pub running: Vec<String>,
+    pub agent_ms: Option<u64>,
+    pub scenario_runs: Vec<RunTiming>,
+}
+
+/// One guest's messages, accepted only as the job allows, and what they reported.
+pub struct Inbound {
+    /// (scenario, backend, check) of every result the job asks for, in its order.
+    asked: Vec<(String, String, String)>,
+    by_name: HashMap<(String, String, String), usize>,
+    /// Every (scenario, backend) run of the job, and whether it ended.
+    runs: HashMap<(String, String), bool>,
+    phase: Phase,
+    reported: Vec<bool>,
+    running: BTreeSet<usize>,
+    evidence_left: usize,
+    got: Reported,
+    notes_tail: VecDeque<String>,
+    notes_left_out: usize,
+}
+
+impl Inbound {
+    /// A guest that must report exactly `asked`: (scenario, backend, check), in the job's order.
+    pub fn new(asked: Vec<(String, String, String)>) -> Inbound {
+        Inbound::with_evidence_budget(asked, MAX_EVIDENCE)
+    }
+
+    pub fn with_evidence_budget(asked: Vec<(String, String, String)>, budget: usize) -> Inbound {
+        let by_name = asked
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        let runs = asked
+            .iter()
+            .map(|(s, b, _)| ((s.clone(), b.clone()), false))
+            .collect();
+        Inbound {
+            reported: vec![false; asked.len()],
+            asked,
+            by_name,
+            runs,
+            phase: Phase::Waiting,
+            running: BTreeSet::new(),
+            evidence_left: budget,
+            got: Reported::default(),
+            notes_tail: VecDeque::new(),
+            notes_left_out: 0,
+        }
+    }
+
+    /// Take one line from the results channel. A blank line is no message
+    /// (`None`); anything else is an accepted message or a violation.
+    pub fn accept(&mut self, line: &[u8]) -> Result<Option<Event<'_>>, Violation> {
+        let line = String::from_utf8_lossy(line);
+        if line.trim().is_empty() {
+            return Ok(None);
+        }
+        let msg = GuestMessage::from_line(&line)?;
+        let what = kind(&msg);
+        match (self.phase, &msg) {
+            (Phase::Waiting, GuestMessage::Hello { .. } | GuestMessage::Fatal { .. }) => {}
+            (Phase::Waiting, _) => return Err(Violation::BeforeHello(what)),
+            (Phase::Done | Phase::GaveUp, _) => return Err(Violation::AfterDone(what)),
+            (Phase::Running, _) => {}
+        }
+        Ok(Some(match msg {
+            GuestMessage::Hello {
+                version,
+                kernel_release,
+                uptime_ms,
+            } => {
+                if self.phase != Phase::Waiting {
+                    return Err(Violation::SecondHello);
+                }
+                if version != PROTOCOL_VERSION {
+                    return Err(ProtocolError::Version {
+                        guest: version,
+                        host: PROTOCOL_VERSION,
+                    }
+                    .into());
+                }
+                if !is_release(&kernel_release) {
+                    return Err(Violation::Release(line_text(&kernel_release, 100)));
+                }
+                bounded("uptime_ms", "its Hello", uptime_ms)?;
+                self.phase = Phase::Running;
+                self.got.uptime_ms = Some(uptime_ms);
+                Event::Hello {
+                    release: self.got.release.insert(kernel_release).as_str(),
+                }
+            }
+            GuestMessage::Note { message } => {
+                self.note(line_text(&message, MAX_NOTE));
+                Event::Note
+            }
+            GuestMessage::CheckStarted {
+                scenario,
+                backend,
+                check,
+            } => {
+                let name = || named(&scenario, &backend, &check);
+                let i = *self
+                    .by_name
+                    .get(&(scenario.clone(), backend.clone(), check.clone()))
+                    .ok_or_else(|| Violation::NotAsked(format!("the start of {}", name())))?;
+                if self.reported[i] {
+                    return Err(Violation::StartedAgain(name()));
+                }
+                self.running.insert(i);
+                Event::CheckStarted {
+                    check: &self.asked[i].2,
+                }
+            }
+            GuestMessage::Check(r) => {
+                let r = self.result(*r)?;
+                self.got.results.push(r);
+                match self.got.results.last() {
+                    Some(r) => Event::Check(r),
+                    None => Event::Note,
+                }
+            }
+            GuestMessage::RunDone(t) => {
+                let name = format!(
+                    "{} [{}]",
+                    line_text(&t.scenario, 100),
+                    line_text(&t.backend, 100)
+                );
+                let ended = self
+                    .runs
+                    .get_mut(&(t.scenario.clone(), t.backend.clone()))
+                    .ok_or_else(|| Violation::NotAsked(format!("the end of the run {name}")))?;
+                if *ended {
+                    return Err(Violation::SecondRunEnd(name));
+                }
+                bounded("setup_ms", &name, t.setup_ms)?;
+                bounded("elapsed_ms", &name, t.elapsed_ms)?;
+                *ended = true;
+                self.got.scenario_runs.push(t);
+                Event::RunDone
+            }
+            GuestMessage::Done { elapsed_ms } => {
+                bounded("elapsed_ms", "its Done", elapsed_ms)?;
+                self.got.agent_ms = Some(elapsed_ms);
+                self.phase = Phase::Done;
+                Event::Done
+            }
+            GuestMessage::Fatal { error } => {
+                self.got.fatal = Some(text(&error, MAX_TEXT));
+                self.phase = Phase::GaveUp;
+                Event::Fatal
+            }
+        }))
+    }
+
+    fn note(&mut self, note: String) {
+        if self.got.notes.len() < MAX_NOTES / 2 {
+            self.got.notes.push(note);
+            return;
+        }
+        self.notes_tail.push_back(note);
+        if self.notes_tail.len() > MAX_NOTES / 2 {
+            self.notes_tail.pop_front();
+            self.notes_left_out += 1;
+        }
+    }
+
+    /// A result, checked against the job and made the host's record.
+    fn result(&mut self, r: GuestResult) -> Result<CheckResult, Violation> {
+        let name = named(&r.scenario, &r.backend, &r.check);
+        let i = *self
+            .by_name
+            .get(&(r.scenario.clone(), r.backend.clone(), r.check.clone()))
+            .ok_or_else(|| Violation::NotAsked(format!("a result for {name}")))?;
+        if self.reported[i] {
+            return Err(Violation::SecondResult(name));
+        }
+        bounded("duration_ms", &name, r.duration_ms)?;
+        if let Some(s) = &r.series {
+            series(s, &name)?;
+        }
+        if let Some(ev) = &r.evidence {
+            captures(ev, &name)?;
+        }
+        self.reported[i] = true;
+        self.running.remove(&i);
+        let mut r = CheckResult::from(r);
+        r.expected = text(&r.expected, MAX_TEXT);
+        r.observed = text(&r.observed, MAX_TEXT);
+        if let Some(ev) = r.evidence.as_mut() {
+            clean_evidence(ev);
+            self.evidence_left = keep_within(ev, self.evidence_left);
+        }
+        Ok(r)
+    }
+
+    /// Everything the guest reported.
+    pub fn finish(mut self) -> Reported {
+        if self.notes_left_out > 0 {
+            self.got.notes.push(format!(
+                "{} more notes from the guest left out (the host keeps its first and last {})",
+                self.notes_left_out,
+                MAX_NOTES / 2
+            ));
+        }
+        self.got.notes.extend(self.notes_tail);
+        self.got.running = self
+            .running
+            .iter()
+            .map(|&i| {
+                let (s, b, c) = &self.asked[i];
+                format!("{s} [{b}] {c}")
+            })
+            .collect();
+        self.got
+    }
+}
+
+/// A message's kind, for violations.
+fn kind(msg: &GuestMessage) -> &'static str {
+    match msg {
+        GuestMessage::Hello { .. } => "a Hello",
+        GuestMessage::Note { .. } => "a note",
+        GuestMessage::CheckStarted { .. } => "a check's start",
+        GuestMessage::Check(_) => "a result",
+        GuestMessage::RunDone(_) => "a run's end",
+        GuestMessage::Done { .. } => "Done",
+        GuestMessage::Fatal { .. } => "Fatal",
+    }
+}
+
+/// A result's name as the guest gave it, safe to show.
+fn named(scenario: &str, backend: &str, check: &str) -> String {
+    format!(
+        "{} [{}] {}",
+        line_text(scenario, 100),
+        line_text(backend, 100),
+        line_text(check, 100)
+    )
+}
+
+fn bounded(field: &'static str, what: &str, value: u64) -> Result<(), Violation> {
+    if value > MAX_GUEST_MS {
+        return Err(Violation::Number {
+            field,
+            what: what.to_string(),
+            value,
+            max: MAX_GUEST_MS,
+        });
+    }
+    Ok(())
+}
+
+/// What `uname -r` can print: a digit first, then letters, digits and `._+~-`.
+pub fn is_release(s: &str) -> bool {
+    s.len() <= MAX_RELEASE
+        && s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+~-".contains(c))
+}
+
+fn series(s: &Series, what: &str) -> Result<(), Violation> {
+    let why = if s.step_ms == 0 || s.step_ms > MAX_STEP_MS {
+        format!(
+            "has steps of {} ms (1 to {MAX_STEP_MS} ms allowed)",
+            s.step_ms
+        )
+    } else if s.sent.len() != s.answered.len() {
+        format!(
+            "has {} steps sent but {} answered",
+            s.sent.len(),
+            s.answered.len()
+        )
+    } else if s.sent.len() > MAX_SERIES_STEPS {
+        format!("has {} steps, more than {MAX_SERIES_STEPS}", s.sent.len())
+    } else if s.stopped_at_ms.is_some_and(|t| t > MAX_GUEST_MS) {
+        format!(
+            "stopped at {:?} ms, more than {MAX_GUEST_MS}",
+            s.stopped_at_ms
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Violation::Series {
+        what: what.to_string(),
+        why,
+    })
+}
+
+/// Capture files become `NAMESPACE-INTERFACE.pcap`: both must be names of
+/// the kind a topology declares, and the packets base64.
+fn captures(ev: &Evidence, what: &str) -> Result<(), Violation> {
+    for c in &ev.captures {
+        let name = || {
+            format!(
+                "{}-{}",
+                line_text(&c.namespace, 40),
+                line_text(&c.interface, 40)
+            )
+        };
+        let fail = |why| {
+            Err(Violation::Capture {
+                what: what.to_string(),
+                name: name(),
+                why,
+            })
+        };
+        let namespace = !c.namespace.is_empty()
+            && c.namespace.len() <= 32
+            && c.namespace
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+        if !namespace {
+            return fail("names no namespace (1-32 of a-z, 0-9 and '-')");
+        }
+        let interface = !c.interface.is_empty()
+            && c.interface.len() <= 15
+            && !c.interface.chars().all(|ch| ch == '.')
+            && c.interface
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+        if !interface {
+            return fail("names no interface (1-15 of A-Z, a-z, 0-9, '.', '_' and '-')");
+        }
+        if base64::engine::general_purpose::STANDARD
+            .decode(&c.pcap_base64)
+            .is_err()
+        {
+            return fail("is not base64");
+        }
+    }
+    Ok(())
+}
+
+fn clean_evidence(ev: &mut Evidence) {
+    for t in [
+        &mut ev.conntrack,
+        &mut ev.ruleset,
+        &mut ev.counters,
+        &mut ev.routes,
+        &mut ev.wireguard,
+        &mut ev.capture_note,
+    ] {
+        if let Cow::Owned(c) = clean(t, true) {
+            *t = c;
+        }
+    }
+    for l in &mut ev.dmesg {
+        if let Cow::Owned(c) = clean(l, false) {
+            *l = c;
+        }
+    }
+}
+
+fn evidence_size(ev: &Evidence) -> usize {
+    ev.conntrack.len()
+        + ev.ruleset.len()
+        + ev.counters.len()
+        + ev.routes.len()
+        + ev.wireguard.len()
+        + ev.capture_note.len()
+        + ev.dmesg.iter().map(|l| l.len()).sum::<usize>()
+        + ev.captures
+            .iter()
+            .map(|c| c.pcap_base64.len())
+            .sum::<usize>()
+}
+
+/// Keep `ev` within `left` bytes of the run's evidence budget: past it, the
+/// captures go and each text is cut to a few KiB. Returns what is left.
+fn keep_within(ev: &mut Evidence, left: usize) -> usize {
+    let size = evidence_size(ev);
+    if size <= left {
+        return left - size;
+    }
+    const SHORT: usize = 4096;
+    ev.captures.clear();
+    for t in [
+        &mut ev.conntrack,
+        &mut ev.ruleset,
+        &mut ev.counters,
+        &mut ev.routes,
+        &mut ev.wireguard,
+    ] {
+        *t = cut(t, SHORT);
+    }
+    ev.dmesg.truncate(SHORT / 64);
+    ev.capture_note = format!(
+        "captures left out and texts cut: this run's evidence passed the host's budget of {} MiB; {}",
+        MAX_EVIDENCE >> 20,
+        cut(&ev.capture_note, SHORT)
+    );
+    left.saturating_sub(evidence_size(ev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{CaptureFile, Status, MAX_LINE};
+
+    fn asked() -> Vec<(String, String, String)> {
+        ["forward/tcp", "forward/udp"]
+            .iter()
+            .map(|c| ("pmtu".to_string(), "nftables".to_string(), c.to_string()))
+            .collect()
+    }
+
+    fn hello(release: &str) -> String {
+        GuestMessage::Hello {
+            version: PROTOCOL_VERSION,
+            kernel_release: release.into(),
+            uptime_ms: 5,
+        }
+        .to_line()
+    }
+
+    fn result(check: &str, status: Status) -> GuestResult {
+        GuestResult {
+            scenario: "pmtu".into(),
+            backend: "nftables".into(),
+            check: check.into(),
+            status,
+            expected: "e".into(),
+            observed: "o".into(),
+            duration_ms: 1,
+            evidence: None,
+            series: None,
+        }
+    }
+
+    fn line(r: GuestResult) -> String {
+        GuestMessage::Check(Box::new(r)).to_line()
+    }
+
+    fn feed(inbound: &mut Inbound, lines: &[String]) -> Result<(), Violation> {
+        for l in lines {
+            inbound.accept(l.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_honest_run_is_accepted() {
+        let mut inbound = Inbound::new(asked());
+        let started = GuestMessage::CheckStarted {
+            scenario: "pmtu".into(),
+            backend: "nftables".into(),
+            check: "forward/udp".into(),
+        }
+        .to_line();
+        let run_done = GuestMessage::RunDone(RunTiming {
+            scenario: "pmtu".into(),
+            backend: "nftables".into(),
+            setup_ms: 1,
+            elapsed_ms: 2,
+        })
+        .to_line();
+        let lines = [
+            hello("6.1.0-50-amd64"),
+            String::new(),
+            "\r".into(),
+            started,
+            line(result("forward/tcp", Status::Pass)),
+            line(result("forward/udp", Status::Fail)),
+            run_done,
+            GuestMessage::Done { elapsed_ms: 9 }.to_line(),
+        ];
+        feed(&mut inbound, &lines).unwrap();
+        let got = inbound.finish();
+        assert_eq!(got.release.as_deref(), Some("6.1.0-50-amd64"));
+        assert_eq!(got.results.len(), 2);
+        assert!(got.running.is_empty());
+        assert_eq!(got.agent_ms, Some(9));
+    }
+
+    #[test]
+    fn results_only_for_the_job_and_once() {
+        let mut inbound = Inbound::new(asked());
+        let lines = [hello("6.1.0"), line(result("forward/icmp", Status::Pass))];
+        assert_eq!(
+            feed(&mut inbound, &lines),
+            Err(Violation::NotAsked(
+                "a result for pmtu [nftables] forward/icmp".into()
+            ))
+        );
+        let mut inbound = Inbound::new(asked());
+        let lines = [
+            hello("6.1.0"),
+            line(result("forward/tcp", Status::Pass)),
+            line(result("forward/tcp", Status::Fail)),
+        ];
+        assert_eq!(
+            feed(&mut inbound, &lines),
+            Err(Violation::SecondResult(
+                "pmtu [nftables] forward/tcp".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn order_of_the_protocol() {
+        let mut inbound = Inbound::new(asked());
+        assert_eq!(
+            inbound
+                .accept(line(result("forward/tcp", Status::Pass)).as_bytes())
+                .map(|_| ()),
+            Err(Violation::BeforeHello("a result"))
+        );
+        let mut inbound = Inbound::new(asked());
+        let lines = [hello("6.1.0"), hello("6.1.0")];
+        assert_eq!(feed(&mut inbound, &lines), Err(Violation::SecondHello));
+        let mut inbound = Inbound::new(asked());
+        let lines = [
+            hello("6.1.0"),
+            GuestMessage::Done { elapsed_ms: 1 }.to_line(),
+            GuestMessage::Note {
+                message: "x".into(),
+            }
+            .to_line(),
+        ];
+        assert_eq!(
+            feed(&mut inbound, &lines),
+            Err(Violation::AfterDone("a note"))
+        );
+        // The agent may give up before it could say Hello.
+        let mut inbound = Inbound::new(asked());
+        let fatal = GuestMessage::Fatal {
+            error: "no /dev".into(),
+        }
+        .to_line();
+        assert_eq!(
+            inbound.accept(fatal.as_bytes()).map(|e| e.is_some()),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn the_host_decides_flaky_and_evidence_dir() {
+        let mut inbound = Inbound::new(asked());
+        inbound.accept(hello("6.1.0").as_bytes()).unwrap();
+        let flaky = r#"{"type":"check","scenario":"pmtu","backend":"nftables","check":"forward/tcp","status":"flaky","expected":"e","observed":"o","duration_ms":1}"#;
+        let err = inbound.accept(flaky.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("flaky"), "{err}");
+        let dir = r#"{"type":"check","scenario":"pmtu","backend":"nftables","check":"forward/tcp","status":"fail","expected":"e","observed":"o","duration_ms":1,"evidence_dir":"/etc"}"#;
+        let err = inbound.accept(dir.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("evidence_dir"), "{err}");
+    }
+
+    #[test]
+    fn releases_are_checked() {
+        for good in [
+            "6.1.0-50-amd64",
+            "6.12.43+deb12-amd64",
+            "7.2.13+deb14-amd64",
+            "6.8.0-31-generic",
+        ] {
+            assert!(is_release(good), "{good}");
+        }
+        for bad in [
+            "..",
+            "",
+            "../../etc",
+            "6.1/x",
+            "linux",
+            "6.1 x",
+            "6.1\u{1b}[2J",
+        ] {
+            assert!(!is_release(bad), "{bad:?}");
+            let mut inbound = Inbound::new(asked());
+            assert!(matches!(
+                inbound.accept(hello(bad).as_bytes()),
+                Err(Violation::Release(_))
+            ));
+        }
+        assert!(!is_release(&format!("6.{}", "1".repeat(MAX_RELEASE))));
+    }
+
+    #[test]
+    fn numbers_are_bounded() {
+        let mut inbound = Inbound::new(asked());
+        inbound.accept(hello("6.1.0").as_bytes()).unwrap();
+        let mut r = result("forward/tcp", Status::Pass);
+        r.duration_ms = u64::MAX;
+        assert!(matches!(
+            inbound.accept(line(r).as_bytes()),
+            Err(Violation::Number {
+                field: "duration_ms",
+                ..
+            })
+        ));
+        let mut r = result("forward/tcp", Status::Pass);
+        r.series = Some(Series {
+            step_ms: u64::MAX,
+            sent: vec![1, 1],
+            answered: vec![1, 1],
+            stopped_at_ms: None,
+        });
+        assert!(matches!(
+            inbound.accept(line(r).as_bytes()),
+            Err(Violation::Series { .. })
+        ));
+        let mut r = result("forward/tcp", Status::Pass);
+        r.series = Some(Series {
+            step_ms: 1000,
+            sent: vec![1, 1],
+            answered: vec![1],
+            stopped_at_ms: None,
+        });
+        assert!(matches!(
+            inbound.accept(line(r).as_bytes()),
+            Err(Violation::Series { .. })
+        ));
+    }
+
+    #[test]
+    fn capture_names_are_names() {
+        let capture = |ns: &str, ifname: &str, b64: &str| {
+            let mut r = result("forward/tcp", Status::Fail);
+            r.evidence = Some(Evidence {
+                captures: vec![CaptureFile {
+                    namespace: ns.into(),
+                    interface: ifname.into(),
+                    packets: 1,
+                    not_kept: 0,
+                    pcap_base64: b64.into(),
+                }],
+                ..Evidence::default()
+            });
+            let mut inbound = Inbound::new(asked());
+            inbound.accept(hello("6.1.0").as_bytes()).unwrap();
+            inbound.accept(line(r).as_bytes()).map(|_| ())
+        };
+        assert_eq!(capture("relay", "public", "AAAA"), Ok(()));
+        for (ns, ifname, b64) in [
+            ("../..", "eth0", "AAAA"),
+            ("relay", "..", "AAAA"),
+            ("relay", "a/b", "AAAA"),
+            ("relay", "eth0", "@@@"),
+        ] {
+            assert!(
+                matches!(capture(ns, ifname, b64), Err(Violation::Capture { .. })),
+                "{ns} {ifname} {b64}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_is_cleaned_and_cut() {
+        assert_eq!(clean("a\u{1b}[2Jb\tc\nd", false), "a\\x1b[2Jb\tc\\x0ad");
+        assert_eq!(clean("a\nb\r", true), "a\nb\\x0d");
+        assert_eq!(clean("x\u{9b}1m\u{202e}", true), "x\\x9b1m\\x202e");
+        assert!(matches!(clean("plain text", true), Cow::Borrowed(_)));
+        assert_eq!(cut("abcdef", 3), "abc... (3 bytes cut)");
+        assert_eq!(cut("ééé", 3), "é... (4 bytes cut)");
+        let mut inbound = Inbound::new(asked());
+        inbound.accept(hello("6.1.0").as_bytes()).unwrap();
+        let mut r = result("forward/tcp", Status::Fail);
+        r.observed = format!("\u{1b}]0;owned\u{7}{}", "o".repeat(MAX_TEXT));
+        inbound.accept(line(r).as_bytes()).unwrap();
+        let note = GuestMessage::Note {
+            message: "n\u{1b}[31m\nfake line".into(),
+        };
+        inbound.accept(note.to_line().as_bytes()).unwrap();
+        let got = inbound.finish();
+        let observed = &got.results[0].observed;
+        assert!(observed.starts_with("\\x1b]0;owned\\x07"), "{observed:.40}");
+        assert!(observed.len() < MAX_TEXT + 40);
+        assert_eq!(got.notes, ["n\\x1b[31m\\x0afake line"]);
+    }
+
+    #[test]
+    fn notes_keep_the_first_and_the_last() {
+        let mut inbound = Inbound::new(asked());
+        inbound.accept(hello("6.1.0").as_bytes()).unwrap();
+        for i in 0..1000 {
+            let note = GuestMessage::Note {
+                message: format!("note {i}"),
+            };
+            inbound.accept(note.to_line().as_bytes()).unwrap();
+        }
+        let notes = inbound.finish().notes;
+        assert_eq!(notes.len(), MAX_NOTES + 1);
+        assert_eq!(notes[0], "note 0");
+        assert!(notes[MAX_NOTES / 2].starts_with("800 more notes"));
+        assert_eq!(notes[MAX_NOTES], "note 999");
+    }
+
+    #[test]
+    fn evidence_past_the_budget_loses_its_captures() {
+        let mut inbound = Inbound::with_evidence_budget(asked(), 10_000);
+        inbound.accept(hello("6.1.0").as_bytes()).unwrap();
+        for check in ["forward/tcp", "forward/udp"] {
+            let mut r = result(check, Status::Fail);
+            r.evidence = Some(Evidence {
+                conntrack: "c".repeat(6000),
+                captures: vec![CaptureFile {
+                    namespace: "relay".into(),
+                    interface: "public".into(),
+                    packets: 1,
+                    not_kept: 0,
+                    pcap_base64: "AAAA".repeat(100),
+                }],
+                ..Evidence::default()
+            });
+            inbound.accept(line(r).as_bytes()).unwrap();
+        }
+        let got = inbound.finish();
+        let first = got.results[0].evidence.as_ref().unwrap();
+        let second = got.results[1].evidence.as_ref().unwrap();
+        assert_eq!(first.captures.len(), 1);
+        assert!(second.captures.is_empty());
+        assert!(second.conntrack.len() < 4200);
+        assert!(second.capture_note.contains("budget"));
+    }
+
+    #[test]
+    fn lines_split_in_any_chunks_and_cap() {
+        let mut lines = Lines::messages(8);
+        let mut out = Vec::new();
+        for chunk in [
+            &b"ab"[..],
+            b"c\n\n\r\nde",
+            b"f\n",
+            b"0123456789abc",
+            b"def\nok\n",
+        ] {
+            lines.push(chunk);
+            while let Some(p) = lines.next_line() {
+                out.push((String::from_utf8_lossy(&p.bytes).into_owned(), p.cut));
+            }
+        }
+        let want = [
+            ("abc", false),
+            ("def", false),
+            ("01234567", true),
+            ("ok", false),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(s, c)| (s.to_string(), *c)).collect();
+        assert_eq!(out, want);
+        // A console keeps its blank lines.
+        let mut console = Lines::console(8);
+        console.push(b"a\n\nb\n");
+        let mut n = 0;
+        while console.next_line().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn a_flood_of_blank_lines_costs_linear_time() {
+        let mut lines = Lines::messages(MAX_LINE);
+        let chunk = vec![b'\n'; 64 << 10];
+        let start = std::time::Instant::now();
+        for _ in 0..256 {
+            lines.push(&chunk);
+            assert_eq!(lines.next_line(), None);
+        }
+        lines.push(b"{}\n");
+        assert_eq!(lines.next_line().map(|p| p.bytes), Some(b"{}".to_vec()));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "16 MiB of blank lines took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+/// Whatever the guest sends, in whatever pieces, the host takes it line by
+/// line and accepts a message or names a violation; it never panics.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::protocol::Status;
+    use proptest::prelude::*;
+
+    fn asked() -> Vec<(String, String, String)> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|c| ("s".to_string(), "nftables".to_string(), c.to_string()))
+            .collect()
+    }
+
+    /// Messages a guest might send, honest and not.
+    fn message() -> impl Strategy<Value = String> {
+        let name = prop_oneof![Just("a"), Just("b"), Just("c"), Just("x"), Just("..")];
+        let status = prop_oneof![
+            Just("pass"),
+            Just("fail"),
+            Just("error"),
+            Just("unsupported"),
+            Just("flaky")
+        ];
+        prop_oneof![
+            "[0-9.a-z/\\-]{0,20}".prop_map(|r| format!(
+                r#"{{"type":"hello","version":1,"kernel_release":"{r}","uptime_ms":1}}"#
+            )),
+            (name.clone(), status, any::<u64>()).prop_map(|(c, st, ms)| format!(
+                r#"{{"type":"check","scenario":"s","backend":"nftables","check":"{c}","status":"{st}","expected":"e","observed":"\u001b[2J","duration_ms":{ms}}}"#
+            )),
+            name.clone().prop_map(|c| format!(
+                r#"{{"type":"check_started","scenario":"s","backend":"nftables","check":"{c}"}}"#
+            )),
+            (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..4)).prop_map(|(step, v)| format!(
+                r#"{{"type":"check","scenario":"s","backend":"nftables","check":"a","status":"pass","expected":"e","observed":"o","duration_ms":1,"series":{{"step_ms":{step},"sent":{v:?},"answered":[1]}}}}"#
+            )),
+            "[a-z.]{0,8}".prop_map(|b| format!(
+                r#"{{"type":"run_done","scenario":"s","backend":"{b}","setup_ms":1,"elapsed_ms":2}}"#
+            )),
+            "\\PC{0,40}".prop_map(|m| GuestMessage::Note { message: m }.to_line()),
+            any::<u64>().prop_map(|ms| format!(r#"{{"type":"done","elapsed_ms":{ms}}}"#)),
+            Just(String::new()),
+            "\\PC{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn any_stream_in_any_pieces_never_panics(
+            msgs in proptest::collection::vec(message(), 0..12),
+            cuts in proptest::collection::vec(1usize..64, 0..8),
+        ) {
+            let stream: Vec<u8> = msgs.join("\n").into_bytes();
+            let mut lines = Lines::messages(256);
+            let mut inbound = Inbound::new(asked());
+            let mut at = 0;
+            let mut pieces = cuts.into_iter();
+            while at < stream.len() {
+                let n = pieces.next().unwrap_or(stream.len()).min(stream.len() - at);
+                lines.push(&stream[at..at + n]);
+                at += n;
+                while let Some(p) = lines.next_line() {
+                    if p.cut || inbound.accept(&p.bytes).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let got = inbound.finish();
+            // What was accepted is what the job asked for, once each, and clean.
+            let mut seen = std::collections::HashSet::new();
+            for r in &got.results {
+                prop_assert!(["a", "b", "c"].contains(&r.check.as_str()));
+                prop_assert!(seen.insert(r.check.clone()));
+                prop_assert!(r.status != Status::Flaky);
+                prop_assert!(!r.observed.contains('\u{1b}'), "escape kept: {:?}", r.observed);
+            }
+            prop_assert!(got.notes.iter().all(|n| !n.chars().any(|c| c.is_control() && c != '\t')));
+        }
+
+        #[test]
+        fn lines_do_not_depend_on_how_bytes_arrive(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'x'), any::<u8>()], 0..400),
+            cut in 1usize..50,
+        ) {
+            let collect = |chunk: usize| {
+                let mut lines = Lines::messages(16);
+                let mut out = Vec::new();
+                for c in bytes.chunks(chunk) {
+                    lines.push(c);
+                    while let Some(p) = lines.next_line() {
+                        out.push(p);
+                    }
+                }
+                out
+            };
+            let whole = collect(bytes.len().max(1));
+            prop_assert!(whole.iter().all(|p| p.bytes.len() <= 16));
+            prop_assert_eq!(whole, collect(cut));
+        }
+    }
+}
