@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bisect;
+pub mod bounds;
 pub mod catalogue;
 pub mod checks;
 pub mod commands;
