@@ -964,6 +964,52 @@ fn bad_input(args: &[&str], says: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// natvet as PID 1 of a new PID namespace (a container without an init)
+/// is the command line: `scenarios list` answers, exit 0, and nothing is
+/// mounted (the agent would mount /dev, /proc, /sys, /run and /tmp and
+/// reboot). Run inside a private mount namespace, whose mounts it compares.
+fn pid1_without_marker_is_the_cli() -> Result<(), Failed> {
+    let script = r#"before=$(wc -l < /proc/self/mountinfo)
+unshare --pid --fork "$1" scenarios list > "$2"
+rc=$?
+after=$(wc -l < /proc/self/mountinfo)
+echo "rc=$rc mounts=$before,$after""#;
+    let listing = out_dir("pid1-listing");
+    let _ = std::fs::remove_dir_all(&listing);
+    std::fs::create_dir_all(&listing).map_err(|e| e.to_string())?;
+    let listing = listing.join("stdout");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_natvet"))
+        .arg(&listing)
+        .output()
+        .map_err(|e| format!("running unshare: {e}"))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = said.lines().last().unwrap_or_default();
+    let mounts = line
+        .split_once("mounts=")
+        .and_then(|(_, m)| m.split_once(','))
+        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()));
+    let stdout = std::fs::read_to_string(&listing).unwrap_or_default();
+    let unchanged = mounts.as_ref().is_some_and(|(a, b)| a == b);
+    if !line.starts_with("rc=0 ") || !unchanged || !stdout.contains("extended-ports") {
+        return Err(format!(
+            "natvet as PID 1 without the guest marker: {line} (want rc=0 and the same mounts)\n--- its stdout\n{stdout}\n--- stderr\n{stderr}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// A command that needs no VM exits with `code` and says `says` on stderr.
 fn exits_with(name: &str, args: &[&str], code: i32, says: &str) -> Result<(), Failed> {
     let run = natvet(name, args)?;
@@ -1349,6 +1395,28 @@ fn main() {
             "/nonexistent/bzImage",
         )
     }));
+    trials.push(Trial::test("input::scenario-value-out-of-range-exits-2", || {
+        bad_input(
+            &[
+                "vet",
+                "--kernel",
+                CONTROL_KERNEL,
+                "--scenario",
+                "tests/controls/huge-flows.toml",
+            ],
+            "line 9: check many-flows: value out of range: flows = 1000000000 must be between 1 and 10000 because",
+        )
+    }));
+    trials.push(Trial::test("input::timeout-out-of-range-exits-2", || {
+        bad_input(
+            &["vet", "--kernel", CONTROL_KERNEL, "--timeout", "0"],
+            "value out of range: --timeout = 0 must be between 10 and 86400 s because",
+        )
+    }));
+    trials.push(Trial::test(
+        "input::pid1-without-guest-marker-is-the-cli",
+        pid1_without_marker_is_the_cli,
+    ));
     trials.push(Trial::test("input::malformed-scenario-exits-2", || {
         bad_input(
             &[
