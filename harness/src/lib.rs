@@ -10,6 +10,7 @@ pub mod bisect;
 pub mod bounds;
 pub mod catalogue;
 pub mod checks;
+pub mod child;
 pub mod commands;
 pub mod conntrack;
 pub mod cpio;

@@ -197,8 +197,8 @@ pub(crate) fn make_readable(path: &Path, dir: bool) -> std::io::Result<()> {
 impl Cache {
     /// Remove what runs that died left in the cache: staging folders of
     /// entries (`.tmp-NAME-XXXXXX`: unpacked kernels, source trees, module
-    /// copies), partial downloads (`.partial-FILE-XXXXXX`) and the patched
-    /// source copies of builds that never finished. A leftover is removed
+    /// copies), partial downloads (`.partial-FILE-XXXXXX`) and the attempt
+    /// folders of builds that never finished. A leftover is removed
     /// only when the lock its writer held (`NAME.lock`) is free, so a live
     /// run's work is never touched. Returns what was removed.
     pub fn sweep(&self) -> Vec<PathBuf> {
@@ -233,26 +233,50 @@ impl Cache {
                 }
             }
         }
-        // A build that never finished keeps its patched copy of the
-        // source (a hard-linked tree): gone once its lock is free.
+        // A build that never finished: its attempts (the O= folder and the
+        // patched copy of the source), gone once its lock is free, so that
+        // no later run builds on what a killed one half wrote.
         let builds = self.root.join("builds");
         if let Ok(rd) = fs::read_dir(&builds) {
             for e in rd.flatten() {
                 let dir = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                let source = dir.join("source");
                 if dir.is_dir()
-                    && source.is_dir()
                     && !dir.join("complete.json").is_file()
                     && lock_is_free(&builds.join(format!("{name}.lock")))
-                    && fs::remove_dir_all(&source).is_ok()
                 {
-                    removed.push(source);
+                    removed.extend(remove_unfinished_build(&dir));
                 }
             }
         }
         removed
     }
+}
+
+/// `out-XXXXXX`: an attempt folder's name (tempfile's six letters and digits).
+pub(crate) fn is_attempt_name(name: &str) -> bool {
+    name.strip_prefix("out-")
+        .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Remove what earlier attempts of the unfinished `natvet kernels build`
+/// in `dir` left (its lock held, or free: see `super::build`): attempt folders, and an older natvet's `build/` and
+/// `source/`. The log stays. Returns what was removed.
+pub(crate) fn remove_unfinished_build(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = is_attempt_name(&name) || name == "build" || name == "source";
+        // A compiler that outlived a killed run may still write: what
+        // cannot be removed now is removed next time, and never used.
+        if stale && e.path().is_dir() && fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 fn is_leftover_name(p: &Path) -> bool {
@@ -428,12 +452,12 @@ impl Entry {
 /// Run the host's `depmod -b ROOT RELEASE`.
 pub(crate) fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
     for exe in ["depmod", "/usr/sbin/depmod", "/sbin/depmod"] {
-        match std::process::Command::new(exe)
-            .arg("-b")
-            .arg(root)
-            .arg(release)
-            .output()
-        {
+        match crate::child::output(
+            std::process::Command::new(exe)
+                .arg("-b")
+                .arg(root)
+                .arg(release),
+        ) {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
                 return Err(KernelError::Depmod {
@@ -466,6 +490,14 @@ mod tests {
             .dir("builds/linux-source-6.12_1_abc/source/x")
             .unwrap();
         fs::create_dir(k.join(".tmp-6.1.0-57-amd64-Ab12Cd")).unwrap();
+        // A build attempt a killed run left (its lock free), and one a live
+        // run is writing (its lock held).
+        let dead_build = cache.dir("builds/linux-source-6.12_2_def").unwrap();
+        fs::create_dir_all(dead_build.join("out-Zz9Yy8/build")).unwrap();
+        fs::write(dead_build.join("natvet-build.log"), b"log").unwrap();
+        let live_build = cache.dir("builds/linux-source-6.12_3_ghi").unwrap();
+        fs::create_dir_all(live_build.join("out-Qq1Ww2/build")).unwrap();
+        let live_lock = lock(&root.path().join("builds/linux-source-6.12_3_ghi.lock")).unwrap();
         fs::write(d.join(".partial-k.deb-Xy12Zz"), b"half").unwrap();
         fs::write(k.join("6.1.0-57-amd64.lock"), b"").unwrap();
         // A live run: it holds the lock of what it writes.
@@ -475,14 +507,20 @@ mod tests {
         fs::create_dir(k.join("6.1.0-57-amd64")).unwrap();
         fs::write(d.join("k.deb"), b"whole").unwrap();
         let removed = cache.sweep();
-        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert_eq!(removed.len(), 4, "{removed:?}");
+        assert!(!dead_build.join("out-Zz9Yy8").exists());
+        assert!(dead_build.join("natvet-build.log").exists(), "logs stay");
+        assert!(live_build.join("out-Qq1Ww2").exists());
+        drop(live_lock);
         assert!(!k.join(".tmp-6.1.0-57-amd64-Ab12Cd").exists());
         assert!(!d.join(".partial-k.deb-Xy12Zz").exists());
         assert!(!b.exists());
         assert!(k.join(".tmp-7.3-amd64-Qw12Er").exists());
         assert!(k.join("6.1.0-57-amd64").exists() && d.join("k.deb").exists());
+        // Both runs ended: what they left goes now.
         drop(held);
-        assert_eq!(cache.sweep().len(), 1);
+        assert_eq!(cache.sweep().len(), 2);
+        assert!(!live_build.join("out-Qq1Ww2").exists());
     }
 
     #[test]
