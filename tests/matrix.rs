@@ -1198,6 +1198,52 @@ fn bad_input(args: &[&str], says: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// natvet as PID 1 of a new PID namespace (a container without an init)
+/// is the command line: `scenarios list` answers, exit 0, and nothing is
+/// mounted (the agent would mount /dev, /proc, /sys, /run and /tmp and
+/// reboot). Run inside a private mount namespace, whose mounts it compares.
+fn pid1_without_marker_is_the_cli() -> Result<(), Failed> {
+    let script = r#"before=$(wc -l < /proc/self/mountinfo)
+unshare --pid --fork "$1" scenarios list > "$2"
+rc=$?
+after=$(wc -l < /proc/self/mountinfo)
+echo "rc=$rc mounts=$before,$after""#;
+    let listing = out_dir("pid1-listing");
+    let _ = std::fs::remove_dir_all(&listing);
+    std::fs::create_dir_all(&listing).map_err(|e| e.to_string())?;
+    let listing = listing.join("stdout");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_natvet"))
+        .arg(&listing)
+        .output()
+        .map_err(|e| format!("running unshare: {e}"))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = said.lines().last().unwrap_or_default();
+    let mounts = line
+        .split_once("mounts=")
+        .and_then(|(_, m)| m.split_once(','))
+        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()));
+    let stdout = std::fs::read_to_string(&listing).unwrap_or_default();
+    let unchanged = mounts.as_ref().is_some_and(|(a, b)| a == b);
+    if !line.starts_with("rc=0 ") || !unchanged || !stdout.contains("extended-ports") {
+        return Err(format!(
+            "natvet as PID 1 without the guest marker: {line} (want rc=0 and the same mounts)\n--- its stdout\n{stdout}\n--- stderr\n{stderr}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// A command that needs no VM exits with `code` and says `says` on stderr.
 fn exits_with(name: &str, args: &[&str], code: i32, says: &str) -> Result<(), Failed> {
     let run = natvet(name, args)?;
@@ -1397,6 +1443,136 @@ fn start_until_child(
 /// Start natvet on one kernel with a private TMPDIR, wait until its VM runs,
 /// hit it with `signal` (at qemu or at natvet itself), and check that no qemu,
 /// temporary folder or lock survives and that the exit code says why.
+/// A helper natvet runs for a kernel (here `make modules_install` of a
+/// `build:PATH` tree, whose Makefile leaves a job in the background and one
+/// in the foreground) dies with everything it started when natvet is
+/// interrupted (`signals`: one, or two in a row), natvet exits at once with
+/// 128 + the signal, and the cache keeps no half-installed module tree.
+fn interrupted_helper_leaves_nothing(signals: &[i32], want_code: i32) -> Result<(), Failed> {
+    let name = format!(
+        "teardown-helper-{}",
+        signals
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join("-")
+    );
+    let out = out_dir(&name);
+    let _ = std::fs::remove_dir_all(&out);
+    // A real kernel image, so that the tree resolves as far as its modules.
+    let fetch = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(["kernels", "fetch", CONTROL_KERNEL])
+        .current_dir(repo())
+        .output()
+        .map_err(|e| format!("running natvet kernels fetch: {e}"))?;
+    let said = String::from_utf8_lossy(&fetch.stdout).into_owned();
+    let image = said
+        .split_whitespace()
+        .skip_while(|w| *w != "image")
+        .nth(1)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("kernels fetch {CONTROL_KERNEL} named no image: {said}"))?;
+    let vmlinuz = image.with_file_name("vmlinuz");
+    let tree = out.join("tree");
+    let boot = tree.join("arch/x86/boot");
+    std::fs::create_dir_all(&boot).map_err(|e| e.to_string())?;
+    std::fs::copy(&vmlinuz, boot.join("bzImage"))
+        .map_err(|e| format!("copying {}: {e}", vmlinuz.display()))?;
+    std::fs::write(tree.join(".config"), "CONFIG_MODULES=y\n").map_err(|e| e.to_string())?;
+    std::fs::write(tree.join("modules.order"), "").map_err(|e| e.to_string())?;
+    std::fs::write(
+        tree.join("Makefile"),
+        "modules_install:\n\tsleep 300 & echo $$! > bg.pid; sh -c 'echo $$$$ > fg.pid; exec sleep 300'\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let cache = out.join("cache");
+    let spec = format!("build:{}", tree.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natvet"))
+        .args(["vet", "--kernel", &spec, "--quiet", "--out"])
+        .arg(out.join("vet"))
+        .env("NATVET_CACHE", &cache)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running natvet: {e}"))?;
+    let read_pid = |f: &str| -> Option<i32> {
+        std::fs::read_to_string(tree.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let start = std::time::Instant::now();
+    let (bg, fg) = loop {
+        if let (Some(bg), Some(fg)) = (read_pid("bg.pid"), read_pid("fg.pid")) {
+            break (bg, fg);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            let o = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "make modules_install never started its jobs\n--- stderr\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let struck = std::time::Instant::now();
+    for sig in signals {
+        // SAFETY: kill(2) on the natvet this test started.
+        unsafe {
+            libc::kill(child.id() as i32, *sig);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let took = struck.elapsed();
+    let code = output.status.code().unwrap_or(-1);
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while (alive(bg) || alive(fg)) && std::time::Instant::now() < gone_by {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(cache.join("local"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(".tmp-") || n.starts_with("build-modules-") && !n.ends_with(".lock")
+        })
+        .collect();
+    let (bg_alive, fg_alive) = (alive(bg), alive(fg));
+    // Whatever happens, leave no sleep behind.
+    for pid in [bg, fg] {
+        if alive(pid) {
+            // SAFETY: the test's own helpers' jobs, which it checked are alive.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    if code != want_code
+        || bg_alive
+        || fg_alive
+        || took > std::time::Duration::from_secs(20)
+        || !leftovers.is_empty()
+    {
+        return Err(format!(
+            "after signals {signals:?} to natvet during make modules_install: exit {code} (want {want_code}) after {took:?}; make's background job alive: {bg_alive}, its foreground job alive: {fg_alive}; in the cache: {leftovers:?}\n--- stderr\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> Result<(), Failed> {
     let name = format!("teardown-{target}-{signal}");
     let out = out_dir(&name);
@@ -1559,6 +1735,18 @@ fn main() {
         || interrupted_run_leaves_nothing("natvet", libc::SIGTERM, 143),
     ));
     trials.push(Trial::test(
+        "teardown::sigint-during-a-build-helper-kills-all-it-started",
+        || interrupted_helper_leaves_nothing(&[libc::SIGINT], 130),
+    ));
+    trials.push(Trial::test(
+        "teardown::second-sigint-during-a-build-helper-kills-all-it-started",
+        || interrupted_helper_leaves_nothing(&[libc::SIGINT, libc::SIGINT], 130),
+    ));
+    trials.push(Trial::test(
+        "teardown::sigterm-during-a-build-helper-kills-all-it-started",
+        || interrupted_helper_leaves_nothing(&[libc::SIGTERM], 143),
+    ));
+    trials.push(Trial::test(
         "verify::host-nat-checks-leave-host-untouched",
         verify_on_host,
     ));
@@ -1591,6 +1779,28 @@ fn main() {
             "/nonexistent/bzImage",
         )
     }));
+    trials.push(Trial::test("input::scenario-value-out-of-range-exits-2", || {
+        bad_input(
+            &[
+                "vet",
+                "--kernel",
+                CONTROL_KERNEL,
+                "--scenario",
+                "tests/controls/huge-flows.toml",
+            ],
+            "line 9: check many-flows: value out of range: flows = 1000000000 must be between 1 and 10000 because",
+        )
+    }));
+    trials.push(Trial::test("input::timeout-out-of-range-exits-2", || {
+        bad_input(
+            &["vet", "--kernel", CONTROL_KERNEL, "--timeout", "0"],
+            "value out of range: --timeout = 0 must be between 10 and 86400 s because",
+        )
+    }));
+    trials.push(Trial::test(
+        "input::pid1-without-guest-marker-is-the-cli",
+        pid1_without_marker_is_the_cli,
+    ));
     trials.push(Trial::test("input::malformed-scenario-exits-2", || {
         bad_input(
             &[

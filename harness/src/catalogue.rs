@@ -30,6 +30,25 @@ pub fn render() -> String {
     out
 }
 
+/// Every limit on a scenario's values as a Markdown table, as
+/// docs/checks.md lists them (a test keeps the two the same).
+pub fn limits_table() -> String {
+    let mut out = String::from("| where | value | range | why |\n|---|---|---|---|\n");
+    for (place, l) in crate::scenario::all_limits() {
+        let place = match place {
+            "scenario" | "relay" | "topology" => place.to_string(),
+            kind => format!("`{kind}`"),
+        };
+        out.push_str(&format!(
+            "| {place} | `{}` | {} | {} |\n",
+            l.what,
+            l.range(),
+            l.why.replace('|', "/")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +67,15 @@ mod tests {
     #[test]
     fn one_row_per_kind() {
         assert_eq!(render().lines().count(), CATALOGUE.len() + 1);
+    }
+
+    #[test]
+    fn docs_list_every_limit() {
+        let docs = include_str!("../../docs/checks.md");
+        let table = limits_table();
+        assert!(
+            docs.contains(&table),
+            "docs/checks.md must list the limits as natvet has them; the table:\n{table}"
+        );
     }
 }

@@ -18,6 +18,20 @@ use crate::cpio::CpioWriter;
 use crate::elfdeps::{self, ElfDepsError, Entry};
 use crate::modules::{self, ModuleError, ModuleIndex};
 
+/// The file that says "this is natvet's own guest": written into every
+/// initramfs, and read by `main` before it acts as the guest's PID 1 (which
+/// mounts over /dev, /proc and /sys and reboots). PID 1 anywhere else (a
+/// container without an init) is the plain command line.
+pub const GUEST_MARKER: &str = "natvet/guest";
+/// What the marker holds.
+pub const GUEST_MARKER_CONTENTS: &[u8] = b"natvet guest initramfs: /init is natvet's agent\n";
+
+/// Whether `root` is the root of natvet's own guest: it holds the marker
+/// the initramfs builder writes, with its contents.
+pub fn is_own_guest(root: &Path) -> bool {
+    fs::read(root.join(GUEST_MARKER)).is_ok_and(|c| c == GUEST_MARKER_CONTENTS)
+}
+
 pub struct InitramfsSpec<'a> {
     /// The static natvet binary; becomes `/init`, plus `/sbin/modprobe -> /init`.
     pub agent: &'a Path,
@@ -427,6 +441,10 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsStats, Initram
     tree.add("dev/console", Node::Char(0o600, 5, 1))?;
     tree.add("dev/null", Node::Char(0o666, 1, 3))?;
     tree.add("sbin/modprobe", Node::Symlink("/init".into()))?;
+    tree.add(
+        GUEST_MARKER,
+        Node::File(0o444, Data::Bytes(GUEST_MARKER_CONTENTS.to_vec())),
+    )?;
 
     let mut nmod = 0;
     if let Some(m) = &spec.modules {
@@ -496,6 +514,64 @@ mod tests {
         assert!(st.success());
     }
 
+    /// The files of a newc archive: (name, contents).
+    fn newc_files(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let field = |at: usize| {
+            usize::from_str_radix(std::str::from_utf8(&archive[at..at + 8]).unwrap(), 16).unwrap()
+        };
+        let pad = |n: usize| (n + 3) & !3;
+        let (mut at, mut out) = (0, Vec::new());
+        while at + 110 <= archive.len() && &archive[at..at + 6] == b"070701" {
+            let (size, name_len) = (field(at + 54), field(at + 94));
+            let name =
+                String::from_utf8_lossy(&archive[at + 110..at + 110 + name_len - 1]).into_owned();
+            let data = pad(at + 110 + name_len);
+            if name == "TRAILER!!!" {
+                break;
+            }
+            out.push((name, archive[data..data + size].to_vec()));
+            at = pad(data + size);
+        }
+        out
+    }
+
+    #[test]
+    fn every_initramfs_carries_the_guest_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("i.cpio");
+        let spec = InitramfsSpec {
+            agent: &agent(),
+            files: vec![],
+            modules: None,
+            host_binaries: vec![],
+            host_dirs: vec![],
+        };
+        build(&spec, &out).unwrap();
+        let files = newc_files(&fs::read(&out).unwrap());
+        let (_, marker) = files
+            .iter()
+            .find(|(n, _)| n == GUEST_MARKER)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {GUEST_MARKER} in {:?}",
+                    files.iter().map(|f| &f.0).collect::<Vec<_>>()
+                )
+            });
+        assert_eq!(marker, GUEST_MARKER_CONTENTS);
+        // What main() asks before it acts as the guest's PID 1.
+        let root = d.path().join("root");
+        assert!(!is_own_guest(&root));
+        fs::create_dir_all(root.join("natvet")).unwrap();
+        fs::write(root.join(GUEST_MARKER), b"something else").unwrap();
+        assert!(!is_own_guest(&root), "only natvet's own contents count");
+        fs::write(root.join(GUEST_MARKER), marker).unwrap();
+        assert!(is_own_guest(&root));
+        assert!(
+            !is_own_guest(Path::new("/")),
+            "the host is not natvet's guest"
+        );
+    }
+
     #[test]
     fn rejects_dynamic_agent() {
         if !Path::new("/bin/sh").exists() {
@@ -556,6 +632,7 @@ mod tests {
             "proc",
             "tmp",
             "natvet/job.json",
+            GUEST_MARKER,
             "usr/sbin/nft",
             "usr/sbin/xtables-legacy-multi",
             "usr/lib/x86_64-linux-gnu/xtables/libxt_MASQUERADE.so",
@@ -564,7 +641,14 @@ mod tests {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
         let root = d.path().join("root");
+        assert!(!is_own_guest(&root), "no marker before it is unpacked");
         unpack(&out, &root);
+        // The agent acts as PID 1 only where the initramfs put its marker.
+        assert!(is_own_guest(&root));
+        assert!(
+            !is_own_guest(Path::new("/")),
+            "the host is not natvet's guest"
+        );
         assert_eq!(
             fs::read_link(root.join("usr/sbin/iptables-legacy")).unwrap(),
             Path::new("xtables-legacy-multi")

@@ -7,8 +7,10 @@
 
 pub mod agent;
 pub mod bisect;
+pub mod bounds;
 pub mod catalogue;
 pub mod checks;
+pub mod child;
 pub mod commands;
 pub mod conntrack;
 pub mod cpio;

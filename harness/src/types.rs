@@ -73,6 +73,11 @@ impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
     }
+
+    /// How many ports it holds (1 to 65535).
+    pub fn size(&self) -> u32 {
+        u32::from(self.last.saturating_sub(self.first)) + 1
+    }
 }
 
 impl fmt::Display for PortRange {

@@ -396,10 +396,8 @@ impl OneKernel<'_> {
                 job,
                 xtables_lock,
                 watch,
-            } => {
-                launcher::run_agent(job, xtables_lock, watch, &mut inbound, &mut on_event)
-                    .map_err(|e| e.to_string())
-            }
+            } => launcher::run_agent(job, xtables_lock, watch, &mut inbound, &mut on_event)
+                .map_err(|e| e.to_string()),
         };
         (inbound.finish(), outcome)
     }

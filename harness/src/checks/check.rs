@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 
 /// When a check runs in a scenario run.
@@ -38,6 +39,10 @@ pub struct Info {
     /// lines after `kind = "..."` (may be empty). The catalogue's tests
     /// parse it in a scenario, so it stays valid.
     pub example: &'static str,
+    /// The ranges its parameters must fall in, each with why (what a value
+    /// beyond it would cost the guest, in memory or time): `validate`
+    /// checks them, `natvet explain` prints them, docs/checks.md lists them.
+    pub limits: &'static [Limit],
 }
 
 /// One kind of check. Its parameters are the type itself (serde, with
@@ -51,9 +56,10 @@ pub trait Check {
     /// Every result it yields, in order: the result's name (without the
     /// family prefix) and its case.
     fn cases(&self) -> Vec<(String, Self::Case)>;
-    /// Whether its parameters make sense in the scenario's setup: one
-    /// message saying what is wrong and how to mend it, before any VM boots.
-    fn validate(&self, setup: &Setup) -> Result<(), String>;
+    /// Whether its parameters make sense in the scenario's setup and fall
+    /// within its `limits`: one message saying what is wrong and how to
+    /// mend it, before any VM boots.
+    fn validate(&self, setup: &Setup) -> Result<(), Invalid>;
     /// Send the packets of one case through the kernel and judge what
     /// arrived. An `Err` is natvet failing to run it (an `error` result),
     /// never a verdict about the kernel.
@@ -74,15 +80,18 @@ pub trait Check {
     }
 }
 
-/// The ports of a check that names ports: at least one, none of them 0.
-pub fn ports_given(kind: &str, ports: &[u16]) -> Result<(), String> {
+/// The ports of a check that names ports: at least one, none of them 0,
+/// and no more than `most` allows (each check says why).
+pub fn ports_given(kind: &str, ports: &[u16], most: &Limit) -> Result<(), Invalid> {
     if ports.is_empty() {
         return Err(format!(
             "check {kind} has nothing to check: give at least one port in `ports`"
-        ));
+        )
+        .into());
     }
     if ports.contains(&0) {
         return Err("port 0 cannot carry UDP: use ports 1-65535".into());
     }
+    most.check_len(ports.len())?;
     Ok(())
 }

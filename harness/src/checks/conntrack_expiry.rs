@@ -13,6 +13,7 @@ use super::common::{
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::{Invalid, Limit};
 use crate::conntrack;
 use crate::scenario::setup::Setup;
 
@@ -30,6 +31,15 @@ fn default_within() -> u32 {
     5
 }
 
+/// How long the idle flow's entry may live.
+const WITHIN: Limit = Limit::new(
+    "within",
+    1,
+    120,
+    "the check waits that long in silence and the host stops a guest that stays silent past --check-timeout (120 s by default); set the relay's UDP timeouts in its sysctls to seconds, not minutes",
+)
+.unit(" s");
+
 impl Check for ConntrackExpiry {
     const INFO: Info = Info {
         results: "conntrack/expiry",
@@ -40,6 +50,7 @@ impl Check for ConntrackExpiry {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[WITHIN],
     };
     type Case = ();
 
@@ -47,14 +58,8 @@ impl Check for ConntrackExpiry {
         vec![("conntrack/expiry".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        if !(1..=120).contains(&self.within) {
-            return Err(format!(
-                "check conntrack-expiry: within {} is outside 1-120 seconds",
-                self.within
-            ));
-        }
-        Ok(())
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        Ok(WITHIN.check(self.within)?)
     }
 
     fn run(&self, ctx: &mut Context, _: &()) -> Result<Verdict> {

@@ -10,6 +10,7 @@ use super::common::{describe_seen, ensure_tunnel, flush_conntrack, seen_source, 
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 
@@ -28,6 +29,7 @@ impl Check for ConntrackFlush {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -35,7 +37,7 @@ impl Check for ConntrackFlush {
         vec![("conntrack/flush".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

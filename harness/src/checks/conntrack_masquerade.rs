@@ -11,6 +11,7 @@ use super::common::{at, ensure_tunnel, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::conntrack;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
@@ -30,6 +31,7 @@ impl Check for ConntrackMasquerade {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -37,7 +39,7 @@ impl Check for ConntrackMasquerade {
         vec![("conntrack/masquerade".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

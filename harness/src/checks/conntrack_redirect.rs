@@ -4,12 +4,13 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::check::{ports_given, Check, Info, Phase};
+use super::check::{Check, Info, Phase};
 use super::common::{
     at, attempt_handshake, describe_handshake, host, HandshakeOutcome, HANDSHAKE_TIMEOUT,
 };
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::conntrack;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
@@ -21,6 +22,14 @@ pub struct ConntrackRedirect {
     pub port: u16,
 }
 
+/// A redirected UDP port of the relay.
+const PORT: Limit = Limit::new(
+    "port",
+    1,
+    65535,
+    "it is the relay's UDP port the client's flow goes to, and port 0 carries no UDP",
+);
+
 impl Check for ConntrackRedirect {
     const INFO: Info = Info {
         results: "conntrack/redirect-PORT",
@@ -31,6 +40,7 @@ impl Check for ConntrackRedirect {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "port = 53",
+        limits: &[PORT],
     };
     type Case = ();
 
@@ -38,8 +48,8 @@ impl Check for ConntrackRedirect {
         vec![(format!("conntrack/redirect-{}", self.port), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        ports_given("conntrack-redirect", &[self.port])
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        Ok(PORT.check(self.port)?)
     }
 
     fn run(&self, ctx: &mut Context, _: &()) -> Result<Verdict> {

@@ -11,6 +11,7 @@ use super::common::{at, describe_seen, ensure_tunnel, seen_source, EXCHANGE_TIME
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 
 /// A UDP flow through tunnel and NAT is offloaded to the relay's
@@ -29,6 +30,7 @@ impl Check for FlowtableOffload {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -36,7 +38,7 @@ impl Check for FlowtableOffload {
         vec![("flowtable/offload".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use super::common::{
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 use crate::types::Protocol;
@@ -36,6 +37,7 @@ impl Check for Forward {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "protocols = [\"udp\"]",
+        limits: &[],
     };
     type Case = Protocol;
 
@@ -46,7 +48,7 @@ impl Check for Forward {
             .collect()
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         if self.protocols.is_empty() {
             return Err(
                 "check forward has nothing to check: name tcp, udp or icmp in `protocols`".into(),

@@ -13,6 +13,7 @@ use super::common::{
 };
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 
@@ -22,6 +23,15 @@ use crate::scenario::topology::Addrs;
 pub struct Handshake {
     pub ports: Vec<u16>,
 }
+
+/// Each port is a handshake with a fresh peer, one after another.
+const PORTS: Limit = Limit::new(
+    "ports",
+    1,
+    32,
+    "each port is a handshake with a fresh peer that waits up to 12 s when the kernel fails it: 32 ports take at most 6.4 min per family of a run's 10 min default --timeout",
+)
+.on("the number of ports");
 
 impl Check for Handshake {
     const INFO: Info = Info {
@@ -33,6 +43,7 @@ impl Check for Handshake {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "ports = [53]",
+        limits: &[PORTS],
     };
     type Case = u16;
 
@@ -43,8 +54,8 @@ impl Check for Handshake {
             .collect()
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        ports_given("handshake", &self.ports)
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        ports_given("handshake", &self.ports, &PORTS)
     }
 
     fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {

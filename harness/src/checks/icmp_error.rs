@@ -12,6 +12,7 @@ use super::common::{at, ensure_tunnel, host, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::IcmpPacket;
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 
@@ -31,6 +32,7 @@ impl Check for IcmpError {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -38,7 +40,7 @@ impl Check for IcmpError {
         vec![("icmp-error/port-unreachable".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use super::check::{Check, Info, Phase};
 use super::common::{ensure_tunnel, relay_reaches, relay_view};
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 
 /// After the client has sent nothing for `idle` seconds (longer than
@@ -27,6 +28,15 @@ fn default_idle() -> u32 {
     4
 }
 
+/// How long the client stays quiet.
+const IDLE: Limit = Limit::new(
+    "idle",
+    1,
+    120,
+    "the check sends nothing for that long and the host stops a guest that stays silent past --check-timeout (120 s by default); NAT UDP timeouts worth bridging are seconds to a minute or two",
+)
+.unit(" s");
+
 impl Check for Keepalive {
     const INFO: Info = Info {
         results: "keepalive/idle-Ns",
@@ -37,6 +47,7 @@ impl Check for Keepalive {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[IDLE],
     };
     type Case = ();
 
@@ -44,14 +55,8 @@ impl Check for Keepalive {
         vec![(format!("keepalive/idle-{}s", self.idle), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        if !(1..=120).contains(&self.idle) {
-            return Err(format!(
-                "check keepalive: idle {} is outside 1-120 seconds",
-                self.idle
-            ));
-        }
-        Ok(())
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        Ok(IDLE.check(self.idle)?)
     }
 
     fn run(&self, ctx: &mut Context, _: &()) -> Result<Verdict> {

@@ -11,6 +11,7 @@ use super::check::{Check, Info, Phase};
 use super::common::conntrack_counters;
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 
 /// No WARN, BUG, oops, soft lockup or RCU stall in the kernel log; no
@@ -29,6 +30,7 @@ impl Check for KernelHealth {
         phase: Phase::AfterTunnel,
         per_family: false,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -36,7 +38,7 @@ impl Check for KernelHealth {
         vec![("kernel-health".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

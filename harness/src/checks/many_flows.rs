@@ -12,6 +12,7 @@ use super::common::{
 };
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 
@@ -27,6 +28,14 @@ fn default_flows() -> u32 {
     200
 }
 
+/// The most flows: each holds memory in the guest until the check ends.
+const FLOWS: Limit = Limit::new(
+    "flows",
+    1,
+    10_000,
+    "each flow holds about 4 KiB in the guest until the check ends (a UDP socket on the client, 2.7 KiB as measured on a host kernel, its conntrack entries in the client's and the relay's namespaces, its tag and the probe server's record of it) and a descriptor of the agent's 65536: 10000 flows take about 40 MiB of the 384 MiB default guest, three runs at once 120 MiB",
+);
+
 impl Check for ManyFlows {
     const INFO: Info = Info {
         results: "many-flows/N",
@@ -37,6 +46,7 @@ impl Check for ManyFlows {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[FLOWS],
     };
     type Case = ();
 
@@ -44,11 +54,8 @@ impl Check for ManyFlows {
         vec![(format!("many-flows/{}", self.flows), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        if self.flows == 0 {
-            return Err("check many-flows has nothing to check: `flows` must be above 0".into());
-        }
-        Ok(())
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        Ok(FLOWS.check(self.flows)?)
     }
 
     fn run(&self, ctx: &mut Context, _: &()) -> Result<Verdict> {
@@ -105,5 +112,8 @@ mod tests {
         let s = scenario_with("kind = \"many-flows\"").unwrap();
         assert_eq!(s.checks[0].result_names(), ["many-flows/200"]);
         assert!(scenario_with("kind = \"many-flows\"\nflows = 0").is_err());
+        // Tens of GB of sockets in a 384 MiB guest: refused before boot.
+        let e = scenario_with("kind = \"many-flows\"\nflows = 1000000000").unwrap_err();
+        assert!(e.contains("line 6: check many-flows: value out of range: flows = 1000000000 must be between 1 and 10000 because"), "{e}");
     }
 }

@@ -61,7 +61,7 @@ macro_rules! registry {
             }
 
             /// Whether its parameters make sense in the scenario's setup.
-            pub fn validate(&self, setup: &Setup) -> Result<(), String> {
+            pub fn validate(&self, setup: &Setup) -> Result<(), crate::bounds::Invalid> {
                 match self {
                     $(CheckSpec::$ty(c) => c.validate(setup),)*
                 }
@@ -175,6 +175,48 @@ mod tests {
             assert_eq!(s.checks[0].info().results, info.results);
             assert!(!s.checks[0].result_names().is_empty(), "{kind}");
         }
+    }
+
+    /// Every limit a check declares on one of its own keys is enforced: a
+    /// value just outside it is refused before boot, at the key's line.
+    #[test]
+    fn every_limit_is_enforced_at_its_line() {
+        let mut tried = 0;
+        for (kind, info) in CATALOGUE {
+            for l in info.limits.iter().filter(|l| l.what == l.key) {
+                let mut outside = vec![l.max + 1];
+                if l.min > 0 {
+                    outside.push(l.min - 1);
+                }
+                for v in outside {
+                    let example: Vec<&str> = info
+                        .example
+                        .lines()
+                        .filter(|line| !line.starts_with(&format!("{} =", l.key)))
+                        .collect();
+                    let body =
+                        format!("kind = \"{kind}\"\n{}\n{} = {v}", example.join("\n"), l.key);
+                    let text = format!(
+                        "name = \"t\"\n[relay]\nmasquerade_ports = \"40000-40001\"\n[[check]]\n{body}\n"
+                    );
+                    let line = text.lines().count();
+                    let e = scenario_with(&body).expect_err(&format!("{kind}: {} = {v}", l.key));
+                    // Beyond the key's type, TOML itself refuses the number
+                    // (at the check's table).
+                    if e.contains("invalid value") {
+                        tried += 1;
+                        continue;
+                    }
+                    let says = format!(
+                        "line {line}: check {kind}: value out of range: {} = {v} must be between {} and {}",
+                        l.key, l.min, l.max
+                    );
+                    assert!(e.contains(&says), "{kind}: {} = {v}: {e}", l.key);
+                    tried += 1;
+                }
+            }
+        }
+        assert!(tried > 20, "{tried}");
     }
 
     #[test]

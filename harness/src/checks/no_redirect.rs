@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{ports_given, Check, Info, Phase};
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 
 /// A plain UDP datagram to each port does not reach the listen port.
@@ -15,6 +16,15 @@ use crate::scenario::setup::Setup;
 pub struct NoRedirect {
     pub ports: Vec<u16>,
 }
+
+/// Each port waits out the datagram that must not arrive.
+const PORTS: Limit = Limit::new(
+    "ports",
+    1,
+    32,
+    "each port is a result of its own that waits 3 s for a datagram that must not arrive (unless an ICMP error says so sooner): 32 ports take up to 96 s per family even when all pass",
+)
+.on("the number of ports");
 
 impl Check for NoRedirect {
     const INFO: Info = Info {
@@ -26,6 +36,7 @@ impl Check for NoRedirect {
         phase: Phase::BeforeTunnel,
         per_family: true,
         example: "ports = [33434]",
+        limits: &[PORTS],
     };
     type Case = u16;
 
@@ -36,8 +47,8 @@ impl Check for NoRedirect {
             .collect()
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        ports_given("no-redirect", &self.ports)
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        ports_given("no-redirect", &self.ports, &PORTS)
     }
 
     fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {

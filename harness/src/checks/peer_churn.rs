@@ -17,6 +17,7 @@ use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::clients::{self, Client, MAX_CLIENTS};
 use crate::agent::probes::{self, IcmpSocket};
+use crate::bounds::{Invalid, Limit};
 use crate::protocol::Series;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
@@ -82,6 +83,38 @@ pub enum Part {
     Steady,
 }
 
+/// The staying clients: besides them, the departing one and the one that
+/// takes its address, the relay's spare addresses go to the churned peers.
+const PEERS: Limit = Limit::new(
+    "peers",
+    1,
+    (MAX_CLIENTS - clients::SPARE - 2) as u64,
+    "each is a client of its own in the tunnel's network, which holds 239 beyond the scenario's addresses: 8 are kept for the churned peers and 2 for the departing client and its successor",
+);
+/// Peers added and removed a second.
+const RATE: Limit = Limit::new(
+    "rate",
+    1,
+    1000,
+    "each churned peer is a key generated and a peer added and removed on the relay's WireGuard interface, which takes about a millisecond on a guest",
+);
+/// How long the churn goes on.
+const SECONDS: Limit = Limit::new(
+    "seconds",
+    1,
+    600,
+    "the guest churns in silence and the host stops a guest silent past --check-timeout (120 s by default, raise it for longer churns); ten minutes is as long as the check's records are sized for (peers x seconds below)",
+)
+.unit(" s");
+/// Echoes of the staying clients, each kept until the end.
+const PEER_SECONDS: Limit = Limit::new(
+    "seconds",
+    1,
+    4000,
+    "each staying client echoes twice a second and every echo is kept until the end (about 300 bytes with the probe server's record of it) and searched for its reply: 4000 peer-seconds (100 peers for 40 s, 10 for 400 s) are 8000 echoes, about 2.4 MiB of the guest",
+)
+.on("peers x seconds");
+
 impl Check for PeerChurn {
     const INFO: Info = Info {
         results: "peer-churn/departed, peer-churn/address-reused, peer-churn/steady",
@@ -92,6 +125,7 @@ impl Check for PeerChurn {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[PEERS, RATE, SECONDS, PEER_SECONDS],
     };
     const TOGETHER: bool = true;
     type Case = Part;
@@ -104,18 +138,15 @@ impl Check for PeerChurn {
         ]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        // The staying peers, the departing one, and the churned ones' addresses.
-        let most = MAX_CLIENTS - clients::SPARE - 2;
-        if !(1..=most).contains(&self.peers) {
-            return Err(format!(
-                "check peer-churn: peers {} is outside 1-{most}",
-                self.peers
-            ));
-        }
-        if !(1..=1000).contains(&self.rate) || !(1..=600).contains(&self.seconds) {
-            return Err("check peer-churn: rate is 1-1000 peers a second, seconds 1-600".into());
-        }
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        PEERS.check(self.peers)?;
+        RATE.check(self.rate)?;
+        SECONDS.check(self.seconds)?;
+        let product = u64::from(self.peers) * u64::from(self.seconds);
+        PEER_SECONDS.check_derived(
+            product,
+            format!("{} x {} = {product}", self.peers, self.seconds),
+        )?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use super::common::{
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 use crate::types::PortRange;
@@ -36,9 +37,31 @@ fn default_flows_beyond() -> u32 {
     4
 }
 
-/// The most ports the check fills (and flows it opens beyond them): one
-/// socket each on the client.
-const MAX_PORTS: u16 = 1024;
+/// The most ports the check fills: one flow each.
+const RANGE: Limit = Limit::new(
+    "range",
+    1,
+    1024,
+    "natvet opens a UDP flow (a socket on the client) for each port of the range and waits for them all within the check's 10 s: 1024 flows plus `beyond` fit in that time and in a descriptor and about 4 KiB of the guest each",
+)
+.on("the number of ports in range");
+
+/// The relay's own range, when the check fills it.
+const MASQUERADE_PORTS: Limit = Limit::new(
+    "masquerade_ports",
+    1,
+    1024,
+    "the port-exhaustion check fills this range, a UDP flow (a socket on the client) for each of its ports, all within its 10 s",
+)
+.on("the number of ports in relay.masquerade_ports");
+
+/// The flows opened past the range.
+const BEYOND: Limit = Limit::new(
+    "beyond",
+    1,
+    1024,
+    "these flows must find no port and be dropped, and each is a socket on the client like the range's own: at most as many as the range may hold",
+);
 
 impl Check for PortExhaustion {
     const INFO: Info = Info {
@@ -50,6 +73,7 @@ impl Check for PortExhaustion {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[RANGE, MASQUERADE_PORTS, BEYOND],
     };
     type Case = ();
 
@@ -57,7 +81,7 @@ impl Check for PortExhaustion {
         vec![("port-exhaustion".into(), ())]
     }
 
-    fn validate(&self, setup: &Setup) -> Result<(), String> {
+    fn validate(&self, setup: &Setup) -> Result<(), Invalid> {
         let relay = setup.relay;
         if self.range.is_none() && relay.masquerade_ports.is_none() || !relay.masquerade {
             return Err(
@@ -66,27 +90,12 @@ impl Check for PortExhaustion {
             );
         }
         if let Some(r) = relay.masquerade_ports {
-            if r.last - r.first >= MAX_PORTS {
-                return Err(format!(
-                    "relay.masquerade_ports {r} holds {} ports: natvet fills it in the port-exhaustion check, so keep it at most {MAX_PORTS} ports",
-                    u32::from(r.last - r.first) + 1
-                ));
-            }
+            MASQUERADE_PORTS.check_at(r.size(), &["relay", "masquerade_ports"])?;
         }
         if let Some(r) = self.range {
-            if r.last - r.first >= MAX_PORTS {
-                return Err(format!(
-                    "check port-exhaustion: range {r} holds {} ports: natvet opens a flow for each, so keep it at most {MAX_PORTS} ports",
-                    u32::from(r.last - r.first) + 1
-                ));
-            }
+            RANGE.check(r.size())?;
         }
-        if self.beyond == 0 || self.beyond > u32::from(MAX_PORTS) {
-            return Err(format!(
-                "check port-exhaustion: beyond {} must be 1-{MAX_PORTS} (the flows opened past the range, which must find no port)",
-                self.beyond
-            ));
-        }
+        BEYOND.check(self.beyond)?;
         Ok(())
     }
 
@@ -115,8 +124,9 @@ fn port_exhaustion(ctx: &mut Context, beyond: u32, range: Option<PortRange>) -> 
             "the scenario sets no relay.masquerade_ports",
         ));
     };
-    let size = u32::from(range.last - range.first) + 1;
-    let total = size + beyond;
+    // At most 65536 + u32::MAX: validate keeps both far smaller.
+    let size = range.size();
+    let total = size.saturating_add(beyond);
     let expected = format!(
         "of {total} UDP flows to {}, exactly {size} get a port in {range} and replies, the other {beyond} are dropped, and the first {size} still work afterwards",
         at(internet, probes::UDP_PORT)
@@ -200,8 +210,26 @@ mod tests {
         .to_string();
         assert!(none.contains("relay.masquerade_ports"), "{none}");
         let wide = scenario_with("kind = \"port-exhaustion\"\nrange = \"1000-9000\"").unwrap_err();
-        assert!(wide.contains("at most 1024 ports"), "{wide}");
+        assert!(
+            wide.contains("line 6: check port-exhaustion: value out of range: the number of ports in range = 8001 must be between 1 and 1024 because"),
+            "{wide}"
+        );
         let beyond = scenario_with("kind = \"port-exhaustion\"\nbeyond = 4294967295").unwrap_err();
-        assert!(beyond.contains("beyond"), "{beyond}");
+        assert!(
+            beyond.contains("line 6:")
+                && beyond.contains("beyond = 4294967295 must be between 1 and 1024"),
+            "{beyond}"
+        );
+        // The relay's range is limited where it is written.
+        let relay = crate::scenario::Scenario::parse(
+            "name = \"t\"\n[relay]\nmasquerade_ports = \"1-65535\"\n[[check]]\nkind = \"port-exhaustion\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            relay.contains("line 3:") && relay.contains("relay.masquerade_ports = 65535"),
+            "{relay}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use super::common::{at, ensure_tunnel, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::RELAY;
 use crate::types::Protocol;
@@ -37,6 +38,7 @@ impl Check for PortForward {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "protocols = [\"udp\"]\nport = 8443\n[[nat]]\nin = \"relay\"\nkind = \"dnat\"\nin_interface = \"wan\"\nprotocol = \"udp\"\nports = [\"8443\"]\nto = \"10.99.0.2\"",
+        limits: &[],
     };
     type Case = Protocol;
 
@@ -47,7 +49,7 @@ impl Check for PortForward {
             .collect()
     }
 
-    fn validate(&self, setup: &Setup) -> Result<(), String> {
+    fn validate(&self, setup: &Setup) -> Result<(), Invalid> {
         let port = self.port;
         if self.protocols.is_empty() || port == 0 {
             return Err(
@@ -64,7 +66,7 @@ impl Check for PortForward {
                 if !covered || *p == Protocol::Icmp {
                     return Err(format!(
                         "check port-forward: no [[nat]] dnat rule in the relay forwards {p} port {port} over {f} (add one with in = \"relay\")"
-                    ));
+                    ).into());
                 }
             }
         }

@@ -13,6 +13,7 @@ use super::common::{at, ensure_tunnel, host, seen_source, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 
 /// A process on the relay binds the port a masqueraded client flow was
@@ -33,6 +34,7 @@ impl Check for PortShadow {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -40,7 +42,7 @@ impl Check for PortShadow {
         vec![("nat-clash/port-shadow".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use super::common::{at, later_sources, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self, IcmpPacket};
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 
@@ -25,6 +26,15 @@ pub struct Redirect {
     pub ports: Vec<u16>,
 }
 
+/// Each port is a result of its own, run one after another.
+const PORTS: Limit = Limit::new(
+    "ports",
+    1,
+    32,
+    "each port is a result of its own that waits up to 10 s when the datagram is lost: 32 ports take at most 5.3 min per family of a run's 10 min default --timeout",
+)
+.on("the number of ports");
+
 impl Check for Redirect {
     const INFO: Info = Info {
         results: "redirect/PORT",
@@ -35,6 +45,7 @@ impl Check for Redirect {
         phase: Phase::BeforeTunnel,
         per_family: true,
         example: "ports = [53]",
+        limits: &[PORTS],
     };
     type Case = u16;
 
@@ -45,8 +56,8 @@ impl Check for Redirect {
             .collect()
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        ports_given("redirect", &self.ports)
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        ports_given("redirect", &self.ports, &PORTS)
     }
 
     fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {

@@ -13,6 +13,7 @@ use super::common::{
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 
 /// The client keeps a flow through the tunnel going (one UDP echo a
@@ -32,6 +33,7 @@ impl Check for Rekey {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[],
     };
     type Case = ();
 
@@ -39,7 +41,7 @@ impl Check for Rekey {
         vec![("rekey".into(), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         Ok(())
     }
 

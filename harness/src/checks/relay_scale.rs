@@ -24,6 +24,7 @@ use super::verdict::Verdict;
 use crate::agent::clients::{self, Client, MAX_CLIENTS, SPARE};
 use crate::agent::netns::Netns;
 use crate::agent::probes::{self, InternetHost};
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
 
@@ -61,8 +62,51 @@ fn default_churn_seconds() -> u32 {
     5
 }
 
-/// The most flows the check opens: one socket each in the agent.
-const MAX_FLOWS: u32 = 40_000;
+/// The clients.
+const PEERS: Limit = Limit::new(
+    "peers",
+    1,
+    (MAX_CLIENTS - SPARE) as u64,
+    "each is a client of its own in the tunnel's network, which holds 239 beyond the scenario's addresses, 8 of them kept for peers the relay holds without a client",
+);
+/// The concurrent flows.
+const FLOWS: Limit = Limit::new(
+    "flows",
+    1,
+    20_000,
+    "each flow is a socket held open until the check ends, about 4 KiB of the guest with its conntrack entries and the probe server's record (20000 take about 80 MiB of the 384 MiB default guest), and the clients' shared source-port pool, twice the flows per peer above port 20000, must stay below 65536",
+);
+/// TCP connections among the flows, and among the churned ones.
+const TCP: Limit = Limit::new(
+    "tcp",
+    0,
+    2000,
+    "each TCP connection is also a thread of the internet host's probe server (its stacks and task, about 40 KiB of the guest) and two sockets: 2000 take about 80 MiB",
+)
+.on("tcp + the churned TCP connections (half of churn x churn_seconds when tcp > 0)");
+/// New flows a second while the table is full.
+const CHURN: Limit = Limit::new(
+    "churn",
+    0,
+    5000,
+    "each churned flow is opened and answered while the table is full, and a one-vCPU guest opens a few thousand a second at most",
+);
+/// How long the churn goes on.
+const CHURN_SECONDS: Limit = Limit::new(
+    "churn_seconds",
+    0,
+    600,
+    "the guest churns in silence and the host stops a guest silent past --check-timeout (120 s by default, raise it for longer churns)",
+)
+.unit(" s");
+/// Sockets open at once: the churned flows are opened before the churn.
+const SOCKETS: Limit = Limit::new(
+    "churn",
+    1,
+    30_000,
+    "the flows and every churned flow are open at once (the churned ones are opened before the churn starts), about 4 KiB of the guest each: 30000 take about 120 MiB of the 384 MiB default guest, within the agent's 65536 descriptors",
+)
+.on("flows + churn x churn_seconds");
 /// How long the flows may take to be answered once sent, resends included.
 const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 /// The first source port clients draw from.
@@ -78,6 +122,7 @@ impl Check for RelayScale {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "peers = 4\nflows = 40\ntcp = 8\nchurn = 4\nchurn_seconds = 1",
+        limits: &[PEERS, FLOWS, TCP, CHURN, CHURN_SECONDS, SOCKETS],
     };
     type Case = ();
 
@@ -85,26 +130,38 @@ impl Check for RelayScale {
         vec![(format!("relay-scale/{}x{}", self.peers, self.flows), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        let most_peers = MAX_CLIENTS - SPARE;
-        if !(1..=most_peers).contains(&self.peers) {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        PEERS.check(self.peers)?;
+        FLOWS.check(self.flows)?;
+        if self.flows < self.peers {
             return Err(format!(
-                "check relay-scale: peers {} is outside 1-{most_peers} (each is a client in the tunnel's network)",
-                self.peers
-            ));
+                "check relay-scale: flows {} must be at least one per peer ({} peers): raise flows or lower peers",
+                self.flows, self.peers
+            )
+            .into());
         }
-        if self.flows < self.peers || self.flows > MAX_FLOWS {
+        if self.tcp > self.flows {
             return Err(format!(
-                "check relay-scale: flows {} must be at least one per peer and at most {MAX_FLOWS} (each is a socket in the guest)",
-                self.flows
-            ));
+                "check relay-scale: tcp {} is more than flows {}: the TCP connections are some of the flows",
+                self.tcp, self.flows
+            )
+            .into());
         }
-        if self.tcp > self.flows || self.churn > 5000 || self.churn_seconds > 600 {
-            return Err(
-                "check relay-scale: tcp is at most flows, churn at most 5000 a second for at most 600 s"
-                    .into(),
-            );
-        }
+        CHURN.check(self.churn)?;
+        CHURN_SECONDS.check(self.churn_seconds)?;
+        // All four at most their limits above: no overflow in u64.
+        let churned = u64::from(self.churn) * u64::from(self.churn_seconds);
+        let sockets = u64::from(self.flows) + churned;
+        SOCKETS.check_derived(
+            sockets,
+            format!(
+                "{} + {} x {} = {sockets}",
+                self.flows, self.churn, self.churn_seconds
+            ),
+        )?;
+        let churned_tcp = if self.tcp > 0 { churned / 2 } else { 0 };
+        let tcp = u64::from(self.tcp) + churned_tcp;
+        TCP.check_derived(tcp, format!("{} + {churned_tcp} = {tcp}", self.tcp))?;
         Ok(())
     }
 
@@ -179,7 +236,11 @@ impl RelayScale {
         // Source ports as real clients pick them: at random, from a pool
         // small enough that many clients use the same ports.
         let per_peer = udp_n.div_ceil(addrs.len()).max(1);
-        let pool = (per_peer * 2).max(16) as u16;
+        // Validate keeps this below 65536 - POOL_START (flows <= 20000).
+        let pool = u16::try_from((per_peer * 2).max(16))
+            .ok()
+            .filter(|p| POOL_START.checked_add(*p).is_some())
+            .context("the source-port pool does not fit below port 65536: lower flows per peer")?;
         let tags_base = ctx.tag("scale");
         let topo = &ctx.topo;
         let host = topo.internet_host()?;
@@ -296,7 +357,8 @@ impl RelayScale {
     ) -> Result<Churned> {
         let mut rng = StdRng::from_entropy();
         let mut out = Churned::default();
-        let total = (self.churn * self.churn_seconds) as usize;
+        // At most 5000 x 600: validate's limits.
+        let total = self.churn.saturating_mul(self.churn_seconds) as usize;
         if total == 0 || udp.is_empty() {
             return Ok(out);
         }

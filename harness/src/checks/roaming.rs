@@ -15,6 +15,7 @@ use super::verdict::Verdict;
 use crate::agent::netlink;
 use crate::agent::probes::{self};
 use crate::agent::topology::wait_usable;
+use crate::bounds::Invalid;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::IfRef;
 use crate::types::{Family, IpNet};
@@ -40,6 +41,7 @@ impl Check for Roaming {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "at = \"client:eth0\"\nto = [\"192.0.2.3/24\"]",
+        limits: &[],
     };
     type Case = ();
 
@@ -47,8 +49,8 @@ impl Check for Roaming {
         vec![(format!("roaming/{}", self.at), ())]
     }
 
-    fn validate(&self, setup: &Setup) -> Result<(), String> {
-        setup.check_second_address("roaming", &self.at, &self.to)
+    fn validate(&self, setup: &Setup) -> Result<(), Invalid> {
+        Ok(setup.check_second_address("roaming", &self.at, &self.to)?)
     }
 
     fn run(&self, ctx: &mut Context, _: &()) -> Result<Verdict> {

@@ -14,6 +14,7 @@ use super::verdict::Verdict;
 use crate::agent::netlink;
 use crate::agent::probes::{self};
 use crate::agent::topology::wait_usable;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::{IfRef, CLIENT};
 use crate::types::IpNet;
@@ -32,6 +33,15 @@ pub struct SameSourcePort {
     pub second: Vec<IpNet>,
 }
 
+/// Each port is a pair of clients of its own, one after another.
+const PORTS: Limit = Limit::new(
+    "ports",
+    1,
+    32,
+    "each port is a result of its own (a second address on the client's link, two sockets) that waits up to 10 s when a datagram is lost: 32 ports take at most 5.3 min per family of a run's 10 min default --timeout",
+)
+.on("the number of ports");
+
 impl Check for SameSourcePort {
     const INFO: Info = Info {
         results: "same-source-port/PORT",
@@ -42,6 +52,7 @@ impl Check for SameSourcePort {
         phase: Phase::BeforeTunnel,
         per_family: true,
         example: "ports = [53]\nat = \"client:eth0\"\nsecond = [\"192.0.2.3/24\"]",
+        limits: &[PORTS],
     };
     type Case = u16;
 
@@ -52,15 +63,16 @@ impl Check for SameSourcePort {
             .collect()
     }
 
-    fn validate(&self, setup: &Setup) -> Result<(), String> {
-        ports_given("same-source-port", &self.ports)?;
+    fn validate(&self, setup: &Setup) -> Result<(), Invalid> {
+        ports_given("same-source-port", &self.ports, &PORTS)?;
         if self.at.ns != CLIENT {
             return Err(format!(
                 "check same-source-port: {} is not the client's: both clients live in the client namespace",
                 self.at
-            ));
+            )
+            .into());
         }
-        setup.check_second_address("same-source-port", &self.at, &self.second)
+        Ok(setup.check_second_address("same-source-port", &self.at, &self.second)?)
     }
 
     fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {

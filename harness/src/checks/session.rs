@@ -28,6 +28,7 @@ use crate::agent::clients::{self, Client, MAX_CLIENTS};
 use crate::agent::netns::Netns;
 use crate::agent::probes::{self, IcmpSocket, InternetHost};
 use crate::agent::wireguard::WgInterface;
+use crate::bounds::{Invalid, Limit};
 use crate::protocol::Series;
 use crate::scenario::setup::Setup;
 use crate::scenario::topology::Addrs;
@@ -89,6 +90,64 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A long session tells the host it is alive this often.
 const NOTE_EVERY: Duration = Duration::from_secs(30);
 
+/// Sessions at once.
+const PORTS: Limit = Limit::new(
+    "ports",
+    1,
+    MAX_CLIENTS as u64,
+    "each session is a client of its own in the tunnel's network, which holds 239 beyond the scenario's addresses",
+)
+.on("the number of ports");
+/// How long the sessions last.
+const DURATION: Limit = Limit::new(
+    "duration",
+    3,
+    86_400,
+    "a day is the longest soak natvet runs, and the probes of every session-second are kept (ports x duration below)",
+)
+.unit(" s");
+/// One stretch of traffic.
+const ACTIVE: Limit = Limit::new(
+    "active",
+    3,
+    3600,
+    "a stretch of traffic must outlast conntrack's 2 s before a UDP flow becomes a stream; an hour is already a session of its own",
+)
+.unit(" s");
+/// One quiet period.
+const IDLE: Limit = Limit::new(
+    "idle",
+    0,
+    600,
+    "a quiet period is waited out in silence and the host stops a guest silent past --check-timeout (120 s by default, raise it for longer quiet); firewall UDP timeouts worth bridging are at most minutes",
+)
+.unit(" s");
+/// WireGuard's persistent keepalive.
+const KEEPALIVE: Limit = Limit::new(
+    "keepalive",
+    0,
+    600,
+    "a keepalive is worth something only within the quiet periods it bridges (idle, at most 600 s); 0 turns it off",
+)
+.unit(" s");
+/// Faults made on purpose.
+const FAULTS: Limit = Limit::new(
+    "faults",
+    0,
+    16,
+    "the faults are made one after another by one thread while the sessions run, each a note to the host: more than 16 in one session say nothing more",
+)
+.on("the number of faults");
+/// What the sessions keep, for the whole duration.
+const SESSION_SECONDS: Limit = Limit::new(
+    "duration",
+    3,
+    50_000,
+    "every second of a session keeps about 1.2 KiB in the guest until the end (six probe records of 48 bytes in a list that may be twice their size, and four entries in the probe server's ledger): 50000 session-seconds take about 60 MiB of the 384 MiB default guest (7 sessions for 2 h, 1 for 13 h)",
+)
+.on("ports x duration")
+.unit(" session-seconds");
+
 impl Check for Session {
     const INFO: Info = Info {
         results: "session/PORT",
@@ -99,6 +158,7 @@ impl Check for Session {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "ports = [53]",
+        limits: &[PORTS, DURATION, ACTIVE, IDLE, KEEPALIVE, FAULTS, SESSION_SECONDS],
     };
     const TOGETHER: bool = true;
     type Case = u16;
@@ -110,37 +170,36 @@ impl Check for Session {
             .collect()
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
-        ports_given("session", &self.ports)?;
-        if self.ports.len() > MAX_CLIENTS as usize {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        ports_given("session", &self.ports, &PORTS)?;
+        ACTIVE.check(self.active)?;
+        IDLE.check(self.idle)?;
+        KEEPALIVE.check(self.keepalive)?;
+        DURATION.check(self.duration)?;
+        if self.duration < self.active {
             return Err(format!(
-                "check session: {} ports, but at most {MAX_CLIENTS} sessions run at once (each is a client of its own in the tunnel's network)",
-                self.ports.len()
-            ));
+                "check session: duration {} s is shorter than one active stretch ({} s): raise duration or lower active",
+                self.duration, self.active
+            )
+            .into());
         }
-        if !(3..=3600).contains(&self.active) {
-            return Err(format!(
-                "check session: active {} s is outside 3-3600: a stretch of traffic must outlast conntrack's 2 s before a UDP flow becomes a stream",
-                self.active
-            ));
-        }
-        if self.idle > 600 || self.keepalive > 600 {
-            return Err("check session: idle and keepalive are at most 600 seconds".into());
-        }
+        FAULTS.check_len(self.faults.len())?;
         for f in &self.faults {
+            // `at` below duration, `seconds` at most duration: no overflow in u32.
             if f.at >= self.duration || f.seconds == 0 || f.seconds > self.duration {
                 return Err(format!(
                     "check session: a fault at {} s for {} s does not fall within the session's {} s",
                     f.at, f.seconds, self.duration
-                ));
+                )
+                .into());
             }
         }
-        if !(self.active..=86_400).contains(&self.duration) {
-            return Err(format!(
-                "check session: duration {} s must be at least one active stretch ({} s) and at most a day",
-                self.duration, self.active
-            ));
-        }
+        // Both at most their limits: no overflow in u64.
+        let product = self.ports.len() as u64 * u64::from(self.duration);
+        SESSION_SECONDS.check_derived(
+            product,
+            format!("{} x {} = {product}", self.ports.len(), self.duration),
+        )?;
         Ok(())
     }
 
@@ -812,6 +871,35 @@ mod tests {
                 .replace("ports = [53]\nports = []", "ports = []");
             assert!(scenario_with(&toml).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn what_a_session_keeps_is_bounded() {
+        // A day of seven sessions would keep about 700 MiB of probe records
+        // in a 384 MiB guest: refused before boot, at the line of duration.
+        let day = scenario_with(
+            "kind = \"session\"\nports = [53, 4000, 33433, 33565, 51819, 52000, 60000]\nduration = 86400",
+        )
+        .unwrap_err();
+        assert!(
+            day.contains("line 7: check session: value out of range: ports x duration = 7 x 86400 = 604800 must be between 3 and 50000 session-seconds because"),
+            "{day}"
+        );
+        assert!(scenario_with("kind = \"session\"\nports = [53]\nduration = 50000").is_ok());
+        let faults: String = (0..17)
+            .map(|i| format!("{{ at = {i}, kind = \"conntrack-flush\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let many = scenario_with(&format!(
+            "kind = \"session\"\nports = [53]\nduration = 60\nfaults = [{faults}]"
+        ))
+        .unwrap_err();
+        assert!(
+            many.contains("the number of faults = 17 must be between 0 and 16"),
+            "{many}"
+        );
+        // The memory per session-second above counts probe records of 48 bytes.
+        assert_eq!(std::mem::size_of::<Probe>(), 48);
     }
 
     fn log_with(probes: &[(u64, bool)]) -> Log {

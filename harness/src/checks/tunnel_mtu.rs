@@ -12,6 +12,7 @@ use super::common::{at, describe_seen, ensure_tunnel, seen_source, EXCHANGE_TIME
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self, IcmpPacket};
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 use crate::types::Family;
 
@@ -25,6 +26,14 @@ pub struct TunnelMtu {
     pub icmp_mtu: Option<u32>,
 }
 
+/// The MTU an expected ICMP error carries: a link's.
+const ICMP_MTU: Limit = Limit::new(
+    "icmp_mtu",
+    1280,
+    9000,
+    "the ICMP error carries the MTU of the smaller link on the path (relay.wan_mtu or a [[topology.link]]'s mtu), and natvet's links are 1280-9000",
+);
+
 impl Check for TunnelMtu {
     const INFO: Info = Info {
         results: "tunnel-mtu/full-size, tunnel-mtu/icmp-MTU",
@@ -35,6 +44,7 @@ impl Check for TunnelMtu {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[ICMP_MTU],
     };
     type Case = ();
 
@@ -46,7 +56,10 @@ impl Check for TunnelMtu {
         vec![(name, ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
+        if let Some(m) = self.icmp_mtu {
+            ICMP_MTU.check(m)?;
+        }
         Ok(())
     }
 

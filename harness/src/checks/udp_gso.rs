@@ -12,6 +12,7 @@ use super::check::{Check, Info, Phase};
 use super::common::{at, ensure_tunnel, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
+use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
 
 /// UDP GSO: the client hands the kernel `bursts` buffers of `segments`
@@ -39,6 +40,38 @@ fn default_bursts() -> u32 {
     4
 }
 
+/// One datagram of a GSO send.
+const SEGMENT: Limit = Limit::new(
+    "segment",
+    64,
+    1372,
+    "a segment carries the check's 8-byte header and must cross the 1420-byte tunnel as one datagram (1372 bytes of payload with IPv6 and UDP headers)",
+)
+.unit(" bytes");
+/// Datagrams per send.
+const SEGMENTS: Limit = Limit::new(
+    "segments",
+    1,
+    64,
+    "the kernel takes at most 64 segments in one UDP_SEGMENT send (UDP_MAX_SEGMENTS)",
+);
+/// Bytes per send.
+const SEND: Limit = Limit::new(
+    "segments",
+    64,
+    65_000,
+    "one send is one UDP datagram to the kernel, which holds at most 65507 bytes of payload",
+)
+.on("segment x segments")
+.unit(" bytes");
+/// Sends.
+const BURSTS: Limit = Limit::new(
+    "bursts",
+    1,
+    100,
+    "every datagram of every burst is kept at the receiver until it is judged (up to 100 x 65000 bytes, 6.2 MiB of the guest), and all must arrive within the check's 10 s",
+);
+
 impl Check for UdpGso {
     const INFO: Info = Info {
         results: "udp-gso/BURSTSxSEGMENTS",
@@ -49,6 +82,7 @@ impl Check for UdpGso {
         phase: Phase::AfterTunnel,
         per_family: true,
         example: "",
+        limits: &[SEGMENT, SEGMENTS, SEND, BURSTS],
     };
     type Case = ();
 
@@ -56,21 +90,18 @@ impl Check for UdpGso {
         vec![(format!("udp-gso/{}x{}", self.bursts, self.segments), ())]
     }
 
-    fn validate(&self, _: &Setup) -> Result<(), String> {
+    fn validate(&self, _: &Setup) -> Result<(), Invalid> {
         let UdpGso {
             segment,
             segments,
             bursts,
         } = *self;
-        if !(64..=1372).contains(&segment)
-            || !(1..=64).contains(&segments)
-            || segment * segments > 65000
-            || !(1..=100).contains(&bursts)
-        {
-            return Err(format!(
-                "check udp-gso: segment {segment} x segments {segments} (bursts {bursts}): the kernel takes at most 64 segments and 65000 bytes per send, segments of 64-1372 bytes fit the tunnel, and bursts are 1-100"
-            ));
-        }
+        SEGMENT.check(segment)?;
+        SEGMENTS.check(segments)?;
+        // Both at most their limits above: no overflow.
+        let send = u64::from(segment) * u64::from(segments);
+        SEND.check_derived(send, format!("{segment} x {segments} = {send}"))?;
+        BURSTS.check(bursts)?;
         Ok(())
     }
 

@@ -186,6 +186,15 @@ pub fn explain(name: &str, kind: &str, info: &Info) -> String {
         )
     };
     out.push_str(&format!("  in a scenario: {example}\n"));
+    if !info.limits.is_empty() {
+        out.push_str("\nIts limits (checked before any VM boots)\n");
+        for l in info.limits {
+            out.push_str(&wrap(
+                &format!("{} is {}: {}", l.what, l.range(), l.why),
+                "  ",
+            ));
+        }
+    }
     out.push_str("\nHow it can fail\n");
     match how_it_fails(kind) {
         Some((how, look)) => {

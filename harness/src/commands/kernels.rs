@@ -49,11 +49,19 @@ pub enum KernelsCmd {
         /// Patch applied with `patch -p1` before building. Repeatable, applied in order.
         #[arg(long = "patch", value_name = "FILE")]
         patches: Vec<PathBuf>,
-        /// Parallel compile jobs (make -jN). Default: the number of cores.
-        #[arg(long, short = 'j')]
+        /// Parallel compile jobs (make -jN, 1-256). Default: the number of cores.
+        #[arg(long, short = 'j', value_parser = |s: &str| BUILD_JOBS.parse_arg(s).map(|n| n as usize))]
         jobs: Option<usize>,
     },
 }
+
+/// `make -jN` of `kernels build`.
+pub(super) const BUILD_JOBS: crate::bounds::Limit = crate::bounds::Limit::new(
+    "--jobs",
+    1,
+    256,
+    "each job is a compiler of up to a few hundred MiB of the host's memory, and more jobs than the host's cores only take turns",
+);
 
 pub fn exec(cmd: KernelsCmd) -> Result<i32> {
     match cmd {

@@ -132,11 +132,15 @@ fn handle_signals() -> Arc<AtomicI32> {
         std::thread::spawn(move || {
             for sig in signals.forever() {
                 if seen.swap(sig, Ordering::SeqCst) != 0 {
+                    // Whatever a build or unpack left running goes too: no
+                    // make goes on writing into a folder once its lock is free.
+                    crate::child::kill_all();
                     std::process::exit(128 + sig);
                 }
                 eprintln!("natvet: interrupted, stopping the VMs (again to quit at once)");
                 crate::kernel::archive::cancel_downloads();
                 crate::launcher::cancel_all();
+                crate::child::kill_all();
             }
         });
     }

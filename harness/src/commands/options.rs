@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::{usage, Result};
+use crate::bounds::Limit;
 use crate::kernel::KernelSpec;
 use crate::nat::BackendKind;
 use crate::scenario::Scenario;
@@ -32,15 +33,15 @@ pub struct VetArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub checks: CheckArgs,
-    /// VMs at once. Default: one per core, as memory allows.
-    #[arg(long, short = 'j')]
+    /// VMs at once (1-64). Default: one per core, as memory allows.
+    #[arg(long, short = 'j', value_parser = |s: &str| JOBS.parse_arg(s).map(|n| n as usize))]
     pub jobs: Option<usize>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 384)]
+    /// Guest memory in MiB (128-65536).
+    #[arg(long, default_value_t = 384, value_parser = |s: &str| MEMORY.parse_arg(s).map(|n| n as u32))]
     pub memory: u32,
-    /// Virtual CPUs per guest. Default: the host's cores shared among the
-    /// VMs that run at once (at least one each).
-    #[arg(long, value_name = "N")]
+    /// Virtual CPUs per guest (1-64). Default: the host's cores shared among
+    /// the VMs that run at once (at least one each).
+    #[arg(long, value_name = "N", value_parser = |s: &str| CPUS.parse_arg(s).map(|n| n as usize))]
     pub cpus: Option<usize>,
     /// Extra kernel command line arguments.
     #[arg(long, value_name = "ARGS", default_value = "")]
@@ -63,7 +64,7 @@ pub struct CheckArgs {
     /// namespaces of its own: one run's waits (idle timeouts, keepalives)
     /// overlap another's work. Default: 3 in a VM; 1 with `verify`, to stay
     /// light on a live server.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    #[arg(long, value_name = "N", value_parser = |s: &str| PARALLEL.parse_arg(s).map(|n| n as u16))]
     pub parallel: Option<u16>,
     /// Write all results as JSON (schema natvet-run/1).
     #[arg(long, value_name = "FILE")]
@@ -73,11 +74,12 @@ pub struct CheckArgs {
     /// Folder for console logs and evidence.
     #[arg(long, value_name = "DIR", default_value = "natvet-out")]
     pub out: PathBuf,
-    /// Seconds one kernel's run may take from start to end.
-    #[arg(long, default_value_t = 600)]
+    /// Seconds one kernel's run may take from start to end (10-86400).
+    #[arg(long, default_value_t = 600, value_parser = |s: &str| TIMEOUT.parse_arg(s))]
     pub timeout: u64,
-    /// Seconds one check may take before the run is stopped as hung.
-    #[arg(long, default_value_t = 120)]
+    /// Seconds one check may take before the run is stopped as hung
+    /// (10-86400); also how long a guest may take to boot.
+    #[arg(long, default_value_t = 120, value_parser = |s: &str| CHECK_TIMEOUT.parse_arg(s))]
     pub check_timeout: u64,
     /// Keep evidence for passing checks too.
     #[arg(long)]
@@ -99,6 +101,70 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "compact", value_name = "STYLE")]
     pub table: crate::report::terminal::TableStyle,
 }
+
+/// The limits of the command line's numbers, each with why (clap refuses
+/// a value outside one: exit 2).
+#[cfg(test)]
+pub const LIMITS: &[Limit] = &[
+    super::kernels::BUILD_JOBS,
+    super::soak::RUNS,
+    super::soak::DURATION,
+    JOBS,
+    MEMORY,
+    CPUS,
+    PARALLEL,
+    TIMEOUT,
+    CHECK_TIMEOUT,
+    KERNEL_CMDLINE,
+];
+
+const JOBS: Limit = Limit::new(
+    "--jobs",
+    1,
+    64,
+    "each VM holds --memory (384 MiB by default) of the host and shares its cores; natvet also checks that the VMs fit in the memory available",
+);
+const MEMORY: Limit = Limit::new(
+    "--memory",
+    128,
+    65_536,
+    "below 128 MiB a Debian kernel with natvet's initramfs does not boot, and the checks' limits are sized for the 384 MiB default: 64 GiB is far beyond any guest they need",
+)
+.unit(" MiB");
+const CPUS: Limit = Limit::new(
+    "--cpus",
+    1,
+    64,
+    "under TCG each vCPU is a host thread, and only the host's cores run them: beyond them vCPUs only take turns",
+);
+const PARALLEL: Limit = Limit::new(
+    "--parallel",
+    1,
+    32,
+    "each run holds its own namespaces, probe servers and threads in the guest at once, and the checks' memory limits assume a few runs, not dozens",
+);
+const TIMEOUT: Limit = Limit::new(
+    "--timeout",
+    10,
+    86_400,
+    "a guest boots in 2-6 s under TCG before any check runs, and a day is the longest run (a soak stretches its own timeout to fit)",
+)
+.unit(" s");
+const CHECK_TIMEOUT: Limit = Limit::new(
+    "--check-timeout",
+    10,
+    86_400,
+    "it is also the time a guest has to boot and say hello (2-6 s under TCG), and a day is the longest any check runs",
+)
+.unit(" s");
+const KERNEL_CMDLINE: Limit = Limit::new(
+    "--kernel-cmdline",
+    0,
+    1900,
+    "the x86 kernel command line holds 2048 bytes and natvet's own arguments (console, panic, rdinit...) take about 100 of them",
+)
+.on("the length of --kernel-cmdline")
+.unit(" bytes");
 
 impl CheckArgs {
     /// The progress output these options ask for.
@@ -194,17 +260,9 @@ pub(super) fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> Vet
 /// Scenarios and options common to vet and gate, validated before anything runs.
 pub(super) fn prepare(run: &RunArgs, specs: Vec<KernelSpec>) -> Result<VetOptions> {
     let scenarios = load_scenarios(&run.checks)?;
-    if run.jobs == Some(0) {
-        return Err(usage("--jobs must be at least 1"));
-    }
-    if run.cpus == Some(0) {
-        return Err(usage("--cpus must be at least 1"));
-    }
-    if run.memory < 128 {
-        return Err(usage(
-            "--memory below 128 MiB cannot boot a Debian kernel with natvet's initramfs",
-        ));
-    }
+    KERNEL_CMDLINE
+        .check(run.kernel_cmdline.len())
+        .map_err(|e| usage(e.to_string()))?;
     crate::provision::check_host(&scenarios)?;
     let jobs = run
         .jobs
@@ -261,4 +319,88 @@ pub(super) fn validate_checks(opts: &VetOptions, checks: &[String]) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The command line `natvet ARGS` would be refused with (clap's usage
+    /// error, exit 2), or None.
+    fn refused(args: &[&str]) -> Option<String> {
+        let argv = std::iter::once("natvet").chain(args.iter().copied());
+        match crate::commands::Cli::try_parse_from(argv) {
+            Ok(_) => None,
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{e}");
+                Some(e.to_string())
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_usage_errors_that_say_why() {
+        let e = refused(&["vet", "--timeout", "0"]).unwrap();
+        assert!(
+            e.contains("value out of range: --timeout = 0 must be between 10 and 86400 s because"),
+            "{e}"
+        );
+        // A timeout too large for the clock used to panic in the launcher.
+        assert!(refused(&["vet", "--timeout", "18446744073709551615"]).is_some());
+        for l in LIMITS {
+            if l.key == "--kernel-cmdline" {
+                continue;
+            }
+            let (cmd, extra): (&[&str], &[&str]) = match l.key {
+                "--runs" => (&["soak"], &[]),
+                "--duration" => (&["soak"], &[]),
+                "--jobs" if l.max == 256 => (
+                    &["kernels", "build"],
+                    &["--source", "debian:linux-source-6.12", "--config", "x"],
+                ),
+                _ => (&["vet"], &[]),
+            };
+            let mut outside = vec![l.max + 1];
+            if l.min > 0 {
+                outside.push(l.min - 1);
+            }
+            for v in outside.iter().map(u64::to_string) {
+                let args: Vec<&str> = cmd
+                    .iter()
+                    .chain(extra)
+                    .copied()
+                    .chain([l.key, v.as_str()])
+                    .collect();
+                // --duration is parsed when the soak starts, not by clap.
+                if l.key == "--duration" {
+                    let e = crate::commands::soak::parse_duration(&v).unwrap_err();
+                    assert!(
+                        e.to_string().contains("value out of range: --duration"),
+                        "{e}"
+                    );
+                    continue;
+                }
+                let e = refused(&args).unwrap_or_else(|| panic!("{args:?} accepted"));
+                assert!(
+                    e.contains(&format!(
+                        "value out of range: {} = {v} must be between",
+                        l.key
+                    )),
+                    "{args:?}: {e}"
+                );
+            }
+            let inside = l.min.max(1).to_string();
+            let args: Vec<&str> = cmd
+                .iter()
+                .chain(extra)
+                .copied()
+                .chain([l.key, inside.as_str()])
+                .collect();
+            if l.key != "--duration" {
+                assert_eq!(refused(&args), None, "{args:?}");
+            }
+        }
+        assert!(KERNEL_CMDLINE.check("x".repeat(1901).len()).is_err());
+    }
 }

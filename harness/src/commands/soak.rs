@@ -21,8 +21,8 @@ use crate::vet;
 pub struct SoakArgs {
     #[command(flatten)]
     pub vet: VetArgs,
-    /// How many times to run.
-    #[arg(long, default_value_t = 20)]
+    /// How many times to run (2-1000).
+    #[arg(long, default_value_t = 20, value_parser = |s: &str| RUNS.parse_arg(s).map(|n| n as usize))]
     pub runs: usize,
     /// Instead of --runs: keep the scenarios' sessions going this long
     /// ("90s", "10m", "2h") in one run, and report each second of it.
@@ -30,8 +30,22 @@ pub struct SoakArgs {
     pub duration: Option<String>,
 }
 
-/// The longest soak: a day.
-const MAX_SOAK: u64 = 86_400;
+/// How many runs a soak compares.
+pub(super) const RUNS: crate::bounds::Limit = crate::bounds::Limit::new(
+    "--runs",
+    2,
+    1000,
+    "fewer than two runs compare nothing, and every run boots every kernel again and keeps its results for the comparison",
+);
+
+/// How long a soak keeps its sessions going.
+pub(super) const DURATION: crate::bounds::Limit = crate::bounds::Limit::new(
+    "--duration",
+    1,
+    86_400,
+    "a day is the longest soak, and every session-second is kept in the guest (each session check limits ports x duration)",
+)
+.unit(" s");
 
 /// "90s", "10m", "2h", "1h30m" or plain seconds.
 pub(super) fn parse_duration(text: &str) -> Result<u32> {
@@ -60,11 +74,9 @@ pub(super) fn parse_duration(text: &str) -> Result<u32> {
     if !digits.is_empty() {
         total = total.saturating_add(digits.parse::<u64>().map_err(|_| bad())?);
     }
-    if !(1..=MAX_SOAK).contains(&total) {
-        return Err(usage(format!(
-            "--duration {text} is {total} s: give 1 s to {MAX_SOAK} s (a day)"
-        )));
-    }
+    DURATION
+        .check_derived(total, format!("{text} ({total} s)"))
+        .map_err(|e| usage(e.to_string()))?;
     Ok(total as u32)
 }
 
@@ -97,6 +109,13 @@ pub(super) fn soaked(scenarios: Vec<Scenario>, seconds: u32) -> Result<Vec<Scena
             if i > 0 {
                 d.name = format!("{}-{f}", s.name);
             }
+            // The sessions now last --duration: the scenario's limits again.
+            d.revalidate(&format!("'{}' kept going for {seconds} s", s.name))
+                .map_err(|e| {
+                    usage(format!(
+                        "{e}; --duration sets every session's duration: give a shorter one, or a scenario with fewer session ports"
+                    ))
+                })?;
             out.push(d);
         }
     }
@@ -141,9 +160,6 @@ fn soak_for(mut args: SoakArgs, duration: &str) -> Result<i32> {
 pub fn exec(args: SoakArgs) -> Result<i32> {
     if let Some(d) = args.duration.clone() {
         return soak_for(args, &d);
-    }
-    if args.runs < 2 {
-        return Err(usage("--runs must be at least 2 to compare anything"));
     }
     let specs = kernel_specs(&args.vet)?;
     let opts = prepare(&args.vet.run, specs)?;
@@ -254,5 +270,16 @@ mod tests {
             ) || matches!(c, CheckSpec::KernelHealth(_))));
         }
         assert!(soaked(vec![Scenario::load("pmtu").unwrap()], 60).is_err());
+        // A day of extended-ports' seven sessions would keep about 700 MiB
+        // of probe records in the guest: refused before anything boots.
+        let e = soaked(vec![Scenario::load("extended-ports").unwrap()], 86_400)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ports x duration = 7 x 86400 = 604800 must be between 3 and 50000")
+                && e.contains("--duration sets"),
+            "{e}"
+        );
+        assert!(soaked(vec![Scenario::load("extended-ports").unwrap()], 7_000).is_ok());
     }
 }

@@ -6,10 +6,20 @@
 //! - `src/linux-source-X.Y_VERSION/linux-source-X.Y/` — the pristine tree,
 //!   unpacked once; `src/linux-source-X.Y_VERSION/complete` written last
 //! - `builds/linux-source-X.Y_VERSION_KEY/` — one build per (source version,
-//!   SHA-256 of the fragment, SHA-256 of each patch): `build/` (the `O=`
-//!   folder, with `natvet-build.log`), `source/` (a hard-linked, patched copy
-//!   of the tree, only when patches are given) and `complete.json`, written
-//!   after a successful build
+//!   SHA-256 of the fragment, SHA-256 of each patch): `natvet-build.log`
+//!   (the last attempt's), and each attempt in a folder of its own,
+//!   `out-XXXXXX/`, holding `build/` (the `O=` folder) and `source/` (a
+//!   hard-linked, patched copy of the tree, only when patches are given).
+//!   `complete.json`, written last after a successful build, names the
+//!   attempt it published; no other attempt is ever used again. An attempt
+//!   that was interrupted (even by SIGKILL, with a compiler still writing
+//!   into it) is removed before the next one starts, and by
+//!   `Cache::sweep` once the build's lock is free: nothing of it is reused.
+//!   Builds of older natvets (`build/` and `source/` beside `complete.json`)
+//!   are used as they are.
+//!
+//! Every helper (`make`, `patch`, `cp`, `tar`) runs through `crate::child`:
+//! it and everything it starts die with natvet.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -204,6 +214,10 @@ pub fn check_tools(need_patch: bool) -> Result<(), BuildError> {
 /// Contents of `builds/KEY/complete.json`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct BuildInfo {
+    /// The attempt folder (`out-XXXXXX`) this marker publishes; none for a
+    /// build of an older natvet, whose output is `build/` beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
     package: String,
     version: String,
     suite: String,
@@ -313,37 +327,138 @@ pub fn build(
     let builds = cache.dir("builds")?;
     let name = format!("{}_{}_{}", pkg.package, pkg.version, &key[..16]);
     let dir = builds.join(&name);
-    let out = dir.join("build");
-    let done = || dir.join("complete.json").is_file() && out.join(BUILD_BZIMAGE).is_file();
-    if done() {
+    if let Some(out) = published(&dir) {
         progress(&format!("already built: {}", out.display()));
         return Ok(out);
     }
     let _lock = cache::lock(&builds.join(format!("{name}.lock")))?;
-    if done() {
+    if let Some(out) = published(&dir) {
         return Ok(out);
     }
-
     let pristine = ensure_source(cache, pkg, progress)?;
+    let log = dir.join("natvet-build.log");
+    publish_attempt(&dir, progress, |attempt| {
+        compile(
+            attempt,
+            &CompileInputs {
+                pkg,
+                pristine: &pristine,
+                patches: &patches,
+                fragment: &fragment,
+                fragment_text: &fragment_text,
+                fragment_sha: &fragment_sha,
+                jobs: req.jobs,
+                log: &log,
+            },
+            progress,
+        )
+    })
+}
+
+/// The output of the build in `dir` if it is complete: the attempt its
+/// marker names, with a kernel image.
+fn published(dir: &Path) -> Option<PathBuf> {
+    let marker = fs::read(dir.join("complete.json")).ok()?;
+    let info: BuildInfo = serde_json::from_slice(&marker).ok()?;
+    let out = match &info.output {
+        Some(attempt) if cache::is_attempt_name(attempt) => dir.join(attempt).join("build"),
+        Some(_) => return None,
+        None => dir.join("build"),
+    };
+    out.join(BUILD_BZIMAGE).is_file().then_some(out)
+}
+
+/// One attempt at the build in `dir`, under its lock: what earlier attempts
+/// left is removed, `compile` fills a fresh attempt folder and says what
+/// was built, and the marker naming the attempt is written last. An
+/// attempt that fails is removed; one that is killed is removed next time.
+fn publish_attempt(
+    dir: &Path,
+    progress: &dyn Fn(&str),
+    compile: impl FnOnce(&Path) -> Result<BuildInfo, BuildError>,
+) -> Result<PathBuf, BuildError> {
+    for p in cache::remove_unfinished_build(dir) {
+        progress(&format!(
+            "removed {} (an unfinished build, never used)",
+            p.display()
+        ));
+    }
+    fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let attempt = tempfile::Builder::new()
+        .prefix("out-")
+        .rand_bytes(6)
+        .tempdir_in(dir)
+        .map_err(io(format!(
+            "creating an attempt folder in {}",
+            dir.display()
+        )))?;
+    let mut info = compile(attempt.path())?;
+    let kept = attempt.keep();
+    cache::make_readable(&kept, true).map_err(io(format!("chmod {}", kept.display())))?;
+    let name = kept
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    info.output = Some(name);
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| {
+        BuildError::Kernel(KernelError::io(
+            "serialising the build marker".into(),
+            e.into(),
+        ))
+    })?;
+    cache::write_atomic(&dir.join("complete.json"), &json)?;
+    published(dir).ok_or_else(|| BuildError::Failed {
+        what: "the build".into(),
+        status: format!("{} has no {BUILD_BZIMAGE}", kept.display()),
+        log: dir.join("natvet-build.log"),
+        tail: String::new(),
+    })
+}
+
+/// What one attempt compiles from.
+struct CompileInputs<'a> {
+    pkg: &'a archive::Stanza,
+    pristine: &'a Path,
+    patches: &'a [(PathBuf, String)],
+    fragment: &'a Path,
+    fragment_text: &'a str,
+    fragment_sha: &'a str,
+    jobs: usize,
+    log: &'a Path,
+}
+
+/// Patch (when asked), configure and compile into `attempt/build`.
+fn compile(
+    attempt: &Path,
+    inputs: &CompileInputs,
+    progress: &dyn Fn(&str),
+) -> Result<BuildInfo, BuildError> {
+    let CompileInputs {
+        pkg,
+        pristine,
+        patches,
+        fragment,
+        fragment_text,
+        fragment_sha,
+        jobs,
+        log,
+    } = *inputs;
+    let out = attempt.join("build");
     fs::create_dir_all(&out).map_err(io(format!("creating {}", out.display())))?;
-    let log = out.join("natvet-build.log");
-    File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+    File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    let log = log.to_path_buf();
     let src = if patches.is_empty() {
-        pristine
+        pristine.to_path_buf()
     } else {
-        let src = dir.join("source");
-        if src.exists() {
-            // Patches may be half applied: start again from the pristine tree.
-            fs::remove_dir_all(&src).map_err(io(format!("removing {}", src.display())))?;
-        }
+        let src = attempt.join("source");
         progress("hard-linking a copy of the source tree for the patches");
         run_logged(
-            Command::new("cp").arg("-al").arg(&pristine).arg(&src),
+            Command::new("cp").arg("-al").arg(pristine).arg(&src),
             "copying the source tree (cp -al)",
             &log,
             None,
         )?;
-        for (p, _) in &patches {
+        for (p, _) in patches {
             progress(&format!("applying {}", p.display()));
             run_logged(
                 Command::new("patch")
@@ -394,7 +509,7 @@ pub fn build(
             .args(["-m", "-O"])
             .arg(&out)
             .arg(&config)
-            .arg(&fragment)
+            .arg(fragment)
             .current_dir(&src),
         "merge_config.sh",
         &log,
@@ -408,16 +523,16 @@ pub fn build(
     )?;
     let config_text =
         fs::read_to_string(&config).map_err(io(format!("reading {}", config.display())))?;
-    let unmet = unmet_settings(&fragment_text, &config_text);
+    let unmet = unmet_settings(fragment_text, &config_text);
     if !unmet.is_empty() {
         return Err(BuildError::ConfigUnmet {
-            fragment,
+            fragment: fragment.to_path_buf(),
             config,
             unmet,
         });
     }
     let modules = config_has_modules(&config_text);
-    let jobs = format!("-j{}", req.jobs);
+    let jobs = format!("-j{jobs}");
     let mut targets = vec![jobs.as_str(), "bzImage"];
     if modules {
         targets.push("modules");
@@ -452,12 +567,13 @@ pub fn build(
         (secs / 60.0).floor(),
         secs % 60.0
     ));
-    let info = BuildInfo {
+    Ok(BuildInfo {
+        output: None,
         package: pkg.package.clone(),
         version: pkg.version.clone(),
         suite: pkg.suite.clone(),
         fragment: fragment.display().to_string(),
-        fragment_sha256: fragment_sha,
+        fragment_sha256: fragment_sha.to_string(),
         patches: patches
             .iter()
             .map(|(p, s)| (p.display().to_string(), s.clone()))
@@ -465,15 +581,7 @@ pub fn build(
         release,
         modules,
         build_seconds: secs,
-    };
-    let json = serde_json::to_vec_pretty(&info).map_err(|e| {
-        BuildError::Kernel(KernelError::io(
-            "serialising the build marker".into(),
-            e.into(),
-        ))
-    })?;
-    cache::write_atomic(&dir.join("complete.json"), &json)?;
-    Ok(out)
+    })
 }
 
 /// The pristine source tree of `pkg`, downloaded and unpacked once.
@@ -505,13 +613,14 @@ fn ensure_source(
             deb::extract_member(&deb_path, &member, &tarball).map_err(extract_err)?;
             progress(&format!("unpacking {member} (tar -xf)"));
             let t = Instant::now();
-            let st = Command::new("nice")
-                .args(["-n", "19", "tar", "-xf"])
-                .arg(&tarball)
-                .arg("-C")
-                .arg(staging.path())
-                .status()
-                .map_err(|e| extract_err(format!("cannot run tar: {e}")))?;
+            let st = crate::child::status(
+                Command::new("nice")
+                    .args(["-n", "19", "tar", "-xf"])
+                    .arg(&tarball)
+                    .arg("-C")
+                    .arg(staging.path()),
+            )
+            .map_err(|e| extract_err(format!("cannot run tar: {e}")))?;
             if !st.success() {
                 return Err(extract_err(format!("tar -xf {member}: {st}")));
             }
@@ -548,11 +657,8 @@ fn run_logged(
             .map_err(io(format!("opening {}", log.display())))
     };
     let (stdout, stderr) = (open()?, open()?);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
+    // It and everything it starts (make's compilers) die with natvet.
+    let mut child = crate::child::spawn(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr))
         .map_err(|e| BuildError::Failed {
             what: what.to_string(),
             status: format!("could not start: {e}"),
@@ -683,6 +789,89 @@ CONFIG_WIREGUARD=m
         assert!(fragment_settings(text).len() > 50);
         assert!(text.contains("# CONFIG_MODULES is not set"));
         assert!(text.contains("CONFIG_WIREGUARD=y"));
+    }
+
+    fn info() -> BuildInfo {
+        BuildInfo {
+            output: None,
+            package: "linux-source-6.12".into(),
+            version: "1".into(),
+            suite: "trixie".into(),
+            fragment: "f.config".into(),
+            fragment_sha256: "0".into(),
+            patches: vec![],
+            release: None,
+            modules: false,
+            build_seconds: 0.0,
+        }
+    }
+
+    /// What a compile leaves: a kernel image in ATTEMPT/build.
+    fn image(attempt: &Path) -> Result<BuildInfo, BuildError> {
+        let bz = attempt.join("build").join(BUILD_BZIMAGE);
+        fs::create_dir_all(bz.parent().unwrap()).unwrap();
+        fs::write(&bz, b"kernel").unwrap();
+        Ok(info())
+    }
+
+    #[test]
+    fn an_interrupted_build_leaves_nothing_a_later_run_uses() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("linux-source-6.12_1_abc");
+        // A run killed mid-build (SIGKILL: no cleanup) left its attempt, with
+        // a kernel image already written, and an older natvet's O= folder.
+        let killed = dir.join("out-Ab12Cd");
+        image(&killed).unwrap();
+        image(&dir).unwrap();
+        fs::write(dir.join("natvet-build.log"), b"the killed run's log").unwrap();
+        assert_eq!(
+            published(&dir),
+            None,
+            "nothing is complete without its marker"
+        );
+        // A failing attempt publishes nothing and leaves no folder behind.
+        let e = publish_attempt(&dir, &|_| {}, |attempt| {
+            image(attempt)?;
+            Err(BuildError::BadInput("the fragment was not taken".into()))
+        })
+        .unwrap_err();
+        assert!(e.is_user_error());
+        assert_eq!(published(&dir), None);
+        let left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["natvet-build.log"], "only the log stays");
+        // A later attempt builds afresh and is the one published.
+        image(&killed).unwrap();
+        let out = publish_attempt(&dir, &|_| {}, image).unwrap();
+        assert!(!killed.exists(), "the killed run's attempt was removed");
+        assert_ne!(out, killed.join("build"));
+        assert_eq!(published(&dir), Some(out.clone()));
+        assert!(out.starts_with(&dir) && out.ends_with("build"));
+        // Done: a sweep leaves a complete build alone.
+        let cache = Cache::new(root.path().to_path_buf());
+        fs::create_dir_all(root.path().join("builds")).unwrap();
+        fs::rename(&dir, root.path().join("builds/b")).unwrap();
+        cache.sweep();
+        assert!(published(&root.path().join("builds/b")).is_some());
+    }
+
+    #[test]
+    fn older_builds_are_used_as_they_are() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().to_path_buf();
+        image(&dir).unwrap();
+        let mut old = serde_json::to_value(info()).unwrap();
+        old.as_object_mut().unwrap().remove("output");
+        fs::write(dir.join("complete.json"), old.to_string()).unwrap();
+        assert_eq!(published(&dir), Some(dir.join("build")));
+        // A marker naming something that is not an attempt is not trusted.
+        let mut odd = info();
+        odd.output = Some("../elsewhere".into());
+        fs::write(dir.join("complete.json"), serde_json::to_vec(&odd).unwrap()).unwrap();
+        assert_eq!(published(&dir), None);
     }
 
     #[test]

@@ -305,10 +305,11 @@ impl Cache {
     /// Remove what runs that died left in the cache: staging folders of
     /// entries (`.tmp-NAME-XXXXXX`: unpacked kernels, source trees, module
     /// copies), partial downloads (`.partial-FILE-XXXXXX`), files being
-    /// written atomically (`.writing-FILE-XXXXXX`) and the patched source
-    /// copies of builds that never finished. A temporary is removed only
-    /// when it is older than this run and nobody holds the lock its writer
-    /// held, so a live run's work is never touched. Returns what was removed.
+    /// written atomically (`.writing-FILE-XXXXXX`) and the attempt folders
+    /// of builds that never finished. A temporary is removed only when it
+    /// is older than this run and nobody holds the lock its writer held (a
+    /// build's attempts: when its lock is free), so a live run's work is
+    /// never touched. Returns what was removed.
     pub fn sweep(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
         for dir in SWEPT_FOLDERS.iter().flat_map(|p| self.folders(p)) {
@@ -333,22 +334,19 @@ impl Cache {
                 }
             }
         }
-        // A build that never finished keeps its patched copy of the
-        // source (a hard-linked tree): gone once its lock is free.
+        // A build that never finished: its attempts (the O= folder and the
+        // patched copy of the source), gone once its lock is free, so that
+        // no later run builds on what a killed one half wrote.
         let builds = self.root.join("builds");
         if let Ok(rd) = fs::read_dir(&builds) {
             for e in rd.flatten() {
                 let dir = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                let source = dir.join("source");
                 if dir.is_dir()
-                    && source.is_dir()
                     && !dir.join("complete.json").is_file()
-                    && self.older_than_run(&source, Duration::ZERO)
                     && lock_is_free(&builds.join(format!("{name}.lock")))
-                    && fs::remove_dir_all(&source).is_ok()
                 {
-                    removed.push(source);
+                    removed.extend(remove_unfinished_build(&dir));
                 }
             }
         }
@@ -398,6 +396,32 @@ fn remove(path: &Path) -> std::io::Result<()> {
     } else {
         fs::remove_file(path)
     }
+}
+
+/// `out-XXXXXX`: an attempt folder's name (tempfile's six letters and digits).
+pub(crate) fn is_attempt_name(name: &str) -> bool {
+    name.strip_prefix("out-")
+        .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Remove what earlier attempts of the unfinished `natvet kernels build`
+/// in `dir` left (its lock held, or free: see `super::build`): attempt folders, and an older natvet's `build/` and
+/// `source/`. The log stays. Returns what was removed.
+pub(crate) fn remove_unfinished_build(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = is_attempt_name(&name) || name == "build" || name == "source";
+        // A compiler that outlived a killed run may still write: what
+        // cannot be removed now is removed next time, and never used.
+        if stale && e.path().is_dir() && fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 /// True when nobody holds the lock on `path` (taken and let go at once);
@@ -553,12 +577,12 @@ impl Entry {
 /// Run the host's `depmod -b ROOT RELEASE`.
 pub(crate) fn depmod(root: &Path, release: &str) -> Result<(), KernelError> {
     for exe in ["depmod", "/usr/sbin/depmod", "/sbin/depmod"] {
-        match std::process::Command::new(exe)
-            .arg("-b")
-            .arg(root)
-            .arg(release)
-            .output()
-        {
+        match crate::child::output(
+            std::process::Command::new(exe)
+                .arg("-b")
+                .arg(root)
+                .arg(release),
+        ) {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
                 return Err(KernelError::Depmod {
@@ -683,6 +707,27 @@ pub(crate) mod tests {
         let mut want = vec![staging, writing];
         want.sort();
         assert_eq!(removed, want);
+    }
+
+    #[test]
+    fn unfinished_build_attempts_go_once_their_lock_is_free() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Cache::new(root.path().to_path_buf());
+        // A build attempt a killed run left (its lock free), and one a live
+        // run is writing (its lock held).
+        let dead_build = cache.dir("builds/linux-source-6.12_2_def").unwrap();
+        fs::create_dir_all(dead_build.join("out-Zz9Yy8/build")).unwrap();
+        fs::write(dead_build.join("natvet-build.log"), b"log").unwrap();
+        let live_build = cache.dir("builds/linux-source-6.12_3_ghi").unwrap();
+        fs::create_dir_all(live_build.join("out-Qq1Ww2/build")).unwrap();
+        let live_lock = lock(&root.path().join("builds/linux-source-6.12_3_ghi.lock")).unwrap();
+        let removed = cache.sweep();
+        assert_eq!(removed, [dead_build.join("out-Zz9Yy8")]);
+        assert!(dead_build.join("natvet-build.log").exists(), "logs stay");
+        assert!(live_build.join("out-Qq1Ww2").exists());
+        // The live run ended: what it left goes now.
+        drop(live_lock);
+        assert_eq!(cache.sweep(), [live_build.join("out-Qq1Ww2")]);
     }
 
     #[test]

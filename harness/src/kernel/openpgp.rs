@@ -200,7 +200,7 @@ fn run_gpgv(
             cmd.arg(&sig).arg(&input);
         }
     }
-    let output = match cmd.output() {
+    let output = match crate::child::output(&mut cmd) {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SignatureError::NoGpgv),
         Err(e) => return Err(fail(format!("running gpgv: {e}"))),

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{Invalid, Limit};
 use crate::checks::{CheckSpec, Phase};
 use crate::nat::BackendKind;
 use crate::types::Family;
 
+mod position;
 pub mod setup;
 pub mod topology;
 
@@ -136,6 +138,112 @@ pub enum ScenarioError {
     Invalid { origin: String, message: String },
 }
 
+/// Limits on a scenario's own values, each with why (beside the relay's,
+/// `setup::LIMITS`, the topology's, `topology::LIMITS`, and each check's
+/// own, in its `Info::limits`).
+pub const LIMITS: &[Limit] = &[RESULTS, KERNEL_SYSCTLS];
+
+const RESULTS: Limit = Limit::new(
+    "check",
+    1,
+    256,
+    "a run's results come one after another, each waiting up to its check's timeout (10-12 s for most) when the kernel fails it: 256 fill about 45 minutes, four times the 10 min default --timeout; split a larger scenario into several",
+)
+.on("the number of results (of every check, in every family)");
+const KERNEL_SYSCTLS: Limit = Limit::new(
+    "sysctls",
+    0,
+    64,
+    "each is a write to /proc/sys of the whole guest kernel before any run starts, and net.* holds no more settings worth changing",
+)
+.on("the number of kernel.sysctls");
+
+/// Every limit natvet puts on a scenario's values: the scenario's, the
+/// relay's and NAT rules', the topology's and each check's (for
+/// `natvet explain` and the parameter table of docs/checks.md).
+pub fn all_limits() -> Vec<(&'static str, &'static Limit)> {
+    let mut out: Vec<(&'static str, &'static Limit)> = Vec::new();
+    out.extend(LIMITS.iter().map(|l| ("scenario", l)));
+    out.extend(setup::LIMITS.iter().map(|l| ("relay", l)));
+    out.extend(topology::LIMITS.iter().map(|l| ("topology", l)));
+    for (kind, info) in crate::checks::CATALOGUE {
+        out.extend(info.limits.iter().map(|l| (*kind, l)));
+    }
+    out
+}
+
+/// A validation error and where it is in the text.
+struct Problem {
+    message: String,
+    /// The path of the value at fault (a value out of range): its line.
+    value: Option<Vec<String>>,
+    /// The table the message is about (a check's): its line is found there.
+    table: Option<Vec<String>>,
+}
+
+impl From<String> for Problem {
+    fn from(message: String) -> Problem {
+        Problem {
+            message,
+            value: None,
+            table: None,
+        }
+    }
+}
+
+impl From<&str> for Problem {
+    fn from(message: &str) -> Problem {
+        message.to_string().into()
+    }
+}
+
+impl From<Invalid> for Problem {
+    fn from(e: Invalid) -> Problem {
+        match e {
+            Invalid::Says(m) => m.into(),
+            Invalid::OutOfRange(e) => Problem {
+                message: e.to_string(),
+                value: Some(e.path.clone()),
+                table: None,
+            },
+        }
+    }
+}
+
+impl Problem {
+    /// An error of check `index` (of `kind`): its values' paths are below
+    /// its table, its messages about that table.
+    fn of_check(index: usize, kind: &str, e: Invalid) -> Problem {
+        let at = index.to_string();
+        match e.under(&["check", &at]) {
+            Invalid::Says(message) => Problem {
+                message,
+                value: None,
+                table: Some(vec!["check".into(), at]),
+            },
+            Invalid::OutOfRange(e) => Problem {
+                message: format!("check {kind}: {e}"),
+                value: Some(e.path.clone()),
+                table: None,
+            },
+        }
+    }
+
+    /// The line it is on: the value's, else one of its table's, else the
+    /// line that writes what the message quotes.
+    fn line(&self, text: &str) -> Option<usize> {
+        self.value
+            .as_ref()
+            .and_then(|p| position::line_of(text, p))
+            .or_else(|| {
+                self.table
+                    .as_ref()
+                    .and_then(|p| position::locate_within(text, p, &self.message))
+            })
+            .or_else(|| position::locate(text, &self.message))
+    }
+}
+
 /// The shipped scenarios a run takes when none is named: all but the slow ones.
 pub fn default_set() -> Vec<&'static str> {
     SHIPPED
@@ -143,51 +251,6 @@ pub fn default_set() -> Vec<&'static str> {
         .filter(|(name, _)| Scenario::load(name).map(|s| !s.slow).unwrap_or(true))
         .map(|(name, _)| *name)
         .collect()
-}
-
-/// The line a validation message is most likely about: of the names,
-/// addresses and references the message quotes, the one written on the
-/// fewest lines of the text (the first such on a tie), and the last line
-/// that holds it. None when the message names nothing written there (a
-/// default, for example).
-fn locate(text: &str, message: &str) -> Option<usize> {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.split_once('#').map_or(l, |(code, _)| code))
-        .collect();
-    let holds = |line: &str, token: &str| {
-        line.match_indices(token).any(|(i, _)| {
-            let before = line[..i].chars().next_back();
-            let after = line[i + token.len()..].chars().next();
-            let part = |c: Option<char>| {
-                c.is_some_and(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c))
-            };
-            !part(before) && !part(after)
-        })
-    };
-    message
-        .split(|c: char| c.is_whitespace() || "'\"`,;()[]".contains(c))
-        .map(|t| t.trim_end_matches(['.', ':']))
-        .filter(|t| t.len() >= 3)
-        .filter_map(|token| {
-            // A plain word counts only where the text quotes it ("home").
-            let special = token
-                .chars()
-                .any(|c| c.is_ascii_digit() || ":./-_".contains(c));
-            let quoted = format!("\"{token}\"");
-            let hits: Vec<usize> = (0..lines.len())
-                .filter(|i| {
-                    if special {
-                        holds(lines[*i], token)
-                    } else {
-                        lines[*i].contains(&quoted)
-                    }
-                })
-                .collect();
-            Some((hits.len(), *hits.last()? + 1))
-        })
-        .min_by_key(|(n, _)| *n)
-        .map(|(_, line)| line)
 }
 
 impl Scenario {
@@ -222,17 +285,27 @@ impl Scenario {
         })?;
         scenario
             .validate()
-            .map_err(|message| ScenarioError::Invalid {
+            .map_err(|problem| ScenarioError::Invalid {
                 origin: origin.to_string(),
-                message: match locate(text, &message) {
-                    Some(line) => format!("line {line}: {message}"),
-                    None => message,
+                message: match problem.line(text) {
+                    Some(line) => format!("line {line}: {}", problem.message),
+                    None => problem.message,
                 },
             })?;
         Ok(scenario)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Validate a scenario changed after it was parsed (a soak's, whose
+    /// sessions last as long as `--duration` says): the same rules and
+    /// limits, without a text to find lines in.
+    pub fn revalidate(&self, origin: &str) -> Result<(), ScenarioError> {
+        self.validate().map_err(|p| ScenarioError::Invalid {
+            origin: origin.to_string(),
+            message: p.message,
+        })
+    }
+
+    fn validate(&self) -> Result<(), Problem> {
         let valid_name = !self.name.is_empty()
             && self
                 .name
@@ -242,7 +315,8 @@ impl Scenario {
             return Err(format!(
                 "name '{}' must be non-empty and use only a-z, 0-9 and '-'",
                 self.name
-            ));
+            )
+            .into());
         }
         if self.backends.is_empty() {
             return Err(
@@ -250,25 +324,59 @@ impl Scenario {
                     .into(),
             );
         }
+        for (i, b) in self.backends.iter().enumerate() {
+            if self.backends[..i].contains(b) {
+                return Err(Problem {
+                    message: format!(
+                        "backends names {} twice: each backend is one run of the scenario",
+                        b.name()
+                    ),
+                    value: Some(vec!["backends".into(), i.to_string()]),
+                    table: None,
+                });
+            }
+        }
         if self.checks.is_empty() {
             return Err("no checks: add at least one [[check]] table".into());
         }
+        KERNEL_SYSCTLS
+            .check_len(self.kernel.sysctls.len())
+            .map_err(|e| Invalid::from(e.under(&["kernel"])))?;
         for key in self.kernel.sysctls.keys() {
             if !topology::is_net_sysctl(key) {
                 return Err(format!(
                     "kernel.sysctls: '{key}' is not a net.* sysctl (e.g. \"net.netfilter.nf_conntrack_max\")"
-                ));
+                )
+                .into());
             }
         }
         let setup = self.setup();
         setup.validate()?;
         let mut names = std::collections::HashSet::new();
-        for check in &self.checks {
-            check.validate(&setup)?;
+        for (i, check) in self.checks.iter().enumerate() {
+            check
+                .validate(&setup)
+                .map_err(|e| Problem::of_check(i, check.kind(), e))?;
             for name in check.result_names() {
                 if !names.insert(name.clone()) {
-                    return Err(format!("check '{name}' appears twice"));
+                    let e = Invalid::from(format!("check '{name}' appears twice"));
+                    return Err(Problem::of_check(i, check.kind(), e));
                 }
+            }
+        }
+        // The results of every check in every family, counted up to the
+        // check that passes the limit.
+        let families = self.relay.families.len();
+        let mut results = 0usize;
+        for (i, check) in self.checks.iter().enumerate() {
+            let per = if check.info().per_family { families } else { 1 };
+            results = results.saturating_add(check.result_names().len().saturating_mul(per));
+            if let Err(e) = RESULTS.check(results) {
+                return Err(Problem {
+                    message: format!("{e} (counted up to this check)"),
+                    value: Some(vec!["check".into(), i.to_string()]),
+                    table: None,
+                });
             }
         }
         Ok(())
@@ -432,6 +540,63 @@ mod tests {
                 "{msg}"
             );
         }
+
+        // Values out of range name their line, the limit and why.
+        let ranges: Vec<String> = (0..65).map(|i| format!("\"{}\"", 1000 + i)).collect();
+        let sysctls: Vec<String> = (0..65).map(|i| format!("\"net.core.x{i}\" = 1")).collect();
+        for (text, line, says) in [
+            (
+                minimal("listen_port = 0"),
+                3,
+                "listen_port = 0 must be between 1 and 65535 because",
+            ),
+            (
+                minimal("wan_mtu = 100"),
+                3,
+                "wan_mtu = 100 must be between 1280 and 9000 bytes because",
+            ),
+            (
+                minimal(&format!("redirect_udp = [\n{}\n]", ranges.join(",\n"))),
+                68,
+                "the number of relay.redirect_udp ranges = 65 must be between 0 and 64 because",
+            ),
+            (
+                minimal("families = [\"ipv4\", \"ipv6\", \"ipv4\"]"),
+                3,
+                "the number of relay.families = 3 must be between 1 and 2",
+            ),
+            (
+                format!("backends = [\"nftables\", \"nftables\"]\n{}", minimal("")),
+                1,
+                "backends names nftables twice",
+            ),
+            (
+                format!("{}[kernel.sysctls]\n{}\n", minimal(""), sysctls.join("\n")),
+                6,
+                "the number of kernel.sysctls = 65 must be between 0 and 64",
+            ),
+        ] {
+            let msg = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(msg.contains(&format!("t.toml: line {line}: ")), "{msg}");
+            assert!(msg.contains(says), "{msg}");
+        }
+        // More results than a run can wait for: at the check that passes 256.
+        let checks: String = (0..9)
+            .map(|i| {
+                let ports: Vec<String> = (1..=32).map(|p| (i * 100 + p).to_string()).collect();
+                format!(
+                    "[[check]]\nkind = \"redirect\"\nports = [{}]\n",
+                    ports.join(", ")
+                )
+            })
+            .collect();
+        let msg = Scenario::parse(&format!("name = \"t\"\n[relay]\n{checks}"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 27: value out of range: the number of results (of every check, in every family) = 288 must be between 1 and 256"),
+            "{msg}"
+        );
 
         let err = Scenario::load("no-such-scenario").unwrap_err();
         assert!(err.to_string().contains("extended-ports"), "{err}");

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::topology::{self, Addrs, TopologySpec};
+use crate::bounds::{Invalid, Limit};
 use crate::types::{Family, IpNet, PortRange, Protocol};
 
 /// How the relay is set up.
@@ -111,6 +112,66 @@ fn yes() -> bool {
     true
 }
 
+/// Limits on the relay's values and the NAT rules, each with why
+/// (`Setup::validate` checks them).
+pub const LIMITS: &[Limit] = &[
+    LISTEN_PORT,
+    REDIRECT_RANGES,
+    FAMILIES,
+    WAN_MTU,
+    NAT_RULES,
+    DNAT_RANGES,
+    TO_PORT,
+];
+
+const LISTEN_PORT: Limit = Limit::new(
+    "listen_port",
+    1,
+    65535,
+    "it is the UDP port WireGuard listens on, and port 0 carries no UDP",
+);
+const REDIRECT_RANGES: Limit = Limit::new(
+    "redirect_udp",
+    0,
+    64,
+    "each range is a rule per family (iptables) or a set element (nftables) that the relay's ruleset holds and every reload re-applies: relays redirect a handful",
+)
+.on("the number of relay.redirect_udp ranges");
+const FAMILIES: Limit = Limit::new(
+    "families",
+    1,
+    2,
+    "there are two address families, ipv4 and ipv6, and every check runs once in each named",
+)
+.on("the number of relay.families");
+const WAN_MTU: Limit = Limit::new(
+    "wan_mtu",
+    1280,
+    9000,
+    "IPv6 needs links of at least 1280 bytes, and 9000-byte jumbo frames are the largest links relays run",
+)
+.unit(" bytes");
+const NAT_RULES: Limit = Limit::new(
+    "nat",
+    0,
+    64,
+    "each [[nat]] rule is rendered and applied by the backend in every run and every reload: 64 give every namespace of a topology its own",
+)
+.on("the number of [[nat]] rules");
+const DNAT_RANGES: Limit = Limit::new(
+    "ports",
+    1,
+    64,
+    "each range is a rule (iptables) or a set element (nftables) of the namespace's ruleset",
+)
+.on("the number of a dnat rule's port ranges");
+const TO_PORT: Limit = Limit::new(
+    "to_port",
+    1,
+    65535,
+    "it is the port the forwarded traffic goes to, and port 0 carries no TCP or UDP",
+);
+
 /// A scenario's setup, borrowed: what `Scenario::setup` gives the agent and
 /// the checks.
 #[derive(Debug, Clone, Copy)]
@@ -123,16 +184,32 @@ pub struct Setup<'a> {
 impl Setup<'_> {
     /// The relay's configuration, the families, the topology and the NAT
     /// rules: each mistake one message.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let relay_at = |e: crate::bounds::OutOfRange| Invalid::from(e.under(&["relay"]));
         if let Some(m) = self.relay.wan_mtu {
-            if !(1280..=9000).contains(&m) {
-                return Err(format!(
-                    "relay.wan_mtu {m} is outside 1280-9000 (IPv6 needs at least 1280)"
-                ));
-            }
+            WAN_MTU.check(m).map_err(relay_at)?;
         }
-        if self.relay.listen_port == 0 {
-            return Err("relay.listen_port must be a port from 1 to 65535".into());
+        LISTEN_PORT
+            .check(self.relay.listen_port)
+            .map_err(relay_at)?;
+        REDIRECT_RANGES
+            .check_len(self.relay.redirect_udp.len())
+            .map_err(relay_at)?;
+        FAMILIES
+            .check_len(self.relay.families.len())
+            .map_err(relay_at)?;
+        NAT_RULES.check_len(self.nat.len()).map_err(Invalid::from)?;
+        for (i, n) in self.nat.iter().enumerate() {
+            if let NatSpec::Dnat { ports, to_port, .. } = n {
+                let i = i.to_string();
+                let at = ["nat", i.as_str()];
+                DNAT_RANGES
+                    .check_len(ports.len())
+                    .map_err(|e| Invalid::from(e.under(&at)))?;
+                if let Some(p) = to_port {
+                    TO_PORT.check(*p).map_err(|e| Invalid::from(e.under(&at)))?;
+                }
+            }
         }
         let mut sorted = self.relay.redirect_udp.clone();
         sorted.sort_by_key(|r| r.first);
@@ -141,7 +218,8 @@ impl Setup<'_> {
                 return Err(format!(
                     "relay.redirect_udp ranges {} and {} overlap",
                     pair[0], pair[1]
-                ));
+                )
+                .into());
             }
         }
         let relay = self.relay;
@@ -149,7 +227,7 @@ impl Setup<'_> {
             return Err("relay.families is empty: name ipv4, ipv6 or both".into());
         }
         if relay.families.len() == 2 && relay.families[0] == relay.families[1] {
-            return Err(format!("relay.families names {} twice", relay.families[0]));
+            return Err(format!("relay.families names {} twice", relay.families[0]).into());
         }
         self.topology
             .validate(
@@ -157,7 +235,10 @@ impl Setup<'_> {
                 &relay.public_interface,
                 &relay.wan_interface,
             )
-            .map_err(|e| format!("topology: {e}"))?;
+            .map_err(|e| match e {
+                Invalid::Says(m) => Invalid::Says(format!("topology: {m}")),
+                range => range,
+            })?;
         for n in self.nat {
             let ns = n.namespace();
             let (out, source) = match n {
@@ -173,7 +254,7 @@ impl Setup<'_> {
                     if ports.is_empty() || *protocol == Protocol::Icmp {
                         return Err(format!(
                             "a [[nat]] dnat rule in {ns} needs `protocol` \"tcp\" or \"udp\" and at least one port in `ports`"
-                        ));
+                        ).into());
                     }
                     (in_interface, None)
                 }
@@ -182,7 +263,7 @@ impl Setup<'_> {
                 return Err(format!(
                     "a [[nat]] rule is in namespace '{ns}', which the topology does not define; defined: {}",
                     self.topology.namespace_names().join(", ")
-                ));
+                ).into());
             }
             let at = topology::IfRef {
                 ns: ns.to_string(),
@@ -191,13 +272,13 @@ impl Setup<'_> {
             if !self.topology.interfaces().iter().any(|(r, _, _)| **r == at) {
                 return Err(format!(
                     "a [[nat]] rule in {ns} names interface {out}, which is not an interface of {ns}"
-                ));
+                ).into());
             }
             if let (NatSpec::Snat { to, .. }, Some(source)) = (n, source) {
                 if to.is_ipv4() != source.addr.is_ipv4() {
                     return Err(format!(
                         "a [[nat]] snat rule in {ns} translates {source} to {to}, an address of the other family"
-                    ));
+                    ).into());
                 }
             }
         }

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{Invalid, Limit};
 use crate::types::{Family, IpNet, NumOrText};
 
 /// The topology of a scenario without a `[topology]` table.
@@ -198,6 +199,89 @@ pub fn is_net_sysctl(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && !key.contains("..")
 }
+
+/// Limits on a topology's values, each with why (`validate` checks them).
+pub const LIMITS: &[Limit] = &[
+    NAMESPACES,
+    LINKS,
+    ROUTES,
+    RULES,
+    SYSCTLS,
+    LINK_MTU,
+    TUNNEL_MTU,
+    PEER_KEEPALIVE,
+    SUPPRESS_PREFIXLENGTH,
+    PRIORITY,
+];
+
+const NAMESPACES: Limit = Limit::new(
+    "namespace",
+    3,
+    16,
+    "each namespace is a network stack of its own in the guest kernel (its own conntrack table, routes and rules) and a thread of the agent, in every run of the scenario at once: client, relay and internet leave room for 13 routers",
+)
+.on("the number of [[topology.namespace]] tables");
+const LINKS: Limit = Limit::new(
+    "link",
+    1,
+    32,
+    "each link is a veth pair with its addresses, set up in every run and captured on failure (a capture per end): 32 join 16 namespaces in any shape",
+)
+.on("the number of [[topology.link]] tables");
+const ROUTES: Limit = Limit::new(
+    "route",
+    0,
+    256,
+    "each route is a netlink request in every run, and the routes of 16 namespaces' relays and routers fit in far fewer",
+)
+.on("the number of [[topology.route]] tables");
+const RULES: Limit = Limit::new(
+    "rule",
+    0,
+    64,
+    "each policy rule is a netlink request in every run, and wg-quick's setup takes two per family",
+)
+.on("the number of [[topology.rule]] tables");
+const SYSCTLS: Limit = Limit::new(
+    "sysctls",
+    0,
+    64,
+    "each is a write to /proc/sys in every run, before any link exists, and net.* holds no more settings worth changing per namespace",
+)
+.on("the number of a namespace's sysctls");
+const LINK_MTU: Limit = Limit::new(
+    "mtu",
+    1280,
+    9000,
+    "IPv6 needs links of at least 1280 bytes, and 9000-byte jumbo frames are the largest links relays run",
+)
+.unit(" bytes");
+const TUNNEL_MTU: Limit = Limit::new(
+    "mtu",
+    1280,
+    8920,
+    "the tunnel carries IPv6 (at least 1280 bytes) and WireGuard adds 80 bytes over a link of at most 9000",
+)
+.unit(" bytes");
+const PEER_KEEPALIVE: Limit = Limit::new(
+    "keepalive",
+    0,
+    600,
+    "a keepalive holds a NAT's or firewall's UDP mapping, which lives seconds to minutes: one rarer than every 10 minutes holds none (0 turns it off)",
+)
+.unit(" s");
+const SUPPRESS_PREFIXLENGTH: Limit = Limit::new(
+    "suppress_prefixlength",
+    0,
+    128,
+    "it is a prefix length, at most 128 (IPv6)",
+);
+const PRIORITY: Limit = Limit::new(
+    "priority",
+    1,
+    32765,
+    "priority 0 is the local table's rule and 32766 and 32767 are main's and default's, which the scenario's rules must not replace",
+);
 
 /// The longest `nft` script a namespace may carry.
 pub const MAX_NFT_SCRIPT: usize = 64 * 1024;
@@ -477,7 +561,62 @@ impl TopologySpec {
     }
 
     /// Check everything a build relies on. `families`: the scenario's.
-    pub fn validate(&self, families: &[Family], public: &str, wan: &str) -> Result<(), String> {
+    pub fn validate(&self, families: &[Family], public: &str, wan: &str) -> Result<(), Invalid> {
+        let top = |e: crate::bounds::OutOfRange, at: &[&str]| {
+            let mut path = vec!["topology"];
+            path.extend_from_slice(at);
+            Invalid::from(e.under(&path))
+        };
+        // Too few: the roles' own message below says which is missing.
+        if self.namespaces.len() as u64 > NAMESPACES.max {
+            NAMESPACES
+                .check_len(self.namespaces.len())
+                .map_err(|e| top(e, &[]))?;
+        }
+        LINKS.check_len(self.links.len()).map_err(|e| top(e, &[]))?;
+        ROUTES
+            .check_len(self.routes.len())
+            .map_err(|e| top(e, &[]))?;
+        RULES.check_len(self.rules.len()).map_err(|e| top(e, &[]))?;
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let i = i.to_string();
+            SYSCTLS
+                .check_len(n.sysctls.len())
+                .map_err(|e| top(e, &["namespace", &i]))?;
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            if let Some(m) = l.mtu {
+                LINK_MTU
+                    .check(m)
+                    .map_err(|e| top(e, &["link", &i.to_string()]))?;
+            }
+        }
+        for (i, w) in self.wireguard.iter().enumerate() {
+            let i = i.to_string();
+            if let Some(m) = w.mtu {
+                TUNNEL_MTU
+                    .check(m)
+                    .map_err(|e| top(e, &["wireguard", &i]))?;
+            }
+            for (j, p) in w.peers.iter().enumerate() {
+                if let Some(k) = p.keepalive {
+                    PEER_KEEPALIVE
+                        .check(k)
+                        .map_err(|e| top(e, &["wireguard", &i, "peers", &j.to_string()]))?;
+                }
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let i = i.to_string();
+            if let Some(p) = r.suppress_prefixlength {
+                SUPPRESS_PREFIXLENGTH
+                    .check(p)
+                    .map_err(|e| top(e, &["rule", &i]))?;
+            }
+            if let Some(p) = r.priority {
+                PRIORITY.check(p).map_err(|e| top(e, &["rule", &i]))?;
+            }
+        }
         let names = self.namespace_names();
         let mut seen = BTreeSet::new();
         for n in &self.namespaces {
@@ -490,17 +629,18 @@ impl TopologySpec {
                 return Err(format!(
                     "namespace name '{}' must be 1-32 characters of a-z, 0-9 and '-'",
                     n.name
-                ));
+                )
+                .into());
             }
             if !seen.insert(n.name.as_str()) {
-                return Err(format!("namespace '{}' is defined twice", n.name));
+                return Err(format!("namespace '{}' is defined twice", n.name).into());
             }
             for key in n.sysctls.keys() {
                 if !is_net_sysctl(key) {
                     return Err(format!(
                         "sysctl '{key}' in namespace '{}': only net.* sysctls belong to a network namespace (e.g. \"net.ipv4.ip_forward\")",
                         n.name
-                    ));
+                    ).into());
                 }
             }
         }
@@ -510,7 +650,7 @@ impl TopologySpec {
                     return Err(format!(
                         "namespace '{}': its nft script is empty or longer than {MAX_NFT_SCRIPT} bytes",
                         n.name
-                    ));
+                    ).into());
                 }
             }
         }
@@ -528,14 +668,14 @@ impl TopologySpec {
                 return Err(format!(
                     "namespace '{}' puts its firewall on {iface}, which is not one of its link ends: name the interface of a [[topology.link]] end in {}",
                     n.name, n.name
-                ));
+                ).into());
             }
         }
         for role in [CLIENT, RELAY, INTERNET] {
             if !seen.contains(role) {
                 return Err(format!(
                     "the topology has no namespace '{role}': natvet's checks need namespaces named client, relay and internet (others are routers)"
-                ));
+                ).into());
             }
         }
         let defined = |ns: &str, what: &str| {
@@ -565,17 +705,18 @@ impl TopologySpec {
             if !ok {
                 return Err(format!(
                     "{what}: interface names are 1-15 characters of letters, digits, '-', '_' and '.', and not 'lo'"
-                ));
+                ).into());
             }
             if !ifaces.insert(at.clone()) {
-                return Err(format!("interface {at} is defined twice"));
+                return Err(format!("interface {at} is defined twice").into());
             }
             for f in [Family::Ipv4, Family::Ipv6] {
                 let n = addrs.iter().filter(|a| a.family() == f).count();
                 if n > 1 {
                     return Err(format!(
                         "{what} has {n} {f} addresses: give each interface at most one per family"
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -584,15 +725,8 @@ impl TopologySpec {
                 return Err(format!(
                     "link {} <-> {}: both ends are in namespace '{}'; a link joins two namespaces",
                     l.a.at, l.b.at, l.a.at.ns
-                ));
-            }
-            if let Some(m) = l.mtu {
-                if !(1280..=9000).contains(&m) {
-                    return Err(format!(
-                        "link {} <-> {}: mtu {m} is outside 1280-9000",
-                        l.a.at, l.b.at
-                    ));
-                }
+                )
+                .into());
             }
             for x in &l.a.addresses {
                 for y in l.b.addresses.iter().filter(|y| y.family() == x.family()) {
@@ -600,7 +734,7 @@ impl TopologySpec {
                         return Err(format!(
                             "link {} <-> {}: {x} and {y} are not in one subnet, so the two ends cannot reach each other",
                             l.a.at, l.b.at
-                        ));
+                        ).into());
                     }
                 }
             }
@@ -616,12 +750,12 @@ impl TopologySpec {
                             return Err(format!(
                                 "address {} of {other} is already {at}'s: give each interface its own",
                                 x.addr
-                            ));
+                            ).into());
                         }
                         if at.ns == other.ns && x.overlaps(y) {
                             return Err(format!(
                                 "{at} ({x}) and {other} ({y}) are in one namespace with overlapping subnets: routing between them would be ambiguous"
-                            ));
+                            ).into());
                         }
                     }
                 }
@@ -635,15 +769,7 @@ impl TopologySpec {
                 return Err(format!(
                     "WireGuard interface {}: natvet runs one tunnel, between the client and the relay namespaces",
                     w.at
-                ));
-            }
-            if let Some(m) = w.mtu {
-                if !(1280..=8920).contains(&m) {
-                    return Err(format!(
-                        "WireGuard interface {}: mtu {m} is outside 1280-8920",
-                        w.at
-                    ));
-                }
+                ).into());
             }
             for p in &w.peers {
                 if !self.wireguard.iter().any(|o| o.at == p.peer) {
@@ -652,7 +778,7 @@ impl TopologySpec {
                         w.at,
                         p.peer,
                         wg_names.join(", ")
-                    ));
+                    ).into());
                 }
             }
         }
@@ -661,13 +787,13 @@ impl TopologySpec {
             let Some(w) = mine.first() else {
                 return Err(format!(
                     "no [[topology.wireguard]] in namespace '{here}': the tunnel runs between client and relay, so each needs one"
-                ));
+                ).into());
             };
             if mine.len() > 1 {
                 return Err(format!(
                     "namespace '{here}' has {} WireGuard interfaces; natvet runs one tunnel, so give it one",
                     mine.len()
-                ));
+                ).into());
             }
             let peer = self.wg_in(there).map(|o| &o.at);
             if w.peers.len() != 1 || peer != Some(&w.peers[0].peer) {
@@ -675,7 +801,7 @@ impl TopologySpec {
                     "WireGuard interface {} must have exactly one peer, {}: the tunnel runs between client and relay",
                     w.at,
                     peer.map(|p| p.to_string()).unwrap_or_else(|| format!("the {there}'s interface"))
-                ));
+                ).into());
             }
         }
         // Routes.
@@ -686,7 +812,8 @@ impl TopologySpec {
                 return Err(format!(
                     "route in {} to {}: give `via` (a gateway) or `dev` (an interface), or both",
                     r.ns, r.to
-                ));
+                )
+                .into());
             }
             if let Some(dev) = &r.dev {
                 let at = IfRef {
@@ -697,7 +824,8 @@ impl TopologySpec {
                     return Err(format!(
                         "route in {} to {}: dev {dev} is not an interface of {}",
                         r.ns, r.to, r.ns
-                    ));
+                    )
+                    .into());
                 }
             }
             if let Some(via) = r.via {
@@ -705,7 +833,8 @@ impl TopologySpec {
                     return Err(format!(
                         "route in {} to {}: gateway {via} is of the other address family",
                         r.ns, r.to
-                    ));
+                    )
+                    .into());
                 }
                 let reachable = all
                     .iter()
@@ -716,7 +845,8 @@ impl TopologySpec {
                     return Err(format!(
                         "route in {} to {}: gateway {via} is in no subnet of {}'s interfaces",
                         r.ns, r.to, r.ns
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -726,7 +856,8 @@ impl TopologySpec {
                 return Err(format!(
                     "rule in {} to table {}: give fwmark or not_fwmark, not both",
                     r.ns, r.table.0
-                ));
+                )
+                .into());
             }
         }
         for f in families {
@@ -842,7 +973,9 @@ mod tests {
     fn broken(edit: impl Fn(&mut TopologySpec)) -> String {
         let mut t = TopologySpec::default();
         edit(&mut t);
-        t.validate(&both(), "public", "wan").unwrap_err()
+        t.validate(&both(), "public", "wan")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

@@ -163,17 +163,18 @@ fn install_build_modules(
             progress(&format!("installing the modules of {}", tree.display()));
             let mut install_path = std::ffi::OsString::from("INSTALL_MOD_PATH=");
             install_path.push(staging.path().join("root"));
-            let out = Command::new("nice")
-                .args(["-n", "19", "make", "-s", "-C"])
-                .arg(tree)
-                .arg("modules_install")
-                .arg(install_path)
-                .arg("INSTALL_MOD_STRIP=1")
-                .output()
-                .map_err(|e| BuildTreeError::ModulesInstall {
-                    tree: tree.to_path_buf(),
-                    reason: format!("cannot run make ({e}); run `apt-get install -y make`"),
-                })?;
+            let out = crate::child::output(
+                Command::new("nice")
+                    .args(["-n", "19", "make", "-s", "-C"])
+                    .arg(tree)
+                    .arg("modules_install")
+                    .arg(install_path)
+                    .arg("INSTALL_MOD_STRIP=1"),
+            )
+            .map_err(|e| BuildTreeError::ModulesInstall {
+                tree: tree.to_path_buf(),
+                reason: format!("cannot run make ({e}); run `apt-get install -y make`"),
+            })?;
             if !out.status.success() {
                 let err = String::from_utf8_lossy(&out.stderr);
                 let tail: Vec<&str> = err.lines().rev().take(15).collect();
