@@ -424,6 +424,7 @@ fn attack(name: &str, host_release: Option<&str>) -> Result<Attacked, Failed> {
         capture: CaptureMode::Failures,
         boot: BootPreference::Auto,
         parallel: 1,
+        run_id: None,
     };
     let kernel = Kernel {
         spec: "fake-guest".into(),
