@@ -62,7 +62,7 @@ bench: deps
 
 # The check files are declared by the registry macro in harness/src/checks/mod.rs,
 # where `cargo fmt` does not see them: they are named here.
-CHECK_FILES := $(wildcard harness/src/checks/*.rs)
+CHECK_FILES := $(wildcard harness/src/checks/*.rs harness/src/checks/*/*.rs)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bounds::{Invalid, Limit};
+use crate::bounds::Invalid;
 use crate::types::{Family, IpNet, NumOrText};
 
 /// The topology of a scenario without a `[topology]` table.
@@ -200,88 +200,9 @@ pub fn is_net_sysctl(key: &str) -> bool {
         && !key.contains("..")
 }
 
-/// Limits on a topology's values, each with why (`validate` checks them).
-pub const LIMITS: &[Limit] = &[
-    NAMESPACES,
-    LINKS,
-    ROUTES,
-    RULES,
-    SYSCTLS,
-    LINK_MTU,
-    TUNNEL_MTU,
-    PEER_KEEPALIVE,
-    SUPPRESS_PREFIXLENGTH,
-    PRIORITY,
-];
-
-const NAMESPACES: Limit = Limit::new(
-    "namespace",
-    3,
-    16,
-    "each namespace is a network stack of its own in the guest kernel (its own conntrack table, routes and rules) and a thread of the agent, in every run of the scenario at once: client, relay and internet leave room for 13 routers",
-)
-.on("the number of [[topology.namespace]] tables");
-const LINKS: Limit = Limit::new(
-    "link",
-    1,
-    32,
-    "each link is a veth pair with its addresses, set up in every run and captured on failure (a capture per end): 32 join 16 namespaces in any shape",
-)
-.on("the number of [[topology.link]] tables");
-const ROUTES: Limit = Limit::new(
-    "route",
-    0,
-    256,
-    "each route is a netlink request in every run, and the routes of 16 namespaces' relays and routers fit in far fewer",
-)
-.on("the number of [[topology.route]] tables");
-const RULES: Limit = Limit::new(
-    "rule",
-    0,
-    64,
-    "each policy rule is a netlink request in every run, and wg-quick's setup takes two per family",
-)
-.on("the number of [[topology.rule]] tables");
-const SYSCTLS: Limit = Limit::new(
-    "sysctls",
-    0,
-    64,
-    "each is a write to /proc/sys in every run, before any link exists, and net.* holds no more settings worth changing per namespace",
-)
-.on("the number of a namespace's sysctls");
-const LINK_MTU: Limit = Limit::new(
-    "mtu",
-    1280,
-    9000,
-    "IPv6 needs links of at least 1280 bytes, and 9000-byte jumbo frames are the largest links relays run",
-)
-.unit(" bytes");
-const TUNNEL_MTU: Limit = Limit::new(
-    "mtu",
-    1280,
-    8920,
-    "the tunnel carries IPv6 (at least 1280 bytes) and WireGuard adds 80 bytes over a link of at most 9000",
-)
-.unit(" bytes");
-const PEER_KEEPALIVE: Limit = Limit::new(
-    "keepalive",
-    0,
-    600,
-    "a keepalive holds a NAT's or firewall's UDP mapping, which lives seconds to minutes: one rarer than every 10 minutes holds none (0 turns it off)",
-)
-.unit(" s");
-const SUPPRESS_PREFIXLENGTH: Limit = Limit::new(
-    "suppress_prefixlength",
-    0,
-    128,
-    "it is a prefix length, at most 128 (IPv6)",
-);
-const PRIORITY: Limit = Limit::new(
-    "priority",
-    1,
-    32765,
-    "priority 0 is the local table's rule and 32766 and 32767 are main's and default's, which the scenario's rules must not replace",
-);
+mod limits;
+pub use limits::LIMITS;
+use limits::*;
 
 /// The longest `nft` script a namespace may carry.
 pub const MAX_NFT_SCRIPT: usize = 64 * 1024;
@@ -951,79 +872,4 @@ impl TopologySpec {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn both() -> Vec<Family> {
-        vec![Family::Ipv4, Family::Ipv6]
-    }
-
-    #[test]
-    fn the_default_topology_is_valid() {
-        let t = TopologySpec::default();
-        t.validate(&both(), "public", "wan").unwrap();
-        let a = t.addrs(Family::Ipv4, "public", "wan").unwrap();
-        assert_eq!(a.relay_public.to_string(), "192.0.2.1");
-        assert_eq!(a.client_seen, a.client_public);
-        assert_eq!(a.tunnel_net.to_string(), "10.99.0.0/24");
-        let a = t.addrs(Family::Ipv6, "public", "wan").unwrap();
-        assert_eq!(a.internet.to_string(), "2001:db8:2::2");
-    }
-
-    fn broken(edit: impl Fn(&mut TopologySpec)) -> String {
-        let mut t = TopologySpec::default();
-        edit(&mut t);
-        t.validate(&both(), "public", "wan")
-            .unwrap_err()
-            .to_string()
-    }
-
-    #[test]
-    fn each_mistake_gets_its_own_message() {
-        let e = broken(|t| t.links[0].b.at.ns = "hom".into());
-        assert!(e.contains("namespace 'hom', which is not defined"), "{e}");
-        let e = broken(|t| t.wireguard[0].peers[0].peer.iface = "wg1".into());
-        assert!(e.contains("names peer client:wg1, which no"), "{e}");
-        let e = broken(|t| t.wireguard[1].peers.clear());
-        assert!(e.contains("exactly one peer, relay:wg0"), "{e}");
-        let e = broken(|t| t.links[1].b.addresses[0] = "192.0.2.2/24".parse().unwrap());
-        assert!(e.contains("not in one subnet"), "{e}");
-        let e = broken(|t| {
-            t.links[1].a.addresses[0] = "192.0.2.9/24".parse().unwrap();
-            t.links[1].b.addresses[0] = "192.0.2.10/24".parse().unwrap();
-        });
-        assert!(e.contains("overlapping subnets"), "{e}");
-        let e = broken(|t| t.wireguard[1].addresses[0] = "10.99.0.1/24".parse().unwrap());
-        assert!(
-            e.contains("address 10.99.0.1 of client:wg0 is already relay:wg0's"),
-            "{e}"
-        );
-        let e = broken(|t| t.namespaces.retain(|n| n.name != "internet"));
-        assert!(e.contains("no namespace 'internet'"), "{e}");
-        let e = broken(|t| t.routes[0].dev = Some("wg9".into()));
-        assert!(e.contains("dev wg9 is not an interface of client"), "{e}");
-        let e = broken(|t| t.routes[0].via = Some("10.1.1.1".parse().unwrap()));
-        assert!(e.contains("gateway 10.1.1.1 is in no subnet"), "{e}");
-        let e = broken(|t| t.links[1].b.addresses.truncate(1));
-        assert!(e.contains("has no ipv6 address"), "{e}");
-        let e = broken(|t| {
-            t.namespaces[0]
-                .sysctls
-                .insert("kernel.panic".into(), SysctlValue("1".into()));
-        });
-        assert!(e.contains("only net.* sysctls"), "{e}");
-    }
-
-    #[test]
-    fn networks() {
-        let n: IpNet = "192.0.2.7/24".parse().unwrap();
-        assert_eq!(n.network().to_string(), "192.0.2.0/24");
-        assert!(n.contains("192.0.2.200".parse().unwrap()));
-        assert!(!n.contains("192.0.3.1".parse().unwrap()));
-        let v6: IpNet = "2001:db8:1::9/64".parse().unwrap();
-        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
-        assert!(!v6.overlaps(&n));
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
-        assert_eq!("10.0.0.1".parse::<IpNet>().unwrap().prefix, 32);
-    }
-}
+mod tests;
