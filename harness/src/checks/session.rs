@@ -470,14 +470,13 @@ impl Log {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "no address".into())
         ));
-        // A session longer than REKEY_AFTER_TIME crosses a rekey.
+        // A session longer than REKEY_AFTER_TIME crosses a rekey; a shorter
+        // one may too (a handshake retried when its response came late).
         let must_rekey = self.length > super::rekey::REKEY_AFTER + Duration::from_secs(5);
-        if must_rekey || self.rekeys > 0 {
-            observed.push_str(&format!(
-                "; WireGuard rekeyed {} time(s) in the session",
-                self.rekeys
-            ));
-        }
+        observed.push_str(&format!(
+            "; WireGuard rekeyed {} time(s) in the session",
+            self.rekeys
+        ));
         if let Some((t, what)) = &self.failure {
             observed.push_str(&format!("; at {:.1} s: {what}", t.as_secs_f32()));
         }
