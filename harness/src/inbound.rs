@@ -650,18 +650,13 @@ fn captures(ev: &Evidence, what: &str) -> Result<(), Violation> {
 }
 
 fn clean_evidence(ev: &mut Evidence) {
-    for t in [
-        &mut ev.conntrack,
-        &mut ev.ruleset,
-        &mut ev.counters,
-        &mut ev.routes,
-        &mut ev.wireguard,
-        &mut ev.capture_note,
-    ] {
+    let mut note = std::mem::take(&mut ev.capture_note);
+    for t in ev.tables_mut().into_iter().chain([&mut note]) {
         if let Cow::Owned(c) = clean(t, true) {
             *t = c;
         }
     }
+    ev.capture_note = note;
     for l in &mut ev.dmesg {
         if let Cow::Owned(c) = clean(l, false) {
             *l = c;
@@ -692,13 +687,7 @@ fn keep_within(ev: &mut Evidence, left: usize) -> usize {
     }
     const SHORT: usize = 4096;
     ev.captures.clear();
-    for t in [
-        &mut ev.conntrack,
-        &mut ev.ruleset,
-        &mut ev.counters,
-        &mut ev.routes,
-        &mut ev.wireguard,
-    ] {
+    for t in ev.tables_mut() {
         *t = cut(t, SHORT);
     }
     ev.dmesg.truncate(SHORT / 64);

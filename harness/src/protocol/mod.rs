@@ -172,6 +172,20 @@ pub struct Evidence {
     pub capture_note: String,
 }
 
+impl Evidence {
+    /// The tables of text the guest collected (everything but the kernel
+    /// log's lines, the captures and the note on how they were taken).
+    pub fn tables_mut(&mut self) -> [&mut String; 5] {
+        [
+            &mut self.conntrack,
+            &mut self.ruleset,
+            &mut self.counters,
+            &mut self.routes,
+            &mut self.wireguard,
+        ]
+    }
+}
+
 /// One interface's packets during one check, as a pcap file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CaptureFile {
