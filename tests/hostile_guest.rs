@@ -112,17 +112,7 @@ fn fake_guest(args: &[String]) -> i32 {
     let channel = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut guest = Guest {
         channel,
-        asked: job
-            .scenarios
-            .iter()
-            .flat_map(|s| {
-                s.backends.iter().flat_map(move |b| {
-                    s.result_names()
-                        .into_iter()
-                        .map(move |c| (s.name.clone(), b.to_string(), c))
-                })
-            })
-            .collect(),
+        asked: natvet::vet::expected_results(&job.scenarios),
     };
     let attack = std::env::var(ATTACK).unwrap_or_default();
     // A write fails once the host has had enough and closed its end: the

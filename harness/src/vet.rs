@@ -234,7 +234,8 @@ struct OneKernel<'a> {
     expected: Vec<(String, String, String)>,
 }
 
-fn expected_results(scenarios: &[Scenario]) -> Vec<(String, String, String)> {
+/// The results a job of `scenarios` must report: (scenario, backend, check).
+pub fn expected_results(scenarios: &[Scenario]) -> Vec<(String, String, String)> {
     scenarios
         .iter()
         .flat_map(|s| {
