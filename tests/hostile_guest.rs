@@ -415,6 +415,7 @@ fn attack(name: &str, host_release: Option<&str>) -> Result<Attacked, Failed> {
         boot: BootPreference::Auto,
         parallel: 1,
         run_id: None,
+        perf: natvet::protocol::job::PerfMode::Skip,
     };
     let kernel = Kernel {
         spec: "fake-guest".into(),

@@ -163,6 +163,7 @@ fn kernel(release: &str, fail_high_ports: bool) -> KernelRun {
         boot: Some("pvh".into()),
         state: KernelState::Completed,
         results,
+        perf: vec![],
         notes: vec![],
         attempts: 1,
         timings: Timings {

@@ -26,6 +26,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
+use crate::protocol::perf::{Better, PerfFigure, MAX_SAMPLES};
 use crate::protocol::{
     CheckResult, Evidence, GuestMessage, GuestResult, ProtocolError, RunTiming, Series,
     PROTOCOL_VERSION,
@@ -273,6 +274,8 @@ pub enum Violation {
     },
     #[error("the guest's series for {what} {why}")]
     Series { what: String, why: String },
+    #[error("the guest's performance figure {what} {why}")]
+    Perf { what: String, why: String },
     #[error("the guest's capture {name:?} of {what} {why}")]
     Capture {
         what: String,
@@ -300,6 +303,7 @@ pub enum Event<'a> {
     Note,
     CheckStarted { check: &'a str },
     Check(&'a CheckResult),
+    Perf,
     RunDone,
     Done,
     Fatal,
@@ -318,7 +322,15 @@ pub struct Reported {
     pub running: Vec<String>,
     pub agent_ms: Option<u64>,
     pub scenario_runs: Vec<RunTiming>,
+    /// Performance figures, in the order they came.
+    pub perf: Vec<PerfFigure>,
+    /// Figures the job asks for and the guest did not report: "SCENARIO [BACKEND] PROBE".
+    pub perf_missing: Vec<String>,
 }
+
+/// A figure the job asks for: (scenario, backend, probe), its unit and
+/// which way is better (the host's, not the guest's word).
+pub type AskedFigure = ((String, String, String), String, Better);
 
 /// One guest's messages, accepted only as the job allows, and what they reported.
 pub struct Inbound {
@@ -334,9 +346,17 @@ pub struct Inbound {
     got: Reported,
     notes_tail: VecDeque<String>,
     notes_left_out: usize,
+    /// Performance figures the job asks for, and whether each came.
+    perf_asked: Vec<(AskedFigure, bool)>,
 }
 
 impl Inbound {
+    /// The same guest, asked for these performance figures too.
+    pub fn with_perf(mut self, asked: Vec<AskedFigure>) -> Inbound {
+        self.perf_asked = asked.into_iter().map(|a| (a, false)).collect();
+        self
+    }
+
     /// A guest that must report exactly `asked`: (scenario, backend, check), in the job's order.
     pub fn new(asked: Vec<(String, String, String)>) -> Inbound {
         Inbound::with_evidence_budget(asked, MAX_EVIDENCE)
@@ -363,6 +383,7 @@ impl Inbound {
             got: Reported::default(),
             notes_tail: VecDeque::new(),
             notes_left_out: 0,
+            perf_asked: Vec::new(),
         }
     }
 
@@ -436,6 +457,11 @@ impl Inbound {
                     Some(r) => Event::Check(r),
                     None => Event::Note,
                 }
+            }
+            GuestMessage::Perf(f) => {
+                let f = self.figure(*f)?;
+                self.got.perf.push(f);
+                Event::Perf
             }
             GuestMessage::RunDone(t) => {
                 let name = format!(
@@ -511,6 +537,42 @@ impl Inbound {
         Ok(r)
     }
 
+    /// A performance figure, checked against the job: asked for, once,
+    /// its numbers finite and bounded, its unit and direction the host's.
+    fn figure(&mut self, mut f: PerfFigure) -> Result<PerfFigure, Violation> {
+        let name = named(&f.scenario, &f.backend, &f.probe);
+        let key = (f.scenario.clone(), f.backend.clone(), f.probe.clone());
+        let Some((asked, came)) = self.perf_asked.iter_mut().find(|(a, _)| a.0 == key) else {
+            return Err(Violation::NotAsked(format!(
+                "a performance figure for {name}"
+            )));
+        };
+        let bad = |why: String| Violation::Perf {
+            what: name.clone(),
+            why,
+        };
+        if *came {
+            return Err(bad("came twice".into()));
+        }
+        if f.samples.len() > MAX_SAMPLES {
+            return Err(bad(format!(
+                "has {} samples, more than {MAX_SAMPLES}",
+                f.samples.len()
+            )));
+        }
+        let fine = |v: f64| v.is_finite() && (0.0..=1e12).contains(&v);
+        if !f.value.is_none_or(fine) || !f.samples.iter().all(|v| fine(*v)) {
+            return Err(bad(
+                "has a number that is negative, not finite or over 10^12".into(),
+            ));
+        }
+        *came = true;
+        f.unit = asked.1.clone();
+        f.better = asked.2;
+        f.note = text(&f.note, MAX_NOTE);
+        Ok(f)
+    }
+
     /// Everything the guest reported.
     pub fn finish(mut self) -> Reported {
         if self.notes_left_out > 0 {
@@ -521,6 +583,12 @@ impl Inbound {
             ));
         }
         self.got.notes.extend(self.notes_tail);
+        self.got.perf_missing = self
+            .perf_asked
+            .iter()
+            .filter(|(_, came)| !came)
+            .map(|((k, _, _), _)| named(&k.0, &k.1, &k.2))
+            .collect();
         self.got.running = self
             .running
             .iter()
@@ -541,6 +609,7 @@ fn kind(msg: &GuestMessage) -> &'static str {
         GuestMessage::CheckStarted { .. } => "a check's start",
         GuestMessage::Check(_) => "a result",
         GuestMessage::RunDone(_) => "a run's end",
+        GuestMessage::Perf(_) => "a performance figure",
         GuestMessage::Done { .. } => "Done",
         GuestMessage::Fatal { .. } => "Fatal",
     }

@@ -25,6 +25,7 @@ pub mod kernel_sets;
 pub mod launcher;
 pub mod modules;
 pub mod nat;
+pub mod perf;
 pub mod protocol;
 pub mod provision;
 pub mod qemu;

@@ -6,10 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::evidence;
+use crate::inbound::AskedFigure;
 use crate::inbound::{Event, Inbound, Reported};
 use crate::kernel::{self, Cache, Kernel, KernelSpec};
 use crate::launcher::{self, End, Outcome};
-use crate::protocol::job::Job;
+use crate::protocol::job::{Job, PerfMode};
 use crate::protocol::{CheckResult, Status, PROTOCOL_VERSION};
 use crate::provision;
 use crate::qemu::{self, VmConfig};
@@ -40,6 +41,8 @@ pub struct VetOptions {
     /// column): `natvet verify` names each run, so that runs at once never
     /// share a folder.
     pub run_id: Option<String>,
+    /// Whether the scenarios' performance probes run (and whether only they do).
+    pub perf: PerfMode,
 }
 
 /// Which kernel image qemu boots.
@@ -181,6 +184,7 @@ fn infra_run(
             console_tail: tail,
         },
         results: vec![],
+        perf: vec![],
         notes: vec![],
         attempts: 1,
         timings: Timings::default(),
@@ -209,7 +213,14 @@ fn vet_kernel(
         kernel,
         id,
         resolve_ms,
-        expected: expected_results(&opts.scenarios),
+        expected: match opts.perf {
+            PerfMode::Only => vec![],
+            _ => expected_results(&opts.scenarios),
+        },
+        expected_perf: match opts.perf {
+            PerfMode::Skip => vec![],
+            _ => expected_figures(&opts.scenarios),
+        },
     };
     let mut progress = ui.kernel(&label, one.expected.len());
     let launched = match one.launch(&label, &progress) {
@@ -232,6 +243,29 @@ struct OneKernel<'a> {
     resolve_ms: u64,
     /// (scenario, backend, check) of every result the job must produce, in the job's order.
     expected: Vec<(String, String, String)>,
+    /// The performance figures the job must produce.
+    expected_perf: Vec<AskedFigure>,
+}
+
+/// The performance figures a job of `scenarios` must report (when it runs
+/// the probes): each scenario's, for each of its backends.
+pub fn expected_figures(scenarios: &[Scenario]) -> Vec<AskedFigure> {
+    scenarios
+        .iter()
+        .filter_map(|s| Some((s, s.perf.as_ref()?)))
+        .flat_map(|(s, p)| {
+            let figures = p.figures(&s.setup());
+            s.backends.iter().flat_map(move |b| {
+                figures.clone().into_iter().map(move |f| {
+                    (
+                        (s.name.clone(), b.to_string(), f.probe),
+                        f.unit.to_string(),
+                        f.better,
+                    )
+                })
+            })
+        })
+        .collect()
 }
 
 /// The results a job of `scenarios` must report: (scenario, backend, check).
@@ -283,7 +317,7 @@ fn show(event: &Event, named: bool, progress: &mut KernelProgress) {
         }
         Event::CheckStarted { check } => progress.check_started(check),
         Event::Check(r) => progress.check_done(r),
-        Event::Note | Event::RunDone | Event::Done | Event::Fatal => {}
+        Event::Note | Event::Perf | Event::RunDone | Event::Done | Event::Fatal => {}
     }
 }
 
@@ -385,7 +419,7 @@ impl OneKernel<'_> {
         launched: &Launched,
         progress: &mut KernelProgress,
     ) -> (Reported, std::result::Result<Outcome, String>) {
-        let mut inbound = Inbound::new(self.expected.clone());
+        let mut inbound = Inbound::new(self.expected.clone()).with_perf(self.expected_perf.clone());
         // A kernel the host could name keeps that name.
         let named = self.id.is_some() || self.kernel.release.is_some();
         let mut on_event = |event: &Event| show(event, named, progress);
@@ -437,6 +471,7 @@ impl OneKernel<'_> {
             }),
             state: KernelState::Completed,
             results: collected.results,
+            perf: collected.perf,
             notes,
             attempts: 1,
             timings: Timings {
@@ -474,7 +509,7 @@ impl OneKernel<'_> {
                 o.alarms_left_out
             ));
         }
-        let missing: Vec<String> = self
+        let mut missing: Vec<String> = self
             .expected
             .iter()
             .filter(|(s, b, c)| {
@@ -484,6 +519,7 @@ impl OneKernel<'_> {
             })
             .map(|(s, b, c)| format!("{s} [{b}] {c}"))
             .collect();
+        missing.extend(collected.perf_missing);
         if let Some((stage, reason)) =
             breakdown(&o.end, collected.fatal.as_deref(), &collected.running)
         {
@@ -597,6 +633,7 @@ fn make_job(opts: &VetOptions) -> Job {
         evidence_always: opts.evidence_always,
         capture: opts.capture,
         parallel: opts.parallel,
+        perf: opts.perf,
     }
 }
 

@@ -25,7 +25,9 @@ use nix::mount::{mount, MsFlags};
 use crate::checks::context::Context;
 use crate::checks::Phase;
 use crate::nat::NatBackend;
-use crate::protocol::job::{Job, JOB_PATH};
+use crate::perf::PerfSpec;
+use crate::protocol::job::{Job, PerfMode, JOB_PATH};
+use crate::protocol::perf::PerfFigure;
 use crate::protocol::{
     CheckResult, GuestMessage, GuestResult, RunTiming, Status, PROTOCOL_VERSION, RESULTS_TTY,
 };
@@ -259,12 +261,77 @@ fn run_job(job: &Job, kernel_wide: KernelWide) {
             elapsed_ms: start.elapsed().as_millis() as u64,
         }));
     };
-    std::thread::scope(|s| {
-        for _ in 1..job.parallel.clamp(1, runs.len().max(1)) {
-            s.spawn(worker);
+    if job.perf != PerfMode::Only {
+        std::thread::scope(|s| {
+            for _ in 1..job.parallel.clamp(1, runs.len().max(1)) {
+                s.spawn(worker);
+            }
+            worker();
+        });
+    }
+    if job.perf == PerfMode::Skip {
+        return;
+    }
+    // Performance probes one run at a time, after every check: nothing
+    // else shares the guest's CPU while they measure.
+    for (scenario, kind) in &runs {
+        let Some(perf) = &scenario.perf else {
+            continue;
+        };
+        let backend = kind.backend();
+        match refused.iter().find(|(name, _)| *name == scenario.name) {
+            Some((_, why)) => settle_perf(scenario, backend.as_ref(), why),
+            None => run_perf(scenario, perf, backend.as_ref(), job),
         }
-        worker();
-    });
+    }
+}
+
+/// One scenario's performance probes with one backend, in a topology of
+/// their own.
+fn run_perf(scenario: &Scenario, perf: &PerfSpec, backend: &dyn NatBackend, job: &Job) {
+    let mut kmsg = kmsg::Kmsg::open();
+    let topo = match set_up(scenario, backend, &mut kmsg) {
+        Ok(topo) => topo,
+        Err(SetupFailure::Unsupported(why) | SetupFailure::Failed(why)) => {
+            return settle_perf(scenario, backend, &why);
+        }
+    };
+    let mut ctx = Context::new(topo, backend, kmsg, job.evidence_always, job.capture);
+    ctx.rules = scenario.nat_rules(crate::scenario::topology::RELAY);
+    let not_up = match ctx.topo.start_tunnel() {
+        Ok(Tunnel::WireGuard { .. }) => None,
+        Ok(Tunnel::StandIn { why }) => Some(format!(
+            "{why}: the probes measure WireGuard, so there is nothing to measure"
+        )),
+        Err(e) => Some(format!("bringing up the tunnel failed: {e:#}")),
+    };
+    match not_up {
+        None => {
+            let mut emit = |f: PerfFigure| send(&GuestMessage::Perf(Box::new(f)));
+            perf.run(&mut ctx, &scenario.setup(), &scenario.name, &mut emit);
+        }
+        Some(why) => settle_perf(scenario, backend, &why),
+    }
+    ctx.topo.stop();
+}
+
+/// Report every figure of `scenario` as not measured, with why.
+fn settle_perf(scenario: &Scenario, backend: &dyn NatBackend, why: &str) {
+    let Some(perf) = &scenario.perf else {
+        return;
+    };
+    for f in perf.figures(&scenario.setup()) {
+        send(&GuestMessage::Perf(Box::new(PerfFigure {
+            scenario: scenario.name.clone(),
+            backend: backend.kind().to_string(),
+            probe: f.probe,
+            unit: f.unit.to_string(),
+            better: f.better,
+            value: None,
+            samples: vec![],
+            note: why.to_string(),
+        })));
+    }
 }
 
 /// What the agent may do with the kernel's own (not a namespace's) settings.

@@ -265,6 +265,7 @@ mod tests {
             boot: None,
             state,
             results,
+            perf: vec![],
             notes: vec![],
             attempts: 1,
             timings: Default::default(),

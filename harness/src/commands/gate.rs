@@ -1,10 +1,18 @@
 //! `natvet gate`: a baseline kernel and a candidate side by side, every
-//! check classified (`report::gate`), exit 1 only when something regressed.
+//! check classified (`report::gate`), then their performance compared over
+//! boots that alternate between them (`report::perf`); exit 1 only when
+//! something regressed.
 
-use super::error::Result;
+use std::time::Instant;
+
+use super::error::{usage, Result};
 use super::options::{parse_specs, prepare, RunArgs};
 use super::output::{write_json, write_outputs};
-use super::vet::execute;
+use crate::kernel::Cache;
+use crate::protocol::job::PerfMode;
+use crate::report::{KernelRun, KernelState};
+use crate::scenario::Scenario;
+use crate::vet::{self, Resolution, VetOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct GateArgs {
@@ -14,22 +22,132 @@ pub struct GateArgs {
     /// The kernel about to be rolled out.
     #[arg(long, value_name = "SPEC")]
     pub candidate: String,
+    /// A scenario the candidate runs in place of the --scenario of the same
+    /// name (a name or a .toml file): a ruleset or configuration change
+    /// gated on its own, or with a new kernel. Repeatable.
+    #[arg(long = "candidate-scenario", value_name = "NAME|PATH")]
+    pub candidate_scenarios: Vec<String>,
+    /// Boots of each kernel for the performance comparison, alternated
+    /// baseline, candidate, baseline, ... (2-20).
+    #[arg(long, default_value_t = 3, value_parser = |s: &str| PERF_RUNS.parse_arg(s).map(|n| n as usize))]
+    pub perf_runs: usize,
+    /// How much worse a performance figure must be, with 95% confidence,
+    /// to be a regression (1.05-100; 1.5: half again as slow).
+    #[arg(long, default_value_t = 1.5, value_parser = parse_threshold)]
+    pub perf_threshold: f64,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
+const PERF_RUNS: crate::bounds::Limit = crate::bounds::Limit::new(
+    "--perf-runs",
+    2,
+    20,
+    "a confidence interval needs two figures on each side, and each boot takes about 20 s under TCG: 20 of each are some 15 minutes",
+);
+
+fn parse_threshold(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number: give a ratio such as 1.5"))?;
+    if !(1.05..=100.0).contains(&v) {
+        return Err(format!(
+            "--perf-threshold {v} must be between 1.05 and 100: below 1.05 the noise of TCG alone is a regression, and 100 is a kernel that no longer forwards"
+        ));
+    }
+    Ok(v)
+}
+
 pub fn exec(args: GateArgs) -> Result<i32> {
     let specs = parse_specs(&[args.baseline.clone(), args.candidate.clone()], None)?;
-    let opts = prepare(&args.run, specs)?;
-    let mut report = execute(&opts, &args.run.checks)?;
+    let mut opts = prepare(&args.run, specs)?;
+    let candidate_scenarios = side_scenarios(&opts.scenarios, &args.candidate_scenarios)?;
+    crate::provision::check_host(&candidate_scenarios)?;
+    let with_perf = opts.perf != PerfMode::Skip
+        && opts
+            .scenarios
+            .iter()
+            .chain(&candidate_scenarios)
+            .any(|s| s.perf.is_some());
+    // The correctness boots run the checks only: the probes need the
+    // machine to themselves.
+    opts.perf = PerfMode::Skip;
+    let cache = Cache::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ui = args.run.checks.ui();
+    let resolved =
+        vet::resolve_all(&opts.kernels, &cache, &ui).map_err(|e| usage(e.to_string()))?;
+    let [base_res, cand_res]: [Resolution; 2] = resolved
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the gate resolves exactly two kernels"))?;
+    let names = side_names(&base_res, &cand_res);
+
+    let side = |scenarios: &[Scenario], name: &Option<String>| VetOptions {
+        jobs: 1,
+        scenarios: scenarios.to_vec(),
+        run_id: name.clone(),
+        ..opts.clone()
+    };
+    let base_opts = side(&opts.scenarios, &names.0);
+    let cand_opts = side(&candidate_scenarios, &names.1);
+    let (base_report, cand_report) = std::thread::scope(|s| {
+        let b = s.spawn(|| vet::run(&base_opts, vec![base_res.clone()], &ui));
+        let c = vet::run(&cand_opts, vec![cand_res.clone()], &ui);
+        (b.join(), c)
+    });
+    let mut report = base_report.map_err(|_| anyhow::anyhow!("the baseline's run panicked"))?;
+    report.elapsed_ms = report.elapsed_ms.max(cand_report.elapsed_ms);
+    report.kernels.extend(cand_report.kernels);
     let (Some(baseline), Some(candidate)) = (report.kernels.first(), report.kernels.get(1)) else {
         return Err(anyhow::anyhow!("the gate needs both kernels' results").into());
     };
-    let gate = crate::report::gate::compare(baseline, candidate);
+    let mut gate = crate::report::gate::compare(baseline, candidate);
+
+    let testable = |k: &KernelRun| k.state == KernelState::Completed;
+    if with_perf && testable(baseline) && testable(candidate) {
+        let perf_opts = |scenarios: &[Scenario]| VetOptions {
+            jobs: 1,
+            cpus: args
+                .run
+                .cpus
+                .unwrap_or_else(|| crate::host::default_cpus(1)),
+            perf: PerfMode::Only,
+            scenarios: scenarios
+                .iter()
+                .filter(|s| s.perf.is_some())
+                .cloned()
+                .collect(),
+            out_dir: opts.out_dir.join("perf"),
+            ..opts.clone()
+        };
+        let (pb, pc) = (perf_opts(&opts.scenarios), perf_opts(&candidate_scenarios));
+        let start = Instant::now();
+        let (mut bb, mut cb) = (Vec::new(), Vec::new());
+        let (bl, cl) = (baseline.label(), candidate.label());
+        for i in 1..=args.perf_runs {
+            for (o, res, label, boots) in [
+                (&pb, &base_res, &bl, &mut bb),
+                (&pc, &cand_res, &cl, &mut cb),
+            ] {
+                if crate::launcher::cancelled() {
+                    break;
+                }
+                let o = VetOptions {
+                    run_id: Some(format!("{label} perf {i}")),
+                    ..o.clone()
+                };
+                boots.extend(vet::run(&o, vec![res.clone()], &ui).kernels);
+            }
+        }
+        let mut perf = crate::report::perf::compare(&bb, &cb, args.perf_threshold);
+        perf.elapsed_ms = start.elapsed().as_millis() as u64;
+        gate.perf = Some(perf);
+    } else if with_perf {
+        ui.println("gate: performance not compared: a kernel could not be tested");
+    }
     let code = gate.exit_code(baseline, candidate);
     print!("{}", gate.render());
     for k in &report.kernels {
-        if let crate::report::KernelState::InfraError { stage, reason, .. } = &k.state {
+        if let KernelState::InfraError { stage, reason, .. } = &k.state {
             println!("{}: could not be tested ({stage}): {reason}", k.label());
         }
     }
@@ -39,4 +157,39 @@ pub fn exec(args: GateArgs) -> Result<i32> {
         write_json(&report, path)?;
     }
     Ok(code)
+}
+
+/// The candidate's scenarios: the baseline's, each replaced by the
+/// --candidate-scenario of its name.
+fn side_scenarios(baseline: &[Scenario], replacements: &[String]) -> Result<Vec<Scenario>> {
+    let mut out = baseline.to_vec();
+    for r in replacements {
+        let s = Scenario::load(r).map_err(|e| usage(e.to_string()))?;
+        let Some(slot) = out.iter_mut().find(|b| b.name == s.name) else {
+            return Err(usage(format!(
+                "--candidate-scenario {r} is scenario '{}', which the baseline does not run ({}): it replaces the scenario of the same name, so name it with --scenario too",
+                s.name,
+                baseline
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        *slot = s;
+    }
+    Ok(out)
+}
+
+/// Each side's name in the report when both are the same release:
+/// "RELEASE [baseline]" and "RELEASE [candidate]".
+fn side_names(b: &Resolution, c: &Resolution) -> (Option<String>, Option<String>) {
+    let release = |r: &Resolution| r.1.as_ref().ok().and_then(|(k, _)| k.release.clone());
+    match (release(b), release(c)) {
+        (Some(x), Some(y)) if x == y => (
+            Some(format!("{x} [baseline]")),
+            Some(format!("{y} [candidate]")),
+        ),
+        _ => (None, None),
+    }
 }

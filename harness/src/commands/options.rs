@@ -10,6 +10,7 @@ use super::error::{usage, Result};
 use crate::bounds::Limit;
 use crate::kernel::KernelSpec;
 use crate::nat::BackendKind;
+use crate::protocol::job::PerfMode;
 use crate::scenario::Scenario;
 use crate::vet::{self, VetOptions};
 
@@ -66,6 +67,10 @@ pub struct CheckArgs {
     /// light on a live server.
     #[arg(long, value_name = "N", value_parser = |s: &str| PARALLEL.parse_arg(s).map(|n| n as u16))]
     pub parallel: Option<u16>,
+    /// Skip the scenarios' performance probes (`[perf]`: throughput, packet
+    /// rate, latency), in `vet` figures and in `gate` a comparison.
+    #[arg(long)]
+    pub no_perf: bool,
     /// Write all results as JSON (schema natvet-run/1).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -254,6 +259,11 @@ pub(super) fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> Vet
         boot: vet::BootPreference::Auto,
         parallel: usize::from(checks.parallel.unwrap_or(3)),
         run_id: None,
+        perf: if checks.no_perf {
+            PerfMode::Skip
+        } else {
+            PerfMode::After
+        },
     }
 }
 

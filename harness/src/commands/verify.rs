@@ -65,6 +65,8 @@ pub fn exec(args: VerifyArgs) -> Result<i32> {
         parallel: usize::from(args.checks.parallel.unwrap_or(1)),
         timeout,
         run_id: Some(name),
+        // A live server's CPU is its users': no load tests there.
+        perf: crate::protocol::job::PerfMode::Skip,
         ..check_options(&args.checks, scenarios)
     };
     let report = crate::verify::run(&opts, &notes, &ui);

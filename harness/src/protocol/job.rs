@@ -28,6 +28,22 @@ pub struct Job {
     /// keepalive), another uses the CPU.
     #[serde(default = "one")]
     pub parallel: usize,
+    /// Whether the scenarios' performance probes run, and their checks.
+    #[serde(default)]
+    pub perf: PerfMode,
+}
+
+/// What a job does with the scenarios' `[perf]` probes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PerfMode {
+    /// After every scenario run's checks, one run at a time (`vet`).
+    #[default]
+    After,
+    /// Not at all (`--no-perf`; the gate's correctness boots).
+    Skip,
+    /// Only the probes, no checks: one of the gate's performance boots.
+    Only,
 }
 
 fn one() -> usize {

@@ -8,10 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 pub mod job;
+pub mod perf;
 
 /// Bumped whenever a message changes shape; host and guest are the same binary,
 /// so a mismatch means a stale initramfs, never a supported combination.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The guest's serial port that carries [`GuestMessage`]s (ttyS0 is the console).
 pub const RESULTS_TTY: &str = "/dev/ttyS1";
@@ -235,6 +236,8 @@ pub enum GuestMessage {
     Check(Box<GuestResult>),
     /// One scenario run (a scenario with one backend) ended.
     RunDone(RunTiming),
+    /// A performance probe's figure (after every scenario run's checks).
+    Perf(Box<perf::PerfFigure>),
     /// All scenarios ran; the guest powers off next.
     Done { elapsed_ms: u64 },
     /// The agent cannot go on (setup failed in a way no check can report).

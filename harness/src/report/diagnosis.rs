@@ -483,6 +483,7 @@ mod tests {
                     boot: None,
                     state: KernelState::Completed,
                     results,
+                    perf: vec![],
                     notes: vec![],
                     attempts: 1,
                     timings: Timings::default(),

@@ -54,6 +54,10 @@ pub struct Gate {
     pub baseline: String,
     pub candidate: String,
     pub rows: Vec<GateRow>,
+    /// The performance comparison (none with `--no-perf`, or when no
+    /// scenario has probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<super::perf::PerfGate>,
 }
 
 fn passed(s: Option<Status>) -> bool {
@@ -108,17 +112,23 @@ pub fn compare(baseline: &KernelRun, candidate: &KernelRun) -> Gate {
         baseline: baseline.label(),
         candidate: candidate.label(),
         rows,
+        perf: None,
     }
 }
 
 impl Gate {
-    /// 1 only when something regressed; 3 when a side could not be tested; else 0.
+    /// 1 only when something regressed (a check, or a performance figure);
+    /// 3 when a side could not be tested; else 0.
     pub fn exit_code(&self, baseline: &KernelRun, candidate: &KernelRun) -> i32 {
-        if self.rows.iter().any(|r| r.change == Change::Regressed) {
+        let perf = self.perf.as_ref();
+        if self.rows.iter().any(|r| r.change == Change::Regressed)
+            || perf.is_some_and(|p| p.regressed() > 0)
+        {
             exit::FAIL
         } else if baseline.state != KernelState::Completed
             || candidate.state != KernelState::Completed
             || self.rows.iter().any(|r| r.change == Change::Error)
+            || perf.is_some_and(|p| p.incomplete())
         {
             exit::INFRA
         } else {
@@ -135,8 +145,18 @@ impl Gate {
             self.baseline, self.candidate
         );
         let regressed = count(Change::Regressed);
-        if regressed > 0 {
-            let _ = writeln!(out, "\n{regressed} REGRESSION(S):");
+        let slower = self.perf.as_ref().map(|p| p.regressed()).unwrap_or(0);
+        if regressed + slower > 0 {
+            let _ = writeln!(out, "\n{} REGRESSION(S):", regressed + slower);
+        }
+        if let Some(p) = &self.perf {
+            for r in p
+                .rows
+                .iter()
+                .filter(|r| r.change == super::perf::PerfChange::Regressed)
+            {
+                let _ = writeln!(out, "  {:<15} {}  {}", "SLOWER", r.name(), r.summary());
+            }
         }
         let w = self
             .rows
@@ -175,6 +195,9 @@ impl Gate {
             count(Change::Unsupported),
             count(Change::Error)
         );
+        if let Some(p) = &self.perf {
+            out.push_str(&p.render());
+        }
         out
     }
 }

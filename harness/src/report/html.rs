@@ -163,6 +163,9 @@ pub fn html(report: &RunReport, base: Option<&Path>) -> String {
         gate_section(&mut out, report, gate);
     }
     matrix(&mut out, report);
+    if report.gate.is_none() {
+        out.push_str(&super::perf::figures_html(&report.kernels));
+    }
     series_section(&mut out, report);
     timings(&mut out, report);
     out.push_str("</main></body></html>\n");
@@ -790,7 +793,10 @@ fn gate_section(out: &mut String, report: &RunReport, gate: &super::gate::Gate) 
         .filter(|r| r.change == Change::UnchangedPass)
         .count();
     let _ = writeln!(out, "</table><p>{same} checks pass on both kernels.</p>");
-    // The two kernels' times side by side (performance figures will join them).
+    if let Some(perf) = &gate.perf {
+        out.push_str(&perf.html(&gate.baseline, &gate.candidate));
+    }
+    // The two kernels' times side by side.
     let pair: Vec<&KernelRun> = report.kernels.iter().take(2).collect();
     if pair.len() == 2 {
         let (per_kernel, per_run) = timing_plots(&pair);

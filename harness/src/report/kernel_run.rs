@@ -127,6 +127,9 @@ pub struct KernelRun {
     pub boot: Option<String>,
     pub state: KernelState,
     pub results: Vec<CheckResult>,
+    /// Performance figures (figures, not verdicts: only a gate judges them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub perf: Vec<crate::protocol::perf::PerfFigure>,
     #[serde(default)]
     pub notes: Vec<String>,
     /// How many times natvet ran this kernel (a harness error is retried once).

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod html;
 mod kernel_run;
 mod packets;
+pub mod perf;
 pub mod render;
 pub mod svg;
 pub mod terminal;
@@ -181,6 +182,7 @@ mod tests {
             boot: Some("pvh".into()),
             state,
             results,
+            perf: vec![],
             notes: vec![],
             attempts: 1,
             timings: Timings {

@@ -76,6 +76,40 @@ pub fn junit(report: &RunReport) -> String {
         }
         out.add_test_suite(suite);
     }
+    let perf = report.gate.as_ref().and_then(|g| g.perf.as_ref());
+    let mut perf_skipped = 0;
+    if let Some(p) = perf {
+        use crate::report::perf::PerfChange;
+        let mut suite = TestSuite::new("performance");
+        suite.set_time(ms(p.elapsed_ms));
+        for r in &p.rows {
+            let status = match r.change {
+                PerfChange::Unchanged | PerfChange::Faster => TestCaseStatus::success(),
+                PerfChange::Regressed => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(format!("slower: {}", r.summary()))
+                        .set_type("performance");
+                    s
+                }
+                PerfChange::NotMeasured if p.incomplete() => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+                    s.set_message(r.summary()).set_type("harness");
+                    s
+                }
+                PerfChange::Inconclusive | PerfChange::NotMeasured => {
+                    perf_skipped += 1;
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(format!("{}: {}", r.change.label(), r.summary()));
+                    s
+                }
+            };
+            let mut case = TestCase::new(format!("perf/{}", r.probe), status);
+            case.set_classname(format!("natvet.performance.{}.{}", r.scenario, r.backend));
+            case.set_system_out(r.summary());
+            suite.add_test_case(case);
+        }
+        out.add_test_suite(suite);
+    }
     let xml = out.to_string().unwrap_or_else(|e| {
         format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- natvet could not write JUnit XML: {e} -->\n<testsuites/>\n")
     });
@@ -89,6 +123,7 @@ pub fn junit(report: &RunReport) -> String {
             .flat_map(|k| &k.results)
             .filter(|r| r.status == Status::Unsupported)
             .count()
+            + perf_skipped
     );
     match xml.split_once('>').and_then(|(decl, rest)| {
         let (root, tail) = rest.split_once('>')?;

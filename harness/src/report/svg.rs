@@ -175,6 +175,97 @@ pub fn bars(title: &str, categories: &[String], sets: &[Set], unit: &str, stacke
     out
 }
 
+/// One row of a strip plot: its name, colour, the figures (large dots, one
+/// per boot) and the samples behind them (small, faint dots).
+pub struct Strip<'a> {
+    pub name: &'a str,
+    pub colour: &'a str,
+    pub figures: Vec<f64>,
+    pub samples: Vec<f64>,
+}
+
+/// Distributions side by side on one axis (from zero): each row's samples
+/// and figures as dots, so two kernels' spreads can be compared at a glance.
+pub fn strips(title: &str, unit: &str, rows: &[Strip]) -> String {
+    let label_w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0) as f64
+        * 7.0
+        + 16.0;
+    let plot_w = 520.0;
+    let row_h = 30.0;
+    let top = 26.0;
+    let height = top + row_h * rows.len() as f64 + 30.0;
+    let width = label_w + plot_w + 40.0;
+    let max = rows
+        .iter()
+        .flat_map(|r| r.figures.iter().chain(&r.samples))
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let step = nice_step(max, 5.0);
+    let axis_max = (max / step).ceil().max(1.0) * step;
+    let scale = plot_w / axis_max;
+    let mut out = format!(
+        "<svg class=\"plot\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width:.0} {height:.0}\" width=\"{width:.0}\" role=\"img\" {FONT}><title>{}</title>",
+        escape(title)
+    );
+    let _ = write!(
+        out,
+        "<text x=\"0\" y=\"14\" font-weight=\"bold\">{}</text>",
+        escape(title)
+    );
+    let bottom = top + row_h * rows.len() as f64;
+    let mut t = 0.0;
+    while t <= axis_max + step / 2.0 {
+        let x = label_w + t * scale;
+        let _ = write!(
+            out,
+            "<line x1=\"{x:.1}\" y1=\"{top:.0}\" x2=\"{x:.1}\" y2=\"{bottom:.0}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#555\">{} {}</text>",
+            bottom + 16.0,
+            number(t),
+            escape(unit)
+        );
+        t += step;
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + row_h * i as f64 + row_h / 2.0;
+        let _ = write!(
+            out,
+            "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            label_w - 8.0,
+            y + 4.0,
+            escape(r.name)
+        );
+        for (k, v) in r.samples.iter().filter(|v| v.is_finite()).enumerate() {
+            // A little vertical spread so that equal samples stay visible.
+            let dy = ((k * 7) % 11) as f64 - 5.0;
+            let _ = write!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{}\" fill-opacity=\"0.25\"/>",
+                label_w + v * scale,
+                y + dy,
+                r.colour
+            );
+        }
+        for v in r.figures.iter().filter(|v| v.is_finite()) {
+            let _ = write!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"{}\" stroke=\"#000\" stroke-width=\"0.8\"><title>{}: {} {}</title></circle>",
+                label_w + v * scale,
+                r.colour,
+                escape(r.name),
+                number(*v),
+                escape(unit)
+            );
+        }
+    }
+    out.push_str("</svg>");
+    out
+}
+
 /// A check's traffic over time: probes sent and answered per step, and a
 /// red line where it first stopped.
 pub fn series(title: &str, s: &Series) -> String {

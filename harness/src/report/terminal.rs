@@ -29,10 +29,11 @@ pub enum TableStyle {
 
 /// The terminal's answer in the chosen style.
 pub fn render(report: &RunReport, style: TableStyle) -> String {
-    match style {
+    let table = match style {
         TableStyle::Compact => compact(report),
         TableStyle::Full => full(report),
-    }
+    };
+    format!("{table}{}", super::perf::figures_table(&report.kernels))
 }
 
 fn n(report: &RunReport, s: Status) -> usize {

@@ -65,6 +65,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "production-scale",
         include_str!("../../../scenarios/production-scale.toml"),
     ),
+    ("perf", include_str!("../../../scenarios/perf.toml")),
 ];
 
 /// A scenario as the user wrote it.
@@ -100,6 +101,10 @@ pub struct Scenario {
     /// The checks, in the order they run.
     #[serde(rename = "check")]
     pub checks: Vec<CheckSpec>,
+    /// Performance probes, run after the checks (figures, not verdicts:
+    /// only `gate` compares them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<crate::perf::PerfSpec>,
 }
 
 /// Kernel-wide settings of a scenario.
@@ -169,6 +174,7 @@ pub fn all_limits() -> Vec<(&'static str, &'static Limit)> {
     for (kind, info) in crate::checks::CATALOGUE {
         out.extend(info.limits.iter().map(|l| (*kind, l)));
     }
+    out.extend(crate::perf::limits());
     out
 }
 
@@ -223,6 +229,23 @@ impl Problem {
             },
             Invalid::OutOfRange(e) => Problem {
                 message: format!("check {kind}: {e}"),
+                value: Some(e.path.clone()),
+                table: None,
+            },
+        }
+    }
+
+    /// An error of `[[perf.probe]]` `index`, as `of_check` for a check.
+    fn of_probe(index: usize, kind: &str, e: Invalid) -> Problem {
+        let at = index.to_string();
+        match e.under(&["perf", "probe", &at]) {
+            Invalid::Says(message) => Problem {
+                message,
+                value: None,
+                table: Some(vec!["perf".into(), "probe".into(), at]),
+            },
+            Invalid::OutOfRange(e) => Problem {
+                message: format!("perf probe {kind}: {e}"),
                 value: Some(e.path.clone()),
                 table: None,
             },
@@ -364,6 +387,12 @@ impl Scenario {
                 }
             }
         }
+        if let Some(perf) = &self.perf {
+            perf.validate(&setup).map_err(|(i, e)| match i {
+                Some(i) => Problem::of_probe(i, perf.probes[i].kind(), e),
+                None => Problem::from(e),
+            })?;
+        }
         // The results of every check in every family, counted up to the
         // check that passes the limit.
         let families = self.relay.families.len();
@@ -427,6 +456,20 @@ impl Scenario {
     /// The addresses of family `f` by role (valid for a validated scenario).
     pub fn addrs(&self, f: Family) -> Result<Addrs, String> {
         self.setup().addrs(f)
+    }
+
+    /// The names of its performance figures, in the order reported
+    /// (per backend; none without `[perf]`).
+    pub fn perf_names(&self) -> Vec<String> {
+        self.perf
+            .as_ref()
+            .map(|p| {
+                p.figures(&self.setup())
+                    .into_iter()
+                    .map(|f| f.probe)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// All result names, in run order.
