@@ -37,6 +37,7 @@ pub fn limits_table() -> String {
     for (place, l) in crate::scenario::all_limits() {
         let place = match place {
             "scenario" | "relay" | "topology" => place.to_string(),
+            perf if perf.starts_with("perf") => format!("[{perf}]"),
             kind => format!("`{kind}`"),
         };
         out.push_str(&format!(
