@@ -143,6 +143,17 @@ fn vet_passes(kernel: &str, scenario: &str) -> Result<(), Failed> {
     if run.code != 0 || !bad.is_empty() {
         return Err(format!("not every check passed: {bad:?}\n{}", explain(&run)).into());
     }
+    // A scenario's performance probes give a figure on every kernel that forwards.
+    let unmeasured: Vec<String> = report["kernels"][0]["perf"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| !f["value"].is_number())
+        .map(|f| format!("{}: {}", f["probe"], f["note"]))
+        .collect();
+    if !unmeasured.is_empty() {
+        return Err(format!("figures not measured: {unmeasured:?}\n{}", explain(&run)).into());
+    }
     // What natvet reports must not change shape unnoticed: one snapshot per
     // scenario, the same for every kernel (numbers that vary are redacted).
     let mut settings = insta::Settings::clone_current();
@@ -200,6 +211,24 @@ fn redacted(report: &Value) -> String {
             mask(observed)
         ));
     }
+    for f in report["kernels"][0]["perf"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "{} [{}] perf/{}: {} ({})\n",
+            f["scenario"].as_str().unwrap_or("?"),
+            f["backend"].as_str().unwrap_or("?"),
+            f["probe"].as_str().unwrap_or("?"),
+            if f["value"].is_number() {
+                "measured"
+            } else {
+                "NOT MEASURED"
+            },
+            f["unit"].as_str().unwrap_or("?"),
+        ));
+    }
     out
 }
 
@@ -235,6 +264,106 @@ fn mask(s: &str) -> String {
         in_digits = false;
     }
     out
+}
+
+/// Gates of a kernel against itself: none may find a performance regression.
+const EQUAL_GATES: usize = 10;
+
+/// The rows of a gate's report: (change, name) of every check, and of every
+/// performance figure.
+fn gate_rows(report: &Value) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let rows = |v: &Value, name: &str| -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["change"].as_str().unwrap_or("?").to_string(),
+                    r[name].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect()
+    };
+    (
+        rows(&report["gate"]["rows"], "check"),
+        rows(&report["gate"]["perf"]["rows"], "probe"),
+    )
+}
+
+fn gate(name: &str, extra: &[&str]) -> Result<Run, Failed> {
+    let mut args = vec![
+        "gate",
+        "--baseline",
+        CONTROL_KERNEL,
+        "--candidate",
+        CONTROL_KERNEL,
+        "--scenario",
+        "perf",
+    ];
+    args.extend_from_slice(extra);
+    natvet(name, &args)
+}
+
+/// The negative control of the performance comparison: the same kernel,
+/// the candidate's relay made to forward at most 300 packets a second. Its
+/// throughput and packet rate are flagged as slower (exit 1), and no check
+/// regresses: the fault slows forwarding, it does not break it.
+fn slow_relay_is_slower() -> Result<(), Failed> {
+    let run = gate(
+        "perf-control-slow-relay",
+        &[
+            "--candidate-scenario",
+            "tests/controls/perf-slow-relay.toml",
+        ],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let (checks, perf) = gate_rows(report);
+    let regressed_checks: Vec<_> = checks
+        .iter()
+        .filter(|(c, _)| c != "unchanged-pass")
+        .collect();
+    let slower = |probe: &str| {
+        perf.iter()
+            .any(|(c, p)| c == "regressed" && p.starts_with(probe))
+    };
+    if run.code != 1
+        || !regressed_checks.is_empty()
+        || !slower("tcp-throughput/tunnel")
+        || !slower("tcp-throughput/port-53")
+        || !slower("udp-rate/")
+    {
+        return Err(format!(
+            "expected exit 1 with throughput and packet rate slower and every check unchanged: checks {regressed_checks:?}, figures {perf:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A kernel gated against itself, with the defaults: performance figures
+/// for both, and no regression of any kind (exit 0). Ten such gates make
+/// the claim "no false alarm in 10 of 10".
+fn equal_kernels_no_regression(i: usize) -> Result<(), Failed> {
+    let run = gate(&format!("perf-equal-{i}"), &[])?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let (checks, perf) = gate_rows(report);
+    let regressed: Vec<_> = checks
+        .iter()
+        .chain(&perf)
+        .filter(|(c, _)| c == "regressed")
+        .collect();
+    let measured = report["gate"]["perf"]["rows"]
+        .as_array()
+        .is_some_and(|rows| rows.len() >= 6 && rows.iter().all(|r| r["ratio"].is_object()));
+    if run.code != 0 || !regressed.is_empty() || !measured {
+        return Err(format!(
+            "expected exit 0, no regression and a ratio for every figure: regressed {regressed:?}, figures {perf:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// A negative control: the shipped scenario `base` with one thing removed or
@@ -1712,6 +1841,16 @@ fn main() {
         trials.push(Trial::test(format!("control::{}", c.name), move || {
             control_fails(&c)
         }));
+    }
+    trials.push(Trial::test(
+        "perf::control-slow-relay-is-flagged-slower-and-nothing-else",
+        slow_relay_is_slower,
+    ));
+    for i in 1..=EQUAL_GATES {
+        trials.push(Trial::test(
+            format!("perf::equal-kernels-no-false-alarm-{i}-of-{EQUAL_GATES}"),
+            move || equal_kernels_no_regression(i),
+        ));
     }
     trials.push(Trial::test(
         "soak::outage-fails-with-the-moment-it-began",

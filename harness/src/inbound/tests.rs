@@ -367,3 +367,71 @@ fn a_flood_of_blank_lines_costs_linear_time() {
         start.elapsed()
     );
 }
+
+fn figure(probe: &str, value: Option<f64>, samples: Vec<f64>) -> String {
+    GuestMessage::Perf(Box::new(PerfFigure {
+        scenario: "perf".into(),
+        backend: "nftables".into(),
+        probe: probe.into(),
+        // The guest's word for these is not taken.
+        unit: "furlongs".into(),
+        better: Better::Lower,
+        value,
+        samples,
+        note: "n\x1b[2J".into(),
+    }))
+    .to_line()
+}
+
+fn perf_inbound() -> Inbound {
+    let key = |p: &str| ("perf".to_string(), "nftables".to_string(), p.to_string());
+    Inbound::new(vec![]).with_perf(vec![
+        (
+            key("tcp-throughput/tunnel"),
+            "Mbit/s".into(),
+            Better::Higher,
+        ),
+        (key("rtt-p99/tunnel"), "ms".into(), Better::Lower),
+    ])
+}
+
+#[test]
+fn figures_are_taken_as_asked_with_the_hosts_unit_and_direction() {
+    let mut inbound = perf_inbound();
+    let lines = [
+        hello("6.1.0-57-amd64"),
+        figure("tcp-throughput/tunnel", Some(12.5), vec![12.0, 13.0]),
+    ];
+    feed(&mut inbound, &lines).unwrap();
+    let got = inbound.finish();
+    assert_eq!(got.perf.len(), 1);
+    assert_eq!(got.perf[0].unit, "Mbit/s");
+    assert_eq!(got.perf[0].better, Better::Higher);
+    assert!(!got.perf[0].note.contains('\x1b'));
+    assert_eq!(got.perf_missing, ["perf [nftables] rtt-p99/tunnel"]);
+}
+
+#[test]
+fn figures_nobody_asked_for_twice_or_out_of_bounds_are_refused() {
+    let attacks = [
+        vec![figure("udp-rate/1-flows", Some(1.0), vec![])],
+        vec![
+            figure("rtt-p99/tunnel", Some(1.0), vec![]),
+            figure("rtt-p99/tunnel", Some(1.0), vec![]),
+        ],
+        vec![figure("rtt-p99/tunnel", Some(-1.0), vec![])],
+        vec![figure("rtt-p99/tunnel", Some(1e300), vec![])],
+        vec![figure("rtt-p99/tunnel", None, vec![1.0; MAX_SAMPLES + 1])],
+    ];
+    for a in attacks {
+        let mut inbound = perf_inbound();
+        let mut lines = vec![hello("6.1.0-57-amd64")];
+        lines.extend(a.iter().cloned());
+        assert!(feed(&mut inbound, &lines).is_err(), "{a:?}");
+    }
+    // NaN does not survive JSON (it is written null): no figure.
+    let mut inbound = perf_inbound();
+    let nan = figure("rtt-p99/tunnel", Some(f64::NAN), vec![]);
+    feed(&mut inbound, &[hello("6.1.0-57-amd64"), nan]).unwrap();
+    assert_eq!(inbound.finish().perf[0].value, None);
+}
