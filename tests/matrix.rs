@@ -269,9 +269,12 @@ fn mask(s: &str) -> String {
 /// Gates of a kernel against itself: none may find a performance regression.
 const EQUAL_GATES: usize = 10;
 
+/// (change, name) of a gate's rows.
+type Rows = Vec<(String, String)>;
+
 /// The rows of a gate's report: (change, name) of every check, and of every
 /// performance figure.
-fn gate_rows(report: &Value) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn gate_rows(report: &Value) -> (Rows, Rows) {
     let rows = |v: &Value, name: &str| -> Vec<(String, String)> {
         v.as_array()
             .into_iter()
@@ -305,7 +308,7 @@ fn gate(name: &str, extra: &[&str]) -> Result<Run, Failed> {
 }
 
 /// The negative control of the performance comparison: the same kernel,
-/// the candidate's relay made to forward at most 300 packets a second. Its
+/// the candidate's relay made to forward at most 120 packets a second. Its
 /// throughput and packet rate are flagged as slower (exit 1), and no check
 /// regresses: the fault slows forwarding, it does not break it.
 fn slow_relay_is_slower() -> Result<(), Failed> {

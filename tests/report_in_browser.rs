@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use natvet::protocol::perf::{Better, PerfFigure};
 use natvet::protocol::{CaptureFile, CheckResult, Evidence, RunTiming, Series, Status};
 use natvet::report::gate;
 use natvet::report::{KernelRun, KernelState, RunReport, Timings, SCHEMA};
@@ -192,7 +193,38 @@ fn kernel(release: &str, fail_high_ports: bool) -> KernelRun {
 fn report() -> RunReport {
     let baseline = kernel("6.1.0-50-amd64", false);
     let candidate = kernel("6.12.117+deb13-amd64", true);
-    let gate = gate::compare(&baseline, &candidate);
+    let mut gate = gate::compare(&baseline, &candidate);
+    // Performance over three alternated boots each: the candidate's
+    // throughput a third of the baseline's, its latency the same.
+    let boot = |k: &KernelRun, mbit: f64, rtt: f64| {
+        let figure = |probe: &str, unit: &str, better, value: f64| PerfFigure {
+            scenario: "perf".into(),
+            backend: "nftables".into(),
+            probe: probe.into(),
+            unit: unit.into(),
+            better,
+            value: Some(value),
+            samples: vec![value * 0.9, value, value * 1.1],
+            note: "measured".into(),
+        };
+        KernelRun {
+            perf: vec![
+                figure("tcp-throughput/tunnel", "Mbit/s", Better::Higher, mbit),
+                figure("rtt-median/tunnel", "ms", Better::Lower, rtt),
+            ],
+            results: vec![],
+            ..k.clone()
+        }
+    };
+    let b: Vec<KernelRun> = [20.0, 21.0, 19.5]
+        .iter()
+        .map(|m| boot(&baseline, *m, 5.0 + m / 100.0))
+        .collect();
+    let c: Vec<KernelRun> = [6.5, 7.0, 6.8]
+        .iter()
+        .map(|m| boot(&candidate, *m, 5.0 + m / 50.0))
+        .collect();
+    gate.perf = Some(natvet::report::perf::compare(&b, &c, 1.5));
     RunReport {
         schema: SCHEMA.into(),
         natvet_version: "test".into(),
@@ -219,6 +251,8 @@ const facts = {
   packets: q('#failures details.capture pre').map(p => p.textContent)[0] || '',
   pcap_downloads: q('a[download$=".pcap"]').length,
   plots: q('svg.plot').map(size),
+  perf_plots: q('#gate svg.plot > title').filter(t => t.textContent.includes('perf/')).map(t => t.textContent),
+  perf_slower: q('#gate td.fail').map(td => td.textContent).filter(t => t === 'SLOWER').length,
   stop_marks: q('svg.series line.stop').length,
   scenarios: q('#matrix > details.scenario').map(d => [d.dataset.scenario, d.open]),
   failed_cell_links: q('#matrix td.fail a[href^="#"]').filter(a => document.getElementById(a.getAttribute('href').slice(1))).length,
@@ -417,6 +451,15 @@ fn html_report_reads_right_in_a_browser() {
         );
     }
     assert!(f["stop_marks"].as_u64().unwrap() >= 2, "{}", show());
+    // The gate's performance: each figure's two distributions plotted, the
+    // third of the throughput flagged SLOWER.
+    assert_eq!(
+        f["perf_plots"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        show()
+    );
+    assert!(f["perf_slower"].as_u64().unwrap() >= 1, "{}", show());
     // The failing scenario first and open; passing ones folded.
     assert_eq!(
         f["scenarios"][0],

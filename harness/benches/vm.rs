@@ -2,7 +2,9 @@
 //! agent, time per kernel, peak qemu memory, initramfs size and build time,
 //! time per scenario run (scenario x backend), one kernel with runs one at a
 //! time on one vCPU vs the defaults, and the matrix's wall time at --jobs 1
-//! vs the default.
+//! vs the default; the `perf` scenario's figures per kernel, and a gate of
+//! the first kernel against itself (the performance part's time, each
+//! figure's ratio and interval).
 //!
 //! `make bench` (or `cargo bench --profile dev --bench vm`). Figures go to
 //! stdout as a table and to target/natvet-bench/bench.json.
@@ -260,7 +262,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&cold_dir);
 
     let serial = vet(&kernels, &["--jobs", "1"], "matrix-jobs1").map(|(_, w)| w);
-    let parallel = vet(&kernels, &[], "matrix-default").map(|(_, w)| w);
+    let matrix = vet(&kernels, &[], "matrix-default");
+    let parallel = matrix.as_ref().map(|(_, w)| *w);
+    let figures = matrix.as_ref().map(|(r, _)| perf_figures(r));
+    let gate = perf_gate(&kernels[0]);
     let jobs = natvet::host::cores();
     println!();
     println!("warm fetch of {} kernels: {fetch_s:.1} s", kernels.len());
@@ -293,6 +298,8 @@ fn main() {
         "matrix_jobs1_s": serial,
         "matrix_default_s": parallel,
         "cores": jobs,
+        "perf_figures": figures,
+        "perf_gate": gate,
     });
     let path = out_root().join("bench.json");
     if std::fs::write(
@@ -303,4 +310,80 @@ fn main() {
     {
         println!("figures: {}", path.display());
     }
+}
+
+/// The `perf` scenario's figures on each kernel of the matrix run (figures
+/// of one boot each, with the other kernel's VM beside it).
+fn perf_figures(report: &Value) -> Value {
+    println!();
+    println!("performance figures (one boot each, two VMs at once):");
+    let mut out = Vec::new();
+    for k in report["kernels"].as_array().into_iter().flatten() {
+        let label = k["release"].as_str().unwrap_or("?");
+        for f in k["perf"].as_array().into_iter().flatten() {
+            let v = f["value"].as_f64();
+            println!(
+                "  {label:<24} {:<28} {:>10} {}",
+                f["probe"].as_str().unwrap_or("?"),
+                v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+                f["unit"].as_str().unwrap_or("")
+            );
+            out.push(json!({"kernel": label, "probe": f["probe"], "value": v, "unit": f["unit"]}));
+        }
+    }
+    Value::Array(out)
+}
+
+/// A kernel gated against itself with the defaults: how long the
+/// performance part takes (six alternated boots), and each figure's ratio
+/// and interval (1 is the truth).
+fn perf_gate(kernel: &str) -> Option<Value> {
+    let dir = out_root().join("perf-gate");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let json = dir.join("report.json");
+    let start = Instant::now();
+    let out = Command::new(natvet())
+        .args([
+            "gate",
+            "--quiet",
+            "--scenario",
+            "perf",
+            "--baseline",
+            kernel,
+            "--candidate",
+            kernel,
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .ok()?;
+    let wall = start.elapsed().as_secs_f64();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).ok()?).ok()?;
+    let perf = &report["gate"]["perf"];
+    let perf_s = perf["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+    println!();
+    println!(
+        "gate of {kernel} against itself: {wall:.1} s in all (exit {:?}), performance part {perf_s:.1} s for {} boots of each",
+        out.status.code(),
+        perf["runs"]
+    );
+    let mut rows = Vec::new();
+    for r in perf["rows"].as_array().into_iter().flatten() {
+        let ratio = &r["ratio"];
+        println!(
+            "  {:<28} {:<13} ratio {:.2} (95% CI {:.2}-{:.2})",
+            r["probe"].as_str().unwrap_or("?"),
+            r["change"].as_str().unwrap_or("?"),
+            ratio["ratio"].as_f64().unwrap_or(f64::NAN),
+            ratio["low"].as_f64().unwrap_or(f64::NAN),
+            ratio["high"].as_f64().unwrap_or(f64::NAN)
+        );
+        rows.push(json!({"probe": r["probe"], "change": r["change"], "ratio": ratio, "baseline": r["baseline"], "candidate": r["candidate"]}));
+    }
+    Some(
+        json!({"kernel": kernel, "wall_s": wall, "perf_s": perf_s, "exit": out.status.code(), "rows": rows}),
+    )
 }

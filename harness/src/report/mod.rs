@@ -48,7 +48,7 @@ pub struct RunReport {
 impl RunReport {
     pub fn exit_code(&self) -> i32 {
         let results = || self.kernels.iter().flat_map(|k| k.results.iter());
-        if results().any(|r| r.status == Status::Fail) {
+        if results().any(|r| r.status == Status::Fail) || self.slower() > 0 {
             exit::FAIL
         } else if self
             .kernels
@@ -60,6 +60,15 @@ impl RunReport {
         } else {
             exit::PASS
         }
+    }
+
+    /// Performance figures a gate found slower on the candidate.
+    pub fn slower(&self) -> usize {
+        self.gate
+            .as_ref()
+            .and_then(|g| g.perf.as_ref())
+            .map(|p| p.regressed())
+            .unwrap_or(0)
     }
 
     pub fn counts(&self) -> BTreeMap<Status, usize> {

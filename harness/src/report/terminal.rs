@@ -86,6 +86,11 @@ pub fn verdict(report: &RunReport) -> String {
                 k => format!("{failing_kernels} of {k} kernels"),
             }
         )
+    } else if report.slower() > 0 {
+        format!(
+            "natvet: FAIL: {} slower on the candidate; no check failed",
+            plural(report.slower(), "performance figure", "performance figures")
+        )
     } else if infra > 0 || errors > 0 {
         let mut why = Vec::new();
         if infra > 0 {
