@@ -146,7 +146,7 @@ impl Guest {
 
     fn hello(&mut self, release: &str) -> std::io::Result<()> {
         self.send(
-            json!({"type": "hello", "version": 1, "kernel_release": release, "uptime_ms": 10}),
+            json!({"type": "hello", "version": natvet::protocol::PROTOCOL_VERSION, "kernel_release": release, "uptime_ms": 10}),
         )
     }
 
