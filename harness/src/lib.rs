@@ -29,6 +29,7 @@ pub mod perf;
 pub mod protocol;
 pub mod provision;
 pub mod qemu;
+pub mod relay;
 pub mod report;
 pub mod retry;
 pub mod scenario;

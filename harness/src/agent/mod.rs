@@ -292,7 +292,11 @@ fn run_perf(scenario: &Scenario, perf: &PerfSpec, backend: &dyn NatBackend, job:
     let mut kmsg = kmsg::Kmsg::open();
     let topo = match set_up(scenario, backend, &mut kmsg) {
         Ok(topo) => topo,
-        Err(SetupFailure::Unsupported(why) | SetupFailure::Failed(why)) => {
+        Err(
+            SetupFailure::Unsupported(why)
+            | SetupFailure::Failed(why)
+            | SetupFailure::Rejected(why),
+        ) => {
             return settle_perf(scenario, backend, &why);
         }
     };
@@ -380,6 +384,9 @@ enum SetupFailure {
     Unsupported(String),
     /// The setup went wrong: natvet could not run the checks.
     Failed(String),
+    /// The kernel refused the relay's own ruleset: every check fails, since
+    /// that deploy would leave the relay without its rules.
+    Rejected(String),
 }
 
 /// The topology of `scenario` with `backend`'s NAT rules applied. Whether a
@@ -410,7 +417,10 @@ fn set_up(
         }
         Err(e) => {
             topo.stop();
-            Err(SetupFailure::Failed(format!("{e:#}")))
+            match e.downcast_ref::<topology::RulesetRejected>() {
+                Some(rejected) => Err(SetupFailure::Rejected(rejected.to_string())),
+                None => Err(SetupFailure::Failed(format!("{e:#}"))),
+            }
         }
     }
 }
@@ -428,6 +438,7 @@ fn run_scenario(scenario: &Scenario, backend: &dyn NatBackend, job: &Job) -> u64
             let (status, why) = match failure {
                 SetupFailure::Unsupported(why) => (Status::Unsupported, why),
                 SetupFailure::Failed(why) => (Status::Error, why),
+                SetupFailure::Rejected(why) => (Status::Fail, why),
             };
             settle(scenario, backend, scenario.result_names(), status, &why);
             return start.elapsed().as_millis() as u64;

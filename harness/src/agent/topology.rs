@@ -593,6 +593,20 @@ impl Topology {
         }
         for name in setup.nat_namespaces() {
             let ns = self.ns(&name)?;
+            if let (spec::RELAY, Some(captured)) = (name.as_str(), &setup.relay.ruleset) {
+                // The operator's ruleset as it is, in place of natvet's own
+                // rendering: whether this kernel takes it is the first verdict.
+                for file in &captured.files {
+                    let loader = backend.loader(file.family);
+                    run_in(ns, &loader, Some(&file.text)).map_err(|e| {
+                        anyhow::Error::new(RulesetRejected {
+                            file: file.file.clone(),
+                            error: format!("{e:#}"),
+                        })
+                    })?;
+                }
+                continue;
+            }
             for (inv, script) in backend.scripts(&setup.nat_rules(&name)) {
                 run_in(ns, &inv, Some(&script)).with_context(|| {
                     format!(
@@ -625,6 +639,17 @@ impl Topology {
             host.stop();
         }
     }
+}
+
+/// The kernel refused a relay bundle's ruleset: the operator's deploy would
+/// fail on this kernel, which is a verdict on the kernel, not a harness error.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the relay's ruleset {file} did not load on this kernel ({error}): this deploy would fail here"
+)]
+pub struct RulesetRejected {
+    pub file: String,
+    pub error: String,
 }
 
 /// The relay's flowtable (`table inet natvet_offload`): forwarded TCP and

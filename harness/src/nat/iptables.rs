@@ -90,6 +90,16 @@ impl NatBackend for Iptables {
             .collect()
     }
 
+    fn loader(&self, family: Option<Family>) -> Invocation {
+        Invocation {
+            program: match family {
+                Some(Family::Ipv6) => self.tool("restore6"),
+                _ => self.tool("restore"),
+            },
+            args: vec!["-w"],
+        }
+    }
+
     fn lists(&self) -> Vec<Invocation> {
         ["save", "save6"]
             .into_iter()

@@ -235,6 +235,10 @@ pub trait NatBackend {
     fn scripts(&self, rules: &NatRules) -> Vec<(Invocation, String)>;
     /// Commands that print the active rulesets (for evidence).
     fn lists(&self) -> Vec<Invocation>;
+    /// The command that loads a whole ruleset of `family` (None: every
+    /// family, nftables) from standard input, replacing the tables it
+    /// names, as a relay's boot does: a captured production ruleset.
+    fn loader(&self, family: Option<Family>) -> Invocation;
 }
 
 /// Splits port ranges into groups of at most `max_slots` slots, where a single

@@ -33,6 +33,13 @@ impl NatBackend for Nftables {
         )]
     }
 
+    fn loader(&self, _: Option<Family>) -> Invocation {
+        Invocation {
+            program: "/usr/sbin/nft",
+            args: vec!["-f", "-"],
+        }
+    }
+
     fn lists(&self) -> Vec<Invocation> {
         vec![Invocation {
             program: "/usr/sbin/nft",

@@ -146,7 +146,7 @@ pub enum ScenarioError {
 /// Limits on a scenario's own values, each with why (beside the relay's,
 /// `setup::LIMITS`, the topology's, `topology::LIMITS`, and each check's
 /// own, in its `Info::limits`).
-pub const LIMITS: &[Limit] = &[RESULTS, KERNEL_SYSCTLS];
+pub const LIMITS: &[Limit] = &[RESULTS, KERNEL_SYSCTLS, RULESET_FILES, RULESET_BYTES];
 
 const RESULTS: Limit = Limit::new(
     "check",
@@ -162,6 +162,21 @@ const KERNEL_SYSCTLS: Limit = Limit::new(
     "each is a write to /proc/sys of the whole guest kernel before any run starts, and net.* holds no more settings worth changing",
 )
 .on("the number of kernel.sysctls");
+
+const RULESET_FILES: Limit = Limit::new(
+    "files",
+    1,
+    2,
+    "a relay's ruleset is one nft script, or one iptables-restore text per family",
+)
+.on("the number of relay.ruleset files");
+const RULESET_BYTES: Limit = Limit::new(
+    "text",
+    1,
+    crate::relay::bundle::MAX_FILE,
+    "the guest's loader reads the whole file at once, and production rulesets are a few hundred kilobytes",
+)
+.on("the size in bytes of a relay.ruleset file");
 
 /// Every limit natvet puts on a scenario's values: the scenario's, the
 /// relay's and NAT rules', the topology's and each check's (for
@@ -361,6 +376,24 @@ impl Scenario {
         }
         if self.checks.is_empty() {
             return Err("no checks: add at least one [[check]] table".into());
+        }
+        if let Some(r) = &self.relay.ruleset {
+            if self.backends != [r.backend] {
+                return Err(format!(
+                    "relay.ruleset is a {} ruleset, so backends must be [\"{}\"] alone: another tool cannot load it",
+                    r.backend.name(),
+                    r.backend.name()
+                )
+                .into());
+            }
+            RULESET_FILES
+                .check_len(r.files.len())
+                .map_err(|e| Invalid::from(e.under(&["relay", "ruleset"])))?;
+            for f in &r.files {
+                RULESET_BYTES
+                    .check(f.text.len())
+                    .map_err(|e| Invalid::from(e.under(&["relay", "ruleset"])))?;
+            }
         }
         KERNEL_SYSCTLS
             .check_len(self.kernel.sysctls.len())

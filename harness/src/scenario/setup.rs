@@ -44,6 +44,31 @@ pub struct RelayConfig {
     /// The relay's interface toward the internet (masquerade applies there).
     #[serde(default = "default_wan")]
     pub wan_interface: String,
+    /// A production ruleset loaded as it is in the relay, in place of
+    /// natvet's own rendering of `masquerade` and `redirect_udp` (which then
+    /// say what the ruleset promises, for the checks): `natvet vet --relay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruleset: Option<CapturedRuleset>,
+}
+
+/// A relay bundle's ruleset, as its backend's loader reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapturedRuleset {
+    /// The tool that loads it: the scenario's only backend.
+    pub backend: crate::nat::BackendKind,
+    /// One `nft -f` script (family none), or one iptables-restore text per family.
+    pub files: Vec<RulesetFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesetFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
+    /// The file as the bundle names it (for messages).
+    pub file: String,
+    pub text: String,
 }
 
 fn default_public() -> String {
