@@ -20,6 +20,7 @@ mod gate;
 mod kernels;
 mod options;
 mod output;
+mod relay;
 mod report;
 mod scenarios;
 mod soak;
@@ -89,6 +90,10 @@ pub enum Command {
     /// Merge and render JSON reports.
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// A production relay as a bundle (its ruleset, sysctls and interfaces),
+    /// for `natvet vet --relay` and `natvet gate --relay...`.
+    #[command(subcommand)]
+    Relay(relay::RelayCmd),
     /// Run the same kernels and scenarios N times and report any verdict that
     /// differs between runs (natvet must give the same answer every time); or,
     /// with --duration, keep the scenarios' sessions going that long and
@@ -191,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Agent(args) => Ok(agent::exec(args)),
         Command::Bisect(args) => bisect::exec(args),
         Command::Report(cmd) => report::exec(cmd),
+        Command::Relay(cmd) => relay::exec(cmd),
         Command::Scenarios(cmd) => scenarios::exec(cmd),
         Command::Kernels(cmd) => kernels::exec(cmd),
     }

@@ -58,6 +58,12 @@ pub struct CheckArgs {
     /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: every shipped scenario but the slow ones (rekey).
     #[arg(long = "scenario", value_name = "NAME|PATH")]
     pub scenarios: Vec<String>,
+    /// A relay bundle (a folder from `natvet relay capture`): its ruleset,
+    /// sysctls and interfaces as a scenario, with checks derived from what
+    /// the ruleset does (`natvet relay show` prints it). Repeatable; without
+    /// --scenario, only the bundles run.
+    #[arg(long = "relay", value_name = "BUNDLE")]
+    pub relays: Vec<PathBuf>,
     /// Restrict NAT backends (comma-separated): nftables (or nft), iptables-nft, iptables-legacy.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub backend: Vec<BackendKind>,
@@ -217,7 +223,9 @@ pub(super) fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
 
 /// The scenarios asked for, with their backends narrowed to --backend.
 pub(super) fn load_scenarios(checks: &CheckArgs) -> Result<Vec<Scenario>> {
-    let names: Vec<String> = if checks.scenarios.is_empty() {
+    let names: Vec<String> = if checks.scenarios.is_empty() && !checks.relays.is_empty() {
+        vec![]
+    } else if checks.scenarios.is_empty() {
         crate::scenario::default_set()
             .into_iter()
             .map(str::to_string)
@@ -239,7 +247,42 @@ pub(super) fn load_scenarios(checks: &CheckArgs) -> Result<Vec<Scenario>> {
         }
         scenarios.push(s);
     }
+    for path in &checks.relays {
+        let s = relay_scenario(path, None)?;
+        if !checks.backend.is_empty() && !checks.backend.contains(&s.backends[0]) {
+            return Err(usage(format!(
+                "the relay bundle {} loads its ruleset with {}, which --backend leaves out",
+                path.display(),
+                s.backends[0].name()
+            )));
+        }
+        if let Some(other) = scenarios.iter().find(|o| o.name == s.name) {
+            return Err(usage(format!(
+                "the relay bundle {} is scenario '{}', as another scenario already is: give each bundle its own name in relay.toml",
+                path.display(),
+                other.name
+            )));
+        }
+        scenarios.push(s);
+    }
     Ok(scenarios)
+}
+
+/// The scenario of the relay bundle at `path` (its checks from
+/// `promise_of`'s ruleset when given); a bundle in error is bad input.
+pub(super) fn relay_scenario(
+    path: &std::path::Path,
+    promise_of: Option<&std::path::Path>,
+) -> Result<Scenario> {
+    let load = |p: &std::path::Path| {
+        crate::relay::Bundle::load(p)
+            .map_err(|e| usage(format!("relay bundle {}: {e}", p.display())))
+    };
+    let bundle = load(path)?;
+    let baseline = promise_of.map(load).transpose()?;
+    let derived = crate::relay::derive(&bundle, baseline.as_ref())
+        .map_err(|e| usage(format!("relay bundle {}: {e}", path.display())))?;
+    Ok(derived.scenario)
 }
 
 /// Options for a run of `scenarios` on one or more kernels.

@@ -28,6 +28,12 @@ pub struct VerifyArgs {
 
 pub fn exec(args: VerifyArgs) -> Result<i32> {
     let mut scenarios = load_scenarios(&args.checks)?;
+    if let Some(s) = scenarios.iter().find(|s| s.relay.ruleset.is_some()) {
+        return Err(usage(format!(
+            "natvet verify does not load a relay's own ruleset (scenario '{}'): on a live host that ruleset is what already runs, and verify never touches it; vet the bundle in a VM with `natvet vet --relay`",
+            s.name
+        )));
+    }
     let mut timeout = std::time::Duration::from_secs(args.checks.timeout);
     if let Some(d) = &args.duration {
         let seconds = super::soak::parse_duration(d)?;

@@ -339,9 +339,9 @@ impl Manifest {
             }
         }
         for n in &i.wireguard.addresses {
-            let (room, max_prefix) = match n.family() {
-                Family::Ipv4 => (32 - u32::from(n.prefix.min(32)), 24),
-                Family::Ipv6 => (128 - u32::from(n.prefix.min(128)), 112),
+            let max_prefix = match n.family() {
+                Family::Ipv4 => 24,
+                Family::Ipv6 => 112,
             };
             let host = match (n.addr, n.network().addr) {
                 (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
@@ -350,7 +350,7 @@ impl Manifest {
                 (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => u128::from(a) - u128::from(b),
                 _ => 0,
             };
-            if room < 32 - max_prefix || host >= 16 || host == 0 {
+            if n.prefix > max_prefix || host >= 16 || host == 0 {
                 return Err(("[interfaces.wireguard]", format!("{n}: the test's extra clients take host numbers 16 and up of the relay's tunnel network, so it needs a prefix of /{max_prefix} or shorter and the relay one of the first 15 addresses (production relays have 10.64.0.1/10 and the like)")));
             }
         }

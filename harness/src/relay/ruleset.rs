@@ -345,7 +345,7 @@ pub fn nft(text: &str) -> Result<Analysis, ParseError> {
                     Some("ip") => Some(Family::Ipv4),
                     Some("ip6") => Some(Family::Ipv6),
                     Some("inet") => None,
-                    Some("arp" | "bridge" | "netdev") => Some(None).flatten(),
+                    Some("arp" | "bridge" | "netdev") => None,
                     _ => {
                         return Err(err(format!(
                             "'{l}': a table needs a family (ip, ip6, inet, ...); this is not `nft list ruleset` output"
@@ -353,6 +353,8 @@ pub fn nft(text: &str) -> Result<Analysis, ParseError> {
                     }
                 });
             }
+            // A block's end: no rule.
+            Some(w0) if w0.starts_with('}') => {}
             Some("flush" | "add" | "delete" | "define" | "include" | "create") if depth == 0 => {}
             Some("set" | "map") if depth == 1 => {
                 set_name = w.get(1).cloned();
@@ -486,8 +488,11 @@ fn nft_rule(
             .then(|| dport("th"))
             .flatten()
     });
-    if let Some(i) = find("ct") {
-        if w.get(i + 1).map(String::as_str) == Some("count") {
+    // `ct count` anywhere in the rule (after `ct state new`, or inside a
+    // set's `{ ip saddr ct count over N }`).
+    let ct_count = w.windows(2).position(|p| p[0] == "ct" && p[1] == "count");
+    if let Some(i) = ct_count {
+        {
             let at = if w.get(i + 2).map(String::as_str) == Some("over") {
                 i + 3
             } else {
@@ -629,7 +634,7 @@ COMMIT
         );
         // lo is named (negated), eth+ is a wildcard and left out.
         let names: Vec<&str> = a.interfaces.iter().map(|f| f.what.as_str()).collect();
-        assert_eq!(names, ["eth0", "eth0", "eth0", "lo", "wg0"]);
+        assert_eq!(names, ["eth0", "eth0", "eth0", "eth0", "lo", "wg0"]);
     }
 
     #[test]

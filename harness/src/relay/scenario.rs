@@ -382,8 +382,7 @@ fn render(bundle: &Bundle, p: &Promise) -> String {
         }
         let _ = writeln!(s);
     };
-    let internet_nets: Vec<IpNet>;
-    if single {
+    let internet_nets: Vec<IpNet> = if single {
         // client ---- gateway (home NAT) ---- relay:PUBLIC
         //                |
         //             internet
@@ -448,7 +447,7 @@ fn render(bundle: &Bundle, p: &Promise) -> String {
                 quoted(&n.to_string())
             );
         }
-        internet_nets = inet;
+        inet
     } else {
         let client: Vec<IpNet> = public.iter().map(neighbour).collect();
         let inet: Vec<IpNet> = wan.iter().map(neighbour).collect();
@@ -468,8 +467,8 @@ fn render(bundle: &Bundle, p: &Promise) -> String {
             &inet,
             None,
         );
-        internet_nets = wan.iter().map(|n| n.network()).collect();
-    }
+        wan.iter().map(|n| n.network()).collect()
+    };
     let _ = writeln!(
         s,
         "[[topology.wireguard]]\nat = {}\naddresses = [{}]",
