@@ -344,6 +344,154 @@ fn slow_relay_is_slower() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The shipped relay bundles (the post-mortem's iptables relay and its
+/// nftables translation), their own rulesets loaded as they are: every
+/// derived check passes (exit 0), in both families.
+fn relay_bundles_pass(kernel: &str) -> Result<(), Failed> {
+    let run = natvet(
+        &format!("relay-bundles-{kernel}"),
+        &[
+            "vet",
+            "--kernel",
+            kernel,
+            "--relay",
+            "relays/example-iptables",
+            "--relay",
+            "relays/example-nftables",
+            "--cpus",
+            guest_cpus(),
+        ],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let all = results(report);
+    let not_passed: Vec<_> = all.iter().filter(|(_, st)| st != "pass").collect();
+    let scenarios: BTreeSet<String> = report["kernels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|k| k["results"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["scenario"].as_str().map(str::to_string))
+        .collect();
+    let both = scenarios.contains("relay-example-iptables")
+        && scenarios.contains("relay-example-nftables");
+    let ipv6 = all.iter().any(|(c, _)| c.starts_with("ipv6/handshake/"));
+    if run.code != 0 || !not_passed.is_empty() || !both || !ipv6 {
+        return Err(format!(
+            "expected exit 0 and every check of both bundles passed, in both families: not passed {not_passed:?}, scenarios {scenarios:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A ruleset change that loses one redirect range (33565:51820), gated
+/// against the example relay on one kernel: exactly that range's checks
+/// (redirect, handshake, session at 33565, in both families) regress, and
+/// nothing else changes.
+fn relay_gate_flags_the_dropped_range() -> Result<(), Failed> {
+    let run = natvet(
+        "relay-gate-dropped-range",
+        &[
+            "gate",
+            "--relay-baseline",
+            "relays/example-iptables",
+            "--relay-candidate",
+            "tests/controls/relay-dropped-range",
+            "--kernel",
+            CONTROL_KERNEL,
+            "--cpus",
+            guest_cpus(),
+        ],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let (checks, _) = gate_rows(report);
+    let changed: BTreeSet<String> = checks
+        .iter()
+        .filter(|(c, _)| c != "unchanged-pass")
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
+    let expected: BTreeSet<String> = ["redirect/33565", "handshake/33565", "session/33565"]
+        .iter()
+        .flat_map(|c| [format!("regressed {c}"), format!("regressed ipv6/{c}")])
+        .collect();
+    if run.code != 1 || changed != expected || checks.len() < 40 {
+        return Err(format!(
+            "expected exit 1 with exactly {expected:?} regressed: changed {changed:?} of {} rows\n{}",
+            checks.len(),
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A bundle whose ruleset names an interface the manifest lacks, and one
+/// whose sysctl is not net.*: exit 2 before any VM boots, naming the file
+/// and the line.
+fn relay_bundle_errors_exit_2() -> Result<(), Failed> {
+    let dir = out_dir("relay-bundle-errors");
+    let _ = std::fs::remove_dir_all(&dir);
+    let copy = |name: &str| -> Result<PathBuf, Failed> {
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+        for f in [
+            "relay.toml",
+            "sysctl.conf",
+            "iptables.rules",
+            "ip6tables.rules",
+        ] {
+            std::fs::copy(repo().join("relays/example-iptables").join(f), to.join(f))
+                .map_err(|e| format!("copying {f}: {e}"))?;
+        }
+        Ok(to)
+    };
+    let edit = |path: PathBuf, from: &str, to: &str| -> Result<(), Failed> {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{e}"))?;
+        std::fs::write(&path, text.replacen(from, to, 1)).map_err(|e| format!("{e}").into())
+    };
+    let iface = copy("unknown-interface")?;
+    edit(
+        iface.join("iptables.rules"),
+        "-A INPUT -i eth0 -p tcp",
+        "-A INPUT -i mgmt0 -p tcp",
+    )?;
+    let sysctl = copy("kernel-wide-sysctl")?;
+    edit(
+        sysctl.join("sysctl.conf"),
+        "net.ipv4.tcp_mtu_probing = 1",
+        "kernel.panic = 10",
+    )?;
+    for (i, (bundle, file, needle)) in [
+        (&iface, "iptables.rules:", "mgmt0"),
+        (&sysctl, "sysctl.conf:", "kernel.panic"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let started = std::time::Instant::now();
+        let run = natvet(
+            &format!("relay-bundle-errors-{i}"),
+            &[
+                "vet",
+                "--kernel",
+                CONTROL_KERNEL,
+                "--relay",
+                &bundle.display().to_string(),
+            ],
+        )?;
+        let said = run.stderr.contains(file) && run.stderr.contains(needle);
+        if run.code != 2 || !said || started.elapsed().as_secs() > 30 {
+            return Err(format!(
+                "expected exit 2 at once, naming {file} and {needle}\n{}",
+                explain(&run)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// A kernel gated against itself, with the defaults: performance figures
 /// for both, and no regression of any kind (exit 0). Ten such gates make
 /// the claim "no false alarm in 10 of 10".
@@ -1845,6 +1993,18 @@ fn main() {
             control_fails(&c)
         }));
     }
+    trials.push(Trial::test(
+        format!("relay::{CONTROL_KERNEL}::example-bundles-pass"),
+        || relay_bundles_pass(CONTROL_KERNEL),
+    ));
+    trials.push(Trial::test(
+        "relay::gate-flags-a-ruleset-change-that-drops-a-range",
+        relay_gate_flags_the_dropped_range,
+    ));
+    trials.push(Trial::test(
+        "relay::bundle-errors-exit-2-before-any-vm",
+        relay_bundle_errors_exit_2,
+    ));
     trials.push(Trial::test(
         "perf::control-slow-relay-is-flagged-slower-and-nothing-else",
         slow_relay_is_slower,

@@ -6,10 +6,11 @@
 use std::time::Instant;
 
 use super::error::{usage, Result};
-use super::options::{parse_specs, prepare, RunArgs};
+use super::options::{parse_specs, prepare, relay_scenario, RunArgs};
 use super::output::{write_json, write_outputs};
 use crate::kernel::Cache;
 use crate::protocol::job::PerfMode;
+use crate::report::exit;
 use crate::report::{KernelRun, KernelState};
 use crate::scenario::Scenario;
 use crate::vet::{self, Resolution, VetOptions};
@@ -17,11 +18,29 @@ use crate::vet::{self, Resolution, VetOptions};
 #[derive(clap::Args, Debug)]
 pub struct GateArgs {
     /// The kernel production runs today (any --kernel form).
-    #[arg(long, value_name = "SPEC")]
-    pub baseline: String,
+    #[arg(
+        long,
+        value_name = "SPEC",
+        required_unless_present = "relay_baseline",
+        requires = "candidate"
+    )]
+    pub baseline: Option<String>,
     /// The kernel about to be rolled out.
-    #[arg(long, value_name = "SPEC")]
-    pub candidate: String,
+    #[arg(long, value_name = "SPEC", requires = "baseline")]
+    pub candidate: Option<String>,
+    /// Gate a ruleset change: the relay bundle production runs today. Each
+    /// kernel (--kernel, default: the default set) runs it as the baseline
+    /// and --relay-candidate as the candidate, both held to what this
+    /// bundle's ruleset promises.
+    #[arg(long, value_name = "BUNDLE", requires = "relay_candidate", conflicts_with_all = ["baseline", "candidate"])]
+    pub relay_baseline: Option<std::path::PathBuf>,
+    /// The relay bundle about to be deployed (with --relay-baseline).
+    #[arg(long, value_name = "BUNDLE", requires = "relay_baseline")]
+    pub relay_candidate: Option<std::path::PathBuf>,
+    /// With --relay-baseline: the kernels to gate the change on (any
+    /// --kernel form; repeatable). Default: the default kernel set.
+    #[arg(long = "kernel", value_name = "SPEC", requires = "relay_baseline")]
+    pub kernels: Vec<String>,
     /// A scenario the candidate runs in place of the --scenario of the same
     /// name (a name or a .toml file): a ruleset or configuration change
     /// gated on its own, or with a new kernel. Repeatable.
@@ -59,9 +78,90 @@ fn parse_threshold(s: &str) -> std::result::Result<f64, String> {
 }
 
 pub fn exec(args: GateArgs) -> Result<i32> {
-    let specs = parse_specs(&[args.baseline.clone(), args.candidate.clone()], None)?;
+    let (Some(base), Some(cand)) = (&args.relay_baseline, &args.relay_candidate) else {
+        let pair = [
+            args.baseline.clone().unwrap_or_default(),
+            args.candidate.clone().unwrap_or_default(),
+        ];
+        let json = args.run.checks.json.as_deref();
+        return gate(&args, &pair, None, &args.run.checks.outputs, json);
+    };
+    // A ruleset change: both bundles on each kernel, the candidate in the
+    // baseline's place and held to the baseline's promise.
+    let before = relay_scenario(base, None)?;
+    let mut after = relay_scenario(cand, Some(base))?;
+    after.name = before.name.clone();
+    let kernels = if args.kernels.is_empty() {
+        crate::kernel_sets::kernel_set("default").map_err(|e| usage(format!("{e:#}")))?
+    } else {
+        args.kernels.clone()
+    };
+    parse_specs(&kernels, None)?;
+    let mut codes = Vec::new();
+    for k in &kernels {
+        // Each kernel's gate writes reports of its own when there are several.
+        let part = |p: &std::path::Path| match kernels.len() {
+            1 => p.to_path_buf(),
+            _ => super::options::part_path(p, k),
+        };
+        let c = &args.run.checks;
+        let outputs = super::options::Outputs {
+            junit: c.outputs.junit.as_deref().map(part),
+            markdown: c.outputs.markdown.as_deref().map(part),
+            html: c.outputs.html.as_deref().map(part),
+        };
+        let json = c.json.as_deref().map(part);
+        println!(
+            "gate: the ruleset change from {} to {} on {k}",
+            base.display(),
+            cand.display()
+        );
+        codes.push(gate(
+            &args,
+            &[k.clone(), k.clone()],
+            Some((before.clone(), after.clone())),
+            &outputs,
+            json.as_deref(),
+        )?);
+    }
+    Ok([exit::USAGE, exit::FAIL, exit::INFRA]
+        .into_iter()
+        .find(|c| codes.contains(c))
+        .unwrap_or(exit::PASS))
+}
+
+/// One gate of a baseline and a candidate kernel; with `relay`, the
+/// baseline runs its first scenario and the candidate its second.
+fn gate(
+    args: &GateArgs,
+    pair: &[String; 2],
+    relay: Option<(Scenario, Scenario)>,
+    outputs: &super::options::Outputs,
+    json: Option<&std::path::Path>,
+) -> Result<i32> {
+    let specs = parse_specs(pair, None)?;
     let mut opts = prepare(&args.run, specs)?;
-    let candidate_scenarios = side_scenarios(&opts.scenarios, &args.candidate_scenarios)?;
+    let mut replacements = args.candidate_scenarios.clone();
+    if let Some((before, _)) = &relay {
+        // Only the bundles, unless --scenario or --relay name more.
+        let c = &args.run.checks;
+        if c.scenarios.is_empty() && c.relays.is_empty() {
+            opts.scenarios.clear();
+        }
+        opts.scenarios.retain(|s| s.name != before.name);
+        opts.scenarios.push(before.clone());
+        replacements.clear();
+    }
+    let mut candidate_scenarios = side_scenarios(&opts.scenarios, &replacements)?;
+    if let Some((_, after)) = relay {
+        crate::provision::check_host(std::slice::from_ref(&after))?;
+        if let Some(slot) = candidate_scenarios
+            .iter_mut()
+            .find(|s| s.name == after.name)
+        {
+            *slot = after;
+        }
+    }
     crate::provision::check_host(&candidate_scenarios)?;
     let with_perf = opts.perf != PerfMode::Skip
         && opts
@@ -152,8 +252,8 @@ pub fn exec(args: GateArgs) -> Result<i32> {
         }
     }
     report.gate = Some(gate);
-    write_outputs(&report, &args.run.checks.outputs)?;
-    if let Some(path) = &args.run.checks.json {
+    write_outputs(&report, outputs)?;
+    if let Some(path) = json {
         write_json(&report, path)?;
     }
     Ok(code)

@@ -221,6 +221,30 @@ pub(super) fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
     parse_specs(&kernel_strings, args.modules.clone())
 }
 
+/// `path` with `part` (a kernel spec, made safe for a file name) before its
+/// extension: `gate.html` -> `gate-debian-6.1.html`.
+pub(super) fn part_path(path: &std::path::Path, part: &str) -> PathBuf {
+    let safe: String = part
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(e) => format!("{stem}-{safe}.{}", e.to_string_lossy()),
+        None => format!("{stem}-{safe}"),
+    };
+    path.with_file_name(name)
+}
+
 /// The scenarios asked for, with their backends narrowed to --backend.
 pub(super) fn load_scenarios(checks: &CheckArgs) -> Result<Vec<Scenario>> {
     let names: Vec<String> = if checks.scenarios.is_empty() && !checks.relays.is_empty() {
