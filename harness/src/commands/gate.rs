@@ -141,7 +141,12 @@ fn gate(
 ) -> Result<i32> {
     let specs = parse_specs(pair, None)?;
     let mut opts = prepare(&args.run, specs)?;
-    let mut replacements = args.candidate_scenarios.clone();
+    // A ruleset gate's candidate is its bundle; --candidate-scenario is
+    // for the kernel gate.
+    let replacements: &[String] = match relay {
+        Some(_) => &[],
+        None => &args.candidate_scenarios,
+    };
     if let Some((before, _)) = &relay {
         // Only the bundles, unless --scenario or --relay name more.
         let c = &args.run.checks;
@@ -150,11 +155,9 @@ fn gate(
         }
         opts.scenarios.retain(|s| s.name != before.name);
         opts.scenarios.push(before.clone());
-        replacements.clear();
     }
-    let mut candidate_scenarios = side_scenarios(&opts.scenarios, &replacements)?;
+    let mut candidate_scenarios = side_scenarios(&opts.scenarios, replacements)?;
     if let Some((_, after)) = relay {
-        crate::provision::check_host(std::slice::from_ref(&after))?;
         if let Some(slot) = candidate_scenarios
             .iter_mut()
             .find(|s| s.name == after.name)

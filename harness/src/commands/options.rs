@@ -58,7 +58,7 @@ pub struct CheckArgs {
     /// Scenario to run: a shipped name or a path to a .toml file. Repeatable. Default: every shipped scenario but the slow ones (rekey).
     #[arg(long = "scenario", value_name = "NAME|PATH")]
     pub scenarios: Vec<String>,
-    /// A relay bundle (a folder from `natvet relay capture`): its ruleset,
+    /// A relay bundle (a folder with relay.toml, as relays/example-*): its ruleset,
     /// sysctls and interfaces as a scenario, with checks derived from what
     /// the ruleset does (`natvet relay show` prints it). Repeatable; without
     /// --scenario, only the bundles run.
@@ -221,19 +221,10 @@ pub(super) fn kernel_specs(args: &VetArgs) -> Result<Vec<KernelSpec>> {
     parse_specs(&kernel_strings, args.modules.clone())
 }
 
-/// `path` with `part` (a kernel spec, made safe for a file name) before its
-/// extension: `gate.html` -> `gate-debian-6.1.html`.
+/// `path` with `part` (a kernel spec, as one file name) before its
+/// extension: `gate.html` -> `gate-debian_6.1.html`.
 pub(super) fn part_path(path: &std::path::Path, part: &str) -> PathBuf {
-    let safe: String = part
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let safe = crate::report::sanitize(part);
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -298,15 +289,23 @@ pub(super) fn relay_scenario(
     path: &std::path::Path,
     promise_of: Option<&std::path::Path>,
 ) -> Result<Scenario> {
+    relay_derived(path, promise_of).map(|d| d.scenario)
+}
+
+/// The bundle at `path` derived into a scenario (and its TOML), as
+/// `relay_scenario` says.
+pub(super) fn relay_derived(
+    path: &std::path::Path,
+    promise_of: Option<&std::path::Path>,
+) -> Result<crate::relay::Derived> {
     let load = |p: &std::path::Path| {
         crate::relay::Bundle::load(p)
             .map_err(|e| usage(format!("relay bundle {}: {e}", p.display())))
     };
     let bundle = load(path)?;
     let baseline = promise_of.map(load).transpose()?;
-    let derived = crate::relay::derive(&bundle, baseline.as_ref())
-        .map_err(|e| usage(format!("relay bundle {}: {e}", path.display())))?;
-    Ok(derived.scenario)
+    crate::relay::derive(&bundle, baseline.as_ref())
+        .map_err(|e| usage(format!("relay bundle {}: {e}", path.display())))
 }
 
 /// Options for a run of `scenarios` on one or more kernels.

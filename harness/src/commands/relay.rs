@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::error::{usage, Result};
+use super::error::Result;
 use crate::report::exit;
 
 #[derive(clap::Subcommand, Debug)]
@@ -26,14 +26,7 @@ pub enum RelayCmd {
 pub fn exec(cmd: RelayCmd) -> Result<i32> {
     match cmd {
         RelayCmd::Show { bundle, promise_of } => {
-            let load = |p: &PathBuf| {
-                crate::relay::Bundle::load(p)
-                    .map_err(|e| usage(format!("relay bundle {}: {e}", p.display())))
-            };
-            let b = load(&bundle)?;
-            let base = promise_of.as_ref().map(load).transpose()?;
-            let derived = crate::relay::derive(&b, base.as_ref())
-                .map_err(|e| usage(format!("relay bundle {}: {e}", bundle.display())))?;
+            let derived = super::options::relay_derived(&bundle, promise_of.as_deref())?;
             print!("{}", derived.toml);
             Ok(exit::PASS)
         }

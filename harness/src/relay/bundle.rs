@@ -1,5 +1,5 @@
 //! A relay bundle: a folder with `relay.toml` (the manifest) and the files
-//! it names, captured from a production relay (`natvet relay capture`) or
+//! it names, captured from a production relay or
 //! written by hand. Everything in it is untrusted input: read, bounded and
 //! validated here, before any VM boots; each mistake names its file and line.
 
@@ -173,7 +173,7 @@ impl Bundle {
             return Err(BundleError::new(
                 cite(&manifest_path),
                 None,
-                format!("a relay bundle is a folder with a {MANIFEST}; write one with `natvet relay capture --out DIR` on the relay, or start from relays/example-iptables"),
+                format!("a relay bundle is a folder with a {MANIFEST}; start from relays/example-iptables (or relays/example-nftables) and put in your relay's ruleset, sysctls and interfaces"),
             ));
         }
         let text = read_bounded(&manifest_path)?;
