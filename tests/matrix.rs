@@ -1919,7 +1919,9 @@ fn interrupted_run_leaves_nothing(target: &str, signal: i32, want_code: i32) -> 
             .map_err(|e| e.to_string())?;
         if next.status.code() != Some(0) {
             return Err(format!(
-                "the next run failed: {}",
+                "the next run exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+                next.status.code(),
+                String::from_utf8_lossy(&next.stdout),
                 String::from_utf8_lossy(&next.stderr)
             )
             .into());

@@ -170,7 +170,9 @@ fn watch_console(mut stdout: impl Read, log: PathBuf, state: Arc<Mutex<Console>>
             let Ok(mut st) = state.lock() else { return };
             if text.contains("Kernel panic - not syncing") && st.panic.is_none() {
                 st.panic = Some(text.clone());
-            } else if crate::kernel_log::is_unhealthy(&text) {
+            } else if crate::kernel_log::is_unhealthy(&text)
+                && crate::kernel_log::emulator_artifact(&text).is_none()
+            {
                 if st.alarms.len() < MAX_ALARMS {
                     st.alarms.push(text.clone());
                 } else {

@@ -54,11 +54,11 @@ impl Check for KernelHealth {
 fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
     let more = ctx.kmsg.drain();
     ctx.dmesg.extend(more);
-    let bad: Vec<&String> = ctx
+    let (artifacts, bad): (Vec<&String>, Vec<&String>) = ctx
         .dmesg
         .iter()
         .filter(|l| crate::kernel_log::is_unhealthy(l))
-        .collect();
+        .partition(|l| crate::kernel_log::emulator_artifact(l).is_some());
     let mut observed = if bad.is_empty() {
         format!(
             "{} kernel log lines during the scenario, none alarming",
@@ -71,6 +71,10 @@ fn kernel_health(ctx: &mut Context) -> Result<Verdict> {
             .collect::<Vec<_>>()
             .join("\n")
     };
+    for line in artifacts.iter().take(3) {
+        let why = crate::kernel_log::emulator_artifact(line).unwrap_or_default();
+        observed.push_str(&format!("; set aside, {why}: {line}"));
+    }
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let mut on_purpose: BTreeMap<String, u64> = BTreeMap::new();
     let mut losses = Vec::new();
