@@ -429,6 +429,143 @@ fn relay_gate_flags_the_dropped_range() -> Result<(), Failed> {
 /// A bundle whose ruleset names an interface the manifest lacks, and one
 /// whose sysctl is not net.*: exit 2 before any VM boots, naming the file
 /// and the line.
+/// `natvet relay capture` in a network namespace set up like a relay (the
+/// example bundle's ruleset, with a rule on the relay's own public address
+/// added): it changes nothing there or on the host, writes a bundle that
+/// loads, redacted (no public address left, the same mapping in the
+/// manifest and the ruleset), and refuses a folder that is not empty. The
+/// namespace is anonymous (`unshare --net`), so tests that compare the
+/// host's namespaces are not disturbed.
+fn relay_capture_is_read_only() -> Result<(), Failed> {
+    let out = out_dir("relay-capture");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let bundle = out.join("bundle");
+    let rules = repo().join("relays/example-iptables");
+    let natvet = env!("CARGO_BIN_EXE_natvet");
+    let script = format!(
+        r#"set -e
+ip link add eth0 type veth peer name peer0
+ip link set eth0 up
+ip addr add 185.65.134.10/24 dev eth0
+ip addr add 2a03:1b20:3:f011::a01f/64 dev eth0 nodad
+ip route add default via 185.65.134.1 dev eth0 onlink
+iptables-nft-restore < {rules}/iptables.rules
+ip6tables-nft-restore < {rules}/ip6tables.rules
+iptables-nft -I INPUT -d 185.65.134.10/32 -i eth0 -p udp --dport 51820 -j ACCEPT
+sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=2
+set +e
+snapshot() {{
+  ip -o link; ip -o addr | grep -v fe80; ip -4 route show table all; ip -6 route show table all
+  ip -4 rule; ip -6 rule; nft -s list ruleset
+  for t in iptables-nft-save ip6tables-nft-save iptables-legacy-save ip6tables-legacy-save; do $t | grep -v '^#'; done
+  sysctl -a 2>/dev/null | grep '^net\.' | grep -v nf_conntrack_count
+}}
+snapshot | sed 's/\[[0-9]*:[0-9]*\]/[c]/g' > {out}/before
+{natvet} relay capture --out {bundle} --redact --wireguard wg0 --wireguard-address 10.64.0.1/10 --wireguard-address fc00:bbbb:bbbb:bb01::1/64 2> {out}/capture.err
+echo $? > {out}/capture.rc
+{natvet} relay capture --out {bundle} --wireguard wg0 --wireguard-address 10.64.0.1/10 2> {out}/again.err
+echo $? > {out}/again.rc
+snapshot | sed 's/\[[0-9]*:[0-9]*\]/[c]/g' > {out}/after
+"#,
+        rules = rules.display(),
+        out = out.display(),
+        bundle = bundle.display(),
+    );
+    let host_before = host_state();
+    let run = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .output()
+        .map_err(|e| format!("running unshare: {e}"))?;
+    let host_after = host_state();
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+    if !run.status.success() {
+        return Err(format!(
+            "setting up the relay namespace failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        )
+        .into());
+    }
+    let mut problems = Vec::new();
+    if read("capture.rc").trim() != "0" {
+        problems.push(format!(
+            "capture exited {}: {}",
+            read("capture.rc").trim(),
+            read("capture.err")
+        ));
+    }
+    if read("again.rc").trim() != "2" || !read("again.err").contains("not empty") {
+        problems.push(format!(
+            "a second capture into the same folder exited {} (want 2, 'not empty'): {}",
+            read("again.rc").trim(),
+            read("again.err")
+        ));
+    }
+    let (before, after) = (read("before"), read("after"));
+    if !before.contains("MASQUERADE") || !before.contains("net.ipv4.ip_forward = 1") {
+        problems.push(format!(
+            "the namespace snapshot lacks the relay's rules or sysctls:
+{before}"
+        ));
+    }
+    let changed = diff(&before, &after);
+    if !changed.is_empty() {
+        problems.push(format!(
+            "capture changed the relay's namespace:
+{changed}"
+        ));
+    }
+    let changed = diff(&host_before, &host_after);
+    if !changed.is_empty() {
+        problems.push(format!(
+            "capture changed the host:
+{changed}"
+        ));
+    }
+    let mut all = String::new();
+    for e in std::fs::read_dir(&bundle).into_iter().flatten().flatten() {
+        all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+    }
+    for real in ["185.65.134", "2a03:1b20"] {
+        if all.contains(real) {
+            problems.push(format!("the redacted bundle still holds {real}"));
+        }
+    }
+    let manifest = std::fs::read_to_string(bundle.join("relay.toml")).unwrap_or_default();
+    let ruleset = std::fs::read_to_string(bundle.join("iptables.rules")).unwrap_or_default();
+    if !manifest.contains("\"203.0.113.10/24\"") || !ruleset.contains("-d 203.0.113.10/32") {
+        problems.push(format!(
+            "the public address is not mapped the same way in manifest and ruleset:
+{manifest}
+{ruleset}"
+        ));
+    }
+    if !manifest.contains("\"33565-51820\"") {
+        problems.push(format!(
+            "[expect] lacks the redirected range 33565-51820:
+{manifest}"
+        ));
+    }
+    let show = Command::new(natvet)
+        .args(["relay", "show"])
+        .arg(&bundle)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if show.status.code() != Some(0) || !String::from_utf8_lossy(&show.stdout).contains("redirect")
+    {
+        problems.push(format!(
+            "relay show of the captured bundle exited {:?}: {}",
+            show.status.code(),
+            String::from_utf8_lossy(&show.stderr)
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
+}
+
 fn relay_bundle_errors_exit_2() -> Result<(), Failed> {
     let dir = out_dir("relay-bundle-errors");
     let _ = std::fs::remove_dir_all(&dir);
@@ -2002,6 +2139,10 @@ fn main() {
     trials.push(Trial::test(
         "relay::gate-flags-a-ruleset-change-that-drops-a-range",
         relay_gate_flags_the_dropped_range,
+    ));
+    trials.push(Trial::test(
+        "relay::capture-is-read-only-redacts-and-loads",
+        relay_capture_is_read_only,
     ));
     trials.push(Trial::test(
         "relay::bundle-errors-exit-2-before-any-vm",

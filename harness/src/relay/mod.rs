@@ -5,6 +5,7 @@
 //! ruleset promises.
 
 pub mod bundle;
+pub mod capture;
 pub mod ruleset;
 pub mod scenario;
 
