@@ -32,7 +32,7 @@ pub struct GateArgs {
     /// kernel (--kernel, default: the default set) runs it as the baseline
     /// and --relay-candidate as the candidate, both held to what this
     /// bundle's ruleset promises.
-    #[arg(long, value_name = "BUNDLE", requires = "relay_candidate", conflicts_with_all = ["baseline", "candidate"])]
+    #[arg(long, value_name = "BUNDLE", requires = "relay_candidate", conflicts_with_all = ["baseline", "candidate", "candidate_scenarios"])]
     pub relay_baseline: Option<std::path::PathBuf>,
     /// The relay bundle about to be deployed (with --relay-baseline).
     #[arg(long, value_name = "BUNDLE", requires = "relay_baseline")]
