@@ -385,6 +385,67 @@ fn relay_bundles_pass(kernel: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A relay whose ruleset uses a construct natvet's own rules never do (SCTP
+/// chunk matching, Linux 5.14+), on a kernel that lacks it and one that has
+/// it: every check fails on the first with the loader's error, every check
+/// passes on the second, and the exit code is 1.
+fn relay_construct_missing_fails_only_that_kernel() -> Result<(), Failed> {
+    let (old, new) = ("debian:bullseye", CONTROL_KERNEL);
+    let run = natvet(
+        "relay-sctp-chunk",
+        &[
+            "vet",
+            "--kernel",
+            old,
+            "--kernel",
+            new,
+            "--relay",
+            "tests/controls/relay-sctp-chunk",
+            "--cpus",
+            guest_cpus(),
+        ],
+    )?;
+    let report = run.report.as_ref().ok_or_else(|| explain(&run))?;
+    let kernels = report["kernels"].as_array().cloned().unwrap_or_default();
+    let mut problems = Vec::new();
+    for k in &kernels {
+        let release = k["release"].as_str().unwrap_or("?");
+        let results = k["results"].as_array().cloned().unwrap_or_default();
+        let old_kernel = release.starts_with("5.10");
+        let wrong: Vec<String> = results
+            .iter()
+            .filter(|r| {
+                let observed = r["observed"].as_str().unwrap_or("");
+                if old_kernel {
+                    !(r["status"] == "fail" && observed.contains("nft"))
+                } else {
+                    r["status"] != "pass"
+                }
+            })
+            .map(|r| format!("{} {}: {}", r["check"], r["status"], r["observed"]))
+            .collect();
+        if results.len() < 8 || !wrong.is_empty() {
+            problems.push(format!(
+                "{release}: {} results, want every one {}: {wrong:?}",
+                results.len(),
+                if old_kernel {
+                    "failed with nft's error"
+                } else {
+                    "passed"
+                }
+            ));
+        }
+    }
+    if run.code != 1 || kernels.len() != 2 || !problems.is_empty() {
+        return Err(format!(
+            "expected exit 1, the 5.10 kernel failing every check and {new} passing every one: {problems:?}\n{}",
+            explain(&run)
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// A ruleset change that loses one redirect range (33565:51820), gated
 /// against the example relay on one kernel: exactly that range's checks
 /// (redirect, handshake, session at 33565, in both families) regress, and
@@ -426,9 +487,6 @@ fn relay_gate_flags_the_dropped_range() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A bundle whose ruleset names an interface the manifest lacks, and one
-/// whose sysctl is not net.*: exit 2 before any VM boots, naming the file
-/// and the line.
 /// `natvet relay capture` in a network namespace set up like a relay (the
 /// example bundle's ruleset, with a rule on the relay's own public address
 /// added): it changes nothing there or on the host, writes a bundle that
@@ -566,6 +624,9 @@ snapshot | sed 's/\[[0-9]*:[0-9]*\]/[c]/g' > {out}/after
     }
 }
 
+/// A bundle whose ruleset names an interface the manifest lacks, and one
+/// whose sysctl is not net.*: exit 2 before any VM boots, naming the file
+/// and the line.
 fn relay_bundle_errors_exit_2() -> Result<(), Failed> {
     let dir = out_dir("relay-bundle-errors");
     let _ = std::fs::remove_dir_all(&dir);
@@ -2139,6 +2200,10 @@ fn main() {
     trials.push(Trial::test(
         "relay::gate-flags-a-ruleset-change-that-drops-a-range",
         relay_gate_flags_the_dropped_range,
+    ));
+    trials.push(Trial::test(
+        "relay::a-construct-the-kernel-lacks-fails-that-kernel-only",
+        relay_construct_missing_fails_only_that_kernel,
     ));
     trials.push(Trial::test(
         "relay::capture-is-read-only-redacts-and-loads",
