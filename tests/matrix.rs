@@ -385,14 +385,14 @@ fn relay_bundles_pass(kernel: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-/// A relay whose ruleset uses a construct natvet's own rules never do (SCTP
-/// chunk matching, Linux 5.14+), on a kernel that lacks it and one that has
+/// A relay whose ruleset uses a construct natvet's own rules never do (a
+/// netdev egress chain, Linux 5.16+), on a kernel that lacks it and one that has
 /// it: every check fails on the first with the loader's error, every check
 /// passes on the second, and the exit code is 1.
 fn relay_construct_missing_fails_only_that_kernel() -> Result<(), Failed> {
     let (old, new) = ("debian:bullseye", CONTROL_KERNEL);
     let run = natvet(
-        "relay-sctp-chunk",
+        "relay-egress-hook",
         &[
             "vet",
             "--kernel",
@@ -400,7 +400,7 @@ fn relay_construct_missing_fails_only_that_kernel() -> Result<(), Failed> {
             "--kernel",
             new,
             "--relay",
-            "tests/controls/relay-sctp-chunk",
+            "tests/controls/relay-egress-hook",
             "--cpus",
             guest_cpus(),
         ],
