@@ -183,6 +183,114 @@ pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> 
         _ => None,
     };
 
+    let wg = wireguard(src, o, &links, &analyses, &mut notes)?;
+    let (wg_name, listen_port) = (wg.name.clone(), wg.listen_port);
+    let udp_ports = merge(
+        analyses
+            .iter()
+            .flat_map(|a| a.redirects.iter())
+            .filter(|r| r.what.to_port.is_none_or(|p| p == listen_port))
+            .flat_map(|r| r.what.ports.iter().copied())
+            .collect(),
+    );
+
+    let mut known: Vec<&str> = vec![&public_name, &wg_name, "lo"];
+    if let Some(w) = wan {
+        known.push(&w.name);
+    }
+    let mut other: Vec<String> = analyses
+        .iter()
+        .flat_map(|a| a.interfaces.iter().map(|f| f.what.clone()))
+        .filter(|i| !known.contains(&i.as_str()))
+        .collect();
+    other.sort();
+    other.dedup();
+
+    let (routes, rules) = routes_and_rules(src, &mut notes)?;
+    let mut ifaces = vec!["all", "default", public_name.as_str()];
+    if let Some(w) = wan {
+        ifaces.push(&w.name);
+    }
+    let sysctl_text = changed_sysctls(src, &ifaces);
+
+    let iface = |l: &Link| Interface {
+        name: l.name.clone(),
+        addresses: l.addresses.clone(),
+        mtu: l.mtu,
+    };
+    let mut manifest = Manifest {
+        name: o.name.clone(),
+        description: format!(
+            "captured from {}",
+            if o.redact {
+                "a relay (redacted)"
+            } else {
+                o.hostname.as_str()
+            }
+        ),
+        backend,
+        captured: Some(if o.redact {
+            format!("natvet relay capture, {}", o.when)
+        } else {
+            format!("natvet relay capture on {}, {}", o.hostname, o.when)
+        }),
+        redacted: o.redact,
+        ruleset: RulesetFiles {
+            nft: None,
+            ipv4: None,
+            ipv6: None,
+        },
+        sysctls: sysctl_text.as_ref().map(|_| "sysctl.conf".into()),
+        interfaces: Interfaces {
+            public: iface(public),
+            wan: wan.map(iface),
+            wireguard: wg,
+            other,
+        },
+        routes,
+        rules,
+        expect: Expect { udp_ports },
+    };
+    for (name, _) in &files {
+        let p = Some(name.into());
+        match name.as_str() {
+            "ruleset.nft" => manifest.ruleset.nft = p,
+            "iptables.rules" => manifest.ruleset.ipv4 = p,
+            _ => manifest.ruleset.ipv6 = p,
+        }
+    }
+    if let Some(text) = sysctl_text {
+        files.push(("sysctl.conf".into(), text));
+    }
+    if o.redact {
+        let mut map = Redaction::default();
+        redact_manifest(&mut manifest, &mut map);
+        for (_, text) in &mut files {
+            *text = map.text(text);
+        }
+        notes.push(format!(
+            "redacted: {} public addresses mapped onto documentation ranges, the same way in the manifest and the ruleset; private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) are kept; comments in the ruleset are kept as they are",
+            map.mapped()
+        ));
+    }
+    Ok(Captured {
+        manifest,
+        files,
+        notes,
+    })
+}
+
+/// The clients' WireGuard interface: the one here (or named), its
+/// addresses, listen port and peer count; what the host cannot say comes
+/// from the options, or for the port from where every redirect sends.
+fn wireguard(
+    src: &dyn Source,
+    o: &Options,
+    links: &[Link],
+    analyses: &[Analysis],
+    notes: &mut Vec<String>,
+) -> Result<WireGuard, CaptureError> {
+    let find = |name: &str| links.iter().find(|l| l.name == name);
     let wg_links: Vec<&Link> = links.iter().filter(|l| l.kind == "wireguard").collect();
     let wg_name = match (&o.wireguard, wg_links.as_slice()) {
         (Some(n), _) => n.clone(),
@@ -242,27 +350,21 @@ pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> 
             "'{wg_name}' is not an interface here; the bundle takes your --wireguard options for it"
         ));
     }
-    let udp_ports = merge(
-        analyses
-            .iter()
-            .flat_map(|a| a.redirects.iter())
-            .filter(|r| r.what.to_port.is_none_or(|p| p == listen_port))
-            .flat_map(|r| r.what.ports.iter().copied())
-            .collect(),
-    );
+    Ok(WireGuard {
+        name: wg_name,
+        addresses: wg_addresses,
+        listen_port,
+        peers,
+        mtu: wg_link.and_then(|l| l.mtu),
+    })
+}
 
-    let mut known: Vec<&str> = vec![&public_name, &wg_name, "lo"];
-    if let Some(w) = wan {
-        known.push(&w.name);
-    }
-    let mut other: Vec<String> = analyses
-        .iter()
-        .flat_map(|a| a.interfaces.iter().map(|f| f.what.clone()))
-        .filter(|i| !known.contains(&i.as_str()))
-        .collect();
-    other.sort();
-    other.dedup();
-
+/// The relay's routes (the local table left out: the kernel makes it from
+/// the addresses) and policy rules, as `ip` prints them.
+fn routes_and_rules(
+    src: &dyn Source,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), CaptureError> {
     let lines = |argvs: &[&[&str]]| -> Result<Vec<String>, CaptureError> {
         let mut v = Vec::new();
         for argv in argvs {
@@ -280,7 +382,6 @@ pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> 
         &["ip", "-4", "route", "show", "table", "all"],
         &["ip", "-6", "route", "show", "table", "all"],
     ])?;
-    // The kernel makes the local table's routes from the addresses.
     routes.retain(|r| !r.contains(" table local "));
     let mut rules = lines(&[&["ip", "-4", "rule", "show"], &["ip", "-6", "rule", "show"]])?;
     if routes.len() + rules.len() > 4096 {
@@ -292,10 +393,12 @@ pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> 
         rules.truncate(4096 - routes.len());
     }
 
-    let mut ifaces = vec!["all", "default", public_name.as_str()];
-    if let Some(w) = wan {
-        ifaces.push(&w.name);
-    }
+    Ok((routes, rules))
+}
+
+/// The `sysctl -p` text of the settings in [`SYSCTLS`] whose values are not
+/// the defaults, for the interfaces `ifaces`; None when all are.
+fn changed_sysctls(src: &dyn Source, ifaces: &[&str]) -> Option<String> {
     let mut sysctl_text = String::from(
         "# The relay's net.* settings for forwarding, NAT and conntrack that are\n# not Linux's defaults, read by natvet relay capture.\n",
     );
@@ -317,77 +420,7 @@ pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> 
         }
     }
 
-    let iface = |l: &Link| Interface {
-        name: l.name.clone(),
-        addresses: l.addresses.clone(),
-        mtu: l.mtu,
-    };
-    let mut manifest = Manifest {
-        name: o.name.clone(),
-        description: format!(
-            "captured from {}",
-            if o.redact {
-                "a relay (redacted)"
-            } else {
-                o.hostname.as_str()
-            }
-        ),
-        backend,
-        captured: Some(if o.redact {
-            format!("natvet relay capture, {}", o.when)
-        } else {
-            format!("natvet relay capture on {}, {}", o.hostname, o.when)
-        }),
-        redacted: o.redact,
-        ruleset: RulesetFiles {
-            nft: None,
-            ipv4: None,
-            ipv6: None,
-        },
-        sysctls: (sysctls > 0).then(|| "sysctl.conf".into()),
-        interfaces: Interfaces {
-            public: iface(public),
-            wan: wan.map(iface),
-            wireguard: WireGuard {
-                name: wg_name.clone(),
-                addresses: wg_addresses,
-                listen_port,
-                peers,
-                mtu: wg_link.and_then(|l| l.mtu),
-            },
-            other,
-        },
-        routes,
-        rules,
-        expect: Expect { udp_ports },
-    };
-    for (name, _) in &files {
-        let p = Some(name.into());
-        match name.as_str() {
-            "ruleset.nft" => manifest.ruleset.nft = p,
-            "iptables.rules" => manifest.ruleset.ipv4 = p,
-            _ => manifest.ruleset.ipv6 = p,
-        }
-    }
-    if sysctls > 0 {
-        files.push(("sysctl.conf".into(), sysctl_text));
-    }
-    if o.redact {
-        let mut map = Redaction::default();
-        redact_manifest(&mut manifest, &mut map);
-        for (_, text) in &mut files {
-            *text = map.text(text);
-        }
-        notes.push(format!(
-            "redacted: {} public addresses mapped onto documentation ranges, the same way in the manifest and the ruleset; private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) are kept; comments in the ruleset are kept as they are",
-            map.mapped()
-        ));
-    }
-    Ok(Captured {
-        manifest,
-        files,
-        notes,
-    })
+    (sysctls > 0).then_some(sysctl_text)
 }
 
 /// The backend and its files: named, or told by what is loaded.
