@@ -132,7 +132,7 @@ const IPTABLES_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"]
 /// Capture the relay `src` describes.
 pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> {
     let mut notes = Vec::new();
-    let (backend, mut files) = rulesets(src, o.backend)?;
+    let (backend, mut files) = rulesets(src, o.backend, &mut notes)?;
     let mut analyses: Vec<Analysis> = Vec::new();
     for (name, text) in &files {
         let a = if backend == BackendKind::Nftables {
@@ -427,6 +427,7 @@ fn changed_sysctls(src: &dyn Source, ifaces: &[&str]) -> Option<String> {
 fn rulesets(
     src: &dyn Source,
     asked: Option<BackendKind>,
+    notes: &mut Vec<String>,
 ) -> Result<(BackendKind, Vec<(String, String)>), CaptureError> {
     let opt =
         |argv: &[&str]| -> Result<String, CaptureError> { Ok(src.run(argv)?.unwrap_or_default()) };
@@ -436,13 +437,10 @@ fn rulesets(
         opt(&["ip6tables-legacy-save"])?,
     ];
     let xt = [opt(&["iptables-nft-save"])?, opt(&["ip6tables-nft-save"])?];
-    let native: Vec<String> = nft_tables(&nft)
-        .into_iter()
-        .filter(|(family, name)| {
-            !(["ip", "ip6"].contains(&family.as_str()) && IPTABLES_TABLES.contains(&name.as_str()))
-        })
-        .map(|(f, n)| format!("{f} {n}"))
-        .collect();
+    let tables = nft_tables(&nft);
+    let (native, managed): (Vec<_>, Vec<_>) = tables.iter().partition(|(family, name)| {
+        !(["ip", "ip6"].contains(&family.as_str()) && IPTABLES_TABLES.contains(&name.as_str()))
+    });
     let has = |pair: &[String; 2]| pair.iter().any(|t| has_rules(t));
     let found = match asked {
         Some(b) => b,
@@ -469,11 +467,23 @@ fn rulesets(
         }
     };
     let files = match found {
+        BackendKind::Nftables if managed.is_empty() => vec![("ruleset.nft".to_string(), nft)],
         BackendKind::Nftables => {
-            if nft.contains("# Warning: table") {
-                return Err(CaptureError::Input("`nft list ruleset` marks tables iptables-nft made as not loadable by nft: capture those with --backend iptables-nft".into()));
+            // Tables iptables-nft made hold xtables matches nft cannot
+            // load: the native tables are listed one by one.
+            let mut text = String::new();
+            for (family, name) in &native {
+                text.push_str(&need(src, &["nft", "list", "table", family, name])?);
             }
-            vec![("ruleset.nft".to_string(), nft)]
+            notes.push(format!(
+                "left out of ruleset.nft: the tables iptables-nft manages ({}); capture them with --backend iptables-nft",
+                managed
+                    .iter()
+                    .map(|(f, n)| format!("{f} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            vec![("ruleset.nft".to_string(), text)]
         }
         BackendKind::IptablesNft => saved(&xt),
         BackendKind::IptablesLegacy => saved(&legacy),
@@ -1011,6 +1021,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--wireguard NAME"), "{e}");
+    }
+
+    #[test]
+    fn beside_iptables_nft_only_the_native_tables_are_captured() {
+        let mut h = host();
+        let native = "table inet relay {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tiifname \"eth0\" udp dport 53 redirect to :51820\n\t}\n}\n";
+        h.out.insert(
+            "nft list ruleset".into(),
+            format!("# Warning: table ip filter is managed by iptables-nft, do not touch!\ntable ip filter {{\n\tchain INPUT {{\n\t\txt match \"conntrack\"\n\t}}\n}}\n{native}"),
+        );
+        h.out
+            .insert("nft list table inet relay".into(), native.into());
+        let e = capture(&h, &options()).unwrap_err().to_string();
+        assert!(e.contains("more than one tool"), "{e}");
+        let c = capture(
+            &h,
+            &Options {
+                backend: Some(BackendKind::Nftables),
+                ..options()
+            },
+        )
+        .unwrap();
+        let nft = &c.files.iter().find(|(n, _)| n == "ruleset.nft").unwrap().1;
+        assert_eq!(nft, native);
+        assert!(c.notes.iter().any(|n| n.contains("ip filter")));
     }
 
     #[test]
