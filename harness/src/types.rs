@@ -74,6 +74,21 @@ impl PortRange {
         (self.first..=self.last).contains(&port)
     }
 
+    /// `v` sorted, with overlapping and touching ranges joined.
+    pub fn merged(mut v: Vec<PortRange>) -> Vec<PortRange> {
+        v.sort_by_key(|r| (r.first, r.last));
+        let mut out: Vec<PortRange> = Vec::new();
+        for r in v {
+            match out.last_mut() {
+                Some(l) if u32::from(r.first) <= u32::from(l.last) + 1 => {
+                    l.last = l.last.max(r.last)
+                }
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
     /// How many ports it holds (1 to 65535).
     pub fn size(&self) -> u32 {
         u32::from(self.last.saturating_sub(self.first)) + 1

@@ -162,21 +162,8 @@ fn promise(bundle: &Bundle, files: &[(Option<Family>, String, Analysis)]) -> Pro
             }
         }
     }
-    p.ports = merge(ranges);
+    p.ports = PortRange::merged(ranges);
     p
-}
-
-/// Sorted, with overlapping and touching ranges joined.
-fn merge(mut v: Vec<PortRange>) -> Vec<PortRange> {
-    v.sort_by_key(|r| (r.first, r.last));
-    let mut out: Vec<PortRange> = Vec::new();
-    for r in v {
-        match out.last_mut() {
-            Some(l) if u32::from(r.first) <= u32::from(l.last) + 1 => l.last = l.last.max(r.last),
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 /// The ports to try: the listen port and each range's ends (at most
@@ -591,7 +578,7 @@ mod tests {
 
     #[test]
     fn merged_ranges_and_their_boundaries() {
-        let r = merge(vec![
+        let r = PortRange::merged(vec![
             "52000-60000".parse().unwrap(),
             "53".parse().unwrap(),
             "4000-33433".parse().unwrap(),
