@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::bundle::{Expect, Interface, Interfaces, Manifest, RulesetFiles, WireGuard};
 use super::redact::{redact_manifest, Redaction};
-use super::ruleset::{self, Analysis};
+use super::ruleset::{self, Analysis, IPTABLES_TABLES};
 use crate::nat::BackendKind;
 use crate::types::{Family, IpNet, PortRange};
 
@@ -126,26 +126,13 @@ const SYSCTLS: &[(&str, &str)] = &[
     ("net.netfilter.nf_conntrack_generic_timeout", "600"),
 ];
 
-/// The tables iptables-nft makes; any other nftables table is native.
-const IPTABLES_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"];
-
 /// Capture the relay `src` describes.
 pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> {
     let mut notes = Vec::new();
-    let (backend, mut files) = rulesets(src, o.backend, &mut notes)?;
+    let (backend, rulesets) = rulesets(src, o.backend, &mut notes)?;
     let mut analyses: Vec<Analysis> = Vec::new();
-    for (name, text) in &files {
-        let a = if backend == BackendKind::Nftables {
-            ruleset::nft(text)
-        } else {
-            let family = if name.starts_with("ip6") {
-                Family::Ipv6
-            } else {
-                Family::Ipv4
-            };
-            ruleset::iptables(text, family)
-        };
-        analyses.push(a.map_err(|e| {
+    for (family, name, text) in &rulesets {
+        analyses.push(ruleset::read(backend, *family, text).map_err(|e| {
             CaptureError::Input(format!(
                 "the captured ruleset ({name}) has a line natvet cannot read, line {}: {}; this is a natvet limitation worth reporting",
                 e.line, e.message
@@ -251,13 +238,15 @@ pub fn capture(src: &dyn Source, o: &Options) -> Result<Captured, CaptureError> 
         rules,
         expect: Expect { udp_ports },
     };
-    for (name, _) in &files {
-        let p = Some(name.into());
-        match name.as_str() {
-            "ruleset.nft" => manifest.ruleset.nft = p,
-            "iptables.rules" => manifest.ruleset.ipv4 = p,
-            _ => manifest.ruleset.ipv6 = p,
+    let mut files = Vec::new();
+    for (family, name, text) in rulesets {
+        let p = Some(name.as_str().into());
+        match family {
+            None => manifest.ruleset.nft = p,
+            Some(Family::Ipv4) => manifest.ruleset.ipv4 = p,
+            Some(Family::Ipv6) => manifest.ruleset.ipv6 = p,
         }
+        files.push((name, text));
     }
     if let Some(text) = sysctl_text {
         files.push(("sysctl.conf".into(), text));
@@ -423,12 +412,16 @@ fn changed_sysctls(src: &dyn Source, ifaces: &[&str]) -> Option<String> {
     (sysctls > 0).then_some(sysctl_text)
 }
 
+/// A ruleset file: its family (None: an `nft` script for both), the name
+/// the bundle gives it, and its text.
+type RulesetFile = (Option<Family>, String, String);
+
 /// The backend and its files: named, or told by what is loaded.
 fn rulesets(
     src: &dyn Source,
     asked: Option<BackendKind>,
     notes: &mut Vec<String>,
-) -> Result<(BackendKind, Vec<(String, String)>), CaptureError> {
+) -> Result<(BackendKind, Vec<RulesetFile>), CaptureError> {
     let opt =
         |argv: &[&str]| -> Result<String, CaptureError> { Ok(src.run(argv)?.unwrap_or_default()) };
     let nft = opt(&["nft", "list", "ruleset"])?;
@@ -467,7 +460,7 @@ fn rulesets(
         }
     };
     let files = match found {
-        BackendKind::Nftables if managed.is_empty() => vec![("ruleset.nft".to_string(), nft)],
+        BackendKind::Nftables if managed.is_empty() => vec![(None, "ruleset.nft".into(), nft)],
         BackendKind::Nftables => {
             // Tables iptables-nft made hold xtables matches nft cannot
             // load: the native tables are listed one by one.
@@ -483,12 +476,12 @@ fn rulesets(
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            vec![("ruleset.nft".to_string(), text)]
+            vec![(None, "ruleset.nft".into(), text)]
         }
         BackendKind::IptablesNft => saved(&xt),
         BackendKind::IptablesLegacy => saved(&legacy),
     };
-    if files.iter().all(|(_, t)| t.trim().is_empty()) {
+    if files.iter().all(|(_, _, t)| t.trim().is_empty()) {
         return Err(CaptureError::Input(format!(
             "{found} lists no ruleset here: check --backend"
         )));
@@ -496,12 +489,15 @@ fn rulesets(
     Ok((found, files))
 }
 
-fn saved(pair: &[String; 2]) -> Vec<(String, String)> {
-    [("iptables.rules", &pair[0]), ("ip6tables.rules", &pair[1])]
-        .into_iter()
-        .filter(|(_, t)| t.lines().any(|l| l.starts_with('*')))
-        .map(|(n, t)| (n.to_string(), t.to_string()))
-        .collect()
+fn saved(pair: &[String; 2]) -> Vec<RulesetFile> {
+    [
+        (Family::Ipv4, "iptables.rules", &pair[0]),
+        (Family::Ipv6, "ip6tables.rules", &pair[1]),
+    ]
+    .into_iter()
+    .filter(|(_, _, t)| t.lines().any(|l| l.starts_with('*')))
+    .map(|(f, n, t)| (Some(f), n.to_string(), t.to_string()))
+    .collect()
 }
 
 /// Whether an iptables-save text holds a rule or a policy other than ACCEPT.

@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use crate::nat::BackendKind;
 use crate::types::{Family, IpNet, PortRange};
 
 /// One thing the ruleset does, and its line (1-based).
@@ -116,6 +117,22 @@ fn exact_iface(n: &str) -> Option<String> {
 }
 
 /// `iptables-save` (or `ip6tables-save`) output of `family`.
+/// The tables iptables-save prints (and iptables-nft makes in nftables).
+pub const IPTABLES_TABLES: &[&str] = &["nat", "filter", "mangle", "raw", "security"];
+
+/// Read one ruleset file as `backend` loads it: an `nft` script (for both
+/// families), or the iptables-save text of `family` (IPv4 when not said).
+pub fn read(
+    backend: BackendKind,
+    family: Option<Family>,
+    text: &str,
+) -> Result<Analysis, ParseError> {
+    match (backend, family) {
+        (BackendKind::Nftables, _) => nft(text),
+        (_, f) => iptables(text, f.unwrap_or(Family::Ipv4)),
+    }
+}
+
 pub fn iptables(text: &str, family: Family) -> Result<Analysis, ParseError> {
     let mut a = Analysis::default();
     let mut table: Option<String> = None;
@@ -127,7 +144,7 @@ pub fn iptables(text: &str, family: Family) -> Result<Analysis, ParseError> {
             continue;
         }
         if let Some(t) = l.strip_prefix('*') {
-            if !["nat", "filter", "mangle", "raw", "security"].contains(&t) {
+            if !IPTABLES_TABLES.contains(&t) {
                 return Err(err(format!("unknown table '*{t}'")));
             }
             table = Some(t.to_string());

@@ -18,7 +18,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::bundle::{Bundle, BundleError};
 use super::ruleset::{self, Analysis, Limit};
-use crate::nat::BackendKind;
 use crate::scenario::setup::{CapturedRuleset, RulesetFile};
 use crate::scenario::Scenario;
 use crate::types::{Family, IpNet, PortRange};
@@ -89,12 +88,8 @@ fn analyse(bundle: &Bundle) -> Result<Vec<(Option<Family>, String, Analysis)>, B
     let known = bundle.interface_names();
     let mut out = Vec::new();
     for (family, file, text) in &bundle.rulesets {
-        let a = match (bundle.manifest.backend, family) {
-            (BackendKind::Nftables, _) => ruleset::nft(text),
-            (_, Some(f)) => ruleset::iptables(text, *f),
-            (_, None) => ruleset::iptables(text, Family::Ipv4),
-        }
-        .map_err(|e| BundleError::new(file, Some(e.line), e.message))?;
+        let a = ruleset::read(bundle.manifest.backend, *family, text)
+            .map_err(|e| BundleError::new(file, Some(e.line), e.message))?;
         if let Some(f) = a.interfaces.iter().find(|f| {
             !known.contains(&f.what.as_str()) && !bundle.manifest.interfaces.other.contains(&f.what)
         }) {
