@@ -353,7 +353,7 @@ fn kernel_settings(job: &Job, kernel_wide: KernelWide) -> Vec<(String, String)> 
     let mut refused = Vec::new();
     for s in &job.scenarios {
         for (key, value) in &s.kernel.sysctls {
-            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            let path = crate::scenario::topology::sysctl_path(key);
             let now = std::fs::read_to_string(&path).map(|v| v.trim().to_string());
             let why = match (&now, kernel_wide) {
                 (Ok(v), _) if *v == value.0 => None,

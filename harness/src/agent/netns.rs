@@ -141,7 +141,7 @@ impl Netns {
 
     /// Write a sysctl (path below /proc/sys/net) inside this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let path = crate::scenario::topology::sysctl_path(key);
         self.run(|| std::fs::write(&path, value).with_context(|| format!("setting {key}={value}")))
     }
 }

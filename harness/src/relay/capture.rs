@@ -687,7 +687,7 @@ impl Source for LiveHost {
 
     fn sysctl(&self, key: &str) -> Option<String> {
         use std::os::unix::fs::PermissionsExt;
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let path = crate::scenario::topology::sysctl_path(key);
         let meta = std::fs::metadata(&path).ok()?;
         if meta.permissions().mode() & 0o200 == 0 {
             return None;

@@ -190,6 +190,11 @@ pub struct NamespaceSpec {
     pub nft: Option<String>,
 }
 
+/// Where sysctl `key` (dotted, as `sysctl` prints it) lives under /proc/sys.
+pub fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
 /// Whether `key` names a `net.*` sysctl (and nothing outside /proc/sys/net).
 pub fn is_net_sysctl(key: &str) -> bool {
     key.starts_with("net.")
