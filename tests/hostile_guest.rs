@@ -412,6 +412,7 @@ fn attack(name: &str, host_release: Option<&str>) -> Result<Attacked, Failed> {
         cmdline_extra: String::new(),
         evidence_always: false,
         capture: CaptureMode::Failures,
+        waits: natvet::checks::patience::Waits::Adaptive,
         boot: BootPreference::Auto,
         parallel: 1,
         run_id: None,

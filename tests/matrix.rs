@@ -796,6 +796,40 @@ const REPLY_PORT: &[&str] = &[
     "session/52000",
     "session/60000",
 ];
+/// What needs the reply of a translated UDP flow: the redirected ports'
+/// datagrams, handshakes and sessions, and UDP through the masquerade.
+const NAT_UDP_REPLIES: &[&str] = &[
+    "conntrack/flush",
+    "conntrack/masquerade",
+    "conntrack/redirect-4000",
+    "forward/udp",
+    "handshake/33433",
+    "handshake/33565",
+    "handshake/4000",
+    "handshake/51819",
+    "handshake/52000",
+    "handshake/53",
+    "handshake/60000",
+    "many-flows/200",
+    "nat-clash/port-shadow",
+    "redirect/33433",
+    "redirect/33565",
+    "redirect/4000",
+    "redirect/51819",
+    "redirect/52000",
+    "redirect/53",
+    "redirect/60000",
+    "same-source-port/4000",
+    "same-source-port/53",
+    "session/33433",
+    "session/33565",
+    "session/4000",
+    "session/51819",
+    "session/52000",
+    "session/53",
+    "session/60000",
+    "tunnel-mtu/full-size",
+];
 /// An nftables rule that drops the ICMP destination unreachable errors the
 /// relay itself sends to the internet.
 const DROP_ICMP_ERRORS: &str = "table inet spoil {
@@ -870,6 +904,25 @@ fn controls() -> Vec<Control> {
                 "extended-ports-no-redirect",
                 |s| s.relay.redirect_udp.clear(),
                 REDIRECTED,
+            )
+        },
+        Control {
+            forensics: true,
+            ..on(
+                "extended-ports",
+                "extended-ports-relay-loses-nat-udp-replies",
+                // A kernel whose NAT loses UDP replies: what needs one
+                // fails, the plain port, TCP and ICMP still pass. With
+                // forensics, so that the captures taken during the first
+                // attempt (after the run's first failure) are checked too.
+                |s| {
+                    for n in &mut s.topology.namespaces {
+                        if n.name == "relay" {
+                            n.nft = Some(natvet::checks::faults::LOSE_NAT_UDP_REPLIES.into());
+                        }
+                    }
+                },
+                NAT_UDP_REPLIES,
             )
         },
         on(

@@ -34,6 +34,7 @@ pub struct VetOptions {
     pub cmdline_extra: String,
     pub evidence_always: bool,
     pub capture: crate::protocol::CaptureMode,
+    pub waits: crate::checks::patience::Waits,
     pub boot: BootPreference,
     /// Scenario runs at once inside each guest.
     pub parallel: usize,
@@ -632,6 +633,7 @@ fn make_job(opts: &VetOptions) -> Job {
         preload_modules: vec![],
         evidence_always: opts.evidence_always,
         capture: opts.capture,
+        waits: opts.waits,
         parallel: opts.parallel,
         perf: opts.perf,
     }

@@ -226,6 +226,7 @@ fn raise_open_file_limit() {
 /// or conntrack entries; results carry their scenario and backend, and the
 /// host puts them back in order.
 fn run_job(job: &Job, kernel_wide: KernelWide) {
+    crate::checks::patience::PATIENCE.set(job.waits);
     raise_open_file_limit();
     let refused = kernel_settings(job, kernel_wide);
     let runs: Vec<(&Scenario, crate::nat::BackendKind)> = job

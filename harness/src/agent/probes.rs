@@ -494,6 +494,10 @@ pub struct Echoed {
     pub reply: Option<(SocketAddr, Duration)>,
     /// The sender received another flow's tag.
     pub crossed: bool,
+    /// The responder's kernel refused to send its echo (EPERM: a netfilter
+    /// rule dropped it on output): the reply was lost on the relay, which
+    /// is the kernel's doing, not natvet's.
+    pub echo_refused: Option<String>,
 }
 
 impl Echoed {
@@ -546,9 +550,17 @@ pub fn echo_exchange(
                 if !e.sources.contains(&from) {
                     e.sources.push(from);
                 }
-                responder
-                    .send_to(&buf[..n], from)
-                    .with_context(|| format!("echoing to {from}"))?;
+                match responder.send_to(&buf[..n], from) {
+                    Ok(_) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
+                        e.echo_refused.get_or_insert_with(|| {
+                            format!("the relay's kernel refused to send the reply to {from} ({err}: a netfilter rule dropped it on output)")
+                        });
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("echoing to {from}"));
+                    }
+                }
             }
         }
         for (i, f) in flows.iter().enumerate() {

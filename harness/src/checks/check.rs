@@ -43,6 +43,12 @@ pub struct Info {
     /// beyond it would cost the guest, in memory or time): `validate`
     /// checks them, `natvet explain` prints them, docs/checks.md lists them.
     pub limits: &'static [Limit],
+    /// Its packets are few enough that a capture during its first attempt
+    /// costs little: once a check of the run has failed (the kernel is
+    /// likely broken), it is captured as it runs, and a failure needs no
+    /// second run for its evidence. False for checks of thousands of flows,
+    /// whose capture would load the guest they measure.
+    pub capture_first: bool,
 }
 
 /// One kind of check. Its parameters are the type itself (serde, with

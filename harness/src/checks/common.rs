@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 
 use super::context::Context;
+use super::patience::{self, Awaited};
 use crate::agent::netns::Netns;
 use crate::agent::probes::{self, IcmpPacket};
 use crate::agent::topology::run_in;
@@ -68,6 +69,8 @@ pub enum HandshakeOutcome {
     },
     Silent {
         waited: Duration,
+        /// Why natvet waited no longer (empty: the full timeout).
+        why: String,
     },
 }
 
@@ -85,12 +88,17 @@ impl HandshakeOutcome {
 }
 
 /// Point the client at `relay_public:port` from a fresh source port, with a
-/// fresh peer (no session), send one packet into the tunnel and watch.
+/// fresh peer (no session), send one packet into the tunnel and watch:
+/// for `wait`, or (None) as long as a handshake that should happen may take
+/// ([`patience`]: the full [`HANDSHAKE_TIMEOUT`] until the guest has seen
+/// enough handshakes).
 pub fn attempt_handshake(
     ctx: &mut Context,
     port: u16,
-    wait: Duration,
+    wait: Option<Duration>,
 ) -> Result<(u16, HandshakeOutcome)> {
+    let should = wait.is_none();
+    let wait = wait.unwrap_or_else(|| patience::wait(Awaited::Handshake, HANDSHAKE_TIMEOUT));
     let Addrs {
         relay_public,
         internet,
@@ -124,6 +132,7 @@ pub fn attempt_handshake(
         let state = client_wg.peer_state()?;
         if let Some(s) = state.filter(|s| s.last_handshake.is_some()) {
             let after = start.elapsed();
+            patience::observed(Awaited::Handshake, after);
             let seen = relay_wg.peer_state()?.and_then(|p| p.endpoint);
             return Ok((
                 sport,
@@ -155,6 +164,11 @@ pub fn attempt_handshake(
                 sport,
                 HandshakeOutcome::Silent {
                     waited: start.elapsed(),
+                    why: if should {
+                        patience::why(Awaited::Handshake, wait, HANDSHAKE_TIMEOUT)
+                    } else {
+                        String::new()
+                    },
                 },
             ));
         }
@@ -188,8 +202,8 @@ pub fn describe_handshake(a: &Addrs, outcome: &HandshakeOutcome, sport: u16, por
             icmp.code,
             after.as_millis()
         ),
-        HandshakeOutcome::Silent { waited } => format!(
-            "no handshake and no ICMP error within {:.1} s",
+        HandshakeOutcome::Silent { waited, why } => format!(
+            "no handshake and no ICMP error within {:.1} s{why}",
             waited.as_secs_f32()
         ),
     }
@@ -203,7 +217,7 @@ pub fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String
         return Ok(Ok(()));
     }
     let listen = ctx.topo.listen_port;
-    let (sport, outcome) = attempt_handshake(ctx, listen, HANDSHAKE_TIMEOUT)?;
+    let (sport, outcome) = attempt_handshake(ctx, listen, None)?;
     if let HandshakeOutcome::Completed { .. } = outcome {
         ctx.tunnel_up = Some(ctx.family);
         Ok(Ok(()))
@@ -212,6 +226,29 @@ pub fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String
             "the tunnel did not come up through the plain port, so nothing could be forwarded: {}",
             describe_handshake(ctx.a(), &outcome, sport, listen)
         )))
+    }
+}
+
+/// An exchange that should work: `f` is given how long it may wait for its
+/// reply ([`patience`]: the full [`EXCHANGE_TIMEOUT`] until the guest has
+/// seen enough replies), its success counts towards the waits that follow,
+/// and its failure says how long natvet waited, and why no longer.
+pub fn exchange<T>(f: impl FnOnce(Duration) -> Result<T>) -> Result<T> {
+    let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);
+    let start = Instant::now();
+    match f(wait) {
+        Ok(v) => {
+            patience::observed(Awaited::Reply, start.elapsed());
+            Ok(v)
+        }
+        Err(e) => {
+            let why = patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT);
+            if why.is_empty() {
+                Err(e)
+            } else {
+                Err(anyhow::anyhow!("{e:#}{why}"))
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{
     at, describe_seen, ensure_tunnel, host, reply_text, seen_source, EXCHANGE_TIMEOUT,
 };
@@ -51,6 +52,7 @@ impl Check for ConntrackExpiry {
         per_family: true,
         example: "",
         limits: &[WITHIN],
+        capture_first: true,
     };
     type Case = ();
 
@@ -84,7 +86,7 @@ fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
     let sock = ctx.client_tunnel_socket()?;
     let sport = sock.local_addr()?.port();
     let tag = ctx.tag("expiry");
-    if let Err(e) = probes::udp_echo_on(&sock, server, &tag, EXCHANGE_TIMEOUT) {
+    if let Err(e) = exchange(|wait| probes::udp_echo_on(&sock, server, &tag, wait)) {
         return Ok(Verdict::judge(
             false,
             expected,
@@ -155,7 +157,7 @@ fn conntrack_expiry(ctx: &mut Context, within: u32) -> Result<Verdict> {
         ));
     };
     let again = ctx.tag("expiry-again");
-    let reply = probes::udp_echo_on(&sock, server, &again, EXCHANGE_TIMEOUT);
+    let reply = exchange(|wait| probes::udp_echo_on(&sock, server, &again, wait));
     let seen = seen_source(ctx, &again)?;
     let masqueraded = seen.as_ref().map(|s| s.source) == Some(a.relay_wan);
     let reply_text = reply_text(&reply);

@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{describe_seen, ensure_tunnel, flush_conntrack, seen_source, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
@@ -30,6 +31,7 @@ impl Check for ConntrackFlush {
         per_family: true,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -67,7 +69,7 @@ fn conntrack_flush(ctx: &mut Context) -> Result<Verdict> {
         .client
         .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
     let before = ctx.tag("flush-before");
-    if let Err(e) = probes::udp_echo_on(&socket, dest, &before, EXCHANGE_TIMEOUT) {
+    if let Err(e) = exchange(|wait| probes::udp_echo_on(&socket, dest, &before, wait)) {
         return Ok(Verdict::judge(
             false,
             expected,
@@ -83,7 +85,7 @@ fn conntrack_flush(ctx: &mut Context) -> Result<Verdict> {
         .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
     for (what, sock) in [("the same socket", &socket), ("a new socket", &fresh)] {
         let tag = ctx.tag("flush-after");
-        let reply = probes::udp_echo_on(sock, dest, &tag, EXCHANGE_TIMEOUT);
+        let reply = exchange(|wait| probes::udp_echo_on(sock, dest, &tag, wait));
         let seen = seen_source(ctx, &tag)?;
         let masqueraded = seen.as_ref().map(|s| s.source) == Some(relay_wan);
         ok &= masqueraded && reply.is_ok();

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{at, ensure_tunnel, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
@@ -32,6 +33,7 @@ impl Check for ConntrackMasquerade {
         per_family: true,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -69,7 +71,7 @@ fn conntrack_masquerade(ctx: &mut Context) -> Result<Verdict> {
         .topo
         .client
         .run(|| UdpSocket::bind(any).context("binding a UDP socket on the client"))?;
-    if let Err(e) = probes::udp_echo_on(&sock, dest, &tag, EXCHANGE_TIMEOUT) {
+    if let Err(e) = exchange(|wait| probes::udp_echo_on(&sock, dest, &tag, wait)) {
         return Ok(Verdict::judge(
             false,
             expected,

@@ -41,6 +41,7 @@ impl Check for ConntrackRedirect {
         per_family: true,
         example: "port = 53",
         limits: &[PORT],
+        capture_first: true,
     };
     type Case = ();
 
@@ -73,7 +74,7 @@ fn conntrack_redirect(ctx: &mut Context, port: u16) -> Result<Verdict> {
     if let Err(why) = ctx.topo.wg() {
         return Ok(Verdict::unsupported(expected, why));
     }
-    let (sport, outcome) = attempt_handshake(ctx, port, HANDSHAKE_TIMEOUT)?;
+    let (sport, outcome) = attempt_handshake(ctx, port, None)?;
     if !matches!(outcome, HandshakeOutcome::Completed { .. }) {
         return Ok(Verdict::judge(
             false,

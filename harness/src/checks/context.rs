@@ -42,6 +42,9 @@ pub struct Context<'a> {
     /// that find no port), by namespace and counter, measured around it:
     /// kernel-health does not count them against the kernel.
     pub(super) deliberate_losses: Option<BTreeMap<(String, String), u64>>,
+    /// A check of this run has failed: the kernel is likely broken, so the
+    /// checks that follow are captured during their first attempt.
+    failed_before: bool,
     nonce: u64,
 }
 
@@ -65,6 +68,7 @@ impl<'a> Context<'a> {
             rules: crate::nat::NatRules::default(),
             flowtable: None,
             deliberate_losses: None,
+            failed_before: false,
             nonce: u64::from(std::process::id()) << 32 | u64::from(rand::random::<u16>()),
         }
     }
@@ -132,9 +136,12 @@ impl<'a> Context<'a> {
         &mut self,
         scenario: &str,
         name: &str,
+        capture_first: bool,
         f: impl Fn(&mut Self) -> Result<Verdict>,
     ) -> CheckResult {
-        let mut results = self.run_batch(scenario, &[name.to_string()], |ctx| Ok(vec![f(ctx)?]));
+        let mut results = self.run_batch(scenario, &[name.to_string()], capture_first, |ctx| {
+            Ok(vec![f(ctx)?])
+        });
         results.remove(0)
     }
 
@@ -145,11 +152,15 @@ impl<'a> Context<'a> {
     /// (`--capture failures`) a check runs without them, and only a batch
     /// in which one did not pass runs once more with every interface
     /// captured; the verdicts stay the first run's, and the evidence of each
-    /// that did not pass says what the re-run showed.
+    /// that did not pass says what the re-run showed. Once a check of the
+    /// run has failed, the kernel is likely broken and more failures are to
+    /// come: then a batch whose packets are few (`capture_first`) is
+    /// captured during its first attempt, and a failure needs no re-run.
     pub fn run_batch(
         &mut self,
         scenario: &str,
         names: &[String],
+        capture_first: bool,
         f: impl Fn(&mut Self) -> Result<Vec<Verdict>>,
     ) -> Vec<CheckResult> {
         for name in names {
@@ -160,7 +171,9 @@ impl<'a> Context<'a> {
             });
         }
         let always = self.capture == CaptureMode::Always;
-        let capture = always.then(|| self.start_capture());
+        let first = always
+            || (self.capture == CaptureMode::Failures && capture_first && self.failed_before);
+        let capture = first.then(|| self.start_capture());
         let start = Instant::now();
         let verdicts = self.judge(names.len(), &f);
         let duration_ms = start.elapsed().as_millis() as u64;
@@ -168,9 +181,14 @@ impl<'a> Context<'a> {
         self.dmesg.extend(lines.iter().cloned());
         // An unsupported check has nothing to show: the kernel lacks what it needs.
         let failed = |v: &Verdict| matches!(v.status, Status::Fail | Status::Error);
-        let mut captures = capture.map(|c| c.finish(true)).unwrap_or_default();
+        let any_failed = verdicts.iter().any(failed);
+        let mut captures = capture
+            .map(|c| c.finish(always || any_failed))
+            .unwrap_or_default();
         let mut again: Vec<Option<Verdict>> = vec![None; names.len()];
-        if verdicts.iter().any(failed) && self.capture == CaptureMode::Failures {
+        let captured_first = first && !always;
+        self.failed_before |= any_failed;
+        if any_failed && self.capture == CaptureMode::Failures && !captured_first {
             let which: Vec<&str> = names
                 .iter()
                 .zip(&verdicts)
@@ -216,6 +234,8 @@ impl<'a> Context<'a> {
                             again.status.label(),
                             again.observed
                         );
+                    } else if captured_first {
+                        ev.capture_note = "packets captured while the check ran (an earlier check of this run had failed, so natvet captured this one from the start)".to_string();
                     }
                     if show {
                         ev.captures = files.clone();

@@ -8,6 +8,26 @@ use serde::{Deserialize, Serialize};
 use crate::agent::netns::Netns;
 use crate::types::IpNet;
 
+/// An nftables table that makes the relay behave like a kernel whose NAT
+/// loses UDP replies: every UDP packet of a translated flow (redirect or
+/// masquerade) travelling in the reply direction is dropped, forwarded or
+/// sent by the relay itself. Untranslated flows (the plain listen port)
+/// and TCP and ICMP are untouched. For the negative control of that
+/// kernel, and for the benchmark of how long such a kernel takes to vet.
+pub const LOSE_NAT_UDP_REPLIES: &str = "table inet kernel_bug {
+	chain forwarded_replies {
+		type filter hook forward priority 10; policy accept;
+		ct direction reply ct status dnat meta l4proto udp drop
+		ct direction reply ct status snat meta l4proto udp drop
+	}
+	chain local_replies {
+		type filter hook output priority 10; policy accept;
+		ct direction reply ct status dnat meta l4proto udp drop
+		ct direction reply ct status snat meta l4proto udp drop
+	}
+}
+";
+
 /// Something done to the relay `at` seconds into the sessions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

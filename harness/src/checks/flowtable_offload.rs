@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{at, describe_seen, ensure_tunnel, seen_source, EXCHANGE_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
@@ -31,6 +32,7 @@ impl Check for FlowtableOffload {
         per_family: true,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -81,7 +83,7 @@ fn flowtable_offload(ctx: &mut Context) -> Result<Verdict> {
     let mut tags = Vec::new();
     for _ in 0..5 {
         let tag = ctx.tag("offload");
-        if let Err(e) = probes::udp_echo_on(&socket, dest, &tag, EXCHANGE_TIMEOUT) {
+        if let Err(e) = exchange(|wait| probes::udp_echo_on(&socket, dest, &tag, wait)) {
             return Ok(Verdict::judge(
                 false,
                 expected,

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
 use super::common::{
-    describe_seen, ensure_tunnel, masq_expectation, reply_text, seen_source, EXCHANGE_TIMEOUT,
+    describe_seen, ensure_tunnel, exchange, masq_expectation, reply_text, seen_source,
+    EXCHANGE_TIMEOUT,
 };
 use super::context::Context;
 use super::verdict::Verdict;
@@ -38,6 +39,7 @@ impl Check for Forward {
         per_family: true,
         example: "protocols = [\"udp\"]",
         limits: &[],
+        capture_first: true,
     };
     type Case = Protocol;
 
@@ -77,7 +79,7 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
             let tag = ctx.tag("tcp");
             let dest = SocketAddr::new(internet, probes::TCP_PORT);
             (
-                probes::tcp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT),
+                exchange(|wait| probes::tcp_echo(&ctx.topo.client, dest, &tag, wait)),
                 tag,
             )
         }
@@ -85,29 +87,31 @@ fn forward(ctx: &mut Context, proto: Protocol) -> Result<Verdict> {
             let tag = ctx.tag("udp");
             let dest = SocketAddr::new(internet, probes::UDP_PORT);
             (
-                probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT),
+                exchange(|wait| probes::udp_echo(&ctx.topo.client, dest, &tag, wait)),
                 tag,
             )
         }
         Protocol::Icmp => {
             let id = rand::random::<u16>();
             let icmp = ctx.topo.client_icmp(ctx.family)?;
-            let deadline = Instant::now() + EXCHANGE_TIMEOUT;
             let mut seq = 0u16;
-            let mut got = None;
-            while got.is_none() && Instant::now() < deadline {
-                seq += 1;
-                icmp.send_echo(internet, id, seq)?;
-                got = icmp.await_echo_reply(
-                    id,
-                    seq,
-                    (Instant::now() + Duration::from_millis(500)).min(deadline),
-                );
-            }
-            let reply = match got {
-                Some(_) => Ok(()),
-                None => Err(anyhow::anyhow!("no echo reply within {EXCHANGE_TIMEOUT:?}")),
-            };
+            let reply = exchange(|wait| {
+                let deadline = Instant::now() + wait;
+                let mut got = None;
+                while got.is_none() && Instant::now() < deadline {
+                    seq += 1;
+                    icmp.send_echo(internet, id, seq)?;
+                    got = icmp.await_echo_reply(
+                        id,
+                        seq,
+                        (Instant::now() + Duration::from_millis(500)).min(deadline),
+                    );
+                }
+                match got {
+                    Some(_) => Ok(()),
+                    None => Err(anyhow::anyhow!("no echo reply within {wait:?}")),
+                }
+            });
             (reply, probes::echo_tag(id, seq))
         }
     };

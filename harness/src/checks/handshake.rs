@@ -44,6 +44,7 @@ impl Check for Handshake {
         per_family: true,
         example: "ports = [53]",
         limits: &[PORTS],
+        capture_first: true,
     };
     type Case = u16;
 
@@ -69,11 +70,7 @@ pub const NO_HANDSHAKE_WAIT: Duration = Duration::from_secs(6);
 
 pub fn handshake(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
     let Addrs { relay_public, .. } = *ctx.a();
-    let wait = if expect {
-        HANDSHAKE_TIMEOUT
-    } else {
-        NO_HANDSHAKE_WAIT
-    };
+    let wait = (!expect).then_some(NO_HANDSHAKE_WAIT);
     let expected = if expect {
         format!("a WireGuard handshake via {}", at(relay_public, port))
     } else {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{Check, Info, Phase};
 use super::common::{at, ensure_tunnel, host, EXCHANGE_TIMEOUT};
 use super::context::Context;
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::agent::probes::IcmpPacket;
 use crate::bounds::Invalid;
@@ -33,6 +34,7 @@ impl Check for IcmpError {
         per_family: true,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -80,7 +82,8 @@ fn icmp_error(ctx: &mut Context) -> Result<Verdict> {
     let start = Instant::now();
     let mut last_send: Option<Instant> = None;
     let mut other: Option<IcmpPacket> = None;
-    while start.elapsed() < EXCHANGE_TIMEOUT {
+    let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);
+    while start.elapsed() < wait {
         if last_send.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             socket
                 .send_to(b"natvet-icmp-error", (internet, CLOSED_PORT))
@@ -105,6 +108,7 @@ fn icmp_error(ctx: &mut Context) -> Result<Verdict> {
             },
         );
         if translated && icmp.source == internet && icmp.is_port_unreachable() {
+            patience::observed(Awaited::Reply, start.elapsed());
             return Ok(Verdict::judge(true, expected, observed));
         }
         other = Some(icmp);
@@ -120,8 +124,9 @@ fn icmp_error(ctx: &mut Context) -> Result<Verdict> {
             }
         ),
         None => format!(
-            "no ICMP error reached the client within {:.0} s (client port {sport})",
-            EXCHANGE_TIMEOUT.as_secs_f32()
+            "no ICMP error reached the client within {:.1} s (client port {sport}){}",
+            wait.as_secs_f32(),
+            patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT)
         ),
     };
     Ok(Verdict::judge(false, expected, observed))

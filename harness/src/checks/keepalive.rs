@@ -48,6 +48,7 @@ impl Check for Keepalive {
         per_family: true,
         example: "",
         limits: &[IDLE],
+        capture_first: true,
     };
     type Case = ();
 

@@ -31,6 +31,7 @@ impl Check for KernelHealth {
         per_family: false,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 

@@ -11,6 +11,7 @@ use super::common::{
     ensure_tunnel, translated_sources, udp_flows, EXCHANGE_TIMEOUT, TRANSFER_TIMEOUT,
 };
 use super::context::Context;
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::bounds::{Invalid, Limit};
 use crate::scenario::setup::Setup;
@@ -47,6 +48,7 @@ impl Check for ManyFlows {
         per_family: true,
         example: "",
         limits: &[FLOWS],
+        capture_first: true,
     };
     type Case = ();
 
@@ -77,7 +79,12 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
     if let Err(why) = ensure_tunnel(ctx)? {
         return Ok(Verdict::judge(false, expected, why));
     }
-    let (flows, answered) = udp_flows(ctx, n, EXCHANGE_TIMEOUT, None)?;
+    let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);
+    let start = std::time::Instant::now();
+    let (flows, answered) = udp_flows(ctx, n, wait, None)?;
+    if answered.iter().all(|a| *a) {
+        patience::observed(Awaited::Reply, start.elapsed());
+    }
     let tags: Vec<&str> = flows.iter().map(|(t, _)| t.as_str()).collect();
     let seen = translated_sources(ctx, &tags)?;
     let replies = answered.iter().filter(|a| **a).count();
@@ -96,8 +103,13 @@ fn many_flows(ctx: &mut Context, n: u32) -> Result<Verdict> {
         ok,
         expected,
         format!(
-            "{replies} of {} flows answered; {from_relay} arrived from {relay_wan}, on {} distinct ports",
+            "{replies} of {} flows answered{}; {from_relay} arrived from {relay_wan}, on {} distinct ports",
             flows.len(),
+            if replies < flows.len() {
+                format!(" within {:.1} s{}", wait.as_secs_f32(), patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT))
+            } else {
+                String::new()
+            },
             ports.len()
         ),
     ))

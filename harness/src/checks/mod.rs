@@ -14,6 +14,7 @@ pub mod check;
 pub mod common;
 pub mod context;
 pub mod faults;
+pub mod patience;
 pub mod verdict;
 
 pub use check::{Check, Info, Phase};
@@ -138,14 +139,17 @@ fn run_cases<C: Check>(
         .into_iter()
         .map(|(name, case)| (format!("{}{name}", ctx.family.prefix()), case))
         .unzip();
+    let capture_first = C::INFO.capture_first;
     if C::TOGETHER {
-        for r in ctx.run_batch(scenario, &names, |ctx| check.run_together(ctx, &cases)) {
+        for r in ctx.run_batch(scenario, &names, capture_first, |ctx| {
+            check.run_together(ctx, &cases)
+        }) {
             emit(r);
         }
         return;
     }
     for (name, case) in names.iter().zip(&cases) {
-        emit(ctx.run(scenario, name, |ctx| check.run(ctx, case)));
+        emit(ctx.run(scenario, name, capture_first, |ctx| check.run(ctx, case)));
     }
 }
 

@@ -37,6 +37,7 @@ impl Check for NoHandshake {
         per_family: true,
         example: "ports = [33434]",
         limits: &[PORTS],
+        capture_first: true,
     };
     type Case = u16;
 

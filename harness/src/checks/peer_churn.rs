@@ -126,6 +126,7 @@ impl Check for PeerChurn {
         per_family: true,
         example: "",
         limits: &[PEERS, RATE, SECONDS, PEER_SECONDS],
+        capture_first: true,
     };
     const TOGETHER: bool = true;
     type Case = Part;

@@ -74,6 +74,7 @@ impl Check for PortExhaustion {
         per_family: true,
         example: "",
         limits: &[RANGE, MASQUERADE_PORTS, BEYOND],
+        capture_first: true,
     };
     type Case = ();
 

@@ -39,6 +39,7 @@ impl Check for PortForward {
         per_family: true,
         example: "protocols = [\"udp\"]\nport = 8443\n[[nat]]\nin = \"relay\"\nkind = \"dnat\"\nin_interface = \"wan\"\nprotocol = \"udp\"\nports = [\"8443\"]\nto = \"10.99.0.2\"",
         limits: &[],
+        capture_first: true,
     };
     type Case = Protocol;
 

@@ -9,8 +9,10 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{at, ensure_tunnel, host, seen_source, EXCHANGE_TIMEOUT};
 use super::context::Context;
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
 use crate::bounds::Invalid;
@@ -35,6 +37,7 @@ impl Check for PortShadow {
         per_family: true,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -69,7 +72,7 @@ fn port_shadow(ctx: &mut Context) -> Result<Verdict> {
     }
     let client = ctx.client_tunnel_socket()?;
     let first = ctx.tag("shadowed");
-    if let Err(e) = probes::udp_echo_on(&client, server, &first, EXCHANGE_TIMEOUT) {
+    if let Err(e) = exchange(|wait| probes::udp_echo_on(&client, server, &first, wait)) {
         return Ok(Verdict::judge(
             false,
             expected,
@@ -116,7 +119,8 @@ fn port_shadow(ctx: &mut Context) -> Result<Verdict> {
     let mut buf = [0u8; 2048];
     // Until each side has its own reply (a crossed reply leaves one side
     // waiting, so it shows as a failure), resending every 300 ms.
-    while start.elapsed() < EXCHANGE_TIMEOUT
+    let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);
+    while start.elapsed() < wait
         && !(has(&relay_got, &from_relay) && has(&client_got, &from_client))
     {
         if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{ports_given, Check, Info, Phase};
 use super::common::{at, later_sources, EXCHANGE_TIMEOUT};
 use super::context::Context;
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::agent::probes::{self, IcmpPacket};
 use crate::bounds::{Invalid, Limit};
@@ -46,6 +47,7 @@ impl Check for Redirect {
         per_family: true,
         example: "ports = [53]",
         limits: &[PORTS],
+        capture_first: true,
     };
     type Case = u16;
 
@@ -110,7 +112,7 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
     })?;
     icmp_sock.drain();
     let wait = if expect {
-        EXCHANGE_TIMEOUT
+        patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT)
     } else {
         REDIRECT_ABSENT_WAIT
     };
@@ -142,6 +144,14 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
     .remove(0);
     let arrived = seen.source().zip(seen.arrived_after);
     let reply = seen.reply_from();
+    if let Some((_, after)) = seen.reply {
+        patience::observed(Awaited::Reply, after);
+    }
+    let why = if expect {
+        patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT)
+    } else {
+        String::new()
+    };
     let mut observed = match &arrived {
         Some((from, after)) => format!(
             "the relay's socket on :{listen} received it from {from} after {} ms",
@@ -152,7 +162,7 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
     match (&reply, &refused) {
         (Some(from), _) => observed.push_str(&format!("; the reply came back from {from}")),
         (None, _) if arrived.is_some() => observed.push_str(&format!(
-            "; no reply reached the client within {:.1} s",
+            "; no reply reached the client within {:.1} s{why}",
             wait.as_secs_f32()
         )),
         (None, Some((icmp, after))) => observed.push_str(&format!(
@@ -162,9 +172,12 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
             after.as_millis()
         )),
         (None, None) => observed.push_str(&format!(
-            " and no ICMP error came within {:.1} s",
+            " and no ICMP error came within {:.1} s{why}",
             wait.as_secs_f32()
         )),
+    }
+    if let Some(refused) = &seen.echo_refused {
+        observed.push_str(&format!("; {refused}"));
     }
     observed.push_str(&later_sources("its", &seen));
     let client = SocketAddr::new(client_seen, sport);

@@ -7,9 +7,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
-use super::common::{
-    at, attempt_handshake, describe_handshake, relay_view, HandshakeOutcome, HANDSHAKE_TIMEOUT,
-};
+use super::common::{at, attempt_handshake, describe_handshake, relay_view, HandshakeOutcome};
 use super::context::Context;
 use super::verdict::Verdict;
 use crate::agent::probes::{self};
@@ -34,6 +32,7 @@ impl Check for Rekey {
         per_family: true,
         example: "",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -74,7 +73,7 @@ fn rekey(ctx: &mut Context) -> Result<Verdict> {
     }
     // A fresh session: its keys' age is known.
     let listen = ctx.topo.listen_port;
-    let (sport, outcome) = attempt_handshake(ctx, listen, HANDSHAKE_TIMEOUT)?;
+    let (sport, outcome) = attempt_handshake(ctx, listen, None)?;
     if !matches!(outcome, HandshakeOutcome::Completed { .. }) {
         return Ok(Verdict::judge(
             false,

@@ -123,6 +123,7 @@ impl Check for RelayScale {
         per_family: true,
         example: "peers = 4\nflows = 40\ntcp = 8\nchurn = 4\nchurn_seconds = 1",
         limits: &[PEERS, FLOWS, TCP, CHURN, CHURN_SECONDS, SOCKETS],
+        capture_first: false,
     };
     type Case = ();
 

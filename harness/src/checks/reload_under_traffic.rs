@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{ensure_tunnel, translated_sources, EXCHANGE_TIMEOUT, TRANSFER_TIMEOUT};
 use super::context::Context;
 use super::verdict::Verdict;
@@ -58,6 +59,7 @@ impl Check for ReloadUnderTraffic {
         per_family: true,
         example: "",
         limits: &[RELOADS],
+        capture_first: false,
     };
     type Case = ();
 
@@ -139,7 +141,7 @@ fn reload_under_traffic(ctx: &mut Context, reloads: u32, atomic: bool) -> Result
     })?;
     established.set_nonblocking(false)?;
     let first = ctx.tag("established");
-    if let Err(e) = probes::udp_echo_on(&established, udp_dest, &first, EXCHANGE_TIMEOUT) {
+    if let Err(e) = exchange(|wait| probes::udp_echo_on(&established, udp_dest, &first, wait)) {
         return Ok(Verdict::judge(
             false,
             expected,

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Check, Info, Phase};
+use super::common::exchange;
 use super::common::{
     describe_seen, ensure_tunnel, relay_view, reply_text, seen_source, EXCHANGE_TIMEOUT,
 };
@@ -42,6 +43,7 @@ impl Check for Roaming {
         per_family: true,
         example: "at = \"client:eth0\"\nto = [\"192.0.2.3/24\"]",
         limits: &[],
+        capture_first: true,
     };
     type Case = ();
 
@@ -106,7 +108,7 @@ fn roaming(ctx: &mut Context, at: &IfRef, to: &[IpNet]) -> Result<Verdict> {
     swap(old, new).with_context(|| format!("moving {at} from {old} to {new}"))?;
     let tag = ctx.tag("roam");
     let dest = SocketAddr::new(a.internet, probes::UDP_PORT);
-    let reply = probes::udp_echo(&ctx.topo.client, dest, &tag, EXCHANGE_TIMEOUT);
+    let reply = exchange(|wait| probes::udp_echo(&ctx.topo.client, dest, &tag, wait));
     let after = ctx
         .topo
         .wg()

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{ports_given, Check, Info, Phase};
 use super::common::{at, later_sources, EXCHANGE_TIMEOUT};
 use super::context::Context;
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::agent::netlink;
 use crate::agent::probes::{self};
@@ -53,6 +54,7 @@ impl Check for SameSourcePort {
         per_family: true,
         example: "ports = [53]\nat = \"client:eth0\"\nsecond = [\"192.0.2.3/24\"]",
         limits: &[PORTS],
+        capture_first: true,
     };
     type Case = u16;
 
@@ -134,20 +136,23 @@ fn same_source_port(
                 tag: ctx.tag("client-b"),
             },
         ];
-        let seen = probes::echo_exchange(
-            &flows,
-            &relay_sock,
-            EXCHANGE_TIMEOUT,
-            Duration::from_secs(1),
-            |_, _| false,
-        )?;
+        let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);
+        let seen =
+            probes::echo_exchange(&flows, &relay_sock, wait, Duration::from_secs(1), |_, _| {
+                false
+            })?;
+        for e in &seen {
+            if let Some((_, after)) = e.reply {
+                patience::observed(Awaited::Reply, after);
+            }
+        }
         let (src_a, src_b) = (seen[0].source(), seen[1].source());
         let (reply_a, reply_b) = (seen[0].reply_from(), seen[1].reply_from());
         let crossed = seen.iter().any(|e| e.crossed);
         let show =
             |s: Option<SocketAddr>| s.map(|s| s.to_string()).unwrap_or_else(|| "nothing".into());
         let observed = format!(
-            "the relay's socket received A from {} and B from {}; A got its reply from {}, B from {}{}{}{}",
+            "the relay's socket received A from {} and B from {}; A got its reply from {}, B from {}{}{}{}{}",
             show(src_a),
             show(src_b),
             show(reply_a),
@@ -155,6 +160,11 @@ fn same_source_port(
             if crossed { "; a reply reached the wrong client" } else { "" },
             later_sources("A's", &seen[0]),
             later_sources("B's", &seen[1]),
+            seen.iter()
+                .filter_map(|e| e.echo_refused.as_ref())
+                .map(|r| format!("; {r}"))
+                .next()
+                .unwrap_or_default(),
         );
         let ok = src_a.is_some()
             && src_b.is_some()

@@ -23,6 +23,7 @@ use super::check::{ports_given, Check, Info, Phase};
 use super::common::{at, relay_reaches, EXCHANGE_TIMEOUT, HANDSHAKE_TIMEOUT};
 use super::context::Context;
 use super::faults::{make_faults, Fault};
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::agent::clients::{self, Client, MAX_CLIENTS};
 use crate::agent::netns::Netns;
@@ -159,6 +160,7 @@ impl Check for Session {
         per_family: true,
         example: "ports = [53]",
         limits: &[PORTS, DURATION, ACTIVE, IDLE, KEEPALIVE, FAULTS, SESSION_SECONDS],
+        capture_first: true,
     };
     const TOGETHER: bool = true;
     type Case = u16;
@@ -515,16 +517,18 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
     // Any packet into the tunnel makes WireGuard initiate the handshake.
     let first = format!("{tag}-u0");
     let _ = udp.send_to(first.as_bytes(), udp_dest);
+    let wait = patience::wait(Awaited::Handshake, HANDSHAKE_TIMEOUT);
     while c.wg.peer_state()?.and_then(|p| p.last_handshake).is_none() {
-        if start.elapsed() >= HANDSHAKE_TIMEOUT {
+        if start.elapsed() >= wait {
             log.fail(
                 start.elapsed(),
                 format!(
-                    "no handshake via {} within {} s (the client sent from port {}){}",
+                    "no handshake via {} within {:.1} s (the client sent from port {}){}{}",
                     c.endpoint,
-                    HANDSHAKE_TIMEOUT.as_secs(),
+                    wait.as_secs_f32(),
                     c.listen_port,
-                    endpoint_of(c)
+                    endpoint_of(c),
+                    patience::why(Awaited::Handshake, wait, HANDSHAKE_TIMEOUT)
                 ),
             );
             return Ok(log);
@@ -532,6 +536,7 @@ fn run_session(c: &Client, tag: &str, ends: &Ends, plan: &Plan) -> Result<Log> {
         std::thread::sleep(Duration::from_millis(20));
     }
     log.handshake = Some(start.elapsed());
+    patience::observed(Awaited::Handshake, start.elapsed());
     let tcp_tag = format!("{tag}-t");
     // A connection that does not come up through the tunnel is the
     // session failing, not natvet.

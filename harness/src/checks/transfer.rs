@@ -52,6 +52,7 @@ impl Check for Transfer {
         per_family: true,
         example: "",
         limits: &[BYTES],
+        capture_first: true,
     };
     type Case = ();
 

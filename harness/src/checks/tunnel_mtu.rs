@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{Check, Info, Phase};
 use super::common::{at, describe_seen, ensure_tunnel, seen_source, EXCHANGE_TIMEOUT};
 use super::context::Context;
+use super::patience::{self, Awaited};
 use super::verdict::Verdict;
 use crate::agent::probes::{self, IcmpPacket};
 use crate::bounds::{Invalid, Limit};
@@ -45,6 +46,7 @@ impl Check for TunnelMtu {
         per_family: true,
         example: "",
         limits: &[ICMP_MTU],
+        capture_first: true,
     };
     type Case = ();
 
@@ -122,7 +124,8 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
     let mut reply: Option<usize> = None;
     let mut too_big: Option<IcmpPacket> = None;
     let mut send_error: Option<String> = None;
-    while start.elapsed() < EXCHANGE_TIMEOUT && reply.is_none() && too_big.is_none() {
+    let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);
+    while start.elapsed() < wait && reply.is_none() && too_big.is_none() {
         if let Err(e) = socket.send_to(&payload, dest) {
             // EMSGSIZE: the kernel already learned a smaller path MTU.
             send_error = Some(e.to_string());
@@ -130,6 +133,7 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if buf[..n] == payload[..] {
                 reply = Some(n);
+                patience::observed(Awaited::Reply, start.elapsed());
             }
         }
         while let Some(icmp) = icmp_sock.recv() {
@@ -165,12 +169,13 @@ fn tunnel_mtu(ctx: &mut Context, icmp_mtu: Option<u32>) -> Result<Verdict> {
             }
         ),
         (None, None) => format!(
-            "{}; no reply and no ICMP error within {} s{}",
+            "{}; no reply and no ICMP error within {:.1} s{}{}",
             describe_seen(ctx.a(), &seen),
-            EXCHANGE_TIMEOUT.as_secs(),
+            wait.as_secs_f32(),
             send_error
                 .map(|e| format!(" (send: {e})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT)
         ),
     };
     let ok = match icmp_mtu {

@@ -83,6 +83,7 @@ impl Check for UdpGso {
         per_family: true,
         example: "",
         limits: &[SEGMENT, SEGMENTS, SEND, BURSTS],
+        capture_first: true,
     };
     type Case = ();
 

@@ -98,6 +98,13 @@ pub struct CheckArgs {
     /// Packet captures: kept for failing checks (default), always, or never taken.
     #[arg(long, value_enum, default_value = "failures")]
     pub capture: crate::protocol::CaptureMode,
+    /// How long a check waits for a reply or handshake that should come:
+    /// its full timeout until the guest has seen one, then 20 times the
+    /// slowest seen (at least 2 s, 3 s for a handshake), so that a broken
+    /// kernel's lost replies cost seconds, not minutes (adaptive); or every
+    /// full timeout (full), for a kernel that is slow on purpose.
+    #[arg(long, value_enum, default_value = "adaptive")]
+    pub waits: crate::checks::patience::Waits,
     /// No progress output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -322,6 +329,7 @@ pub(super) fn check_options(checks: &CheckArgs, scenarios: Vec<Scenario>) -> Vet
         cmdline_extra: String::new(),
         evidence_always: checks.evidence_always,
         capture: checks.capture,
+        waits: checks.waits,
         boot: vet::BootPreference::Auto,
         parallel: usize::from(checks.parallel.unwrap_or(3)),
         run_id: None,

@@ -23,6 +23,9 @@ pub struct Job {
     pub evidence_always: bool,
     #[serde(default)]
     pub capture: CaptureMode,
+    /// How long checks wait for a reply or handshake that should come.
+    #[serde(default)]
+    pub waits: crate::checks::patience::Waits,
     /// How many (scenario, backend) runs the agent keeps going at once, each
     /// in namespaces of its own: while one waits (an idle timeout, a
     /// keepalive), another uses the CPU.
