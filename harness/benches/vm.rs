@@ -4,7 +4,9 @@
 //! time on one vCPU vs the defaults, and the matrix's wall time at --jobs 1
 //! vs the default; the `perf` scenario's figures per kernel, and a gate of
 //! the first kernel against itself (the performance part's time, each
-//! figure's ratio and interval).
+//! figure's ratio and interval); and how long the first kernel takes to vet
+//! `extended-ports` when its NAT loses UDP replies, against the same kernel
+//! as it is (alternated, two runs each), and once with `--waits full`.
 //!
 //! `make bench` (or `cargo bench --profile dev --bench vm`). Figures go to
 //! stdout as a table and to target/natvet-bench/bench.json.
@@ -266,6 +268,7 @@ fn main() {
     let parallel = matrix.as_ref().map(|(_, w)| *w);
     let figures = matrix.as_ref().map(|(r, _)| perf_figures(r));
     let gate = perf_gate(&kernels[0]);
+    let broken = broken_vs_good(&kernels[0]);
     let jobs = natvet::host::cores();
     println!();
     println!("warm fetch of {} kernels: {fetch_s:.1} s", kernels.len());
@@ -300,6 +303,7 @@ fn main() {
         "cores": jobs,
         "perf_figures": figures,
         "perf_gate": gate,
+        "broken_vs_good": broken,
     });
     let path = out_root().join("bench.json");
     if std::fs::write(
@@ -386,4 +390,45 @@ fn perf_gate(kernel: &str) -> Option<Value> {
     Some(
         json!({"kernel": kernel, "wall_s": wall, "perf_s": perf_s, "exit": out.status.code(), "rows": rows}),
     )
+}
+
+/// `extended-ports` (nftables) on `kernel` as it is, and with a relay that
+/// loses the replies of translated UDP flows, as a broken kernel does:
+/// alternated good, broken, good, broken, then the broken one once with
+/// `--waits full` (every check waiting out its whole timeout). The wall
+/// time of each, and broken / good.
+fn broken_vs_good(kernel: &str) -> Option<Value> {
+    let dir = out_root().join("broken-kernel");
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut scenario = natvet::scenario::Scenario::load("extended-ports").ok()?;
+    scenario.name = "extended-ports-loses-udp-replies".into();
+    for n in &mut scenario.topology.namespaces {
+        if n.name == "relay" {
+            n.nft = Some(natvet::checks::faults::LOSE_NAT_UDP_REPLIES.into());
+        }
+    }
+    let broken_path = dir.join("broken.toml");
+    std::fs::write(&broken_path, toml::to_string(&scenario).ok()?).ok()?;
+    let broken_path = broken_path.display().to_string();
+    let good = ["--scenario", "extended-ports", "--backend", "nftables"];
+    let bad = ["--scenario", broken_path.as_str(), "--backend", "nftables"];
+    let k = [kernel.to_string()];
+    let (mut good_s, mut broken_s) = (Vec::new(), Vec::new());
+    for i in 0..2 {
+        good_s.push(vet(&k, &good, &format!("broken-kernel/good-{i}"))?.1);
+        broken_s.push(vet(&k, &bad, &format!("broken-kernel/broken-{i}"))?.1);
+    }
+    let mut full = bad.to_vec();
+    full.extend(["--waits", "full"]);
+    let full_s = vet(&k, &full, "broken-kernel/broken-waits-full").map(|(_, w)| w);
+    let (g, b) = (median(good_s.clone()), median(broken_s.clone()));
+    println!();
+    println!(
+        "{kernel}, extended-ports [nftables]: good {g:.1} s, NAT losing UDP replies {b:.1} s ({:.2}x){}",
+        b / g,
+        full_s
+            .map(|f| format!("; with --waits full {f:.1} s ({:.2}x)", f / g))
+            .unwrap_or_default()
+    );
+    Some(json!({"kernel": kernel, "good_s": good_s, "broken_s": broken_s, "broken_waits_full_s": full_s, "ratio": b / g}))
 }

@@ -27,12 +27,12 @@ pub struct Redirect {
     pub ports: Vec<u16>,
 }
 
-/// Each port is a result of its own, run one after another.
+/// Each port is a result of its own; all are sent at once.
 const PORTS: Limit = Limit::new(
     "ports",
     1,
     32,
-    "each port is a result of its own that waits up to 10 s when the datagram is lost: 32 ports take at most 5.3 min per family of a run's 10 min default --timeout",
+    "each port is a result of its own, a client socket and a flow in the relay's conntrack table, all sent at once into one socket on the listen port: 32 keep the exchange one the agent reads without falling behind",
 )
 .on("the number of ports");
 
@@ -65,6 +65,13 @@ impl Check for Redirect {
     fn run(&self, ctx: &mut Context, port: &u16) -> Result<Verdict> {
         udp_redirect(ctx, *port, true)
     }
+
+    /// Every port at once: see [`udp_redirects`].
+    const TOGETHER: bool = true;
+
+    fn run_together(&self, ctx: &mut Context, ports: &[u16]) -> Result<Vec<Verdict>> {
+        udp_redirects(ctx, ports, true)
+    }
 }
 
 /// How long to wait for a datagram that should not arrive, when the relay
@@ -77,14 +84,113 @@ pub const REDIRECT_ABSENT_WAIT: Duration = Duration::from_secs(3);
 /// redirect's reverse translation); without, it must not reach that socket.
 /// Runs before the tunnel exists, when the listen port is free to bind.
 pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdict> {
+    Ok(udp_redirects(ctx, &[port], expect)?.remove(0))
+}
+
+/// [`udp_redirect`] of every port at once, each from a source port of its
+/// own, into the one socket on the listen port: a kernel that loses the
+/// datagrams or their replies costs one wait, not one per port. The
+/// verdicts are in the order of `ports`.
+pub fn udp_redirects(ctx: &mut Context, ports: &[u16], expect: bool) -> Result<Vec<Verdict>> {
     let Addrs {
         client_public,
-        client_seen,
         relay_public,
         ..
     } = *ctx.a();
     let listen = ctx.topo.listen_port;
-    let sport = ctx.topo.fresh_client_port();
+    let sports: Vec<u16> = ports.iter().map(|_| ctx.topo.fresh_client_port()).collect();
+    let any = ctx.any();
+    let topo = &ctx.topo;
+    let icmp_sock = topo.client_icmp(ctx.family)?;
+    let relay_sock = topo.relay.run(|| {
+        probes::bind_udp_again(SocketAddr::new(any.ip(), listen)).with_context(|| {
+            format!("binding udp/{listen} on the relay (is something else listening there?)")
+        })
+    })?;
+    let client_socks = sports
+        .iter()
+        .map(|sport| {
+            topo.client.run(|| {
+                UdpSocket::bind((client_public, *sport))
+                    .with_context(|| format!("binding udp/{sport} on the client"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    icmp_sock.drain();
+    let wait = if expect {
+        patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT)
+    } else {
+        REDIRECT_ABSENT_WAIT
+    };
+    let flows: Vec<probes::Flow> = ports
+        .iter()
+        .zip(&sports)
+        .zip(&client_socks)
+        .map(|((port, sport), sock)| probes::Flow {
+            sender: sock,
+            dest: at(relay_public, *port),
+            tag: format!("natvet-redirect-{sport}"),
+        })
+        .collect();
+    let mut refused: Vec<Option<(IcmpPacket, Duration)>> = vec![None; ports.len()];
+    // Resend every second: the first datagram may wait on ARP/ND. A refusal
+    // ends the wait for its port only while nothing has arrived there.
+    let seen = probes::echo_exchange(
+        &flows,
+        &relay_sock,
+        wait,
+        Duration::from_secs(1),
+        |seen, after| {
+            while let Some(icmp) = icmp_sock.recv() {
+                if !icmp.is_unreachable() || icmp.inner_proto != Some(17) {
+                    continue;
+                }
+                for (i, (port, sport)) in ports.iter().zip(&sports).enumerate() {
+                    if icmp.inner_dport == Some(*port)
+                        && icmp.inner_sport.is_none_or(|s| s == *sport)
+                    {
+                        refused[i].get_or_insert((icmp.clone(), after));
+                    }
+                }
+            }
+            seen.iter()
+                .zip(&refused)
+                .all(|(e, r)| e.reply.is_some() || (r.is_some() && e.sources.is_empty()))
+        },
+    )?;
+    let why = if expect {
+        patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT)
+    } else {
+        String::new()
+    };
+    Ok(ports
+        .iter()
+        .zip(&sports)
+        .zip(seen.iter().zip(&refused))
+        .map(|((port, sport), (seen, refused))| {
+            judge(ctx.a(), listen, *port, *sport, expect, wait, &why, seen, refused)
+        })
+        .collect())
+}
+
+/// The verdict of one port of [`udp_redirects`].
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    a: &Addrs,
+    listen: u16,
+    port: u16,
+    sport: u16,
+    expect: bool,
+    wait: Duration,
+    why: &str,
+    seen: &probes::Echoed,
+    refused: &Option<(IcmpPacket, Duration)>,
+) -> Verdict {
+    let Addrs {
+        client_seen,
+        relay_public,
+        ..
+    } = *a;
     let expected = if expect {
         format!(
             "a UDP datagram to {} reaches the relay's socket on :{listen} from {}, and the reply returns from {}",
@@ -98,60 +204,11 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
             at(relay_public, port)
         )
     };
-    let any = ctx.any();
-    let topo = &ctx.topo;
-    let icmp_sock = topo.client_icmp(ctx.family)?;
-    let relay_sock = topo.relay.run(|| {
-        probes::bind_udp_again(SocketAddr::new(any.ip(), listen)).with_context(|| {
-            format!("binding udp/{listen} on the relay (is something else listening there?)")
-        })
-    })?;
-    let client_sock = topo.client.run(|| {
-        UdpSocket::bind((client_public, sport))
-            .with_context(|| format!("binding udp/{sport} on the client"))
-    })?;
-    icmp_sock.drain();
-    let wait = if expect {
-        patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT)
-    } else {
-        REDIRECT_ABSENT_WAIT
-    };
-    let flow = probes::Flow {
-        sender: &client_sock,
-        dest: at(relay_public, port),
-        tag: format!("natvet-redirect-{sport}"),
-    };
-    let mut refused: Option<(IcmpPacket, Duration)> = None;
-    // Resend every second: the first datagram may wait on ARP/ND. A refusal
-    // ends the wait only while nothing has arrived.
-    let seen = probes::echo_exchange(
-        std::slice::from_ref(&flow),
-        &relay_sock,
-        wait,
-        Duration::from_secs(1),
-        |seen, after| {
-            if let Some(icmp) = icmp_sock.recv() {
-                if icmp.is_unreachable()
-                    && icmp.inner_proto == Some(17)
-                    && icmp.inner_dport == Some(port)
-                {
-                    refused = Some((icmp, after));
-                }
-            }
-            refused.is_some() && seen[0].sources.is_empty()
-        },
-    )?
-    .remove(0);
     let arrived = seen.source().zip(seen.arrived_after);
     let reply = seen.reply_from();
     if let Some((_, after)) = seen.reply {
         patience::observed(Awaited::Reply, after);
     }
-    let why = if expect {
-        patience::why(Awaited::Reply, wait, EXCHANGE_TIMEOUT)
-    } else {
-        String::new()
-    };
     let mut observed = match &arrived {
         Some((from, after)) => format!(
             "the relay's socket on :{listen} received it from {from} after {} ms",
@@ -159,7 +216,7 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
         ),
         None => format!("the relay's socket on :{listen} received nothing"),
     };
-    match (&reply, &refused) {
+    match (&reply, refused) {
         (Some(from), _) => observed.push_str(&format!("; the reply came back from {from}")),
         (None, _) if arrived.is_some() => observed.push_str(&format!(
             "; no reply reached the client within {:.1} s{why}",
@@ -179,7 +236,7 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
     if let Some(refused) = &seen.echo_refused {
         observed.push_str(&format!("; {refused}"));
     }
-    observed.push_str(&later_sources("its", &seen));
+    observed.push_str(&later_sources("its", seen));
     let client = SocketAddr::new(client_seen, sport);
     let ok = if expect {
         arrived.as_ref().map(|(from, _)| *from) == Some(client)
@@ -188,7 +245,7 @@ pub fn udp_redirect(ctx: &mut Context, port: u16, expect: bool) -> Result<Verdic
     } else {
         arrived.is_none()
     };
-    Ok(Verdict::judge(ok, expected, observed))
+    Verdict::judge(ok, expected, observed)
 }
 
 #[cfg(test)]
