@@ -430,5 +430,7 @@ fn broken_vs_good(kernel: &str) -> Option<Value> {
             .map(|f| format!("; with --waits full {f:.1} s ({:.2}x)", f / g))
             .unwrap_or_default()
     );
-    Some(json!({"kernel": kernel, "good_s": good_s, "broken_s": broken_s, "broken_waits_full_s": full_s, "ratio": b / g}))
+    Some(
+        json!({"kernel": kernel, "good_s": good_s, "broken_s": broken_s, "broken_waits_full_s": full_s, "ratio": b / g}),
+    )
 }

@@ -168,7 +168,17 @@ pub fn udp_redirects(ctx: &mut Context, ports: &[u16], expect: bool) -> Result<V
         .zip(&sports)
         .zip(seen.iter().zip(&refused))
         .map(|((port, sport), (seen, refused))| {
-            judge(ctx.a(), listen, *port, *sport, expect, wait, &why, seen, refused)
+            judge(
+                ctx.a(),
+                listen,
+                *port,
+                *sport,
+                expect,
+                wait,
+                &why,
+                seen,
+                refused,
+            )
         })
         .collect())
 }
