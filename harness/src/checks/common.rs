@@ -91,7 +91,7 @@ impl HandshakeOutcome {
 /// fresh peer (no session), send one packet into the tunnel and watch:
 /// for `wait`, or (None) as long as a handshake that should happen may take
 /// ([`patience`]: the full [`HANDSHAKE_TIMEOUT`] until the guest has seen
-/// enough handshakes).
+/// a handshake).
 pub fn attempt_handshake(
     ctx: &mut Context,
     port: u16,
@@ -231,7 +231,7 @@ pub fn ensure_tunnel(ctx: &mut Context) -> Result<std::result::Result<(), String
 
 /// An exchange that should work: `f` is given how long it may wait for its
 /// reply ([`patience`]: the full [`EXCHANGE_TIMEOUT`] until the guest has
-/// seen enough replies), its success counts towards the waits that follow,
+/// seen a reply), its success counts towards the waits that follow,
 /// and its failure says how long natvet waited, and why no longer.
 pub fn exchange<T>(f: impl FnOnce(Duration) -> Result<T>) -> Result<T> {
     let wait = patience::wait(Awaited::Reply, EXCHANGE_TIMEOUT);

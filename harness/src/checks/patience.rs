@@ -1,5 +1,5 @@
 //! How long a check waits for what should come (a reply, a handshake):
-//! the check's full timeout until the guest has seen enough of them, then a
+//! the check's full timeout until the guest has seen one of them, then a
 //! wait that follows the slowest it has seen.
 //!
 //! On a good kernel a reply through the relay takes milliseconds, and a
@@ -10,9 +10,10 @@
 //! than the kind's floor (tens of times a reply's usual time, and room for
 //! resends: exchanges resend at least every second) and never more than its
 //! full timeout. The first reply of a run is usually its slowest (it waits
-//! on neighbour discovery and cold caches), so one is enough to go by. A reply slower than that is called lost, and the
-//! observation says how long natvet waited; `--waits full` waits every
-//! timeout out for a kernel that is slow on purpose.
+//! on neighbour discovery and cold caches), so one is enough to go by. A
+//! reply slower than that is called lost, and the observation says how long
+//! natvet waited; `--waits full` waits every timeout out for a kernel that
+//! is slow on purpose.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -206,7 +207,6 @@ mod tests {
             p.wait(Awaited::Handshake, Duration::from_secs(12)),
             Duration::from_secs(12)
         );
-        p.set(Waits::Full);
         let p2 = Patience::new();
         p2.set(Waits::Full);
         for _ in 0..MIN_SEEN {
